@@ -1,0 +1,123 @@
+"""Prompt types (text or token ids, with multimodal data) and the inputs processors see."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NotRequired, TypedDict, Union
+
+import numpy as np
+
+from mmjax.registry.inputs import MultiModalDataDict, PlaceholderRange
+
+
+class TextPrompt(TypedDict):
+    """A text prompt: ``{"prompt": "USER: <image>\\nWhat is this? ASSISTANT:", "multi_modal_data": {...}}``."""
+
+    prompt: str
+    multi_modal_data: NotRequired[MultiModalDataDict]
+    mm_processor_kwargs: NotRequired[dict[str, Any]]
+
+
+class TokensPrompt(TypedDict):
+    """A prompt already tokenized: ``{"prompt_token_ids": [1, 3148, ...], "multi_modal_data": {...}}``."""
+
+    prompt_token_ids: list[int]
+    multi_modal_data: NotRequired[MultiModalDataDict]
+    mm_processor_kwargs: NotRequired[dict[str, Any]]
+
+
+#: What a user passes as one prompt: a plain string, a ``TextPrompt`` or a ``TokensPrompt``.
+PromptInputs = Union[str, TextPrompt, TokensPrompt]
+
+_PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "multi_modal_data", "mm_processor_kwargs"})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecoderOnlyInputs:
+    """A prompt as input processors see it and return it (vLLM's ``DecoderOnlyInputs``).
+
+    Frozen: a processor returns a new value, e.g. with ``dataclasses.replace``.
+
+    Attributes:
+      prompt_token_ids: the token ids, i32 ``[L]`` as a tuple.
+      prompt: the prompt text when the user gave text (kept for display only).
+      multi_modal_data: the raw multimodal data, modality → item or list of items.
+      mm_processor_kwargs: the request's own ``mm_processor_kwargs``.
+      multi_modal_placeholders: modality → one ``PlaceholderRange`` per item, in
+        order; filled in by the input processor that inserts placeholder tokens.
+    """
+
+    prompt_token_ids: tuple[int, ...]
+    prompt: str | None = None
+    multi_modal_data: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    mm_processor_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    multi_modal_placeholders: Mapping[str, tuple[PlaceholderRange, ...]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt_token_ids", _as_token_ids(self.prompt_token_ids, "prompt_token_ids"))
+        object.__setattr__(self, "multi_modal_data", MappingProxyType(dict(self.multi_modal_data)))
+        object.__setattr__(self, "mm_processor_kwargs", MappingProxyType(dict(self.mm_processor_kwargs)))
+        placeholders = {
+            key: tuple(PlaceholderRange(int(o), int(n)) for o, n in ranges)
+            for key, ranges in self.multi_modal_placeholders.items()
+        }
+        object.__setattr__(self, "multi_modal_placeholders", MappingProxyType(placeholders))
+
+
+def _as_token_ids(ids: object, what: str) -> tuple[int, ...]:
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{what} must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
+        return tuple(int(i) for i in ids)
+    if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)):
+        raise TypeError(f"{what} must be a list of ints, got {type(ids).__name__}")
+    bad = [(i, t) for i, t in enumerate(ids) if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+    if bad:
+        i, t = bad[0]
+        raise TypeError(f"{what}[{i}] must be an int token id, got {type(t).__name__} {t!r}")
+    return tuple(int(t) for t in ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedPrompt:
+    """A user prompt taken apart: exactly one of ``text`` and ``token_ids`` is set."""
+
+    text: str | None
+    token_ids: tuple[int, ...] | None
+    multi_modal_data: Mapping[str, Any]
+    mm_processor_kwargs: Mapping[str, Any]
+
+
+def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
+    """Check the shape of a user prompt and take it apart.
+
+    Raises:
+      TypeError: not a str or a dict; wrong value types.
+      ValueError: both or neither of ``prompt`` / ``prompt_token_ids``; unknown keys.
+    """
+    if isinstance(prompt, str):
+        return ParsedPrompt(prompt, None, MappingProxyType({}), MappingProxyType({}))
+    if not isinstance(prompt, Mapping):
+        raise TypeError(
+            f"a prompt must be a str, a {{'prompt': str, ...}} dict or a "
+            f"{{'prompt_token_ids': [...], ...}} dict, got {type(prompt).__name__}"
+        )
+    unknown = sorted(set(prompt) - _PROMPT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown prompt keys {unknown}; a prompt dict takes {sorted(_PROMPT_KEYS)}")
+    has_text, has_ids = "prompt" in prompt, "prompt_token_ids" in prompt
+    if has_text == has_ids:
+        raise ValueError("a prompt dict needs exactly one of 'prompt' (text) and 'prompt_token_ids'")
+    if has_text and not isinstance(prompt["prompt"], str):
+        raise TypeError(f"'prompt' must be a str, got {type(prompt['prompt']).__name__}")
+    mm_data = prompt.get("multi_modal_data") or {}
+    mm_kwargs = prompt.get("mm_processor_kwargs") or {}
+    for name, value in (("multi_modal_data", mm_data), ("mm_processor_kwargs", mm_kwargs)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"'{name}' must be a dict, got {type(value).__name__}")
+    token_ids = _as_token_ids(prompt["prompt_token_ids"], "prompt_token_ids") if has_ids else None
+    return ParsedPrompt(
+        prompt.get("prompt"), token_ids, MappingProxyType(dict(mm_data)), MappingProxyType(dict(mm_kwargs))
+    )
