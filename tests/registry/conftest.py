@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from PIL import Image
-from transformers import CLIPImageProcessorPil
 
 from mmjax.registry import ModelConfig
-from mmjax.testing.tokenizer import make_tiny_tokenizer
-from registry_toy import IMAGE_SIZE, ToyVLM, hf_config
+from mmjax.testing.toy_vlm import ToyVLM, make_toy_checkpoint
 
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("toy_checkpoint")
-    tokenizer = make_tiny_tokenizer(384)
-    tokenizer.save_pretrained(path)
-    CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    ).save_pretrained(path)
-    hf_config(tokenizer.convert_tokens_to_ids("<image>")).save_pretrained(path)
-    return str(path)
+    return make_toy_checkpoint(tmp_path_factory.mktemp("toy_checkpoint"))
 
 
 @pytest.fixture
@@ -34,8 +24,3 @@ def photo() -> Image.Image:
     from skimage import data
 
     return Image.fromarray(data.astronaut())  # 512x512 RGB
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(0)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mmjax.registry import MULTIMODAL_REGISTRY, ModelConfig
-from registry_toy import IMAGE_SIZE, ToyVLM
+from mmjax.testing.toy_vlm import IMAGE_SIZE, ToyVLM
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])

@@ -13,7 +13,7 @@ from mmjax.registry import (
     ModelConfig,
     PlaceholderRange,
 )
-from registry_toy import ToyVLM, dummy_data, expand_image_tokens
+from mmjax.testing.toy_vlm import ToyVLM, dummy_data, expand_image_tokens
 
 TOKENS = 25
 

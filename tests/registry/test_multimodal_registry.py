@@ -16,7 +16,7 @@ from mmjax.registry import (
     MultiModalRegistry,
     SupportsMultiModal,
 )
-from registry_toy import IMAGE_SIZE, PATCH_SIZE, ToyVLM, hf_config
+from mmjax.testing.toy_vlm import IMAGE_SIZE, PATCH_SIZE, ToyVLM, hf_config
 
 TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
 

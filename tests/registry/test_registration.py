@@ -15,7 +15,7 @@ from mmjax.registry import (
     supports_multimodal,
 )
 from mmjax.registry.hooks import DEFAULT
-from registry_toy import ToyVLM, dummy_data, expand_image_tokens, image_token_count
+from mmjax.testing.toy_vlm import ToyVLM, dummy_data, expand_image_tokens, image_token_count
 
 
 def test_toy_model_carries_every_hook():

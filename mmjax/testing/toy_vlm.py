@@ -1,12 +1,14 @@
-"""A toy multimodal model registered through every hook, for the registry tests.
+"""A toy multimodal model registered through every registry hook.
 
-Each ``<image>`` becomes ``(image_size // patch_size) ** 2`` placeholder tokens;
-the count is computed once, in ``image_token_count``, and used by every hook.
+Used by the registry tests and the registry demo. Each ``<image>`` becomes
+``(image_size // patch_size) ** 2`` placeholder tokens; the count is computed
+once, in ``image_token_count``, and used by every hook.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from flax import nnx
 from PIL import Image
@@ -27,6 +29,7 @@ IMAGE_SIZE, PATCH_SIZE = 30, 6  # 25 tokens per image
 
 
 def hf_config(image_token_id: int = 383) -> LlavaConfig:
+    """A tiny LLaVA-shaped config: 30x30 images in 6x6 patches, a 384-token vocabulary."""
     return LlavaConfig(
         vision_config=CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=16,
                                        num_hidden_layers=1, num_attention_heads=2, intermediate_size=20),
@@ -81,3 +84,22 @@ def dummy_data(ctx: InputContext, seq_len: int, mm_counts) -> DummyData:
 class ToyVLM(nnx.Module, SupportsMultiModal):
     def __init__(self, *, rngs: nnx.Rngs):
         self.proj = nnx.Linear(3, 4, rngs=rngs)
+
+
+def make_toy_checkpoint(path: str | os.PathLike) -> str:
+    """Write a checkpoint directory in the llava-hf layout (config, tokenizer, image processor).
+
+    The toy model has no weights: it exists to exercise the registry.
+    """
+    from transformers import CLIPImageProcessorPil
+
+    from mmjax.testing.tokenizer import make_tiny_tokenizer
+
+    path = os.fspath(path)
+    tokenizer = make_tiny_tokenizer(384)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    ).save_pretrained(path)
+    hf_config(tokenizer.convert_tokens_to_ids("<image>")).save_pretrained(path)
+    return path
