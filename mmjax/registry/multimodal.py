@@ -144,7 +144,9 @@ class MultiModalRegistry:
             )
         limits = self.get_mm_limits_per_prompt(model_config)
         for key, value in data.items():
-            self._get_plugin(key)
+            if key not in self._plugins:
+                raise UnknownModalityError(f"{model_config.name}: multi_modal_data has {key!r}, but no plugin "
+                                           f"handles it; known modalities: {sorted(self._plugins)}")
             count, limit = count_items(value), limits[key]
             if count > limit:
                 disabled = " (the modality is disabled)" if limit == 0 else ""

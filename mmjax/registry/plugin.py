@@ -72,10 +72,10 @@ class MultiModalPlugin(abc.ABC):
             or None for the plugin's default.
         """
         key = self.get_data_key()
-        if max_mm_tokens is not None and not callable(max_mm_tokens):
-            _check_max_tokens(max_mm_tokens, key, "<registration>")
 
         def decorate(cls: type) -> type:
+            if max_mm_tokens is not None and not callable(max_mm_tokens):
+                _check_max_tokens(max_mm_tokens, key, getattr(cls, "__name__", repr(cls)))
             value = DEFAULT if max_mm_tokens is None else max_mm_tokens
             return with_mapping_hook(cls, "max_mm_tokens", key, value, f"a max token count for {key!r}")
 

@@ -57,7 +57,8 @@ def test_limit_zero_disables_the_modality(model_config, photo):
 
 
 def test_unknown_modality_key_in_data(model_config):
-    with pytest.raises(KeyError, match=r"no multimodal plugin handles 'video'; known modalities: \['audio', 'image'\]"):
+    with pytest.raises(KeyError, match=r"ToyVLM .*multi_modal_data has 'video', but no plugin handles it; "
+                                       r"known modalities: \['audio', 'image'\]"):
         MULTIMODAL_REGISTRY.map_input(model_config, {"video": np.zeros((2, 3, 4, 4))})
 
 

@@ -77,8 +77,10 @@ def test_input_registry_accepts_text_only_models():
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "576", True])
 def test_max_tokens_must_be_a_positive_int(bad):
-    with pytest.raises(ValueError, match=rf"max image tokens .* must be an int >= 1.*got {bad!r}"):
-        MULTIMODAL_REGISTRY.register_max_image_tokens(bad)
+    with pytest.raises(ValueError, match=rf"max image tokens for BadCount must be an int >= 1.*got {bad!r}"):
+        @MULTIMODAL_REGISTRY.register_max_image_tokens(bad)
+        class BadCount(nnx.Module, SupportsMultiModal):
+            pass
 
 
 def test_non_callable_hooks_are_refused():
