@@ -1,0 +1,150 @@
+"""Paged attention figures, printed as one JSON object.
+
+On every backend: the reference path (`ragged_paged_attention_reference`, the
+CPU path of mmjax) against a dense-attention baseline over the same K/V laid out
+contiguously, same process, as ratios. On GPU/TPU also: the Pallas kernel's
+achieved HBM bandwidth for decode (batch 1-64, context 512-32k) as a fraction of
+the device's peak, beside `jax.experimental.pallas.ops` paged attention on the
+same pages. What cannot run here is listed under "skipped" with the reason.
+
+    python benchmarks/paged_attention.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.kernels_pallas import ragged_paged_attention, ragged_paged_attention_reference
+
+# Peak HBM bandwidth (bytes/s) by device_kind prefix, from the vendors' data sheets.
+PEAK_HBM = {
+    "NVIDIA H100": 3.35e12, "NVIDIA H200": 4.8e12, "NVIDIA A100": 2.0e12, "NVIDIA B200": 8.0e12,
+    "TPU v4": 1.2e12, "TPU v5 lite": 8.2e11, "TPU v5e": 8.2e11, "TPU v5p": 2.76e12, "TPU v5": 2.76e12,
+    "TPU v6 lite": 1.64e12, "TPU v6e": 1.64e12,
+}
+NUM_KV_HEADS, GROUP, HEAD_DIM, PAGE_SIZE = 8, 4, 128, 16  # Llama-3-8B-like attention
+
+
+def timeit(fn: Callable, *args, repeats: int = 5) -> float:
+    """Median seconds of `repeats` calls after one compile-and-warm-up call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def decode_inputs(batch: int, context: int, dtype, seed: int = 0):
+    """A decode step: every sequence has `context` tokens, its last one is the query."""
+    rng = np.random.default_rng(seed)
+    pages_per_seq = -(-context // PAGE_SIZE)
+    num_pages = 1 + batch * pages_per_seq
+    tables = (1 + rng.permutation(batch * pages_per_seq)).reshape(batch, pages_per_seq).astype(np.int32)
+    key = jax.random.key(seed)
+    shape = (NUM_KV_HEADS, num_pages, PAGE_SIZE, HEAD_DIM)
+    k_pages = jax.random.normal(jax.random.fold_in(key, 1), shape, dtype)
+    v_pages = jax.random.normal(jax.random.fold_in(key, 2), shape, dtype)
+    q = jax.random.normal(jax.random.fold_in(key, 3), (batch, NUM_KV_HEADS * GROUP, HEAD_DIM), dtype)
+    kv_lens = jnp.full((batch,), context, jnp.int32)
+    cu_q_lens = jnp.arange(batch + 1, dtype=jnp.int32)
+    return q, k_pages, v_pages, kv_lens, jnp.asarray(tables), cu_q_lens, jnp.array([batch], jnp.int32)
+
+
+@jax.jit
+def dense_decode(q, k, v, kv_lens):
+    """Baseline: contiguous ``k, v [B, S, K, H]``, one query per sequence."""
+    batch, num_heads, head_dim = q.shape
+    qg = q.reshape(batch, NUM_KV_HEADS, num_heads // NUM_KV_HEADS, head_dim).astype(jnp.float32)
+    logits = jnp.einsum("BKRH,BSKH->BKRS", qg, k.astype(jnp.float32)) / np.sqrt(head_dim)
+    mask = jnp.arange(k.shape[1])[None, :] < kv_lens[:, None]
+    p = jax.nn.softmax(jnp.where(mask[:, None, None], logits, -jnp.inf), axis=-1)
+    return jnp.einsum("BKRS,BSKH->BKRH", p, v.astype(jnp.float32)).reshape(q.shape).astype(q.dtype)
+
+
+def reference_vs_dense(shapes: list[tuple[int, int]], dtype) -> list[dict]:
+    rows = []
+    for batch, context in shapes:
+        args = decode_inputs(batch, context, dtype)
+        q, k_pages, v_pages, kv_lens, tables = args[:5]
+        contiguous = lambda p: p[:, tables].reshape(NUM_KV_HEADS, batch, -1, HEAD_DIM).transpose(1, 2, 0, 3)
+        k, v = contiguous(k_pages), contiguous(v_pages)
+        t_ref = timeit(lambda *a: ragged_paged_attention_reference(*a, max_q_len=1), *args)
+        t_dense = timeit(dense_decode, q, k, v, kv_lens)
+        err = float(jnp.max(jnp.abs(ragged_paged_attention_reference(*args, max_q_len=1).astype(jnp.float32)
+                                    - dense_decode(q, k, v, kv_lens).astype(jnp.float32))))
+        rows.append(dict(batch=batch, context=context, dtype=jnp.dtype(dtype).name,
+                         reference_ms=1e3 * t_ref, dense_ms=1e3 * t_dense,
+                         reference_over_dense=t_ref / t_dense, max_abs_diff=err))
+    return rows
+
+
+def jax_peer(backend: str) -> Callable:
+    """`jax.experimental.pallas.ops` paged attention on the same ``[K, A, G, H]`` pages."""
+    if backend == "gpu":
+        from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention as peer
+        return jax.jit(lambda q, k, v, lens, tables: peer(q, k, v, tables, lens, k_splits=1))
+    from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as peer
+    return jax.jit(lambda q, k, v, lens, tables: peer(q, k, v, lens, tables, pages_per_compute_block=8))
+
+
+def kernel_bandwidth(backend: str, batches, contexts, dtype) -> tuple[list[dict], float | None]:
+    kind = jax.devices()[0].device_kind
+    peak = next((bw for name, bw in PEAK_HBM.items() if kind.startswith(name)), None)
+    ours = jax.jit(lambda *a: ragged_paged_attention(*a, backend=backend, max_q_len=1))
+    peer = jax_peer(backend)
+    rows = []
+    for batch in batches:
+        for context in contexts:
+            args = decode_inputs(batch, context, dtype)
+            q, k_pages, v_pages, kv_lens, tables = args[:5]
+            kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(dtype).itemsize
+            row = dict(batch=batch, context=context, kv_bytes=kv_bytes)
+            for name, fn, fargs in (("mmjax", ours, args), ("jax_pallas_ops", peer, (q, k_pages, v_pages, kv_lens, tables))):
+                try:
+                    seconds = timeit(fn, *fargs)
+                    row[f"{name}_ms"] = 1e3 * seconds
+                    row[f"{name}_hbm_fraction"] = None if peak is None else kv_bytes / seconds / peak
+                except Exception as e:  # a peer's shape limits must not hide our figures
+                    row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            rows.append(row)
+            del args, q, k_pages, v_pages
+    return rows, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewest shapes (CI smoke run)")
+    flags = parser.parse_args()
+    backend = jax.default_backend()
+    report: dict = dict(jax=jax.__version__, backend=backend, device=jax.devices()[0].device_kind,
+                        attention=dict(num_kv_heads=NUM_KV_HEADS, group=GROUP, head_dim=HEAD_DIM,
+                                       page_size=PAGE_SIZE), skipped={})
+    on_cpu = backend not in ("gpu", "tpu")
+    shapes = [(1, 512), (8, 2048)] if flags.quick or on_cpu else [(1, 512), (8, 2048), (64, 4096)]
+    report["reference_vs_dense_decode"] = reference_vs_dense(shapes, jnp.float32 if on_cpu else jnp.bfloat16)
+    if on_cpu:
+        report["skipped"]["kernel_bandwidth"] = (
+            f"no GPU/TPU (jax.default_backend() == {backend!r}); the kernels run here only in "
+            "interpret mode, whose timings say nothing about the hardware")
+    else:
+        batches, contexts = ([1, 64], [512, 32768]) if flags.quick else ([1, 8, 64], [512, 4096, 32768])
+        rows, peak = kernel_bandwidth(backend, batches, contexts, jnp.bfloat16)
+        report["peak_hbm_bytes_per_s"] = peak
+        report["kernel_decode_bandwidth"] = rows
+        if peak is None:
+            report["skipped"]["hbm_fraction"] = f"peak bandwidth of {report['device']!r} not in the table"
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""What the GPU and TPU ragged kernels share: query tiles and the online-softmax step.
+
+A *query tile* is up to ``block_q`` consecutive query tokens of ONE sequence,
+so a kernel program never straddles two sequences. The ragged token axis is cut
+into tiles by plain jnp in the wrapper (cheap: O(T N H) gather/scatter), which
+keeps both kernels free of ragged bookkeeping. Inside a tile the query heads of
+one KV head are stacked as rows, ``row = token * R + head_in_group``, so each
+K/V page is read once per KV head and multiplied against all ``block_q * R`` rows.
+
+Causality without division (which Mosaic vectors handle poorly): key position
+``s`` is visible to row ``i`` iff ``s <= pos0 + i // R`` iff ``(s - pos0) * R <= i``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mmjax.types import Array, Float, Int
+
+# Finite, so a fully masked block gives exp(0) * 0 instead of NaN from inf - inf.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class QueryTiles(NamedTuple):
+    """Tile m holds tokens ``token_idx[m, :rows[m]]`` of sequence ``seq[m]``."""
+
+    seq: Int[Array, "M"]  # owning sequence (0 for empty tiles)
+    pos0: Int[Array, "M"]  # absolute position of the tile's first token
+    rows: Int[Array, "M"]  # valid tokens in the tile (0 for empty tiles)
+    token_idx: Int[Array, "M Q"]  # index into the packed token axis; -1 for padding
+
+
+def max_tiles(num_tokens: int, num_batch: int, block_q: int) -> int:
+    """Static bound on sum_b ceil(q_len_b / block_q) given sum_b q_len_b <= num_tokens."""
+    return max(1, min((num_tokens + num_batch * (block_q - 1)) // block_q, num_tokens))
+
+
+def plan_query_tiles(
+    cu_q_lens: Int[Array, "B+1"], kv_lens: Int[Array, "B"], num_seqs: Int[Array, "1"],
+    num_tokens: int, block_q: int,
+) -> QueryTiles:
+    """Cuts the packed token axis into per-sequence tiles of at most `block_q` tokens."""
+    num_batch = kv_lens.shape[0]
+    live = jnp.arange(num_batch) < num_seqs[0]
+    q_lens = jnp.where(live, cu_q_lens[1:] - cu_q_lens[:-1], 0)
+    tiles_per_seq = -(-q_lens // block_q)
+    tile_end = jnp.cumsum(tiles_per_seq)
+    m = jnp.arange(max_tiles(num_tokens, num_batch, block_q))
+    seq = jnp.minimum(jnp.searchsorted(tile_end, m, side="right"), num_batch - 1)
+    q_start = (m - (tile_end[seq] - tiles_per_seq[seq])) * block_q
+    rows = jnp.where(m < tile_end[-1], jnp.clip(q_lens[seq] - q_start, 0, block_q), 0)
+    pos0 = kv_lens[seq] - q_lens[seq] + q_start
+    r = jnp.arange(block_q)
+    token_idx = jnp.where(r < rows[:, None], cu_q_lens[seq][:, None] + q_start[:, None] + r, -1)
+    empty = rows == 0
+    return QueryTiles(
+        seq=jnp.where(empty, 0, seq).astype(jnp.int32),
+        pos0=jnp.where(empty, 0, pos0).astype(jnp.int32),
+        rows=rows.astype(jnp.int32),
+        token_idx=token_idx.astype(jnp.int32),
+    )
+
+
+def gather_query_tiles(q: Float[Array, "T N H"], tiles: QueryTiles, num_kv_heads: int) -> Array:
+    """``[T, N, H] -> [M, K, Q*R, H]``, rows ordered (token, head in group)."""
+    _, num_heads, head_dim = q.shape
+    group = num_heads // num_kv_heads
+    num_tiles, block_q = tiles.token_idx.shape
+    qt = q[jnp.maximum(tiles.token_idx, 0)]  # padding rows read token 0; they are never stored
+    qt = qt.reshape(num_tiles, block_q, num_kv_heads, group, head_dim)
+    return qt.transpose(0, 2, 1, 3, 4).reshape(num_tiles, num_kv_heads, block_q * group, head_dim)
+
+
+def scatter_output_tiles(out_tiles: Array, tiles: QueryTiles, num_tokens: int, num_heads: int) -> Array:
+    """Inverse of `gather_query_tiles`; tokens of no tile (padding) come out as zeros."""
+    num_tiles, num_kv_heads, _, head_dim = out_tiles.shape
+    block_q = tiles.token_idx.shape[1]
+    group = num_heads // num_kv_heads
+    o = out_tiles.reshape(num_tiles, num_kv_heads, block_q, group, head_dim)
+    o = o.transpose(0, 2, 1, 3, 4).reshape(num_tiles * block_q, num_heads, head_dim)
+    idx = jnp.where(tiles.token_idx < 0, num_tokens, tiles.token_idx).reshape(-1)
+    out = jnp.zeros((num_tokens, num_heads, head_dim), out_tiles.dtype)
+    return out.at[idx].set(o, mode="drop")
+
+
+class SoftmaxState(NamedTuple):
+    m: Float[Array, "R 1"]  # running max of the logits
+    l: Float[Array, "R 1"]  # running sum of exp(logits - m)
+    acc: Float[Array, "R H"]  # running sum of exp(logits - m) @ v
+
+
+def init_softmax_state(num_rows: int, head_dim: int) -> SoftmaxState:
+    return SoftmaxState(
+        m=jnp.full((num_rows, 1), MASK_VALUE, jnp.float32),
+        l=jnp.zeros((num_rows, 1), jnp.float32),
+        acc=jnp.zeros((num_rows, head_dim), jnp.float32),
+    )
+
+
+def visible(num_rows: int, block_k: int, key_start, pos0, rows, group: int) -> Array:
+    """``[rows, block_k]`` causal mask for keys ``key_start + j`` of a tile (see module doc)."""
+    i = lax.broadcasted_iota(jnp.int32, (num_rows, block_k), 0)
+    s = lax.broadcasted_iota(jnp.int32, (num_rows, block_k), 1) + key_start
+    return ((s - pos0) * group <= i) & (i < rows * group)
+
+
+def attend_block(
+    state: SoftmaxState, q: Array, k: Array, v: Array, mask: Array, sm_scale: float,
+) -> SoftmaxState:
+    """One flash-attention step over a K/V block; accumulates in float32.
+
+    `v` rows beyond the sequence must already be zeroed: 0 * NaN garbage is NaN.
+    """
+    s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    s = jnp.where(mask, s * sm_scale, MASK_VALUE)
+    m_new = jnp.maximum(state.m, jnp.max(s, axis=1, keepdims=True))
+    alpha = jnp.exp(state.m - m_new)
+    p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
+    l_new = alpha * state.l + jnp.sum(p, axis=1, keepdims=True)
+    pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return SoftmaxState(m_new, l_new, alpha * state.acc + pv)
+
+
+def finish(state: SoftmaxState) -> Array:
+    """Normalised output; rows that saw no key (padding) give 0 instead of 0/0."""
+    return state.acc / jnp.where(state.l == 0.0, 1.0, state.l)

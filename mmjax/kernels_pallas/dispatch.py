@@ -1,0 +1,67 @@
+"""`paged_attention`: the Pallas kernel on GPU/TPU, the jnp reference on CPU.
+
+This is the entry point a decoder layer calls: it takes the layer's `KVPages`
+and the step's `AttentionMetadata`. `write_and_attend` is the whole step of a
+layer (store this step's K/V, then attend), returning the new pages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+
+from mmjax.kernels_pallas.ragged_paged_attention import (
+    ragged_paged_attention,
+    ragged_paged_attention_reference,
+)
+from mmjax.kv_cache import AttentionMetadata, KVPages, write_kv_to_pages
+from mmjax.types import Array, Float
+
+Impl = Literal["auto", "pallas", "reference"]
+IMPLS = ("auto", "pallas", "reference")
+
+
+def resolve_impl(impl: Impl) -> str:
+    """"auto" -> "pallas" on GPU/TPU, "reference" elsewhere."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "reference"
+    return impl
+
+
+def paged_attention(
+    q: Float[Array, "T N H"],
+    pages: KVPages,
+    metadata: AttentionMetadata,
+    *,
+    sm_scale: float | None = None,
+    impl: Impl = "auto",
+    **kernel_options: Any,
+) -> Float[Array, "T N H"]:
+    """Attention of the step's query tokens over their sequences' pages.
+
+    ``impl="pallas"`` on CPU runs the kernel in interpret mode (slow; for tests).
+    `kernel_options` (block_q, pages_per_block, backend) go to the Pallas kernel.
+    """
+    args = (q, pages.k, pages.v, metadata.kv_lens, metadata.block_tables, metadata.cu_q_lens,
+            metadata.num_seqs)
+    if resolve_impl(impl) == "reference":
+        return ragged_paged_attention_reference(*args, sm_scale=sm_scale, max_q_len=metadata.max_q_len)
+    interpret = jax.default_backend() not in ("gpu", "tpu")
+    return ragged_paged_attention(
+        *args, sm_scale=sm_scale, max_q_len=metadata.max_q_len, interpret=interpret, **kernel_options)
+
+
+def write_and_attend(
+    q: Float[Array, "T N H"],
+    k: Float[Array, "T K H"],
+    v: Float[Array, "T K H"],
+    pages: KVPages,
+    metadata: AttentionMetadata,
+    **options: Any,
+) -> tuple[Float[Array, "T N H"], KVPages]:
+    """Stores this step's K/V at ``metadata.slot_mapping``, then attends; returns (out, new pages)."""
+    pages = write_kv_to_pages(pages, k, v, metadata.slot_mapping)
+    return paged_attention(q, pages, metadata, **options), pages

@@ -1,0 +1,132 @@
+"""Ragged paged attention for TPU: Pallas with the Mosaic lowering.
+
+The tile plan (per-tile sequence, first position, valid rows) and the flattened
+block tables are scalar-prefetched into SMEM (`PrefetchScalarGridSpec`), so the
+BlockSpec index maps can follow a sequence's block table: the Pallas pipeline
+then double-buffers the page DMAs for us. ``pages_per_block`` pages are fetched
+per grid step by passing the page arrays that many times, each BlockSpec
+picking the next page of the table; past the last page a tile can see, the
+index is clamped to that page, so the pipeline issues no new DMA and the body
+is skipped. Every block equals the array's trailing dims (``[G, H]``,
+``[block_q * R, H]``), which keeps Mosaic's tiling rules satisfied for any H.
+
+Grid: (query tile, KV head, page block) — the last axis reduces (online softmax
+in float32 VMEM scratch). Public entry point:
+`mmjax.kernels_pallas.ragged_paged_attention(backend="tpu")`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from mmjax.kernels_pallas import _tiles
+from mmjax.types import Array, Float, Int
+
+DEFAULT_ROWS = 128  # block_q * R: one MXU pass of rows
+DEFAULT_BLOCK_K = 128  # keys per grid step, i.e. pages_per_block * page size
+
+
+def default_block_sizes(group: int, page_size: int) -> tuple[int, int]:
+    """(block_q, pages_per_block) for the TPU kernel."""
+    return max(1, DEFAULT_ROWS // group), max(1, DEFAULT_BLOCK_K // page_size)
+
+
+def _kernel(
+    seq_ref, pos0_ref, rows_ref, bt_ref,  # scalar prefetch (SMEM)
+    q_ref, *refs, sm_scale: float, group: int, pages_per_block: int,
+):
+    del seq_ref, bt_ref  # used by the index maps only
+    k_refs, v_refs = refs[:pages_per_block], refs[pages_per_block : 2 * pages_per_block]
+    o_ref, m_ref, l_ref, acc_ref = refs[2 * pages_per_block :]
+    m, j = pl.program_id(0), pl.program_id(2)
+    pos0, rows = pos0_ref[m], rows_ref[m]
+    kv_end = pos0 + rows
+    num_rows, head_dim = q_ref.shape
+    page_size = k_refs[0].shape[0]
+
+    @pl.when(j == 0)
+    def _init():
+        state = _tiles.init_softmax_state(num_rows, head_dim)
+        m_ref[...], l_ref[...], acc_ref[...] = state.m, state.l, state.acc
+
+    for i in range(pages_per_block):
+        key_start = (j * pages_per_block + i) * page_size
+
+        @pl.when(key_start < kv_end)
+        def _attend(i=i, key_start=key_start):
+            key = lax.broadcasted_iota(jnp.int32, (page_size, head_dim), 0) + key_start
+            # Slots past the sequence may hold stale data or NaN, and 0 * NaN = NaN.
+            v = jnp.where(key < kv_end, v_refs[i][...], 0)
+            mask = _tiles.visible(num_rows, page_size, key_start, pos0, rows, group)
+            state = _tiles.SoftmaxState(m_ref[...], l_ref[...], acc_ref[...])
+            state = _tiles.attend_block(state, q_ref[...], k_refs[i][...], v, mask, sm_scale)
+            m_ref[...], l_ref[...], acc_ref[...] = state.m, state.l, state.acc
+
+    @pl.when(j == pl.num_programs(2) - 1)
+    def _finish():
+        state = _tiles.SoftmaxState(m_ref[...], l_ref[...], acc_ref[...])
+        o_ref[...] = _tiles.finish(state).astype(o_ref.dtype)
+
+
+def _page_spec(i: int, pages_per_block: int, page_size: int, pages_per_seq: int, head_dim: int):
+    def index_map(m, h, j, seq_ref, pos0_ref, rows_ref, bt_ref):
+        # lax.div (truncating) not //: floor division lowers to `sign`, which needs a real TPU.
+        last = jnp.maximum(lax.div(pos0_ref[m] + rows_ref[m] + page_size - 1, page_size) - 1, 0)
+        page = jnp.minimum(j * pages_per_block + i, last)
+        return h, bt_ref[seq_ref[m] * pages_per_seq + page], 0, 0
+
+    return pl.BlockSpec((None, None, page_size, head_dim), index_map)
+
+
+def ragged_paged_attention_tpu(
+    q: Float[Array, "T N H"],
+    k_pages: Float[Array, "K A G H"],
+    v_pages: Float[Array, "K A G H"],
+    kv_lens: Int[Array, "B"],
+    block_tables: Int[Array, "B P"],
+    cu_q_lens: Int[Array, "B+1"],
+    num_seqs: Int[Array, "1"],
+    *,
+    sm_scale: float,
+    block_q: int,
+    pages_per_block: int,
+    interpret: bool | pltpu.InterpretParams = False,
+) -> Float[Array, "T N H"]:
+    """Unvalidated TPU kernel call; inputs are checked by the public wrapper."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads, _, page_size, _ = k_pages.shape
+    group = num_heads // num_kv_heads
+    tiles = _tiles.plan_query_tiles(cu_q_lens, kv_lens, num_seqs, num_tokens, block_q)
+    qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads)  # [M, K, block_q * R, H]
+    num_tiles, _, num_rows, _ = qt.shape
+    pages_per_seq = block_tables.shape[1]
+    tile_spec = pl.BlockSpec((None, None, num_rows, head_dim), lambda m, h, j, *_: (m, h, 0, 0))
+    page_specs = [_page_spec(i, pages_per_block, page_size, pages_per_seq, head_dim) for i in range(pages_per_block)]
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=4,
+        grid=(num_tiles, num_kv_heads, pl.cdiv(pages_per_seq, pages_per_block)),
+        in_specs=[tile_spec, *page_specs, *page_specs],
+        out_specs=tile_spec,
+        scratch_shapes=[
+            pltpu.VMEM((num_rows, 1), jnp.float32),
+            pltpu.VMEM((num_rows, 1), jnp.float32),
+            pltpu.VMEM((num_rows, head_dim), jnp.float32),
+        ],
+    )
+    kernel = functools.partial(_kernel, sm_scale=sm_scale, group=group, pages_per_block=pages_per_block)
+    out = pl.pallas_call(
+        kernel,
+        grid_spec=grid_spec,
+        out_shape=jax.ShapeDtypeStruct(qt.shape, q.dtype),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=interpret,
+        name="mmjax_ragged_paged_attention_tpu",
+    )(tiles.seq, tiles.pos0, tiles.rows, block_tables.reshape(-1), qt,
+      *([k_pages] * pages_per_block), *([v_pages] * pages_per_block))
+    return _tiles.scatter_output_tiles(out, tiles, num_tokens, num_heads)
