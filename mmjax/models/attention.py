@@ -1,0 +1,87 @@
+"""The attention seam of the decoder, and its default: dense causal attention.
+
+A decoder layer computes rotated ``q, k, v`` and hands them to an ``Attend``
+function; it never looks at how keys and values are stored. The default
+attends densely over this step's own tokens (a prefill with no cache). The
+paged KV cache supplies another ``Attend`` that writes ``k, v`` into its pages
+for ``layer`` and attends over them; the layer code does not change.
+
+An ``Attend`` may carry state across the layers of one traced step: e.g. an
+``nnx.Module`` holding each layer's ``KVPages`` in ``nnx.Variable``s (NNX
+propagates the writes out of ``jit``), or a closure that collects the updated
+pages for the jitted step function to return. A packed ragged batch (the
+kv_cache layout ``T N H``) is the ``B == 1`` case of these shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+
+from mmjax.types import Array, Float, Int
+
+
+class Attend(Protocol):
+    """``(q, k, v, positions, layer) -> out``: the decoder's attention computation.
+
+    Args:
+      q: ``Float[B T N H]`` queries, already rotated and *not* scaled.
+      k, v: ``Float[B T K H]`` this step's keys (rotated) and values; ``N % K == 0``.
+      positions: ``Int[B T]`` absolute position of each query token; ``-1`` marks
+        a padding token that must not be attended to.
+      layer: index of the decoder layer, so a cache can pick its pages.
+
+    Returns:
+      ``Float[B T N H]``, in ``q``'s dtype.
+    """
+
+    def __call__(
+        self,
+        q: Float[Array, "B T N H"],
+        k: Float[Array, "B T K H"],
+        v: Float[Array, "B T K H"],
+        positions: Int[Array, "B T"],
+        layer: int,
+    ) -> Float[Array, "B T N H"]: ...
+
+
+def dense_causal_attention(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B S K H"],
+    v: Float[Array, "B S K H"],
+    positions: Int[Array, "B T"],
+    layer: int = 0,
+    *,
+    kv_positions: Int[Array, "B S"] | None = None,
+    sliding_window: int | None = None,
+) -> Float[Array, "B T N H"]:
+    """Grouped-query attention with a causal mask built from positions.
+
+    Masking by positions (not by index) keeps it correct for left or right
+    padding and for chunked prefill. The softmax runs in float32 as in
+    transformers, whatever the input dtype.
+
+    Args:
+      kv_positions: positions of the keys; defaults to ``positions`` (S == T).
+      sliding_window: if set, a query sees only the ``sliding_window`` most
+        recent positions including its own (Mistral's convention).
+    """
+    del layer  # one dense computation serves every layer
+    kv_positions = positions if kv_positions is None else kv_positions
+    num_q_heads, num_kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
+    # Queries of one KV group share its key head: N = K * G, with no copy of k/v.
+    q = q.reshape(*q.shape[:2], num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (head_dim**-0.5)
+
+    q_pos, kv_pos = positions[:, :, None], kv_positions[:, None, :]
+    visible = (kv_pos <= q_pos) & (kv_pos >= 0)
+    if sliding_window is not None:
+        visible &= q_pos - kv_pos < sliding_window
+    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(*out.shape[:2], num_q_heads, head_dim)

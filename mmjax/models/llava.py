@@ -1,0 +1,189 @@
+"""LLaVA-1.5: CLIP vision tower -> 2-layer projector -> merged into a Llama decoder.
+
+Mirrors transformers' ``LlavaForConditionalGeneration``. Image features are
+written into the token embeddings at the ``<image>`` placeholder positions by
+``merge_image_features``, which has no data-dependent shapes, so the whole
+forward compiles once per (batch, length, image count) bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmjax.models.attention import Attend
+from mmjax.models.clip import CLIPVisionConfig, CLIPVisionTower
+from mmjax.models.layers import ACTIVATIONS, check_activation
+from mmjax.models.llama import DecoderConfig, LlamaForCausalLM
+from mmjax.types import Array, Float, Int
+
+_SELECT_STRATEGIES = ("default", "full")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LlavaConfig:
+    """A validated, hashable view of a transformers ``LlavaConfig``."""
+
+    vision: CLIPVisionConfig
+    text: DecoderConfig
+    image_token_index: int
+    vision_feature_layer: int | tuple[int, ...] = -2
+    vision_feature_select_strategy: str = "default"
+    projector_hidden_act: str = "gelu"
+    projector_bias: bool = True
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """Indices into the tower's hidden states, each in ``[0, num_layers]``."""
+        layers = self.vision_feature_layer
+        layers = (layers,) if isinstance(layers, int) else layers
+        n = self.vision.num_layers + 1  # hidden states include the embeddings
+        for layer in layers:
+            if not -n <= layer < n:
+                raise ValueError(f"vision_feature_layer={layer} is out of range for a tower of {n - 1} layers")
+        return tuple(layer % n for layer in layers)
+
+    @property
+    def image_tokens_per_image(self) -> int:
+        """Placeholder tokens one image becomes (576 for LLaVA-1.5)."""
+        drop_cls = self.vision_feature_select_strategy == "default"
+        return self.vision.num_patches + (0 if drop_cls else 1)
+
+    @classmethod
+    def from_hf(cls, hf) -> "LlavaConfig":
+        """Build from a transformers ``LlavaConfig``; raise naming any unsupported field."""
+        if getattr(hf, "model_type", None) != "llava":
+            raise ValueError(
+                f"config is for model_type={getattr(hf, 'model_type', None)!r} "
+                f"(architectures={getattr(hf, 'architectures', None)}), not 'llava'"
+            )
+        strategy = hf.vision_feature_select_strategy
+        if strategy not in _SELECT_STRATEGIES:
+            raise NotImplementedError(
+                f"config field vision_feature_select_strategy={strategy!r} is not supported; "
+                f"supported: {_SELECT_STRATEGIES}"
+            )
+        layer = hf.vision_feature_layer
+        cfg = cls(
+            vision=CLIPVisionConfig.from_hf(hf.vision_config),
+            text=DecoderConfig.from_hf(hf.text_config, tie_word_embeddings=hf.tie_word_embeddings),
+            image_token_index=hf.image_token_id,
+            vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
+            vision_feature_select_strategy=strategy,
+            projector_hidden_act=check_activation(hf.projector_hidden_act, "projector_hidden_act"),
+            projector_bias=bool(getattr(hf, "multimodal_projector_bias", True)),
+        )
+        cfg.feature_layers  # validates the layer indices now, not at the first forward
+        return cfg
+
+
+class LlavaMultiModalProjector(nnx.Module):
+    """``linear_2(act(linear_1(features)))``: vision width (x layers) -> text width."""
+
+    def __init__(self, cfg: LlavaConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        d_in = cfg.vision.hidden_size * len(cfg.feature_layers)
+        d_out = cfg.text.hidden_size
+        lin = functools.partial(nnx.Linear, use_bias=cfg.projector_bias, param_dtype=param_dtype, rngs=rngs)
+        self.linear_1, self.linear_2 = lin(d_in, d_out), lin(d_out, d_out)
+        self.act = ACTIVATIONS[cfg.projector_hidden_act]
+
+    def __call__(self, x: Float[Array, "I P E"]) -> Float[Array, "I P D"]:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+def merge_image_features(
+    input_ids: Int[Array, "B T"],
+    inputs_embeds: Float[Array, "B T D"],
+    image_features: Float[Array, "M D"],
+    image_token_index: int,
+) -> Float[Array, "B T D"]:
+    """Write image features, in order, at the ``<image>`` positions.
+
+    The k-th placeholder in row-major (batch, then token) order receives
+    feature row k, as ``masked_scatter`` does in transformers. The index comes
+    from a cumulative sum over the placeholder mask, so shapes never depend on
+    the data and the function is ``jit``-safe. The caller guarantees that the
+    number of placeholders equals ``M`` (see ``check_placeholder_count``).
+    """
+    is_image = input_ids == image_token_index
+    index = jnp.cumsum(is_image.reshape(-1)) - 1
+    index = jnp.clip(index, 0, image_features.shape[0] - 1)  # non-image rows read a dummy row
+    gathered = jnp.take(image_features, index, axis=0).reshape(inputs_embeds.shape)
+    return jnp.where(is_image[..., None], gathered.astype(inputs_embeds.dtype), inputs_embeds)
+
+
+def check_placeholder_count(input_ids: Int[Array, "B T"], num_features: int, image_token_index: int) -> None:
+    """Raise if concrete ``input_ids`` hold a different number of placeholders than features."""
+    if isinstance(input_ids, jax.core.Tracer):
+        return  # inside jit the count is data; the input processor guarantees it
+    count = int((input_ids == image_token_index).sum())
+    if count != num_features:
+        raise ValueError(
+            f"Image features and image tokens do not match: tokens: {count}, features: {num_features}"
+        )
+
+
+class LlavaForConditionalGeneration(nnx.Module):
+    """LLaVA-1.5: ``(input_ids, positions, pixel_values) -> logits``."""
+
+    def __init__(self, cfg: LlavaConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.vision_tower = CLIPVisionTower(cfg.vision, param_dtype=param_dtype, rngs=rngs)
+        self.multi_modal_projector = LlavaMultiModalProjector(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.language_model = LlamaForCausalLM(cfg.text, param_dtype=param_dtype, rngs=rngs)
+
+    def image_features(self, pixel_values: Float[Array, "I C Y X"]) -> Float[Array, "I P D"]:
+        """Projected features of each image; ``P = image_tokens_per_image``."""
+        layers = self.config.feature_layers
+        states = self.vision_tower(pixel_values, num_layers=max(layers))
+        selected = [states[i] for i in layers]
+        if self.config.vision_feature_select_strategy == "default":
+            selected = [s[:, 1:] for s in selected]  # drop CLS
+        return self.multi_modal_projector(jnp.concatenate(selected, axis=-1))
+
+    def embed(
+        self, input_ids: Int[Array, "B T"], pixel_values: Float[Array, "I C Y X"] | None = None
+    ) -> Float[Array, "B T D"]:
+        """Token embeddings with image features merged in at the placeholders."""
+        embeds = self.language_model.embed(input_ids)
+        if pixel_values is None:
+            return embeds
+        features = self.image_features(pixel_values)
+        features = features.reshape(-1, features.shape[-1])
+        check_placeholder_count(input_ids, features.shape[0], self.config.image_token_index)
+        return merge_image_features(input_ids, embeds, features, self.config.image_token_index)
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        pixel_values: Float[Array, "I C Y X"] | None = None,
+        attend: Attend | None = None,
+    ) -> Float[Array, "B T V"]:
+        """Float32 logits for every position.
+
+        Args:
+          input_ids: prompt tokens; each image is expanded to
+            ``config.image_tokens_per_image`` ``<image>`` tokens.
+          positions: absolute positions (``-1`` for padding).
+          pixel_values: the images of the whole batch, in placeholder order.
+          attend: attention implementation (default: dense causal).
+        """
+        return self.language_model(self.embed(input_ids, pixel_values), positions, attend)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    input_ids: Int[Array, "B T"],
+    positions: Int[Array, "B T"],
+    pixel_values: Float[Array, "I C Y X"] | None = None,
+) -> Float[Array, "B T V"]:
+    """The pure, jitted forward: ``graphdef, state = nnx.split(model)`` once, then call this."""
+    model = nnx.merge(graphdef, state)
+    return model(input_ids, positions, pixel_values)

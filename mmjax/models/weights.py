@@ -1,0 +1,248 @@
+"""Generic Hugging Face safetensors -> NNX weight loading.
+
+An architecture declares a table (see ``llava_weights.py``): module paths in
+the checkpoint, module paths in our model, and the kind of module. Loading is
+then generic: build the model abstractly (``nnx.eval_shape``), read each
+tensor lazily from its file, transform and cast it, and drop it into the
+matching leaf. At most one tensor is in flight, so host memory never holds a
+second copy of the model.
+
+Every mismatch raises, naming the thing: a missing file, a missing tensor and
+the file it should be in, a wrong shape, tensors the model has no place for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from safetensors import safe_open
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+#: (HF parameter suffix, our leaf name, axis permutation from HF to ours).
+LeafRule = tuple[str, str, tuple[int, ...] | None]
+
+# torch's Linear stores (out, in); flax's kernel is (in, out).
+LINEAR: tuple[LeafRule, ...] = (("weight", "kernel", (1, 0)), ("bias", "bias", None))
+LAYER_NORM: tuple[LeafRule, ...] = (("weight", "scale", None), ("bias", "bias", None))
+EMBEDDING: tuple[LeafRule, ...] = (("weight", "embedding", None),)
+RMS_NORM: tuple[LeafRule, ...] = (("weight", "weight", None),)
+# torch's Conv2d kernel is OIHW; flax's nnx.Conv wants HWIO.
+CONV2D: tuple[LeafRule, ...] = (("weight", "kernel", (2, 3, 1, 0)),)
+PARAM: tuple[LeafRule, ...] = (("", "", None),)
+_OPTIONAL_LEAVES = ("bias",)  # present only when the config enables them
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where one checkpoint tensor goes in our model."""
+
+    path: tuple[str | int, ...]
+    permutation: tuple[int, ...] | None
+
+
+def expand_table(
+    table: Iterable[tuple[str, str, tuple[LeafRule, ...]]],
+    repeats: dict[str, int],
+    model_paths: set[tuple[str | int, ...]],
+) -> dict[str, Target]:
+    """Expand a module table into ``{hf tensor name: Target}``.
+
+    Args:
+      table: ``(hf module path, our module path, leaf rules)``; paths may hold ``{i}``.
+      repeats: how many times a ``{i}`` row repeats, keyed by its hf module
+        path up to ``{i}`` (e.g. ``"model.language_model.layers."``).
+      model_paths: the parameter paths our model has; optional leaves (biases)
+        are kept only where the model has them.
+    """
+    targets: dict[str, Target] = {}
+    for hf_module, our_module, rules in table:
+        indices = range(repeats[hf_module.split("{i}")[0]]) if "{i}" in hf_module else [None]
+        for i in indices:
+            for hf_leaf, our_leaf, perm in rules:
+                hf_name = ".".join(p for p in (hf_module.format(i=i), hf_leaf) if p)
+                parts = f"{our_module.format(i=i)}/{our_leaf}".strip("/").split("/")
+                path = tuple(int(p) if p.isdigit() else p for p in parts)
+                if path not in model_paths:
+                    if our_leaf in _OPTIONAL_LEAVES:
+                        continue
+                    raise AssertionError(f"weight table maps {hf_name} to {path}, which the model lacks")
+                targets[hf_name] = Target(path, perm)
+    unmapped = model_paths - {t.path for t in targets.values()}
+    if unmapped:
+        raise AssertionError(f"weight table leaves model parameters unmapped: {sorted(map(str, unmapped))}")
+    return targets
+
+
+def canonical_name(name: str, aliases: Iterable[tuple[str, str]]) -> str:
+    """Apply ``(regex, replacement)`` rewrites, in order, to a checkpoint tensor name."""
+    for pattern, replacement in aliases:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+class CheckpointReader:
+    """Lazy reader over a checkpoint's safetensors files (single or sharded).
+
+    ``aliases`` are ``(regex, replacement)`` rewrites from the names a
+    checkpoint may use to the one canonical spelling the weight table uses.
+    """
+
+    def __init__(self, directory: str | os.PathLike, aliases: Iterable[tuple[str, str]] = ()):
+        self.directory = os.fspath(directory)
+        self._aliases = tuple(aliases)
+        self._files = self._tensor_files()  # raw name -> file name
+        self._raw_name: dict[str, str] = {}  # canonical -> raw
+        for raw in self._files:
+            canonical = self.canonical(raw)
+            if canonical in self._raw_name:
+                raise ValueError(f"tensors {self._raw_name[canonical]!r} and {raw!r} are the same parameter")
+            self._raw_name[canonical] = raw
+        self._handles: dict[str, object] = {}
+
+    def _tensor_files(self) -> dict[str, str]:
+        index = os.path.join(self.directory, INDEX_FILE)
+        if os.path.exists(index):
+            with open(index) as f:
+                weight_map: dict[str, str] = json.load(f)["weight_map"]
+            for file in sorted(set(weight_map.values())):
+                if not os.path.exists(os.path.join(self.directory, file)):
+                    raise FileNotFoundError(f"{file} is listed in {index} but does not exist")
+            return weight_map
+        single = os.path.join(self.directory, SINGLE_FILE)
+        if not os.path.exists(single):
+            raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {self.directory}")
+        with safe_open(single, framework="flax") as f:
+            return {name: SINGLE_FILE for name in f.keys()}
+
+    def canonical(self, raw: str) -> str:
+        return canonical_name(raw, self._aliases)
+
+    def names(self) -> set[str]:
+        """Canonical names of every tensor in the checkpoint."""
+        return set(self._raw_name)
+
+    def file_of(self, canonical: str) -> str:
+        return self._files[self._raw_name[canonical]]
+
+    def describe_missing(self, canonical: str) -> str:
+        """Where a missing tensor was expected, in the checkpoint's own spelling."""
+        files = sorted(set(self._files.values()))
+        where = files[0] if len(files) == 1 else f"{INDEX_FILE} (shards: {', '.join(files)})"
+        return f"tensor {self.spelling(canonical)!r} is missing from {where} in {self.directory}"
+
+    def spelling(self, canonical: str) -> str:
+        """The name as this checkpoint spells it (a best guess for a missing tensor)."""
+        if canonical in self._raw_name:
+            return self._raw_name[canonical]
+        # Aliases rewrite prefixes only: borrow the rewrite of the present
+        # tensor that shares the longest prefix with the missing one.
+        if not self._raw_name:
+            return canonical
+        nearest = max(self._raw_name, key=lambda n: len(os.path.commonprefix([n, canonical])))
+        raw = self._raw_name[nearest]
+        suffix = len(os.path.commonprefix([raw[::-1], nearest[::-1]]))
+        canon_prefix, raw_prefix = nearest[: len(nearest) - suffix], raw[: len(raw) - suffix]
+        if canonical.startswith(canon_prefix):
+            return raw_prefix + canonical[len(canon_prefix):]
+        return canonical
+
+    def _open(self, raw: str):
+        file = self._files[raw]
+        if file not in self._handles:
+            self._handles[file] = safe_open(os.path.join(self.directory, file), framework="flax")
+        handle = self._handles[file]
+        if raw not in handle.keys():
+            raise KeyError(f"tensor {raw!r} is listed in {INDEX_FILE} under {file}, which does not contain it")
+        return handle
+
+    def shape(self, canonical: str) -> tuple[int, ...]:
+        raw = self._raw_name[canonical]
+        return tuple(self._open(raw).get_slice(raw).get_shape())
+
+    def read(self, canonical: str) -> jax.Array:
+        raw = self._raw_name[canonical]
+        return self._open(raw).get_tensor(raw)
+
+    def close(self) -> None:
+        self._handles.clear()  # safe_open handles close when released
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _permute_shape(shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
+    return shape if perm is None else tuple(shape[p] for p in perm)
+
+
+def _check_names(targets: dict[str, Target], reader: CheckpointReader, ignore: Iterable[str]) -> None:
+    present = reader.names()
+    missing = sorted(set(targets) - present)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise KeyError(reader.describe_missing(missing[0]) + more)
+    ignored = [re.compile(p) for p in ignore]
+    unexpected = sorted(n for n in present - set(targets) if not any(p.search(n) for p in ignored))
+    if unexpected:
+        names = [reader.spelling(n) for n in unexpected]
+        raise ValueError(f"checkpoint {reader.directory} has tensors the model does not use: {names}")
+
+
+def fill_state(
+    abstract_model: nnx.Module,
+    targets: dict[str, Target],
+    reader: CheckpointReader,
+    dtype: jnp.dtype,
+    *,
+    ignore: Iterable[str] = (),
+) -> nnx.Module:
+    """Load every target tensor into an ``nnx.eval_shape``-built model.
+
+    Args:
+      ignore: regexes of canonical names the checkpoint may carry that are not
+        parameters (e.g. non-persistent buffers some exporters wrote anyway).
+    """
+    _check_names(targets, reader, ignore)
+    graphdef, state = nnx.split(abstract_model)
+    leaves = dict(nnx.to_flat_state(state))
+    for name, target in _in_file_order(targets, reader):
+        leaf = leaves[target.path]
+        expected = tuple(leaf.get_value().shape)
+        got = _permute_shape(reader.shape(name), target.permutation)
+        if got != expected:
+            hf_expected = _permute_shape(expected, _inverse(target.permutation))
+            raise ValueError(
+                f"tensor {reader.spelling(name)!r} has shape {reader.shape(name)}, expected {hf_expected} "
+                f"(our layout {expected} at {'/'.join(map(str, target.path))})"
+            )
+        value = reader.read(name)
+        if target.permutation is not None:
+            value = jnp.transpose(value, target.permutation)
+        leaf.set_value(value.astype(dtype))
+        del value  # one tensor in flight at a time
+    return nnx.merge(graphdef, state)
+
+
+def _inverse(perm: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if perm is None:
+        return None
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return tuple(inverse)
+
+
+def _in_file_order(targets: dict[str, Target], reader: CheckpointReader) -> Iterator[tuple[str, Target]]:
+    # Finishing one shard before opening the next keeps file access sequential.
+    return iter(sorted(targets.items(), key=lambda item: (reader.file_of(item[0]), item[0])))
