@@ -1,7 +1,8 @@
 """mmjax: vLLM's multimodal input system and inference path, in JAX.
 
-The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the most
-used names are re-exported here.
+``llm = mmjax.load(path)`` loads a Hugging Face checkpoint; ``llm.logits(prompt)``
+runs it. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
+most used names are re-exported here.
 """
 
 from mmjax.registry import (
@@ -16,10 +17,13 @@ from mmjax.registry import (
     process_prompt,
 )
 
+from mmjax.llm import LLM, load
+
 __version__ = "0.1.0"
 
 __all__ = [
     "INPUT_REGISTRY",
+    "LLM",
     "MULTIMODAL_REGISTRY",
     "ModelConfig",
     "MultiModalInputs",
@@ -27,5 +31,6 @@ __all__ = [
     "SupportsMultiModal",
     "TextPrompt",
     "TokensPrompt",
+    "load",
     "process_prompt",
 ]

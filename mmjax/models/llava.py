@@ -8,7 +8,6 @@ forward compiles once per (batch, length, image count) bucket.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -16,70 +15,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.attention import Attend
-from mmjax.models.clip import CLIPVisionConfig, CLIPVisionTower
-from mmjax.models.layers import ACTIVATIONS, check_activation
-from mmjax.models.llama import DecoderConfig, LlamaForCausalLM
+from mmjax.models.clip import CLIPVisionTower
+from mmjax.models.layers import ACTIVATIONS
+from mmjax.models.llama import LlamaForCausalLM
+from mmjax.models.llava_config import LlavaConfig
+from mmjax.models.llava_hooks import dummy_data_for_llava, image_token_count, input_processor_for_llava
+from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, SupportsMultiModal
 from mmjax.types import Array, Float, Int
-
-_SELECT_STRATEGIES = ("default", "full")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LlavaConfig:
-    """A validated, hashable view of a transformers ``LlavaConfig``."""
-
-    vision: CLIPVisionConfig
-    text: DecoderConfig
-    image_token_index: int
-    vision_feature_layer: int | tuple[int, ...] = -2
-    vision_feature_select_strategy: str = "default"
-    projector_hidden_act: str = "gelu"
-    projector_bias: bool = True
-
-    @property
-    def feature_layers(self) -> tuple[int, ...]:
-        """Indices into the tower's hidden states, each in ``[0, num_layers]``."""
-        layers = self.vision_feature_layer
-        layers = (layers,) if isinstance(layers, int) else layers
-        n = self.vision.num_layers + 1  # hidden states include the embeddings
-        for layer in layers:
-            if not -n <= layer < n:
-                raise ValueError(f"vision_feature_layer={layer} is out of range for a tower of {n - 1} layers")
-        return tuple(layer % n for layer in layers)
-
-    @property
-    def image_tokens_per_image(self) -> int:
-        """Placeholder tokens one image becomes (576 for LLaVA-1.5)."""
-        drop_cls = self.vision_feature_select_strategy == "default"
-        return self.vision.num_patches + (0 if drop_cls else 1)
-
-    @classmethod
-    def from_hf(cls, hf) -> "LlavaConfig":
-        """Build from a transformers ``LlavaConfig``; raise naming any unsupported field."""
-        if getattr(hf, "model_type", None) != "llava":
-            raise ValueError(
-                f"config is for model_type={getattr(hf, 'model_type', None)!r} "
-                f"(architectures={getattr(hf, 'architectures', None)}), not 'llava'"
-            )
-        strategy = hf.vision_feature_select_strategy
-        if strategy not in _SELECT_STRATEGIES:
-            raise NotImplementedError(
-                f"config field vision_feature_select_strategy={strategy!r} is not supported; "
-                f"supported: {_SELECT_STRATEGIES}"
-            )
-        layer = hf.vision_feature_layer
-        cfg = cls(
-            vision=CLIPVisionConfig.from_hf(hf.vision_config),
-            text=DecoderConfig.from_hf(hf.text_config, tie_word_embeddings=hf.tie_word_embeddings),
-            image_token_index=hf.image_token_id,
-            vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
-            vision_feature_select_strategy=strategy,
-            projector_hidden_act=check_activation(hf.projector_hidden_act, "projector_hidden_act"),
-            projector_bias=bool(getattr(hf, "multimodal_projector_bias", True)),
-        )
-        cfg.feature_layers  # validates the layer indices now, not at the first forward
-        return cfg
-
 
 class LlavaMultiModalProjector(nnx.Module):
     """``linear_2(act(linear_1(features)))``: vision width (x layers) -> text width."""
@@ -127,8 +69,12 @@ def check_placeholder_count(input_ids: Int[Array, "B T"], num_features: int, ima
         )
 
 
-class LlavaForConditionalGeneration(nnx.Module):
-    """LLaVA-1.5: ``(input_ids, positions, pixel_values) -> logits``."""
+@MULTIMODAL_REGISTRY.register_image_input_mapper()
+@MULTIMODAL_REGISTRY.register_max_image_tokens(image_token_count)
+@INPUT_REGISTRY.register_dummy_data(dummy_data_for_llava)
+@INPUT_REGISTRY.register_input_processor(input_processor_for_llava)
+class LlavaForConditionalGeneration(nnx.Module, SupportsMultiModal):
+    """LLaVA-1.5: ``(input_ids, positions, pixel_values | image_embeds) -> logits``."""
 
     def __init__(self, cfg: LlavaConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
@@ -146,13 +92,22 @@ class LlavaForConditionalGeneration(nnx.Module):
         return self.multi_modal_projector(jnp.concatenate(selected, axis=-1))
 
     def embed(
-        self, input_ids: Int[Array, "B T"], pixel_values: Float[Array, "I C Y X"] | None = None
+        self,
+        input_ids: Int[Array, "B T"],
+        pixel_values: Float[Array, "I C Y X"] | None = None,
+        image_embeds: Float[Array, "I P D"] | None = None,
     ) -> Float[Array, "B T D"]:
-        """Token embeddings with image features merged in at the placeholders."""
+        """Token embeddings with image features merged in at the placeholders.
+
+        ``image_embeds`` are precomputed, projected features (what ``image_features``
+        returns); give them instead of ``pixel_values`` to skip the vision tower.
+        """
         embeds = self.language_model.embed(input_ids)
-        if pixel_values is None:
+        if pixel_values is not None and image_embeds is not None:
+            raise ValueError("give pixel_values or image_embeds, not both")
+        if pixel_values is None and image_embeds is None:
             return embeds
-        features = self.image_features(pixel_values)
+        features = self.image_features(pixel_values) if image_embeds is None else image_embeds
         features = features.reshape(-1, features.shape[-1])
         check_placeholder_count(input_ids, features.shape[0], self.config.image_token_index)
         return merge_image_features(input_ids, embeds, features, self.config.image_token_index)
@@ -163,6 +118,7 @@ class LlavaForConditionalGeneration(nnx.Module):
         positions: Int[Array, "B T"],
         pixel_values: Float[Array, "I C Y X"] | None = None,
         attend: Attend | None = None,
+        image_embeds: Float[Array, "I P D"] | None = None,
     ) -> Float[Array, "B T V"]:
         """Float32 logits for every position.
 
@@ -172,8 +128,9 @@ class LlavaForConditionalGeneration(nnx.Module):
           positions: absolute positions (``-1`` for padding).
           pixel_values: the images of the whole batch, in placeholder order.
           attend: attention implementation (default: dense causal).
+          image_embeds: precomputed image features, instead of ``pixel_values``.
         """
-        return self.language_model(self.embed(input_ids, pixel_values), positions, attend)
+        return self.language_model(self.embed(input_ids, pixel_values, image_embeds), positions, attend)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -183,7 +140,8 @@ def forward(
     input_ids: Int[Array, "B T"],
     positions: Int[Array, "B T"],
     pixel_values: Float[Array, "I C Y X"] | None = None,
+    image_embeds: Float[Array, "I P D"] | None = None,
 ) -> Float[Array, "B T V"]:
     """The pure, jitted forward: ``graphdef, state = nnx.split(model)`` once, then call this."""
     model = nnx.merge(graphdef, state)
-    return model(input_ids, positions, pixel_values)
+    return model(input_ids, positions, pixel_values, image_embeds=image_embeds)

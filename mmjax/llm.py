@@ -1,0 +1,142 @@
+"""``mmjax.load``: a checkpoint directory to a handle that processes prompts and runs the model.
+
+The handle carries the model (split once into ``graphdef`` and ``state`` so the
+jitted functions are pure), its ``ModelConfig``, tokenizer and the registries
+whose hooks it uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.registry import (
+    INPUT_REGISTRY,
+    MULTIMODAL_REGISTRY,
+    InputContext,
+    InputRegistry,
+    ModelConfig,
+    MultiModalRegistry,
+    ProcessedPrompt,
+    PromptInputs,
+    process_prompt,
+)
+from mmjax.registry.architectures import resolve_loader
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+#: Prompt lengths are padded up to a multiple of this, so ``logits`` compiles per bucket, not per length.
+LENGTH_BUCKET = 64
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(
+    graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array, positions: jax.Array, mm_kwargs: Mapping
+) -> jax.Array:
+    """``[1, T]`` ids and positions (``-1`` = padding) + the model's mm kwargs -> logits ``[1, T, V]``."""
+    return nnx.merge(graphdef, state)(input_ids, positions, **mm_kwargs)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LLM:
+    """A loaded model. Build it with ``mmjax.load(path)``.
+
+    Attributes:
+      model_config: identifies the model for the registries.
+      graphdef, state: the Flax model, split (``nnx.merge`` gives it back).
+      tokenizer: the checkpoint's tokenizer.
+      dtype: the parameter dtype.
+    """
+
+    model_config: ModelConfig
+    graphdef: nnx.GraphDef
+    state: nnx.State
+    tokenizer: Any
+    dtype: jnp.dtype
+    mm_registry: MultiModalRegistry = MULTIMODAL_REGISTRY
+    input_registry: InputRegistry = INPUT_REGISTRY
+
+    @property
+    def model(self) -> nnx.Module:
+        """The Flax model (a fresh ``nnx.merge`` of ``graphdef`` and ``state``)."""
+        return nnx.merge(self.graphdef, self.state)
+
+    @property
+    def hf_config(self) -> Any:
+        return self.model_config.hf_config
+
+    def process(self, prompt: PromptInputs) -> ProcessedPrompt:
+        """Token ids (placeholders expanded), placeholder ranges and mm kwargs of one prompt."""
+        return process_prompt(
+            self.model_config, prompt, tokenizer=self.tokenizer,
+            mm_registry=self.mm_registry, input_registry=self.input_registry,
+        )
+
+    def logits(self, prompt: PromptInputs) -> tuple[np.ndarray, np.ndarray]:
+        """Full-sequence logits of one prompt (text or token ids, with ``multi_modal_data``).
+
+        Returns:
+          ``(token_ids i32[L], logits f32[L, V])``: the ids after placeholder
+          expansion, and the logits at every position, by a jitted forward pass.
+        """
+        processed = self.process(prompt)
+        length = len(processed.token_ids)
+        padded = -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+        input_ids = np.zeros((1, padded), np.int32)
+        input_ids[0, :length] = processed.token_ids
+        positions = np.full((1, padded), -1, np.int32)
+        positions[0, :length] = np.arange(length)
+        mm_kwargs = {k: jnp.asarray(v) for k, v in processed.mm_kwargs.items()}
+        logits = _forward(self.graphdef, self.state, jnp.asarray(input_ids), jnp.asarray(positions), mm_kwargs)
+        return processed.token_ids, np.asarray(logits[0, :length], np.float32)
+
+
+def load(
+    path: str | os.PathLike,
+    dtype: str | jnp.dtype = jnp.float32,
+    *,
+    limit_mm_per_prompt: Mapping[str, int] | None = None,
+    mm_processor_kwargs: Mapping[str, Any] | None = None,
+    max_model_len: int | None = None,
+) -> LLM:
+    """Load a Hugging Face checkpoint directory (e.g. a ``llava-hf/*`` download).
+
+    Args:
+      path: the directory: ``config.json``, ``*.safetensors`` (single or sharded
+        with its index), tokenizer files and the image-processor config.
+      dtype: parameter dtype: float32, bfloat16 or float16 (a name or a jnp dtype).
+      limit_mm_per_prompt: most items of each modality per prompt (default 1 each).
+      mm_processor_kwargs: defaults for the model's multimodal hooks.
+      max_model_len: context length (default: the model's).
+
+    Raises:
+      FileNotFoundError: a file the checkpoint needs is missing (named).
+      ValueError / NotImplementedError: an unsupported architecture or config field.
+    """
+    dtype = _as_dtype(dtype)
+    model_config = ModelConfig.from_pretrained(
+        path,
+        limit_mm_per_prompt=limit_mm_per_prompt or {},
+        mm_processor_kwargs=mm_processor_kwargs or {},
+        max_model_len=max_model_len,
+    )
+    MULTIMODAL_REGISTRY.init_mm_limits_per_prompt(model_config)  # fail now on bad limits
+    tokenizer = InputContext(model_config).get_tokenizer()
+    model, _ = resolve_loader(model_config.hf_config)(os.fspath(path), dtype)
+    graphdef, state = nnx.split(model)
+    return LLM(model_config=model_config, graphdef=graphdef, state=state, tokenizer=tokenizer, dtype=dtype)
+
+
+def _as_dtype(dtype: str | jnp.dtype) -> jnp.dtype:
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return jnp.dtype(_DTYPES[name])

@@ -1,0 +1,86 @@
+"""LLaVA-1.5's registry hooks: max image tokens, dummy data, the input processor.
+
+The image input mapper is the image plugin's default: the checkpoint's CLIP
+image processor (RGB conversion, shortest-side resize, centre crop, rescale,
+normalise) read from ``preprocessor_config.json`` or ``processor_config.json``.
+Every hook takes the token count from ``image_token_count``, which reads
+``LlavaConfig.image_tokens_per_image``: one number, computed in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from PIL import Image
+
+from mmjax.models.llava_config import LlavaConfig
+from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, PlaceholderRange
+from mmjax.registry.multimodal import count_items
+
+
+def llava_config(ctx: InputContext) -> LlavaConfig:
+    """The validated LLaVA config of the model the context describes."""
+    return LlavaConfig.from_hf(ctx.get_hf_config())
+
+
+def image_token_count(ctx: InputContext) -> int:
+    """Placeholder tokens per image (576 for the 336/14 tower with the "default" strategy)."""
+    return llava_config(ctx).image_tokens_per_image
+
+
+def expand_placeholders(
+    token_ids: tuple[int, ...], marker: int, counts: list[int], modality: str = "image"
+) -> tuple[tuple[int, ...], tuple[PlaceholderRange, ...]]:
+    """Replace the i-th ``marker`` token by ``counts[i]`` copies of it.
+
+    Returns:
+      The new token ids and one ``PlaceholderRange`` per marker.
+
+    Raises:
+      ValueError: the number of markers differs from ``len(counts)``; names the
+        markers' prompt positions.
+    """
+    positions = [i for i, t in enumerate(token_ids) if t == marker]
+    if len(positions) != len(counts):
+        where = f" at prompt positions {positions}" if positions else ""
+        raise ValueError(
+            f"the prompt has {len(positions)} {modality} placeholder token(s) (id {marker}){where}, "
+            f"but {len(counts)} {modality}(s) were given; put one <{modality}> in the prompt per {modality}"
+        )
+    out: list[int] = []
+    ranges = []
+    start = 0
+    for position, count in zip(positions, counts):
+        out.extend(token_ids[start:position])
+        ranges.append(PlaceholderRange(len(out), count))
+        out.extend([marker] * count)
+        start = position + 1
+    out.extend(token_ids[start:])
+    return tuple(out), tuple(ranges)
+
+
+def input_processor_for_llava(ctx: InputContext, inputs: DecoderOnlyInputs) -> DecoderOnlyInputs:
+    """Expand each ``<image>`` token into ``image_token_count`` placeholders and record where."""
+    config = llava_config(ctx)
+    images = inputs.multi_modal_data.get("image")
+    num_images = 0 if images is None else count_items(images)
+    token_ids, ranges = expand_placeholders(
+        inputs.prompt_token_ids, config.image_token_index, [config.image_tokens_per_image] * num_images
+    )
+    placeholders = {"image": ranges} if images is not None else {}
+    return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders=placeholders)
+
+
+def dummy_data_for_llava(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) -> DummyData:
+    """``mm_counts["image"]`` images at the tower's resolution, each with its full placeholder run."""
+    config = llava_config(ctx)
+    per_image, num_images = config.image_tokens_per_image, mm_counts["image"]
+    token_ids = [config.image_token_index] * (per_image * num_images)
+    token_ids += [0] * max(0, seq_len - len(token_ids))
+    size = config.vision.image_size
+    return DummyData(
+        prompt_token_ids=token_ids,
+        multi_modal_data={"image": [Image.new("RGB", (size, size))] * num_images},
+        multi_modal_placeholders={"image": [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]},
+    )
