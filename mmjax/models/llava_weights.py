@@ -20,6 +20,7 @@ from flax import nnx
 from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration
 from mmjax.models.weights import (
     CONV2D, EMBEDDING, LAYER_NORM, LINEAR, PARAM, RMS_NORM, CheckpointReader, Target, expand_table, fill_state,
+    save_state,
 )  # fmt: skip
 
 #: ``(regex, replacement)``, applied in order, from any published spelling to the canonical one.
@@ -117,3 +118,18 @@ def load_llava(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
     with CheckpointReader(path, LLAVA_ALIASES) as reader:
         model = fill_state(abstract, targets, reader, dtype, ignore=LLAVA_IGNORED)
     return model, hf_config
+
+
+def save_llava(
+    model: LlavaForConditionalGeneration, hf_config, path: str | os.PathLike, *, max_shard_bytes: int = 2**30
+) -> str:
+    """Write ``model`` as a llava-hf checkpoint (``config.json`` + safetensors) that
+    transformers and ``load_llava`` both read. Tokenizer and image processor are
+    the caller's to add. Returns ``path``."""
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    cfg = model.config
+    model_paths = {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    save_state(model, llava_targets(cfg, model_paths), path, max_shard_bytes=max_shard_bytes)
+    hf_config.save_pretrained(path)
+    return path

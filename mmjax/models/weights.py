@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
@@ -232,6 +233,41 @@ def fill_state(
         leaf.set_value(value.astype(dtype))
         del value  # one tensor in flight at a time
     return nnx.merge(graphdef, state)
+
+
+def save_state(
+    model: nnx.Module, targets: dict[str, Target], directory: str | os.PathLike, *, max_shard_bytes: int = 2**30
+) -> None:
+    """Write the model's parameters as HF-named safetensors (the inverse of ``fill_state``).
+
+    Tensors are converted one at a time; shards hold at most ``max_shard_bytes``,
+    with a ``model.safetensors.index.json`` when there is more than one.
+    """
+    from safetensors.numpy import save_file
+
+    directory = os.fspath(directory)
+    leaves = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, target in sorted(targets.items()):
+        value = np.asarray(jax.device_get(leaves[target.path].get_value()))
+        inverse = _inverse(target.permutation)
+        value = np.ascontiguousarray(value if inverse is None else value.transpose(inverse))
+        if shards[-1] and size + value.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = value
+        size += value.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(directory, SINGLE_FILE), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(directory, file), metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+    with open(os.path.join(directory, INDEX_FILE), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
 
 
 def _inverse(perm: tuple[int, ...] | None) -> tuple[int, ...] | None:
