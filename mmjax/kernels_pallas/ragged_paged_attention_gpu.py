@@ -30,8 +30,15 @@ DEFAULT_BLOCK_K = 64  # keys per step, i.e. pages_per_block * page size
 
 
 def default_block_sizes(group: int, page_size: int) -> tuple[int, int]:
-    """(block_q, pages_per_block) for the GPU kernel."""
-    return max(1, DEFAULT_ROWS // group), max(1, DEFAULT_BLOCK_K // page_size)
+    """(block_q, pages_per_block) for the GPU kernel: powers of two, as Triton needs.
+
+    GQA groups need not be powers of two (e.g. 5, or 7 for LLaVA-NeXT-34B), so
+    block_q is rounded *down* to one.
+    """
+    def floor_pow2(n: int) -> int:
+        return 1 << (max(1, n).bit_length() - 1)
+
+    return floor_pow2(DEFAULT_ROWS // group), floor_pow2(DEFAULT_BLOCK_K // page_size)
 
 
 def _kernel(

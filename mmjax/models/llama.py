@@ -219,6 +219,25 @@ class LlamaForCausalLM(nnx.Module):
         """Dense causal attention over this step's tokens (prefill without a cache)."""
         return functools.partial(dense_causal_attention, sliding_window=self.config.sliding_window)
 
+    def hidden_states(
+        self,
+        inputs_embeds: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        attend: Attend | None = None,
+    ) -> Float[Array, "B T D"]:
+        """Run the decoder layers and the final norm."""
+        attend = self.default_attend() if attend is None else attend
+        x = inputs_embeds
+        for layer in self.layers:
+            x = layer(x, positions, attend)
+        return self.norm(x)
+
+    def logits(self, hidden: Float[Array, "... D"]) -> Float[Array, "... V"]:
+        """The LM head (tied or not), in float32. Apply it only where logits are needed."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(hidden).astype(jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)
+
     def __call__(
         self,
         inputs_embeds: Float[Array, "B T D"],
@@ -226,13 +245,4 @@ class LlamaForCausalLM(nnx.Module):
         attend: Attend | None = None,
     ) -> Float[Array, "B T V"]:
         """Run the decoder; return float32 logits for every position."""
-        attend = self.default_attend() if attend is None else attend
-        x = inputs_embeds
-        for layer in self.layers:
-            x = layer(x, positions, attend)
-        x = self.norm(x)
-        if self.config.tie_word_embeddings:
-            logits = self.embed_tokens.attend(x)
-        else:
-            logits = self.lm_head(x)
-        return logits.astype(jnp.float32)
+        return self.logits(self.hidden_states(inputs_embeds, positions, attend))

@@ -33,3 +33,13 @@ def test_kernel_lowers(backend, platform, marker, dtype, head_dim):
         *_abstract_args(dtype, head_dim))
     assert marker in exported.mlir_module()
     assert exported.out_avals[0].shape == (32, 8, head_dim)
+
+
+@pytest.mark.parametrize("backend,platform,marker", [("tpu", "tpu", "tpu_custom_call"),
+                                                      ("gpu", "cuda", "__gpu$xla.gpu.triton")])
+@pytest.mark.parametrize("group", [5, 7])  # LLaVA-NeXT-34B has 56 query heads over 8 KV heads
+def test_kernel_lowers_for_non_power_of_two_groups(backend, platform, marker, group):
+    fn = jax.jit(functools.partial(ragged_paged_attention, backend=backend))
+    exported = export.export(fn, platforms=(platform,), disabled_checks=TRITON_OK)(
+        *_abstract_args(jnp.bfloat16, 128, group=group))
+    assert marker in exported.mlir_module()
