@@ -1,4 +1,4 @@
-"""Flax NNX models (CLIP, Llama, LLaVA-1.5) and their Hugging Face weight loaders.
+"""Flax NNX models (CLIP, Llama, LLaVA-1.5, LLaVA-NeXT) and their Hugging Face weight loaders.
 
 ``load_llava(path, dtype)`` reads a llava-hf checkpoint directory; ``forward``
 is the pure, jitted ``(graphdef, state, input_ids, positions, pixel_values)
@@ -9,7 +9,9 @@ from mmjax.models.attention import Attend, dense_causal_attention
 from mmjax.models.clip import CLIPVisionConfig, CLIPVisionTower
 from mmjax.models.llama import DecoderConfig, LlamaForCausalLM
 from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration, forward, merge_image_features
-from mmjax.models.llava_weights import load_llava
+from mmjax.models.llava_next import LlavaNextForConditionalGeneration
+from mmjax.models.llava_next_weights import load_llava_next
+from mmjax.models.llava_weights import load_llava, save_llava
 
 __all__ = [
     "Attend",
@@ -19,8 +21,11 @@ __all__ = [
     "LlamaForCausalLM",
     "LlavaConfig",
     "LlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration",
     "dense_causal_attention",
     "forward",
     "load_llava",
+    "load_llava_next",
     "merge_image_features",
+    "save_llava",
 ]

@@ -29,6 +29,10 @@ ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType({
         model="mmjax.models.llava:LlavaForConditionalGeneration",
         loader="mmjax.models.llava_weights:load_llava",
     ),
+    "LlavaNextForConditionalGeneration": Architecture(
+        model="mmjax.models.llava_next:LlavaNextForConditionalGeneration",
+        loader="mmjax.models.llava_next_weights:load_llava_next",
+    ),
 })
 
 

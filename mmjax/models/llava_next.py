@@ -1,0 +1,191 @@
+"""LLaVA-NeXT: anyres tiles -> CLIP tower -> projector -> unpadded grid + newlines -> Llama/Mistral.
+
+Mirrors transformers' ``LlavaNextForConditionalGeneration``. transformers
+reshapes, unpads and concatenates each image's features with data-dependent
+shapes; here the host precomputes, from the geometry alone, which feature row
+fills each placeholder (``mmjax.processing.anyres_layout``), so the device
+runs the tower on a bucket of real tiles and then gathers: the forward
+compiles once per (tile bucket, batch, length) and never per image size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.models.attention import Attend
+from mmjax.models.clip import CLIPVisionConfig, CLIPVisionTower
+from mmjax.models.layers import check_activation
+from mmjax.models.llama import DecoderConfig, LlamaForCausalLM
+from mmjax.models.llava import LlavaMultiModalProjector
+from mmjax.models.llava_config import LlavaConfig
+from mmjax.models.llava_next_hooks import (
+    dummy_data_for_llava_next, input_processor_for_llava_next, map_images_for_llava_next, max_image_tokens,
+)  # fmt: skip
+from mmjax.processing.anyres import AnyresGeometry
+from mmjax.processing.anyres_layout import NEWLINE, TEXT, AnyresImages
+from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, SupportsMultiModal
+from mmjax.types import Array, Bool, Float, Int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LlavaNextConfig:
+    """A validated, hashable view of a transformers ``LlavaNextConfig``.
+
+    Attributes:
+      llava: the tower, projector and decoder fields, which LLaVA-1.5 shares.
+      geometry: pinpoints, tile and patch size: the anyres token count.
+    """
+
+    llava: LlavaConfig
+    geometry: AnyresGeometry
+
+    @classmethod
+    def from_hf(cls, hf) -> "LlavaNextConfig":
+        """Build from a transformers ``LlavaNextConfig``; raise naming any unsupported field."""
+        if getattr(hf, "model_type", None) != "llava_next":
+            raise ValueError(
+                f"config is for model_type={getattr(hf, 'model_type', None)!r} "
+                f"(architectures={getattr(hf, 'architectures', None)}), not 'llava_next'"
+            )
+        if hf.vision_feature_select_strategy != "default":
+            # with the CLS feature a tile has p*p+1 features, which transformers cannot lay out as a grid
+            raise NotImplementedError(
+                f"config field vision_feature_select_strategy={hf.vision_feature_select_strategy!r} is not "
+                "supported for anyres images; supported: ('default',)"
+            )
+        layer = hf.vision_feature_layer
+        llava = LlavaConfig(
+            vision=CLIPVisionConfig.from_hf(hf.vision_config),
+            text=DecoderConfig.from_hf(hf.text_config, tie_word_embeddings=hf.tie_word_embeddings),
+            image_token_index=hf.image_token_id,
+            vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
+            vision_feature_select_strategy="default",
+            projector_hidden_act=check_activation(hf.projector_hidden_act, "projector_hidden_act"),
+            projector_bias=bool(getattr(hf, "multimodal_projector_bias", True)),
+        )
+        llava.feature_layers  # validates the layer indices now, not at the first forward
+        return cls(llava=llava, geometry=AnyresGeometry.from_hf(hf))
+
+
+def merge_anyres_features(
+    input_ids: Int[Array, "B T"],
+    inputs_embeds: Float[Array, "B T D"],
+    tile_features: Float[Array, "M D"],
+    image_newline: Float[Array, "D"],
+    placeholder_rows: Int[Array, "R"],
+    image_token_index: int,
+) -> Float[Array, "B T D"]:
+    """Fill the k-th placeholder from ``placeholder_rows[k]``: a tile feature or the newline.
+
+    ``k`` counts placeholders in row-major (batch, then token) order, as
+    transformers' ``masked_scatter`` does; it comes from a cumulative sum, so
+    no shape depends on the data and the function is ``jit``-safe.
+    """
+    is_image = input_ids == image_token_index
+    k = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, placeholder_rows.shape[0] - 1)
+    rows = jnp.where(is_image, placeholder_rows[k].reshape(is_image.shape), TEXT)
+    gathered = jnp.take(tile_features, jnp.maximum(rows, 0), axis=0).astype(inputs_embeds.dtype)
+    out = jnp.where((rows >= 0)[..., None], gathered, inputs_embeds)
+    return jnp.where((rows == NEWLINE)[..., None], image_newline.astype(inputs_embeds.dtype), out)
+
+
+def check_placeholder_count(input_ids: Int[Array, "B T"], placeholder_rows: Int[Array, "R"], image_token_index: int):
+    """Raise if concrete ``input_ids`` hold another number of placeholders than the images fill."""
+    if isinstance(input_ids, jax.core.Tracer) or isinstance(placeholder_rows, jax.core.Tracer):
+        return  # inside jit the counts are data; the input processor guarantees them
+    tokens = int((np.asarray(input_ids) == image_token_index).sum())
+    features = int((np.asarray(placeholder_rows) != TEXT).sum())
+    if tokens != features:
+        raise ValueError(f"Image features and image tokens do not match: tokens: {tokens}, features: {features}")
+
+
+@MULTIMODAL_REGISTRY.register_image_input_mapper(map_images_for_llava_next)
+@MULTIMODAL_REGISTRY.register_max_image_tokens(max_image_tokens)
+@INPUT_REGISTRY.register_dummy_data(dummy_data_for_llava_next)
+@INPUT_REGISTRY.register_input_processor(input_processor_for_llava_next)
+class LlavaNextForConditionalGeneration(nnx.Module, SupportsMultiModal):
+    """LLaVA-NeXT: ``(input_ids, positions, packed tiles, placeholder map) -> logits``."""
+
+    def __init__(self, cfg: LlavaNextConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.vision_tower = CLIPVisionTower(cfg.llava.vision, param_dtype=param_dtype, rngs=rngs)
+        self.multi_modal_projector = LlavaMultiModalProjector(cfg.llava, param_dtype=param_dtype, rngs=rngs)
+        self.language_model = LlamaForCausalLM(cfg.llava.text, param_dtype=param_dtype, rngs=rngs)
+        self.image_newline = nnx.Param(jnp.zeros((cfg.llava.text.hidden_size,), dtype=param_dtype))
+
+    def tile_features(self, tiles: Float[Array, "I C Y X"], tile_valid: Bool[Array, "I"]) -> Float[Array, "I P D"]:
+        """Projected features of each tile, CLS dropped (``P = geometry.base_tokens``).
+
+        The tower runs on exactly the tiles given, which ``pack_images`` made the
+        real tiles plus bucket padding. Padding tiles' features are zeroed so
+        that nothing they compute can reach a placeholder.
+        """
+        layers = self.config.llava.feature_layers
+        states = self.vision_tower(tiles, num_layers=max(layers))
+        features = self.multi_modal_projector(jnp.concatenate([states[i][:, 1:] for i in layers], axis=-1))
+        return jnp.where(tile_valid[:, None, None], features, 0)
+
+    def embed(
+        self,
+        input_ids: Int[Array, "B T"],
+        pixel_values: Float[Array, "I C Y X"] | None = None,
+        tile_valid: Bool[Array, "I"] | None = None,
+        placeholder_rows: Int[Array, "R"] | None = None,
+    ) -> Float[Array, "B T D"]:
+        """Token embeddings with tile features and newlines merged in at the placeholders."""
+        embeds = self.language_model.embed(input_ids)
+        if pixel_values is None:
+            return embeds
+        if tile_valid is None or placeholder_rows is None:
+            raise ValueError("pixel_values need tile_valid and placeholder_rows (see anyres_layout.pack_images)")
+        image_token = self.config.llava.image_token_index
+        check_placeholder_count(input_ids, placeholder_rows, image_token)
+        features = self.tile_features(pixel_values, tile_valid)
+        features = features.reshape(-1, features.shape[-1])
+        newline = self.image_newline[...]
+        return merge_anyres_features(input_ids, embeds, features, newline, placeholder_rows, image_token)
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        pixel_values: Float[Array, "I C Y X"] | None = None,
+        attend: Attend | None = None,
+        *,
+        tile_valid: Bool[Array, "I"] | None = None,
+        placeholder_rows: Int[Array, "R"] | None = None,
+    ) -> Float[Array, "B T V"]:
+        """Float32 logits for every position.
+
+        Args:
+          input_ids: prompt tokens; each image expanded to
+            ``geometry.num_image_tokens(height, width)`` ``<image>`` tokens.
+          positions: absolute positions (``-1`` for padding).
+          pixel_values, tile_valid, placeholder_rows: the step's images, the
+            fields of ``anyres_layout.AnyresImages`` (what the image mapper returns).
+          attend: attention implementation (default: dense causal).
+        """
+        embeds = self.embed(input_ids, pixel_values, tile_valid, placeholder_rows)
+        return self.language_model(embeds, positions, attend)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    input_ids: Int[Array, "B T"],
+    positions: Int[Array, "B T"],
+    images: AnyresImages | None = None,
+) -> Float[Array, "B T V"]:
+    """The pure, jitted forward: ``graphdef, state = nnx.split(model)`` once, then call this."""
+    model = nnx.merge(graphdef, state)
+    if images is None:
+        return model(input_ids, positions)
+    return model(input_ids, positions, images.pixel_values, tile_valid=images.tile_valid,
+                 placeholder_rows=images.placeholder_rows)

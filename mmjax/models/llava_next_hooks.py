@@ -1,0 +1,109 @@
+"""LLaVA-NeXT's registry hooks: image mapper, max image tokens, dummy data, input processor.
+
+Each hook takes the image-token count from ``AnyresGeometry.num_image_tokens``
+(``mmjax.processing.anyres``), the one function that computes it, so the
+placeholders a prompt gets, the max-token bound, the dummy data and the
+features the mapper's index map produces cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image
+
+from mmjax.models.llava_hooks import expand_placeholders
+from mmjax.processing.anyres import AnyresGeometry
+from mmjax.processing.anyres_layout import pack_images, tile_buckets
+from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs, PlaceholderRange
+from mmjax.registry.image import as_item_list, check_image
+
+
+def anyres_geometry(ctx: InputContext) -> AnyresGeometry:
+    """The geometry of the model the context describes (its config, not its processor's)."""
+    return AnyresGeometry.from_hf(ctx.get_hf_config())
+
+
+def image_limit(ctx: InputContext) -> int:
+    """Most images one prompt may carry (vLLM's default: 1)."""
+    return int(ctx.model_config.limit_mm_per_prompt.get("image", 1))
+
+
+def max_image_tokens(ctx: InputContext) -> int:
+    """The most tokens one image becomes (2928 for llava-v1.6's pinpoints)."""
+    return anyres_geometry(ctx).max_image_tokens()
+
+
+def _images(data: object) -> list[Image.Image]:
+    images = as_item_list(data, Image.Image, "image")
+    if images is None:
+        raise TypeError(
+            f"LLaVA-NeXT needs PIL images (their size fixes the token count), got {type(data).__name__}"
+        )
+    return [check_image(image, i) for i, image in enumerate(images)]
+
+
+def map_images_for_llava_next(ctx: InputContext, data: object) -> MultiModalInputs:
+    """The checkpoint's LLaVA-NeXT image processor, then its tiles re-laid in a tile bucket.
+
+    Returns:
+      The model's image kwargs, ``anyres_layout.AnyresImages``' fields:
+      ``pixel_values`` f32 ``[I, C, Y, X]``, ``tile_valid`` bool ``[I]``,
+      ``placeholder_rows`` i32 ``[R]``.
+    """
+    geometry, processor = anyres_geometry(ctx), ctx.get_hf_image_processor()
+    processor_pins = tuple(tuple(p) for p in getattr(processor, "image_grid_pinpoints", ()) or ())
+    if processor_pins != geometry.pinpoints:
+        raise ValueError(
+            f"the image processor's image_grid_pinpoints {processor_pins} differ from the model's "
+            f"{geometry.pinpoints}; the tiles would not match the placeholders"
+        )
+    batch = processor(_images(data), return_tensors="np")
+    buckets = tile_buckets(image_limit(ctx) * geometry.max_tiles)
+    packed = pack_images(geometry, np.asarray(batch["pixel_values"]), np.asarray(batch["image_sizes"]), buckets)
+    return MultiModalInputs(dataclasses.asdict(packed))
+
+
+def input_processor_for_llava_next(ctx: InputContext, inputs: DecoderOnlyInputs) -> DecoderOnlyInputs:
+    """Expand the i-th ``<image>`` into ``num_image_tokens`` of the i-th image's size; record where.
+
+    Raises:
+      ValueError: the expanded prompt would not fit the context; says how many
+        tokens the images need and how many are available.
+    """
+    config, geometry = ctx.get_hf_config(), anyres_geometry(ctx)
+    data = inputs.multi_modal_data.get("image")
+    images = [] if data is None else _images(data)
+    counts = [geometry.num_image_tokens(image.height, image.width) for image in images]
+    _check_fits(ctx, inputs.prompt_token_ids, images, counts, config.image_token_id)
+    token_ids, ranges = expand_placeholders(inputs.prompt_token_ids, config.image_token_id, counts)
+    placeholders = {"image": ranges} if data is not None else {}
+    return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders=placeholders)
+
+
+def _check_fits(ctx: InputContext, token_ids, images: list[Image.Image], counts: list[int], marker: int) -> None:
+    limit = ctx.model_config.context_length
+    text = sum(t != marker for t in token_ids)
+    if limit is None or text + sum(counts) <= limit:
+        return
+    sizes = ", ".join(f"image {i} ({im.width}x{im.height}): {n}" for i, (im, n) in enumerate(zip(images, counts)))
+    raise ValueError(
+        f"{ctx.model_config.name}: the images need {sum(counts)} placeholder tokens ({sizes}) but only "
+        f"{max(0, limit - text)} are available: the context length is {limit} and the text takes {text}"
+    )
+
+
+def dummy_data_for_llava_next(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) -> DummyData:
+    """``mm_counts["image"]`` images of the size with the most tokens, each with its full placeholder run."""
+    config, geometry = ctx.get_hf_config(), anyres_geometry(ctx)
+    (height, width), num_images = geometry.largest_image_size(), mm_counts["image"]
+    per_image = geometry.num_image_tokens(height, width)
+    token_ids = [config.image_token_id] * (per_image * num_images)
+    token_ids += [0] * max(0, seq_len - len(token_ids))
+    return DummyData(
+        prompt_token_ids=token_ids,
+        multi_modal_data={"image": [Image.new("RGB", (width, height))] * num_images},
+        multi_modal_placeholders={"image": [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]},
+    )
