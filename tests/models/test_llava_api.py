@@ -191,3 +191,15 @@ def test_load_refuses_another_architecture(tmp_path):
     LlamaConfig(architectures=["LlamaForCausalLM"]).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"no implementation of architectures \['LlamaForCausalLM'\]"):
         mmjax.load(tmp_path)
+
+
+@pytest.mark.parametrize("mode, size", [("RGB", (50, 40)), ("RGBA", (17, 90)), ("L", (333, 201)), ("P", (64, 64))])
+def test_pixels_equal_clip_image_processor(llm, ckpt, mode, size):
+    from transformers import CLIPImageProcessor
+
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    ours = llm.process({"prompt": "<image>", "multi_modal_data": {"image": image}}).mm_kwargs["pixel_values"]
+    theirs = CLIPImageProcessor.from_pretrained(ckpt)(image, return_tensors="np")["pixel_values"]
+    assert ours.shape == (1, 3, 30, 30)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
