@@ -17,20 +17,31 @@ from mmjax.registry import (
     process_prompt,
 )
 
+from mmjax.engine.config import EngineConfig
+from mmjax.engine.generate import PromptError, generate
+from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from mmjax.engine.sampling_params import SamplingParams
 from mmjax.llm import LLM, load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompletionOutput",
+    "EngineConfig",
     "INPUT_REGISTRY",
     "LLM",
+    "Logprob",
     "MULTIMODAL_REGISTRY",
     "ModelConfig",
     "MultiModalInputs",
+    "PromptError",
     "PromptInputs",
+    "RequestOutput",
+    "SamplingParams",
     "SupportsMultiModal",
     "TextPrompt",
     "TokensPrompt",
+    "generate",
     "load",
     "process_prompt",
 ]

@@ -63,6 +63,21 @@ class LLM:
     dtype: jnp.dtype
     mm_registry: MultiModalRegistry = MULTIMODAL_REGISTRY
     input_registry: InputRegistry = INPUT_REGISTRY
+    _engine: list = dataclasses.field(default_factory=list, repr=False)  # [LLMEngine] once built
+
+    def engine(self, config: Any = None) -> Any:
+        """The continuous-batching engine (built on first use, rebuilt when ``config`` changes).
+
+        Building it sizes the KV cache from the memory left after the weights and
+        the worst-case activations (``engine.memory.describe()`` says how).
+        """
+        from mmjax.engine.config import EngineConfig
+        from mmjax.engine.engine import LLMEngine
+
+        config = config or (self._engine[0].config if self._engine else EngineConfig())
+        if not self._engine or self._engine[0].config != config:
+            self._engine[:] = [LLMEngine(self, config)]
+        return self._engine[0]
 
     @property
     def model(self) -> nnx.Module:
@@ -94,8 +109,8 @@ class LLM:
         input_ids[0, :length] = processed.token_ids
         positions = np.full((1, padded), -1, np.int32)
         positions[0, :length] = np.arange(length)
-        mm_kwargs = {k: jnp.asarray(v) for k, v in processed.mm_kwargs.items()}
-        logits = _forward(self.graphdef, self.state, jnp.asarray(input_ids), jnp.asarray(positions), mm_kwargs)
+        mm_kwargs = {k: jax.device_put(v) for k, v in processed.mm_kwargs.items()}
+        logits = _forward(self.graphdef, self.state, jax.device_put(input_ids), jax.device_put(positions), mm_kwargs)
         return processed.token_ids, np.asarray(logits[0, :length], np.float32)
 
 

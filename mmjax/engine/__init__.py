@@ -1,5 +1,15 @@
-"""The inference engine: the jitted paged step (and, as it grows, scheduling and generate)."""
+"""The inference engine: continuous batching over a paged KV cache, sampling, generate()."""
 
-from mmjax.engine.step import check_paged_support, paged_step
+from mmjax.engine.config import EngineConfig
+from mmjax.engine.engine import LLMEngine
+from mmjax.engine.generate import PromptError, generate
+from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from mmjax.engine.sampling_params import SamplingParams
+from mmjax.engine.step import check_paged_support, encode_multimodal, paged_step
+from mmjax.engine.warmup import count_compilations
 
-__all__ = ["check_paged_support", "paged_step"]
+__all__ = [
+    "CompletionOutput", "EngineConfig", "LLMEngine", "Logprob", "PromptError", "RequestOutput",
+    "SamplingParams", "check_paged_support", "count_compilations", "encode_multimodal", "generate",
+    "paged_step",
+]

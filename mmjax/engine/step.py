@@ -1,9 +1,11 @@
-"""The jitted model step over the paged KV cache: prefill, chunked prefill and decode in one.
+"""The jitted device functions of the engine: encode a request's images, run one paged step.
 
 Tokens of all scheduled sequences are packed along one axis; ``AttentionMetadata``
-says which belong to whom and where their K/V go. Only the rows named by
-``logits_indices`` (the last token of each sequence, typically) reach the LM
-head. The KV pages are donated, so XLA updates them in place.
+says which belong to whom and where their K/V go. Multimodal placeholders get
+their embeddings from ``mm_embeds`` (token-aligned, computed once per request by
+``encode_multimodal``), so a prefill chunk may end in the middle of an image.
+Only the rows named by ``logits_indices`` reach the LM head. The KV pages are
+donated, so XLA updates them in place.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import functools
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.paged_attend import PagedAttend
 from mmjax.kv_cache.pages import KVPages
-from mmjax.types import Array, Float, Int
+from mmjax.types import Array, Bool, Float, Int
 
 
 def check_paged_support(model: nnx.Module) -> None:
@@ -30,6 +33,12 @@ def check_paged_support(model: nnx.Module) -> None:
         )
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def encode_multimodal(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Array]) -> Float[Array, "M D"]:
+    """The embeddings of a request's placeholder tokens, in placeholder order (vision tower + projector)."""
+    return nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl"), donate_argnames=("kv_pages",))
 def paged_step(
     graphdef: nnx.GraphDef,
@@ -38,7 +47,8 @@ def paged_step(
     input_ids: Int[Array, "T"],
     metadata: AttentionMetadata,
     logits_indices: Int[Array, "S"],
-    mm_kwargs: Mapping[str, Array],
+    mm_embeds: Float[Array, "T D"] | None = None,
+    mm_mask: Bool[Array, "T"] | None = None,
     *,
     impl: str = "auto",
 ) -> tuple[Float[Array, "S V"], tuple[KVPages, ...]]:
@@ -49,15 +59,16 @@ def paged_step(
       input_ids: the step's packed query tokens (padding: any id, slot -1).
       metadata: block tables, lengths, slots and positions of the packed tokens.
       logits_indices: rows of ``input_ids`` whose logits are returned.
-      mm_kwargs: the model's multimodal kwargs for the images whose placeholders
-        are all in this step (e.g. ``pixel_values``), or ``{}``.
+      mm_embeds, mm_mask: for tokens where ``mm_mask`` is set, the embedding to
+        use instead of the token's (an image placeholder); both or neither.
 
     Returns:
       ``(logits f32[S, V], new kv_pages)``.
     """
     model = nnx.merge(graphdef, state)
     attend = PagedAttend(kv_pages, metadata, impl=impl)
-    positions = metadata.positions[None]
-    embeds = model.embed(input_ids[None], **mm_kwargs)
-    hidden = model.language_model.hidden_states(embeds, positions, attend)[0]
+    embeds = model.language_model.embed(input_ids[None])
+    if mm_embeds is not None:
+        embeds = jnp.where(mm_mask[None, :, None], mm_embeds[None].astype(embeds.dtype), embeds)
+    hidden = model.language_model.hidden_states(embeds, metadata.positions[None], attend)[0]
     return model.language_model.logits(hidden[logits_indices]), tuple(attend.pages)

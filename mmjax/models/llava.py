@@ -91,6 +91,17 @@ class LlavaForConditionalGeneration(nnx.Module, SupportsMultiModal):
             selected = [s[:, 1:] for s in selected]  # drop CLS
         return self.multi_modal_projector(jnp.concatenate(selected, axis=-1))
 
+    def multimodal_embeddings(
+        self, pixel_values: Float[Array, "I C Y X"] | None = None, image_embeds: Float[Array, "I P D"] | None = None
+    ) -> Float[Array, "M D"]:
+        """The embedding of every placeholder token of these images, in placeholder order.
+
+        The engine computes this once per request and feeds the rows to the
+        prefill chunks that hold the placeholders (``M = I * P``).
+        """
+        features = self.image_features(pixel_values) if image_embeds is None else jnp.asarray(image_embeds)
+        return features.reshape(-1, features.shape[-1])
+
     def embed(
         self,
         input_ids: Int[Array, "B T"],
@@ -107,8 +118,7 @@ class LlavaForConditionalGeneration(nnx.Module, SupportsMultiModal):
             raise ValueError("give pixel_values or image_embeds, not both")
         if pixel_values is None and image_embeds is None:
             return embeds
-        features = self.image_features(pixel_values) if image_embeds is None else image_embeds
-        features = features.reshape(-1, features.shape[-1])
+        features = self.multimodal_embeddings(pixel_values, image_embeds)
         check_placeholder_count(input_ids, features.shape[0], self.config.image_token_index)
         return merge_image_features(input_ids, embeds, features, self.config.image_token_index)
 

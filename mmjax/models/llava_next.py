@@ -131,6 +131,23 @@ class LlavaNextForConditionalGeneration(nnx.Module, SupportsMultiModal):
         features = self.multi_modal_projector(jnp.concatenate([states[i][:, 1:] for i in layers], axis=-1))
         return jnp.where(tile_valid[:, None, None], features, 0)
 
+    def multimodal_embeddings(
+        self,
+        pixel_values: Float[Array, "I C Y X"],
+        tile_valid: Bool[Array, "I"],
+        placeholder_rows: Int[Array, "R"],
+    ) -> Float[Array, "R D"]:
+        """The embedding of every placeholder token, in placeholder order (rows past the last: padding).
+
+        The engine computes this once per request and feeds the rows to the
+        prefill chunks that hold the placeholders.
+        """
+        features = self.tile_features(pixel_values, tile_valid)
+        features = features.reshape(-1, features.shape[-1])
+        gathered = jnp.take(features, jnp.maximum(placeholder_rows, 0), axis=0)
+        newline = self.image_newline[...].astype(gathered.dtype)
+        return jnp.where((placeholder_rows == NEWLINE)[:, None], newline, gathered)
+
     def embed(
         self,
         input_ids: Int[Array, "B T"],

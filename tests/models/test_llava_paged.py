@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax.engine import check_paged_support, paged_step
+from mmjax.engine import check_paged_support, encode_multimodal, paged_step
 from mmjax.kv_cache import KVPages, PageAllocator, build_attention_metadata
 from tiny_llava import loaded, our_logits, relative_error
 
@@ -35,7 +35,7 @@ def sequences(image_token: int, tokens_per_image: int, seed: int = 0):
 
 # Each step: (A's token range, B's token range); a range of length 1 after the prompt is a decode.
 def schedule(len_a_prompt: int):
-    split = len_a_prompt - 3  # A's prompt in two chunks: the image in the first, text in the second
+    split = 12  # A's prompt in two chunks, cutting through the image (placeholders 5..29)
     a_steps = [(0, split), (split, len_a_prompt)] + [(len_a_prompt + i, len_a_prompt + i + 1) for i in range(3)]
     b_steps = [(0, 13)] + [(13 + i, 14 + i) for i in range(4)]
     return list(zip(a_steps, b_steps))
@@ -52,6 +52,9 @@ def test_paged_steps_equal_dense_forward(name, impl):
     dense_b = our_logits(model, b[None], None)[0]
 
     graphdef, state = nnx.split(model)
+    features = np.asarray(encode_multimodal(graphdef, state, {"pixel_values": jnp.asarray(pixels)}))
+    is_image = a == hf_config.image_token_id
+    feature_row = np.where(is_image, np.cumsum(is_image) - 1, -1)
     pages = nan_pages(model.config.text)
     allocator = PageAllocator(NUM_PAGES, PAGE_SIZE)
     for step, ((a0, a1), (b0, b1)) in enumerate(schedule(len(a) - 3)):
@@ -66,9 +69,13 @@ def test_paged_steps_equal_dense_forward(name, impl):
         ids = np.zeros(metadata.num_tokens, np.int32)
         ids[: a1 - a0], ids[a1 - a0 : a1 - a0 + b1 - b0] = a[a0:a1], b[b0:b1]
         last = np.array([a1 - a0 - 1, a1 - a0 + b1 - b0 - 1], np.int32)
-        mm = {"pixel_values": jnp.asarray(pixels)} if a0 == 0 else {}
-        logits, pages = paged_step(graphdef, state, pages, jnp.asarray(ids), metadata, jnp.asarray(last), mm,
-                                   impl=impl)
+        # A's image embeddings, computed once, fill its placeholder tokens wherever the chunk cuts.
+        mm_embeds = np.zeros((metadata.num_tokens, features.shape[1]), np.float32)
+        mm_mask = np.zeros(metadata.num_tokens, bool)
+        rows = feature_row[a0:a1]
+        mm_mask[: a1 - a0], mm_embeds[: a1 - a0][rows >= 0] = rows >= 0, features[rows[rows >= 0]]
+        logits, pages = paged_step(graphdef, state, pages, jnp.asarray(ids), metadata, jnp.asarray(last),
+                                   jnp.asarray(mm_embeds), jnp.asarray(mm_mask), impl=impl)
         logits = np.asarray(logits)
         assert np.isfinite(logits).all(), f"step {step} read an unwritten (NaN) cache slot"
         assert relative_error(logits[0], dense_a[a1 - 1]) < 1e-4, f"sequence a, step {step}"

@@ -1,0 +1,59 @@
+"""``EngineConfig``: the knobs of continuous batching and of the KV cache."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """How the engine batches and how large its KV cache is.
+
+    Attributes:
+      page_size: tokens per KV page.
+      max_num_seqs: most sequences in one step (the fixed sequence axis of every step).
+      max_num_batched_tokens: the token budget of one step; long prompts are
+        prefilled in chunks of at most this many tokens.
+      num_pages: KV pages to allocate (overrides the memory plan).
+      kv_cache_bytes: bytes to give the KV cache (overrides the memory plan).
+      memory_utilization: share of an accelerator's memory the engine may use.
+      max_model_len: longest sequence (prompt + output); default: the model's context.
+      impl: attention implementation: "auto" (Pallas on GPU/TPU, reference on CPU),
+        "pallas" or "reference".
+    """
+
+    page_size: int = 16
+    max_num_seqs: int = 8
+    max_num_batched_tokens: int = 512
+    num_pages: int | None = None
+    kv_cache_bytes: int | None = None
+    memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("page_size", "max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EngineConfig.{name} must be an int >= 1, got {value!r}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"EngineConfig.max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs}): a decode step runs one token per sequence"
+            )
+        if self.num_pages is not None and self.num_pages < 2:
+            raise ValueError(f"EngineConfig.num_pages must be >= 2 (page 0 is reserved), got {self.num_pages}")
+        if not 0 < self.memory_utilization <= 1:
+            raise ValueError(f"EngineConfig.memory_utilization must be in (0, 1], got {self.memory_utilization}")
+        if self.impl not in ("auto", "pallas", "reference"):
+            raise ValueError(f"EngineConfig.impl must be 'auto', 'pallas' or 'reference', got {self.impl!r}")
+
+    @property
+    def token_buckets(self) -> tuple[int, ...]:
+        """Token-axis sizes a step may have: the decode size, powers of two, the budget."""
+        sizes = {self.max_num_seqs, self.max_num_batched_tokens}
+        size = 16
+        while size < self.max_num_batched_tokens:
+            sizes.add(size)
+            size *= 2
+        return tuple(sorted(s for s in sizes if s <= self.max_num_batched_tokens))

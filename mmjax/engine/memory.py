@@ -1,0 +1,90 @@
+"""Sizing the KV cache: device memory minus weights minus the worst-case activations.
+
+The worst case is the registry's dummy data: the largest step (the whole token
+budget, with image placeholders) and the vision encoder on the most images a
+prompt may carry. XLA's memory analysis of those compiled programs gives their
+temporary memory without running them, on any backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from mmjax.kv_cache import kv_pages_bytes
+
+#: The KV budget on a host without memory statistics (CPU), unless the user sets one.
+DEFAULT_HOST_KV_BYTES = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """How the KV cache was sized; every figure in bytes. ``source`` says where the budget came from."""
+
+    device_bytes: int | None
+    weights_bytes: int
+    activation_bytes: int
+    kv_cache_bytes: int
+    page_bytes: int
+    num_pages: int
+    page_size: int
+    source: str
+
+    @property
+    def max_cached_tokens(self) -> int:
+        """Tokens the cache holds at once (page 0 is reserved)."""
+        return (self.num_pages - 1) * self.page_size
+
+    def describe(self) -> str:
+        gib = lambda n: f"{n / 2**30:.3f} GiB"  # noqa: E731
+        device = gib(self.device_bytes) if self.device_bytes else "unknown (host)"
+        return (f"KV cache: {self.num_pages} pages x {self.page_size} tokens = {self.max_cached_tokens} tokens, "
+                f"{gib(self.kv_cache_bytes)} ({self.source}); device {device}, weights {gib(self.weights_bytes)}, "
+                f"worst-case activations {gib(self.activation_bytes)}")
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def device_memory_bytes() -> int | None:
+    """The default device's memory limit, where the backend reports one (GPU, TPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def plan_kv_cache(
+    *, num_layers: int, num_kv_heads: int, head_dim: int, dtype, page_size: int, weights_bytes: int,
+    activation_bytes: int, min_pages: int, max_useful_pages: int, num_pages: int | None = None,
+    kv_cache_bytes: int | None = None, memory_utilization: float = 0.9,
+) -> MemoryPlan:
+    """Decide the number of KV pages.
+
+    A budget from memory is capped at ``max_useful_pages`` (every sequence slot
+    at full length): more pages could never be used.
+
+    Raises:
+      ValueError: the budget leaves fewer than ``min_pages`` pages (not even one
+        longest sequence fits); the message gives every figure.
+    """
+    page_bytes = num_layers * kv_pages_bytes(num_kv_heads, page_size, head_dim, dtype)
+    device = device_memory_bytes()
+    if num_pages is not None:
+        source = "num_pages set by the user"
+    elif kv_cache_bytes is not None:
+        num_pages, source = kv_cache_bytes // page_bytes, "kv_cache_bytes set by the user"
+    elif device is not None:
+        free = int(device * memory_utilization) - weights_bytes - activation_bytes
+        num_pages, source = max(free, 0) // page_bytes, f"{memory_utilization:.0%} of device memory"
+    else:
+        num_pages, source = DEFAULT_HOST_KV_BYTES // page_bytes, "default host budget"
+    if not source.endswith("by the user") and num_pages > max_useful_pages:
+        num_pages, source = max_useful_pages, source + ", capped at max_num_seqs x max_model_len"
+    plan = MemoryPlan(device, weights_bytes, activation_bytes, num_pages * page_bytes, page_bytes,
+                      int(num_pages), page_size, source)
+    if num_pages < min_pages:
+        raise ValueError(f"the KV cache would hold {num_pages} pages but one longest sequence needs "
+                         f"{min_pages}: {plan.describe()}; lower max_model_len or give more memory")
+    return plan

@@ -1,0 +1,163 @@
+"""Per-row sampling on device: greedy, temperature, top-k, top-p and seeds as arrays.
+
+Every sampling parameter is a per-row array of ``SamplingTensors``, so a batch
+that mixes greedy and sampled requests, or changes any value, reuses the same
+compiled program; only the batch size ``S`` and the static ``num_logprobs`` key
+the compilation. A row's random key is ``fold_in(key(seed), step)``: its draw
+depends on its own seed and step, never on the batch it sits in.
+
+Logprobs are always those of the *raw* logits (the model's distribution, as
+``torch.log_softmax`` gives it), whatever the temperature or truncation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.engine.sampling_params import GREEDY_EPS, SamplingParams
+from mmjax.types import Array, Float, Int
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["temperature", "top_k", "top_p", "seeds", "steps"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class SamplingTensors:
+    """Sampling parameters of the ``S`` rows of a step (``S`` = sequences in the step).
+
+    ``temperature`` 0 means greedy; ``top_k`` 0 and ``top_p`` 1 mean off.
+    ``steps`` counts the tokens the row's request has generated so far.
+    """
+
+    temperature: Float[Array, "S"]
+    top_k: Int[Array, "S"]
+    top_p: Float[Array, "S"]
+    seeds: Int[Array, "S"]  # uint32
+    steps: Int[Array, "S"]
+
+    @classmethod
+    def build(
+        cls, params: Sequence[SamplingParams], seeds: Sequence[int], steps: Sequence[int], pad_to: int
+    ) -> SamplingTensors:
+        """Host (numpy) tensors for ``params``, padded with greedy rows to ``pad_to``.
+
+        Args:
+          params: one per live row, in row order.
+          seeds: each row's request seed (``params.seed``, or one the engine drew); any
+            int, taken modulo 2**32.
+          steps: tokens each row's request has generated so far.
+          pad_to: the bucketed row count ``S``.
+        """
+        n = len(params)
+        if not (len(seeds) == len(steps) == n):
+            raise ValueError(f"got {n} params, {len(seeds)} seeds and {len(steps)} steps: need one each per row")
+        if n > pad_to:
+            raise ValueError(f"{n} rows do not fit pad_to={pad_to}")
+        temperature = np.zeros(pad_to, np.float32)
+        top_k = np.zeros(pad_to, np.int32)
+        top_p = np.ones(pad_to, np.float32)
+        for i, p in enumerate(params):
+            if not p.is_greedy:  # greedy rows keep temperature 0 and no truncation
+                temperature[i], top_k[i], top_p[i] = p.temperature, max(p.top_k, 0), p.top_p
+        seed_arr = np.zeros(pad_to, np.uint32)
+        seed_arr[:n] = [s % 2**32 for s in seeds]
+        step_arr = np.zeros(pad_to, np.int32)
+        step_arr[:n] = steps
+        return cls(temperature, top_k, top_p, seed_arr, step_arr)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["tokens", "logprobs", "ranks", "top_ids", "top_logprobs"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class SamplerOutput:
+    """The step's next tokens and their raw logprobs.
+
+    Attributes:
+      tokens: the sampled token of each row.
+      logprobs: its log-softmax under the raw logits.
+      ranks: its 1-based rank under the raw logits (1 = most likely).
+      top_ids, top_logprobs: the ``num_logprobs`` most likely tokens, descending.
+    """
+
+    tokens: Int[Array, "S"]
+    logprobs: Float[Array, "S"]
+    ranks: Int[Array, "S"]
+    top_ids: Int[Array, "S num_logprobs"]
+    top_logprobs: Float[Array, "S num_logprobs"]
+
+
+@functools.partial(jax.jit, static_argnames=("num_logprobs",))
+def sample(logits: Float[Array, "S V"], tensors: SamplingTensors, *, num_logprobs: int = 0) -> SamplerOutput:
+    """Sample one token per row: argmax for greedy rows, else temperature, top-k, top-p, categorical."""
+    logits = logits.astype(jnp.float32)
+    greedy = tensors.temperature < GREEDY_EPS
+    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # The sort over V is the costly part; an all-greedy step (the common case) skips it at run time.
+    tokens = jax.lax.cond(
+        jnp.all(greedy), lambda: argmax, lambda: jnp.where(greedy, argmax, _sample_random(logits, tensors))
+    )
+    logprobs, ranks = _token_logprobs(logits, tokens)
+    top_ids, top_logprobs = _top_logprobs(logits, num_logprobs)
+    return SamplerOutput(tokens, logprobs, ranks, top_ids, top_logprobs)
+
+
+@functools.partial(jax.jit, static_argnames=("num_logprobs",))
+def prompt_logprobs(
+    logits: Float[Array, "T V"], next_tokens: Int[Array, "T"], *, num_logprobs: int = 0
+) -> tuple[Float[Array, "T"], Int[Array, "T num_logprobs"], Float[Array, "T num_logprobs"]]:
+    """Raw logprob of each next prompt token (``logits[t]`` predicts ``next_tokens[t]``), and the top ones."""
+    logprobs, _ = _token_logprobs(logits.astype(jnp.float32), next_tokens)
+    return (logprobs, *_top_logprobs(logits.astype(jnp.float32), num_logprobs))
+
+
+@jax.jit
+def token_ranks(logits: Float[Array, "T V"], tokens: Int[Array, "T"]) -> Int[Array, "T"]:
+    """1-based rank of each token under its row's logits (for prompt logprobs' ``Logprob.rank``)."""
+    return _token_logprobs(logits.astype(jnp.float32), tokens)[1]
+
+
+def _sample_random(logits: Float[Array, "S V"], tensors: SamplingTensors) -> Int[Array, "S"]:
+    """Temperature, then top-k, then top-p on the top-k renormalised distribution (vLLM's order)."""
+    vocab = logits.shape[-1]
+    safe_temp = jnp.where(tensors.temperature < GREEDY_EPS, 1.0, tensors.temperature)
+    scaled = logits / safe_temp[:, None]
+    order = jnp.argsort(scaled, axis=-1, descending=True, stable=True)  # sort once, mask by rank
+    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+    rank = jnp.arange(vocab)[None, :]
+    k = jnp.where(tensors.top_k > 0, jnp.minimum(tensors.top_k, vocab), vocab)
+    sorted_logits = jnp.where(rank < k[:, None], sorted_logits, -jnp.inf)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # A token stays while the tokens ranked above it hold less than top_p: the smallest
+    # set reaching top_p. Rank 0 has mass_before 0 < top_p, so the top token always stays.
+    keep = (mass_before < tensors.top_p[:, None]) | (rank == 0)
+    sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
+    keys = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(tensors.seeds, tensors.steps)
+    picked = jax.vmap(jax.random.categorical)(keys, sorted_logits)
+    return jnp.take_along_axis(order, picked[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _token_logprobs(logits: Float[Array, "T V"], tokens: Int[Array, "T"]) -> tuple[Float[Array, "T"], Int[Array, "T"]]:
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    chosen = jnp.take_along_axis(logprobs, tokens[:, None].astype(jnp.int32), axis=-1)
+    ranks = 1 + jnp.sum(logprobs > chosen, axis=-1, dtype=jnp.int32)
+    return chosen[:, 0], ranks
+
+
+def _top_logprobs(logits: Float[Array, "T V"], num_logprobs: int) -> tuple[Int[Array, "T n"], Float[Array, "T n"]]:
+    if num_logprobs == 0:  # lax.top_k rejects k=0
+        rows = logits.shape[0]
+        return jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32)
+    top_logprobs, top_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), num_logprobs)
+    return top_ids.astype(jnp.int32), top_logprobs

@@ -1,0 +1,108 @@
+"""Compile every program a workload can need, before the first request.
+
+The shapes are enumerable because the engine fixes them: the token buckets,
+the fixed sequence axis, the block-table width, and, for images, the dummy
+data's items (1 to the limit per prompt). Warm-up steps schedule no sequence,
+so they write nothing into the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import monitoring
+
+from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
+from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from mmjax.engine.step import encode_multimodal, paged_step
+from mmjax.kv_cache import build_attention_metadata
+from mmjax.registry import INPUT_REGISTRY
+
+if TYPE_CHECKING:
+    from mmjax.engine.engine import LLMEngine
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiles = 0
+
+
+def _count(event: str, duration: float, **_) -> None:
+    global _compiles
+    if event == _COMPILE_EVENT:
+        _compiles += 1
+
+
+monitoring.register_event_duration_secs_listener(_count)
+
+
+@contextlib.contextmanager
+def count_compilations() -> Iterator[list[int]]:
+    """``with count_compilations() as n: ...``; afterwards ``n[0]`` is the number of XLA compilations."""
+    box = [0]
+    start = _compiles
+    try:
+        yield box
+    finally:
+        box[0] = _compiles - start
+
+
+def warm_up(engine: "LLMEngine") -> int:
+    """Compile the engine's encoder, step and sampler programs; return the count compiled."""
+    with count_compilations() as compiled:
+        _warm_encoder(engine)
+        _warm_steps(engine)
+        _warm_sampler(engine)
+    return compiled[0]
+
+
+def _warm_encoder(engine: "LLMEngine") -> None:
+    config = engine.llm.model_config
+    dummy = INPUT_REGISTRY.dummy_data_for_profiling(config, seq_len=1)
+    for key, items in dummy.multi_modal_data.items():
+        items = items if isinstance(items, list) else [items]
+        for count in range(1, len(items) + 1):
+            mm = engine.llm.mm_registry.map_input(config, {key: items[:count]})
+            jax.block_until_ready(encode_multimodal(engine.llm.graphdef, engine.llm.state,
+                                                    {k: jnp.asarray(v) for k, v in mm.items()}))
+
+
+def _empty_metadata(engine: "LLMEngine", num_tokens: int, decode: bool):
+    """A step that schedules no sequence: every slot is padding, nothing is written."""
+    cfg = engine.config
+    metadata = build_attention_metadata([], [], [], page_size=cfg.page_size, token_buckets=[num_tokens],
+                                        seq_buckets=[cfg.max_num_seqs], page_buckets=[engine.pages_per_seq])
+    return dataclasses.replace(metadata, max_q_len=1 if decode else num_tokens)
+
+
+def _warm_steps(engine: "LLMEngine") -> None:
+    cfg, llm = engine.config, engine.llm
+    hidden = engine.text_config.hidden_size
+    mm_dtype = np.asarray(jax.device_get(jnp.zeros((), llm.dtype))).dtype
+    decode_sizes = {b for n in range(1, cfg.max_num_seqs + 1) for b in [min(x for x in cfg.token_buckets if x >= n)]}
+    for tokens in cfg.token_buckets:
+        variants = [(False, False), (False, True)] + ([(True, False)] if tokens in decode_sizes else [])
+        for decode, with_mm in variants:
+            mm = (jnp.zeros((tokens, hidden), mm_dtype), jnp.zeros(tokens, bool)) if with_mm else ()
+            for all_logits in ((False,) if decode else (False, True)):
+                indices = jnp.zeros(tokens if all_logits else cfg.max_num_seqs, jnp.int32)
+                logits, engine.kv_pages = paged_step(
+                    llm.graphdef, llm.state, engine.kv_pages, jnp.zeros(tokens, jnp.int32),
+                    _empty_metadata(engine, tokens, decode), indices, *mm, impl=cfg.impl)
+                if all_logits:
+                    jax.block_until_ready(prompt_logprobs(logits, jnp.zeros(tokens, jnp.int32),
+                                                          num_logprobs=MAX_LOGPROBS))
+                    logits[jnp.zeros(cfg.max_num_seqs, jnp.int32)].block_until_ready()
+
+
+def _warm_sampler(engine: "LLMEngine") -> None:
+    cfg = engine.config
+    vocab = engine.text_config.vocab_size
+    tensors = SamplingTensors.build([SamplingParams()], seeds=[0], steps=[0], pad_to=cfg.max_num_seqs)
+    logits = jnp.zeros((cfg.max_num_seqs, vocab), jnp.float32)
+    for num_logprobs in (0, MAX_LOGPROBS):
+        jax.block_until_ready(sample(logits, tensors, num_logprobs=num_logprobs))
