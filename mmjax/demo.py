@@ -1,14 +1,15 @@
 """The README's main job: a real photo and a prompt through LLaVA, end to end, with no download.
 
-Without ``--model`` it writes a small random LLaVA-1.5 checkpoint (the real
-336x336 / 14x14 geometry, tiny widths; random weights, and it says so) and the
-photo that ships with mmjax. With ``--model DIR`` it loads a real llava-hf
-checkpoint directory the same way.
+Without a model it writes a small random LLaVA-1.5 checkpoint (the real
+336x336 / 14x14 geometry, tiny widths; random weights, and it says so) and uses
+the photo that ships with mmjax. With a model directory it loads a real
+llava-hf checkpoint the same way.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from importlib import resources
@@ -28,9 +29,9 @@ def demo_photo() -> Image.Image:
 
 
 def describe_layout(token_ids: np.ndarray, placeholders, tokenizer) -> str:
-    """The prompt as text with each image's placeholder run shown as one ``[image i: n tokens]``."""
+    """The prompt as text with each image's placeholder run shown as one ``[image i: n tokens at k]``."""
     parts, start = [], 0
-    for i, (offset, length) in enumerate(placeholders.get("image", ())):
+    for i, (offset, length) in enumerate(sorted(placeholders.get("image", ()))):
         parts.append(tokenizer.decode(token_ids[start:offset]))
         parts.append(f"[image {i}: {length} tokens at {offset}]")
         start = offset + length
@@ -38,38 +39,65 @@ def describe_layout(token_ids: np.ndarray, placeholders, tokenizer) -> str:
     return "".join(parts)
 
 
-def run_demo(model: str | None = None, image: str | None = None, prompt: str = DEMO_PROMPT,
-             dtype: str = "float32") -> dict:
-    """Load, process, run; print what happened and return it as a dict."""
+def resolve_model(model: str | None) -> str:
+    """``model``, or a freshly written random checkpoint (announced on stdout) when it is None."""
+    if model is not None:
+        return model
+    from mmjax.testing.random_llava import make_random_llava_checkpoint
+
+    print("No --model given: using a small random LLaVA-1.5 checkpoint (random weights, so the text\n"
+          "below is noise; pass --model DIR for a real llava-hf checkpoint).")
+    return make_random_llava_checkpoint(tempfile.mkdtemp(prefix="mmjax-demo-"))
+
+
+def open_images(paths: list[str] | None) -> list[Image.Image]:
+    if not paths:
+        return [demo_photo()]
+    images = []
+    for path in paths:
+        try:
+            image = Image.open(path)
+            image.load()
+        except (OSError, SyntaxError) as err:
+            raise SystemExit(f"mmjax: cannot read image {path!r}: {err}") from err
+        images.append(image)
+    return images
+
+
+def run_demo(model: str | None = None, images: list[str] | None = None, prompt: str = DEMO_PROMPT,
+             dtype: str = "float32", max_tokens: int = 24, temperature: float = 0.0, seed: int | None = None,
+             stream: bool = True) -> dict:
+    """Load, process, generate (streaming to stdout); print what happened and return it as a dict."""
     import mmjax
 
-    if model is None:
-        from mmjax.testing.random_llava import make_random_llava_checkpoint
-
-        model = make_random_llava_checkpoint(tempfile.mkdtemp(prefix="mmjax-demo-"))
-        print("No --model given: using a small random LLaVA-1.5 checkpoint (random weights, so the\n"
-              "next-token guesses below are noise; pass --model DIR for a real llava-hf checkpoint).")
-    photo = Image.open(image) if image else demo_photo()
+    path = resolve_model(model)
+    pictures = open_images(images)
     start = time.perf_counter()
-    llm = mmjax.load(model, dtype=dtype)
+    llm = mmjax.load(path, dtype=dtype, limit_mm_per_prompt={"image": max(1, len(pictures))})
     loaded = time.perf_counter()
-    request = {"prompt": prompt, "multi_modal_data": {"image": photo}}
+    request = {"prompt": prompt, "multi_modal_data": {"image": pictures if len(pictures) > 1 else pictures[0]}}
     processed = llm.process(request)
-    token_ids, logits = llm.logits(request)
+    print(f"{'prompt':>14}: {describe_layout(processed.token_ids, processed.placeholders, llm.tokenizer)!r}")
+    print(f"{'pixel_values':>14}: {'x'.join(map(str, processed.mm_kwargs['pixel_values'].shape))}")
+    params = mmjax.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    engine = llm.engine()
+    print(f"{'kv cache':>14}: {engine.memory.describe()}")
+    print(f"{'output':>14}: ", end="", flush=True)
+    final, shown = None, 0
+    for output in mmjax.generate(llm, request, params, stream=True):
+        if stream:
+            sys.stdout.write(output.text[shown:])
+            sys.stdout.flush()
+            shown = len(output.text)
+        final = output
     done = time.perf_counter()
-    probs = np.exp(logits[-1] - logits[-1].max())
-    probs /= probs.sum()
-    top = np.argsort(-probs)[:5]
+    print("" if stream else final.text)
     summary = {
-        "model": os.fspath(model),
-        "image": f"{photo.width}x{photo.height} {photo.mode}",
-        "prompt": describe_layout(token_ids, processed.placeholders, llm.tokenizer),
-        "pixel_values": "x".join(map(str, processed.mm_kwargs["pixel_values"].shape)),
-        "prompt_tokens": int(len(token_ids)),
-        "next_token_top5": [(llm.tokenizer.decode([int(t)]), round(float(probs[t]), 4)) for t in top],
-        "load_s": round(loaded - start, 2),
-        "first_forward_s": round(done - loaded, 2),
+        "model": os.fspath(path), "images": [f"{p.width}x{p.height} {p.mode}" for p in pictures],
+        "prompt_tokens": len(final.prompt_token_ids), "generated_tokens": len(final.token_ids),
+        "finish_reason": final.finish_reason, "text": final.text,
+        "load_s": round(loaded - start, 2), "generate_s": round(done - loaded, 2),
     }
-    for key, value in summary.items():
-        print(f"{key:>16}: {value}")
+    print(f"{'finished':>14}: {final.finish_reason} after {len(final.token_ids)} tokens; "
+          f"load {summary['load_s']} s, first generate (compiles) {summary['generate_s']} s")
     return summary

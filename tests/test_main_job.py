@@ -1,11 +1,34 @@
-"""The README's main job (``mmjax demo``) runs end to end with no download."""
+"""The README's main job (``mmjax demo``) and ``mmjax generate`` run end to end with no download."""
+
+import pytest
 
 from mmjax.__main__ import main
 
 
 def test_demo_runs_end_to_end(capsys):
-    assert main(["demo"]) == 0
+    assert main(["demo", "--max-tokens", "5"]) == 0
     out = capsys.readouterr().out
     assert "random weights" in out  # says plainly that the default checkpoint is random
     assert "[image 0: 576 tokens at 4]" in out  # (336 / 14) ** 2 placeholders after "<s>USER: "
     assert "pixel_values: 1x3x336x336" in out
+    assert "finished: length after 5 tokens" in out
+
+
+def test_generate_command_with_two_image_files(tmp_path, capsys):
+    from mmjax.demo import demo_photo
+
+    first, second = tmp_path / "a.png", tmp_path / "b.jpg"
+    demo_photo().save(first)
+    demo_photo().rotate(90).convert("L").save(second)
+    assert main(["generate", "--image", str(first), "--image", str(second), "--max-tokens", "3",
+                 "--temperature", "0.7", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[image 0: 576 tokens" in out and "[image 1: 576 tokens" in out
+    assert "finished: length after 3 tokens" in out
+
+
+def test_generate_command_refuses_an_unreadable_image(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="cannot read image"):
+        main(["generate", "--image", str(bad)])

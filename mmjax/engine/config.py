@@ -18,8 +18,8 @@ class EngineConfig:
       kv_cache_bytes: bytes to give the KV cache (overrides the memory plan).
       memory_utilization: share of an accelerator's memory the engine may use.
       max_model_len: longest sequence (prompt + output); default: the model's context.
-      impl: attention implementation: "auto" (Pallas on GPU/TPU, reference on CPU),
-        "pallas" or "reference".
+      impl: attention implementation: "auto" (Pallas on GPU/TPU, plain XLA on CPU),
+        "pallas", "xla" or "reference".
     """
 
     page_size: int = 16
@@ -45,8 +45,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.num_pages must be >= 2 (page 0 is reserved), got {self.num_pages}")
         if not 0 < self.memory_utilization <= 1:
             raise ValueError(f"EngineConfig.memory_utilization must be in (0, 1], got {self.memory_utilization}")
-        if self.impl not in ("auto", "pallas", "reference"):
-            raise ValueError(f"EngineConfig.impl must be 'auto', 'pallas' or 'reference', got {self.impl!r}")
+        if self.impl not in ("auto", "pallas", "xla", "reference"):
+            raise ValueError(f"EngineConfig.impl must be 'auto', 'pallas', 'xla' or 'reference', got {self.impl!r}")
 
     @property
     def token_buckets(self) -> tuple[int, ...]:

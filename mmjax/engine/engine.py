@@ -9,6 +9,7 @@ sampler. ``warmup()`` compiles all of them ahead of time.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,9 +47,11 @@ class LLMEngine:
         self.allocator = PageAllocator(self.memory.num_pages, self.config.page_size)
         self.scheduler = Scheduler(self.allocator, max_num_seqs=self.config.max_num_seqs,
                                    max_num_batched_tokens=self.config.max_num_batched_tokens)
+        self._last_step_was_decode = True
         self._ids = itertools.count()
         self._seed_rng = np.random.default_rng()
-        self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0}
+        self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0,
+                      "prefill_step_s": 0.0, "decode_step_s": 0.0}
 
     # -- set-up -------------------------------------------------------------------
 
@@ -126,9 +129,17 @@ class LLMEngine:
 
     def step(self) -> list[Request]:
         """Run one step; return the requests that received a token (or finished) in it."""
+        start = time.perf_counter()
+        updated = self._step()
+        kind = "decode_step_s" if self._last_step_was_decode else "prefill_step_s"
+        self.stats[kind] += time.perf_counter() - start
+        return updated
+
+    def _step(self) -> list[Request]:
         decision = self.scheduler.schedule()
         chunks = decision.chunks
         self.stats["preemptions"] += len(decision.preempted)
+        self._last_step_was_decode = all(c.num_tokens == 1 for c in chunks)
         if not chunks:
             return []
         for chunk in chunks:
@@ -199,11 +210,14 @@ class LLMEngine:
 
     # -- warm-up --------------------------------------------------------------------
 
-    def warmup(self) -> int:
-        """Compile every step shape ahead of time; return how many programs were compiled."""
+    def warmup(self, prompt_logprobs: bool = True) -> int:
+        """Compile every step shape ahead of time; return how many programs were compiled.
+
+        ``prompt_logprobs=False`` skips the programs only ``prompt_logprobs`` requests use.
+        """
         from mmjax.engine.warmup import warm_up
 
-        return warm_up(self)
+        return warm_up(self, prompt_logprobs)
 
 
 def _wants_prompt_logprobs(chunk: ScheduledChunk) -> bool:

@@ -51,11 +51,14 @@ def count_compilations() -> Iterator[list[int]]:
         box[0] = _compiles - start
 
 
-def warm_up(engine: "LLMEngine") -> int:
-    """Compile the engine's encoder, step and sampler programs; return the count compiled."""
+def warm_up(engine: "LLMEngine", prompt_logprobs: bool = True) -> int:
+    """Compile the engine's encoder, step and sampler programs; return the count compiled.
+
+    ``prompt_logprobs=False`` skips the programs only requests with ``prompt_logprobs`` use.
+    """
     with count_compilations() as compiled:
         _warm_encoder(engine)
-        _warm_steps(engine)
+        _warm_steps(engine, prompt_logprobs)
         _warm_sampler(engine)
     return compiled[0]
 
@@ -79,7 +82,7 @@ def _empty_metadata(engine: "LLMEngine", num_tokens: int, decode: bool):
     return dataclasses.replace(metadata, max_q_len=1 if decode else num_tokens)
 
 
-def _warm_steps(engine: "LLMEngine") -> None:
+def _warm_steps(engine: "LLMEngine", prompt_logprobs: bool) -> None:
     cfg, llm = engine.config, engine.llm
     hidden = engine.text_config.hidden_size
     mm_dtype = np.asarray(jax.device_get(jnp.zeros((), llm.dtype))).dtype
@@ -88,7 +91,7 @@ def _warm_steps(engine: "LLMEngine") -> None:
         variants = [(False, False), (False, True)] + ([(True, False)] if tokens in decode_sizes else [])
         for decode, with_mm in variants:
             mm = (jnp.zeros((tokens, hidden), mm_dtype), jnp.zeros(tokens, bool)) if with_mm else ()
-            for all_logits in ((False,) if decode else (False, True)):
+            for all_logits in ((False,) if decode or not prompt_logprobs else (False, True)):
                 indices = jnp.zeros(tokens if all_logits else cfg.max_num_seqs, jnp.int32)
                 logits, engine.kv_pages = paged_step(
                     llm.graphdef, llm.state, engine.kv_pages, jnp.zeros(tokens, jnp.int32),

@@ -15,19 +15,24 @@ from mmjax.kernels_pallas.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
 )
+from mmjax.kernels_pallas.ragged_paged_attention_tiled import ragged_paged_attention_tiled
 from mmjax.kv_cache import AttentionMetadata, KVPages, write_kv_to_pages
 from mmjax.types import Array, Float
 
-Impl = Literal["auto", "pallas", "reference"]
-IMPLS = ("auto", "pallas", "reference")
+Impl = Literal["auto", "pallas", "xla", "reference"]
+IMPLS = ("auto", "pallas", "xla", "reference")
 
 
 def resolve_impl(impl: Impl) -> str:
-    """"auto" -> "pallas" on GPU/TPU, "reference" elsewhere."""
+    """"auto" -> "pallas" on GPU/TPU, "xla" elsewhere.
+
+    "xla" is the plain-XLA path for hosts without a kernel: the reference for
+    decode steps (one query per sequence), the tiled version for prefill.
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "reference"
+        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
     return impl
 
 
@@ -47,7 +52,10 @@ def paged_attention(
     """
     args = (q, pages.k, pages.v, metadata.kv_lens, metadata.block_tables, metadata.cu_q_lens,
             metadata.num_seqs)
-    if resolve_impl(impl) == "reference":
+    impl = resolve_impl(impl)
+    if impl == "xla" and metadata.max_q_len > 1:
+        return ragged_paged_attention_tiled(*args, sm_scale=sm_scale)
+    if impl in ("xla", "reference"):
         return ragged_paged_attention_reference(*args, sm_scale=sm_scale, max_q_len=metadata.max_q_len)
     interpret = jax.default_backend() not in ("gpu", "tpu")
     return ragged_paged_attention(

@@ -34,21 +34,25 @@ def make_random_llava_checkpoint(
     vocab_size: int = 384,
     seed: int = 0,
     max_shard_bytes: int = 2**30,
+    text_config: dict | None = None,
+    vision_config: dict | None = None,
 ) -> str:
-    """Write a random LLaVA-1.5 checkpoint in the llava-hf layout to ``path``; return ``path``."""
+    """Write a random LLaVA-1.5 checkpoint in the llava-hf layout to ``path``; return ``path``.
+
+    ``text_config`` / ``vision_config`` override fields of the Llama / CLIP configs
+    (e.g. ``{"num_attention_heads": 8}``).
+    """
     path = os.fspath(path)
     tokenizer = make_tiny_tokenizer(vocab_size)
+    vision = dict(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=num_layers,
+                  num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden)
+    text = dict(vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=2 * text_hidden + 8,
+                num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     hf_config = HFLlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=num_layers,
-            num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=2 * text_hidden + 8,
-            num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        vision_config=CLIPVisionConfig(**{**vision, **(vision_config or {})}),
+        text_config=LlamaConfig(**{**text, **(text_config or {})}),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         architectures=["LlavaForConditionalGeneration"],
     )

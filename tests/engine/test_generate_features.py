@@ -9,8 +9,7 @@ import mmjax
 from engine_fixtures import LLAVA, hf_inputs, load, picture, torch_model
 from mmjax.engine import count_compilations
 
-CONFIG = mmjax.EngineConfig(page_size=8, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=128,
-                            impl="reference")
+CONFIG = mmjax.EngineConfig(page_size=8, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=128)
 IMAGE_PROMPT = {"prompt": "USER: <image>\nWhat is shown in this image? ASSISTANT:",
                 "multi_modal_data": {"image": picture(50, 80, seed=7)}}
 
@@ -123,8 +122,7 @@ def test_prompt_longer_than_the_context_is_refused(llm):
 
 
 def test_no_compilation_after_warmup(llm):
-    config = mmjax.EngineConfig(page_size=8, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160,
-                                impl="reference")
+    config = mmjax.EngineConfig(page_size=8, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
     engine = llm.engine(config)
     assert engine.warmup() > 0
     workload = [

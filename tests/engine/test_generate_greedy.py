@@ -30,7 +30,7 @@ def test_greedy_batch_equals_transformers_with_chunking_and_preemption(kind, num
     llm = load(kind)
     batch = mixed_batch(kind)
     config = mmjax.EngineConfig(page_size=8, num_pages=num_pages, max_num_seqs=4, max_num_batched_tokens=32,
-                                max_model_len=max_model_len, impl="reference")
+                                max_model_len=max_model_len)  # impl "auto": the XLA path on CPU
     params = mmjax.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outputs = mmjax.generate(llm, batch, params, engine_config=config, use_tqdm=False)
     engine = llm.engine(config)

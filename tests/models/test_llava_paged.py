@@ -41,7 +41,7 @@ def schedule(len_a_prompt: int):
     return list(zip(a_steps, b_steps))
 
 
-@pytest.mark.parametrize("name, impl", [("gqa_default", "reference"), ("mha_full_sharded_tied", "reference"),
+@pytest.mark.parametrize("name, impl", [("gqa_default", "reference"), ("mha_full_sharded_tied", "xla"),
                                         ("gqa_default", "pallas")])
 def test_paged_steps_equal_dense_forward(name, impl):
     model, hf_config = loaded(name)

@@ -1,0 +1,33 @@
+"""The notebooks run top to bottom in a real Jupyter kernel, through the public API."""
+
+import pathlib
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def run(name: str, tmp_path) -> nbformat.NotebookNode:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(notebook, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return notebook
+
+
+def text_of(notebook) -> str:
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.extend(str(v) for v in output.get("data", {}).values())
+    return "\n".join(parts)
+
+
+def test_quickstart(tmp_path):
+    notebook = run("01_quickstart.ipynb", tmp_path)
+    text = text_of(notebook)
+    assert "PlaceholderRange(offset=4, length=576)" in text
+    assert "finished: length" in text
+    assert "KV cache:" in text
+    assert "image/png" in str([c.get("outputs") for c in notebook.cells])  # the photo was shown
