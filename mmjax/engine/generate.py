@@ -44,6 +44,7 @@ def generate(
     stream: bool = False,
     use_tqdm: bool = True,
     engine_config: EngineConfig | None = None,
+    errors: str = "raise",
 ) -> list[RequestOutput] | Iterator[RequestOutput]:
     """Generate a completion for each prompt, with continuous batching over a paged KV cache.
 
@@ -57,6 +58,9 @@ def generate(
       use_tqdm: show a progress bar over prompts (only for batches, and not when streaming).
       engine_config: batching and KV-cache settings (default: ``EngineConfig()``);
         the engine is built once per config and kept on ``llm``.
+      errors: "raise" (default): a bad prompt raises ``PromptError`` before any
+        work; "return": each bad prompt gets an output with ``.error`` set and
+        ``finish_reason == "error"``, and the other prompts run normally.
 
     Returns:
       One ``RequestOutput`` per prompt, in order (``.text``, ``.token_ids``,
@@ -66,14 +70,17 @@ def generate(
       PromptError: a prompt or its parameters are invalid; raised before any
         work starts, and no request of the call is left in the engine.
     """
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
     prompts = _as_list(prompts)
     params = _params_for(sampling_params, len(prompts))
     engine = llm.engine(engine_config)
-    requests = _add_all(engine, prompts, params)
+    requests = _add_all(engine, prompts, params, keep_going=errors == "return")
+    live = [r for r in requests if isinstance(r, Request)]
     if stream:
-        return _stream(engine, requests)
-    _run(engine, requests, progress=use_tqdm and len(requests) > 1)
-    return [to_output(r) for r in requests]
+        return _stream(engine, live)
+    _run(engine, live, progress=use_tqdm and len(live) > 1)
+    return [to_output(r) if isinstance(r, Request) else r for r in requests]
 
 
 def _as_list(prompts: Any) -> list[PromptInputs]:
@@ -93,16 +100,28 @@ def _params_for(sampling_params: Any, count: int) -> list[SamplingParams]:
     return params
 
 
-def _add_all(engine: Any, prompts: list[PromptInputs], params: list[SamplingParams]) -> list[Request]:
-    requests: list[Request] = []
+def _add_all(engine: Any, prompts: list[PromptInputs], params: list[SamplingParams],
+             keep_going: bool) -> list[Request | RequestOutput]:
+    """Queue every prompt; a refused one raises (after unqueueing the others) or becomes an error output."""
+    requests: list[Request | RequestOutput] = []
     for index, (prompt, p) in enumerate(zip(prompts, params)):
         try:
             requests.append(engine.add_request(prompt, p))
         except (TypeError, ValueError, KeyError, FileNotFoundError) as error:
+            if keep_going:
+                requests.append(_error_output(index, PromptError(index, error)))
+                continue
             for request in requests:  # leave the engine as it was
                 engine.abort(request)
             raise PromptError(index, error) from error
     return requests
+
+
+def _error_output(index: int, error: PromptError) -> RequestOutput:
+    completion = CompletionOutput(index=0, text="", token_ids=(), cumulative_logprob=None, logprobs=None,
+                                  finish_reason="error")
+    return RequestOutput(request_id=f"refused-{index}", prompt=None, prompt_token_ids=(), prompt_logprobs=None,
+                         outputs=[completion], finished=True, error=str(error))
 
 
 def _run(engine: Any, requests: list[Request], progress: bool) -> None:

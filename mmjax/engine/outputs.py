@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "error"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,7 @@ class RequestOutput:
     prompt_logprobs: PromptLogprobs | None
     outputs: list[CompletionOutput]
     finished: bool
+    error: str | None = None  # why the prompt was refused (``generate(..., errors="return")``)
 
     @property
     def text(self) -> str:

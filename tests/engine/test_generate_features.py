@@ -142,3 +142,14 @@ def test_no_compilation_after_warmup(llm):
         outputs = mmjax.generate(llm, workload, params, engine_config=config, use_tqdm=False)
     assert all(o.finished for o in outputs)
     assert compiled[0] == 0, f"{compiled[0]} programs compiled after warm-up"
+
+
+def test_errors_return_keeps_the_good_prompts_running(llm):
+    good = {"prompt": "USER: <image>\nHi", "multi_modal_data": {"image": picture(20, 20)}}
+    batch = [good, {"prompt": "<image>", "multi_modal_data": {"image": "not an image"}}, "Plain text", 42]
+    outputs = mmjax.generate(llm, batch, mmjax.SamplingParams(temperature=0.0, max_tokens=3),
+                             engine_config=CONFIG, errors="return", use_tqdm=False)
+    assert [o.finish_reason for o in outputs] == ["length", "error", "length", "error"]
+    assert "prompt 1: TypeError: invalid image data of type str" in outputs[1].error
+    assert "prompt 3: TypeError: a prompt must be a str" in outputs[3].error
+    assert len(outputs[0].token_ids) == len(outputs[2].token_ids) == 3 and outputs[0].error is None
