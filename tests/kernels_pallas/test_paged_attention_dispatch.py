@@ -12,9 +12,9 @@ from mmjax.kv_cache import KVPages, PageAllocator, build_attention_metadata, ini
 from paged_cases import dense_attention, make_case
 
 
-def test_auto_is_reference_on_cpu():
-    assert resolve_impl("auto") == "reference"
-    assert resolve_impl("pallas") == "pallas"
+def test_auto_is_the_xla_path_on_cpu():
+    assert resolve_impl("auto") == "xla"
+    assert resolve_impl("pallas") == "pallas" and resolve_impl("reference") == "reference"
     with pytest.raises(ValueError, match="impl: expected one of"):
         resolve_impl("triton")
 
@@ -24,10 +24,12 @@ def test_impls_agree():
     case = make_case(rng, [(10, 3), (4, 1)], num_kv_heads=2, group=2, head_dim=16, page_size=4)
     q, k_pages, v_pages, *_ = case.args()
     pages = KVPages(k_pages, v_pages)
-    auto = paged_attention(q, pages, case.metadata)
+    auto = paged_attention(q, pages, case.metadata)  # a prefill step: the tiled XLA path
+    reference = paged_attention(q, pages, case.metadata, impl="reference")
     pallas = paged_attention(q, pages, case.metadata, impl="pallas", backend="gpu")
     np.testing.assert_allclose(np.asarray(auto[:4]), dense_attention(case)[:4], rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(np.asarray(pallas), np.asarray(auto), rtol=2e-5, atol=2e-5)
+    for other in (reference, pallas):
+        np.testing.assert_allclose(np.asarray(other), np.asarray(auto), rtol=2e-5, atol=2e-5)
 
 
 def test_chunked_prefill_then_decode_equals_one_shot():
