@@ -82,7 +82,7 @@ def _empty_metadata(engine: "LLMEngine", num_tokens: int, decode: bool):
     return dataclasses.replace(metadata, max_q_len=1 if decode else num_tokens)
 
 
-def _warm_steps(engine: "LLMEngine", prompt_logprobs: bool) -> None:
+def _warm_steps(engine: "LLMEngine", with_prompt_logprobs: bool) -> None:
     cfg, llm = engine.config, engine.llm
     hidden = engine.text_config.hidden_size
     mm_dtype = np.asarray(jax.device_get(jnp.zeros((), llm.dtype))).dtype
@@ -91,11 +91,12 @@ def _warm_steps(engine: "LLMEngine", prompt_logprobs: bool) -> None:
         variants = [(False, False), (False, True)] + ([(True, False)] if tokens in decode_sizes else [])
         for decode, with_mm in variants:
             mm = (jnp.zeros((tokens, hidden), mm_dtype), jnp.zeros(tokens, bool)) if with_mm else ()
-            for all_logits in ((False,) if decode or not prompt_logprobs else (False, True)):
+            for all_logits in ((False,) if decode or not with_prompt_logprobs else (False, True)):
                 indices = jnp.zeros(tokens if all_logits else cfg.max_num_seqs, jnp.int32)
                 logits, engine.kv_pages = paged_step(
                     llm.graphdef, llm.state, engine.kv_pages, jnp.zeros(tokens, jnp.int32),
-                    _empty_metadata(engine, tokens, decode), indices, *mm, impl=cfg.impl)
+                    _empty_metadata(engine, tokens, decode), indices, *mm, impl=cfg.impl,
+                    kv_sharding=engine.kv_sharding)
                 if all_logits:
                     jax.block_until_ready(prompt_logprobs(logits, jnp.zeros(tokens, jnp.int32),
                                                           num_logprobs=MAX_LOGPROBS))
