@@ -81,7 +81,7 @@ def run_demo(model: str | None = None, images: list[str] | None = None, prompt: 
     print(f"{'pixel_values':>14}: {'x'.join(map(str, processed.mm_kwargs['pixel_values'].shape))}")
     params = mmjax.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
     engine = llm.engine()
-    print(f"{'kv cache':>14}: {engine.memory.describe()}")
+    print(f"{'memory':>14}: {engine.memory.describe()}")
     print(f"{'output':>14}: ", end="", flush=True)
     final, shown = None, 0
     for output in mmjax.generate(llm, request, params, stream=True):
