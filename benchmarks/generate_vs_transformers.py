@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 
 QUESTIONS = [
     "What is shown in this image? Describe the picture in detail.",

@@ -16,7 +16,7 @@ from typing import Any
 
 from mmjax.registry.config import InputContext, ModelConfig
 from mmjax.registry.hooks import hooks_of, with_hook
-from mmjax.registry.inputs import MultiModalDataDict, PlaceholderRange
+from mmjax.registry.inputs import PlaceholderRange
 from mmjax.registry.multimodal import MULTIMODAL_REGISTRY, MultiModalRegistry, count_items
 from mmjax.registry.processor_kwargs import merge_kwargs, select_kwargs
 from mmjax.registry.prompts import DecoderOnlyInputs

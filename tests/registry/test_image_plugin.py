@@ -1,7 +1,6 @@
 """ImagePlugin's default mapper: the checkpoint's HF image processor, numpy out, clear errors."""
 
 import io
-import warnings
 
 import jax.numpy as jnp
 import numpy as np

@@ -5,7 +5,6 @@ import dataclasses
 import numpy as np
 import pytest
 from flax import nnx
-from PIL import Image
 
 from mmjax.registry import (
     MULTIMODAL_REGISTRY,

@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mmjax.registry import PlaceholderRange, process_prompt
 from mmjax.testing.tokenizer import make_tiny_tokenizer
