@@ -54,6 +54,7 @@ class LLM:
       graphdef, state: the Flax model, split (``nnx.merge`` gives it back).
       tokenizer: the checkpoint's tokenizer.
       dtype: the parameter dtype.
+      mesh: the ``("data", "model")`` mesh of a sharded model, else None.
     """
 
     model_config: ModelConfig
@@ -64,6 +65,7 @@ class LLM:
     mm_registry: MultiModalRegistry = MULTIMODAL_REGISTRY
     input_registry: InputRegistry = INPUT_REGISTRY
     _engine: list = dataclasses.field(default_factory=list, repr=False)  # [LLMEngine] once built
+    mesh: Any = None  # the jax.sharding.Mesh the weights are placed on (None: one device)
 
     def engine(self, config: Any = None) -> Any:
         """The continuous-batching engine (built on first use, rebuilt when ``config`` changes).
@@ -121,6 +123,7 @@ def load(
     limit_mm_per_prompt: Mapping[str, int] | None = None,
     mm_processor_kwargs: Mapping[str, Any] | None = None,
     max_model_len: int | None = None,
+    mesh: Any = None,
 ) -> LLM:
     """Load a Hugging Face checkpoint directory (e.g. a ``llava-hf/*`` download).
 
@@ -131,6 +134,11 @@ def load(
       limit_mm_per_prompt: most items of each modality per prompt (default 1 each).
       mm_processor_kwargs: defaults for the model's multimodal hooks.
       max_model_len: context length (default: the model's).
+      mesh: shard the weights over a device mesh (tensor parallel over its
+        "model" axis, see docs/sharding.md): a ``jax.sharding.Mesh`` with axes
+        ``("data", "model")``, a dict of axis sizes such as ``{"data": 2, "model": 4}``,
+        or ``"auto"`` for the default shape of ``mmjax.sharding.make_mesh``.
+        None (the default): everything on one device.
 
     Raises:
       FileNotFoundError: a file the checkpoint needs is missing (named).
@@ -145,9 +153,22 @@ def load(
     )
     MULTIMODAL_REGISTRY.init_mm_limits_per_prompt(model_config)  # fail now on bad limits
     tokenizer = InputContext(model_config).get_tokenizer()
-    model, _ = resolve_loader(model_config.hf_config)(os.fspath(path), dtype)
+    loader = resolve_loader(model_config.hf_config)
+    if mesh is None:
+        model, _ = loader(os.fspath(path), dtype)
+    else:
+        mesh = _resolve_mesh(mesh, model_config.hf_config)
+        model, _ = loader(os.fspath(path), dtype, mesh=mesh)
     graphdef, state = nnx.split(model)
-    return LLM(model_config=model_config, graphdef=graphdef, state=state, tokenizer=tokenizer, dtype=dtype)
+    return LLM(model_config=model_config, graphdef=graphdef, state=state, tokenizer=tokenizer, dtype=dtype,
+               mesh=mesh)
+
+
+def _resolve_mesh(mesh: Any, hf_config: Any) -> Any:
+    from mmjax.sharding import ShardedDims, make_mesh
+
+    dims = ShardedDims.from_hf(hf_config.text_config)
+    return make_mesh(None if isinstance(mesh, str) and mesh == "auto" else mesh, dims=dims)
 
 
 def _as_dtype(dtype: str | jnp.dtype) -> jnp.dtype:

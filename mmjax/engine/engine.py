@@ -42,6 +42,7 @@ class LLMEngine:
         self.text_config = model.language_model.config
         self.max_model_len = self._max_model_len()
         self.pages_per_seq = -(-self.max_model_len // self.config.page_size)
+        self.kv_sharding = self._kv_sharding()
         self.memory = self._plan_memory()
         self.kv_pages = self._init_pages()
         self.allocator = PageAllocator(self.memory.num_pages, self.config.page_size)
@@ -60,6 +61,17 @@ class LLMEngine:
         if limit is None:
             raise ValueError("the model config states no context length: set EngineConfig.max_model_len")
         return int(limit)
+
+    def _kv_sharding(self) -> Any:
+        """On a mesh: the pages split over KV heads like the k/v projections (None on one device)."""
+        if getattr(self.llm, "mesh", None) is None:
+            return None
+        from mmjax.sharding import kv_pages_sharding
+
+        return kv_pages_sharding(self.llm.mesh, self.text_config.num_kv_heads)
+
+    def _place(self, pages: tuple[KVPages, ...]) -> tuple[KVPages, ...]:
+        return pages if self.kv_sharding is None else jax.device_put(pages, self.kv_sharding)
 
     def _plan_memory(self) -> MemoryPlan:
         text = self.text_config
@@ -82,17 +94,17 @@ class LLMEngine:
             total += compiled.memory_analysis().temp_size_in_bytes
         text = self.text_config
         t = self.config.max_num_batched_tokens
-        pages = init_kv_pages(text.num_layers, text.num_kv_heads, 2, self.config.page_size, text.head_dim,
-                              self.llm.dtype)
+        pages = self._place(init_kv_pages(text.num_layers, text.num_kv_heads, 2, self.config.page_size,
+                                          text.head_dim, self.llm.dtype))
         batch = _abstract_batch(t, self.config.max_num_seqs, self.pages_per_seq, text.hidden_size, self.llm.dtype)
-        compiled = paged_step.lower(self.llm.graphdef, self.llm.state, pages, *batch,
-                                    impl=self.config.impl).compile()
+        compiled = paged_step.lower(self.llm.graphdef, self.llm.state, pages, *batch, impl=self.config.impl,
+                                    kv_sharding=self.kv_sharding).compile()
         return total + compiled.memory_analysis().temp_size_in_bytes
 
     def _init_pages(self) -> tuple[KVPages, ...]:
         text = self.text_config
-        return init_kv_pages(text.num_layers, text.num_kv_heads, self.memory.num_pages, self.config.page_size,
-                             text.head_dim, self.llm.dtype)
+        return self._place(init_kv_pages(text.num_layers, text.num_kv_heads, self.memory.num_pages,
+                                         self.config.page_size, text.head_dim, self.llm.dtype))
 
     # -- requests -------------------------------------------------------------------
 
@@ -167,7 +179,7 @@ class LLMEngine:
         mm = () if batch.mm_embeds is None else (jax.device_put(batch.mm_embeds), jax.device_put(batch.mm_mask))
         logits, self.kv_pages = paged_step(
             self.llm.graphdef, self.llm.state, self.kv_pages, jax.device_put(batch.input_ids), batch.metadata,
-            jax.device_put(batch.logits_indices), *mm, impl=self.config.impl)
+            jax.device_put(batch.logits_indices), *mm, impl=self.config.impl, kv_sharding=self.kv_sharding)
         return logits
 
     def _prompt_logprobs(self, chunks: tuple[ScheduledChunk, ...], batch: StepBatch, logits: jax.Array) -> None:

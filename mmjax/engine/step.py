@@ -33,13 +33,22 @@ def check_paged_support(model: nnx.Module) -> None:
         )
 
 
+def _per_device(mesh, kv_pages: tuple[KVPages, ...]) -> bool:
+    """On a mesh, attention runs per device (shard_map) when the KV heads split evenly."""
+    if mesh is None:
+        return False
+    from mmjax.sharding.attention import shardable
+
+    return shardable(mesh, kv_pages[0].num_kv_heads)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def encode_multimodal(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Array]) -> Float[Array, "M D"]:
     """The embeddings of a request's placeholder tokens, in placeholder order (vision tower + projector)."""
     return nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "impl"), donate_argnames=("kv_pages",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "impl", "kv_sharding"), donate_argnames=("kv_pages",))
 def paged_step(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -51,6 +60,7 @@ def paged_step(
     mm_mask: Bool[Array, "T"] | None = None,
     *,
     impl: str = "auto",
+    kv_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[Float[Array, "S V"], tuple[KVPages, ...]]:
     """One engine step.
 
@@ -61,14 +71,21 @@ def paged_step(
       logits_indices: rows of ``input_ids`` whose logits are returned.
       mm_embeds, mm_mask: for tokens where ``mm_mask`` is set, the embedding to
         use instead of the token's (an image placeholder); both or neither.
+      kv_sharding: on a mesh, where the pages live (``mmjax.sharding.kv_pages_sharding``):
+        the new pages are pinned there, so they stay split over KV heads, the
+        donated buffers are reused and the next step sees the same sharding.
 
     Returns:
       ``(logits f32[S, V], new kv_pages)``.
     """
     model = nnx.merge(graphdef, state)
-    attend = PagedAttend(kv_pages, metadata, impl=impl)
+    mesh = getattr(kv_sharding, "mesh", None)
+    attend = PagedAttend(kv_pages, metadata, impl=impl, mesh=mesh if _per_device(mesh, kv_pages) else None)
     embeds = model.language_model.embed(input_ids[None])
     if mm_embeds is not None:
         embeds = jnp.where(mm_mask[None, :, None], mm_embeds[None].astype(embeds.dtype), embeds)
     hidden = model.language_model.hidden_states(embeds, metadata.positions[None], attend)[0]
-    return model.language_model.logits(hidden[logits_indices]), tuple(attend.pages)
+    pages = tuple(attend.pages)
+    if kv_sharding is not None:
+        pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
+    return model.language_model.logits(hidden[logits_indices]), pages

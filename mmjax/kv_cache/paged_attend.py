@@ -9,6 +9,7 @@ the step is traced, and the jitted step returns them: the state is functional.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,10 +23,14 @@ class PagedAttend:
     """``Attend`` over per-layer ``KVPages`` for a packed ragged batch (``B == 1``)."""
 
     def __init__(
-        self, pages: Sequence[KVPages], metadata: AttentionMetadata, *, impl: Impl = "auto", **kernel_options: Any
+        self, pages: Sequence[KVPages], metadata: AttentionMetadata, *, impl: Impl = "auto", mesh: Any = None,
+        **kernel_options: Any
     ):
+        """``mesh``: the pages and heads are split over its "model" axis; each device
+        attends with its own heads (``mmjax.sharding.attention``)."""
         self.pages = list(pages)
         self.metadata = metadata
+        self.mesh = mesh
         self.options = dict(impl=impl, **kernel_options)
 
     def __call__(
@@ -38,5 +43,10 @@ class PagedAttend:
     ) -> Float[Array, "1 T N H"]:
         if q.shape[0] != 1:
             raise ValueError(f"PagedAttend takes a packed batch of shape [1, T, ...], got q {q.shape}")
-        out, self.pages[layer] = write_and_attend(q[0], k[0], v[0], self.pages[layer], self.metadata, **self.options)
+        step = write_and_attend
+        if self.mesh is not None:
+            from mmjax.sharding.attention import sharded_write_and_attend
+
+            step = functools.partial(sharded_write_and_attend, self.mesh)
+        out, self.pages[layer] = step(q[0], k[0], v[0], self.pages[layer], self.metadata, **self.options)
         return out[None].astype(q.dtype)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.llava_next import LlavaNextConfig, LlavaNextForConditionalGeneration
+from mmjax.models.llava_sharding import LLAVA_NEXT_PARTITION_RULES, llava_shardings
 from mmjax.models.llava_weights import LLAVA_ALIASES, LLAVA_IGNORED, llava_table, read_hf_config
 from mmjax.models.weights import PARAM, CheckpointReader, Target, expand_table, fill_state
 
@@ -35,8 +36,10 @@ def abstract_llava_next(cfg: LlavaNextConfig, dtype: jnp.dtype = jnp.float32) ->
     return nnx.eval_shape(lambda: LlavaNextForConditionalGeneration(cfg, param_dtype=dtype, rngs=nnx.Rngs(0)))
 
 
-def load_llava_next(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
+def load_llava_next(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, mesh=None):
     """Load a LLaVA-NeXT checkpoint directory (llava-hf layout, e.g. llava-v1.6-mistral-7b-hf).
+
+    ``mesh``: as for ``load_llava``; the weights are placed by ``LLAVA_NEXT_PARTITION_RULES``.
 
     Returns:
       ``(model, hf_config)``: the ``LlavaNextForConditionalGeneration`` and the
@@ -46,6 +49,10 @@ def load_llava_next(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
     cfg = LlavaNextConfig.from_hf(hf_config)
     abstract = abstract_llava_next(cfg, dtype)
     model_paths = {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+    shardings = None
+    if mesh is not None:
+        shardings = llava_shardings(mesh, cfg.llava.text, model_paths, LLAVA_NEXT_PARTITION_RULES)[1]
     with CheckpointReader(path, LLAVA_NEXT_ALIASES) as reader:
-        model = fill_state(abstract, llava_next_targets(cfg, model_paths), reader, dtype, ignore=LLAVA_IGNORED)
+        model = fill_state(abstract, llava_next_targets(cfg, model_paths), reader, dtype, ignore=LLAVA_IGNORED,
+                           shardings=shardings)
     return model, hf_config

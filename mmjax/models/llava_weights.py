@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration
+from mmjax.models.llava_sharding import llava_shardings
 from mmjax.models.weights import (
     CONV2D, EMBEDDING, LAYER_NORM, LINEAR, PARAM, RMS_NORM, CheckpointReader, Target, expand_table, fill_state,
     save_state,
@@ -98,13 +99,16 @@ def abstract_llava(cfg: LlavaConfig, dtype: jnp.dtype = jnp.float32) -> LlavaFor
     return nnx.eval_shape(lambda: LlavaForConditionalGeneration(cfg, param_dtype=dtype, rngs=nnx.Rngs(0)))
 
 
-def load_llava(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
+def load_llava(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, mesh=None):
     """Load a LLaVA-1.5 checkpoint directory (llava-hf layout).
 
     Args:
       path: a directory with ``config.json`` and ``model.safetensors`` or a
         sharded ``model.safetensors.index.json``.
       dtype: parameter dtype, e.g. ``jnp.float32`` or ``jnp.bfloat16``.
+      mesh: None (one device), or a ``("data", "model")`` mesh or what
+        ``mmjax.sharding.make_mesh`` takes: each weight is placed by
+        ``LLAVA_PARTITION_RULES`` (``llava_sharding``) as it is read.
 
     Returns:
       ``(model, hf_config)``: the ``LlavaForConditionalGeneration`` and the
@@ -115,8 +119,9 @@ def load_llava(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
     abstract = abstract_llava(cfg, dtype)
     model_paths = {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
     targets = llava_targets(cfg, model_paths)
+    shardings = None if mesh is None else llava_shardings(mesh, cfg.text, model_paths)[1]
     with CheckpointReader(path, LLAVA_ALIASES) as reader:
-        model = fill_state(abstract, targets, reader, dtype, ignore=LLAVA_IGNORED)
+        model = fill_state(abstract, targets, reader, dtype, ignore=LLAVA_IGNORED, shardings=shardings)
     return model, hf_config
 
 

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +107,7 @@ class CheckpointReader:
             if canonical in self._raw_name:
                 raise ValueError(f"tensors {self._raw_name[canonical]!r} and {raw!r} are the same parameter")
             self._raw_name[canonical] = raw
-        self._handles: dict[str, object] = {}
+        self._handles: dict[tuple[str, str], object] = {}
 
     def _tensor_files(self) -> dict[str, str]:
         index = os.path.join(self.directory, INDEX_FILE)
@@ -156,11 +156,11 @@ class CheckpointReader:
             return raw_prefix + canonical[len(canon_prefix):]
         return canonical
 
-    def _open(self, raw: str):
+    def _open(self, raw: str, framework: str = "flax"):
         file = self._files[raw]
-        if file not in self._handles:
-            self._handles[file] = safe_open(os.path.join(self.directory, file), framework="flax")
-        handle = self._handles[file]
+        if (file, framework) not in self._handles:
+            self._handles[file, framework] = safe_open(os.path.join(self.directory, file), framework=framework)
+        handle = self._handles[file, framework]
         if raw not in handle.keys():
             raise KeyError(f"tensor {raw!r} is listed in {INDEX_FILE} under {file}, which does not contain it")
         return handle
@@ -172,6 +172,17 @@ class CheckpointReader:
     def read(self, canonical: str) -> jax.Array:
         raw = self._raw_name[canonical]
         return self._open(raw).get_tensor(raw)
+
+    def read_slice(self, canonical: str, index: tuple[slice, ...], permutation: tuple[int, ...] | None) -> np.ndarray:
+        """One block of a tensor, as a host array in our layout: ``index`` is in our axes,
+        ``permutation`` maps the checkpoint's axes to ours. Only the block is read from disk."""
+        raw = self._raw_name[canonical]
+        perm = permutation or tuple(range(len(index)))
+        hf_index = [slice(None)] * len(index)
+        for ours, theirs in enumerate(perm):
+            hf_index[theirs] = index[ours]
+        block = self._open(raw, "numpy").get_slice(raw)[tuple(hf_index)]
+        return np.transpose(block, perm) if permutation is not None else block
 
     def close(self) -> None:
         self._handles.clear()  # safe_open handles close when released
@@ -207,12 +218,15 @@ def fill_state(
     dtype: jnp.dtype,
     *,
     ignore: Iterable[str] = (),
+    shardings: Mapping[tuple, jax.sharding.Sharding] | None = None,
 ) -> nnx.Module:
     """Load every target tensor into an ``nnx.eval_shape``-built model.
 
     Args:
       ignore: regexes of canonical names the checkpoint may carry that are not
         parameters (e.g. non-persistent buffers some exporters wrote anyway).
+      shardings: ``{parameter path: sharding}``: each tensor is placed on the
+        mesh as it is read, and this host reads only the blocks its devices hold.
     """
     _check_names(targets, reader, ignore)
     graphdef, state = nnx.split(abstract_model)
@@ -227,12 +241,22 @@ def fill_state(
                 f"tensor {reader.spelling(name)!r} has shape {reader.shape(name)}, expected {hf_expected} "
                 f"(our layout {expected} at {'/'.join(map(str, target.path))})"
             )
+        if shardings is not None:
+            leaf.set_value(_read_placed(reader, name, target, expected, shardings[target.path], dtype))
+            continue
         value = reader.read(name)
         if target.permutation is not None:
             value = jnp.transpose(value, target.permutation)
         leaf.set_value(value.astype(dtype))
         del value  # one tensor in flight at a time
     return nnx.merge(graphdef, state)
+
+
+def _read_placed(reader: CheckpointReader, name: str, target: Target, shape: tuple[int, ...], sharding,
+                 dtype: jnp.dtype) -> jax.Array:
+    from mmjax.sharding.specs import read_sharded
+
+    return read_sharded(shape, sharding, lambda index: reader.read_slice(name, index, target.permutation).astype(dtype))
 
 
 def save_state(

@@ -1,0 +1,164 @@
+"""Run in a subprocess with 8 CPU devices (XLA_FLAGS set by the caller before jax starts).
+
+Loads tiny LLaVA-1.5 / LLaVA-NeXT checkpoints on one device and on several
+meshes, and prints one JSON object of findings for ``test_sharded_logits`` to check.
+Usage: ``python sharded_worker.py TMPDIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+import mmjax
+from mmjax.sharding import MODEL
+from mmjax.testing.checkpoints import make_tiny_llava_checkpoint
+from mmjax.testing.next_checkpoints import make_tiny_llava_next_checkpoint
+
+#: Heads, MLP width and vocabulary divisible by 8; 2 KV heads: sharded on 1x2 / 4x2, replicated on 2x4 / 1x8.
+DIMS = dict(num_heads=8, num_kv_heads=2, intermediate_size=56, vocab_size=384)
+MESHES = ({"data": 1, "model": 8}, {"data": 2, "model": 4}, {"data": 4, "model": 2})
+
+
+def _image(seed: int, size: tuple[int, int]) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _shardings(llm) -> dict[str, str]:
+    return {"/".join(map(str, path)): str(leaf.get_value().sharding.spec)
+            for path, leaf in nnx.to_flat_state(llm.state)}
+
+
+def _split_but_replicated(llm) -> list[str]:
+    """Parameters of the decoder's split layers (everything but norms) that are fully replicated."""
+    bad = []
+    for path, leaf in nnx.to_flat_state(llm.state):
+        name = "/".join(map(str, path))
+        expected_split = (name.startswith("language_model/") and "norm" not in name
+                          and not name.endswith("o_proj/bias") and not name.endswith("down_proj/bias")
+                          and not (llm.hf_config.text_config.num_key_value_heads % llm.mesh.shape[MODEL]
+                                   and "_proj" in name and ("k_proj" in name or "v_proj" in name)))
+        if expected_split and leaf.get_value().sharding.is_fully_replicated:
+            bad.append(name)
+    return bad
+
+
+def compare(path: str, prompt, meshes) -> dict:
+    single = mmjax.load(path)
+    _, want = single.logits(prompt)
+    out = {}
+    for shape in meshes:
+        llm = mmjax.load(path, mesh=shape)
+        _, got = llm.logits(prompt)
+        key = f"{shape['data']}x{shape['model']}"
+        out[key] = {
+            "max_abs_diff": float(np.abs(got - want).max()), "max_abs": float(np.abs(want).max()),
+            "mesh_devices": int(llm.mesh.devices.size), "split_but_replicated": _split_but_replicated(llm),
+            "shardings": _shardings(llm),
+        }
+    return out
+
+
+#: KV heads split over "model" (4x2), and replicated because 2 KV heads < 4 (2x4).
+GENERATE_MESHES = ({"data": 4, "model": 2}, {"data": 2, "model": 4})
+ENGINE = mmjax.EngineConfig(page_size=8, max_num_seqs=4, max_num_batched_tokens=64, num_pages=37, max_model_len=128)
+
+
+def compare_generate(path: str, meshes) -> dict:
+    prompts = [{"prompt": "USER: <image>\nWhat is it? ASSISTANT:", "multi_modal_data": {"image": _image(2, (30, 30))}},
+               "USER: Write a poem. ASSISTANT:"]
+    params = mmjax.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    want = [list(o.token_ids) for o in mmjax.generate(mmjax.load(path), prompts, params, engine_config=ENGINE)]
+    out = {"single": want}
+    for shape in meshes:
+        llm = mmjax.load(path, mesh=shape)
+        got = [list(o.token_ids) for o in mmjax.generate(llm, prompts, params, engine_config=ENGINE)]
+        engine = llm.engine()
+        out[f"{shape['data']}x{shape['model']}"] = {
+            "tokens": got, "kv_spec": str(engine.kv_pages[0].k.sharding.spec),
+            "kv_shards": sorted({str(s.data.shape) for s in engine.kv_pages[0].k.addressable_shards}),
+            **step_collectives(engine, decode=shape["model"] == 2),
+        }
+    # The Pallas kernel (interpret mode here) inside shard_map: each device runs it on its own heads.
+    llm = mmjax.load(path, mesh=meshes[-1])
+    import time
+    t = time.perf_counter()
+    pallas = dataclasses.replace(ENGINE, impl="pallas")
+    params = dataclasses.replace(params, max_tokens=3)
+    out["pallas"] = [list(o.token_ids) for o in mmjax.generate(llm, prompts[1:], params, engine_config=pallas)]
+    out["t_pallas"] = time.perf_counter() - t
+    return out
+
+
+def step_collectives(engine, decode: bool) -> dict:
+    """The collectives of the compiled prefill (and decode) step; which of them move KV pages."""
+    from mmjax.engine.engine import _abstract_batch
+    from mmjax.engine.step import paged_step
+
+    llm, text = engine.llm, engine.text_config
+    num_pages = engine.kv_pages[0].k.shape[1]
+    found = {"all_gathers": 0, "collectives": 0, "kv_collectives": []}
+    for max_q_len in (16, 1) if decode else (16,):
+        batch = _abstract_batch(16, engine.config.max_num_seqs, engine.pages_per_seq, text.hidden_size, llm.dtype)
+        if max_q_len == 1:
+            batch = (batch[0], dataclasses.replace(batch[1], max_q_len=1), *batch[2:])
+        hlo = paged_step.lower(llm.graphdef, llm.state, engine.kv_pages, *batch, impl=engine.config.impl,
+                               kv_sharding=engine.kv_sharding).compile().as_text()
+        for key, value in scan_collectives(hlo, num_pages).items():
+            found[key] += value
+    return found
+
+
+def scan_collectives(hlo: str, num_pages: int) -> dict:
+    """Count the collectives of compiled HLO text; list those whose result has a ``num_pages`` axis."""
+    found = {"all_gathers": 0, "collectives": 0, "kv_collectives": []}
+    for line in hlo.splitlines():
+        op = re.search(r"= (\S+) (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(-start)?\(",
+                       line)
+        if not op:
+            continue
+        found["collectives"] += 1
+        found["all_gathers"] += op.group(2) == "all-gather"
+        dims = {d for shape in re.findall(r"\[([\d,]*)\]", op.group(1)) for d in shape.split(",")}
+        if str(num_pages) in dims:
+            found["kv_collectives"].append(line.strip()[:160])
+    return found
+
+
+def main(tmp: str) -> None:
+    import time
+    t0 = time.perf_counter()
+    results = {"num_devices": jax.device_count()}
+    llava = make_tiny_llava_checkpoint(f"{tmp}/llava", head_dim=8, **DIMS, seed=5)
+    prompt = {"prompt": "USER: <image>\nWhat is in the picture? ASSISTANT:",
+              "multi_modal_data": {"image": _image(0, (30, 30))}}
+    results["llava"] = compare(llava, prompt, MESHES)
+    try:
+        mmjax.load(llava, mesh={"data": 2, "model": 3})
+    except ValueError as e:
+        results["bad_mesh_error"] = str(e)
+    try:
+        mmjax.load(llava, mesh={"data": 2, "model": 8})
+    except ValueError as e:
+        results["too_many_error"] = str(e)
+    results["auto_mesh"] = dict(mmjax.load(llava, mesh="auto").mesh.shape)
+    results["t_logits"] = time.perf_counter() - t0
+    results["generate"] = compare_generate(llava, GENERATE_MESHES)
+    results["t_generate"] = time.perf_counter() - t0
+    nxt = make_tiny_llava_next_checkpoint(f"{tmp}/next", **DIMS, text_config={"head_dim": 8}, seed=6)
+    prompt = {"prompt": "USER: <image>\nDescribe it. ASSISTANT:", "multi_modal_data": {"image": _image(1, (40, 53))}}
+    results["llava_next"] = compare(nxt, prompt, MESHES[1:2])
+    results["t_all"] = time.perf_counter() - t0
+    print("RESULTS " + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,131 @@
+"""Sharded LLaVA on 8 CPU devices, in a subprocess (this process's jax already has 1 device)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
+
+
+@functools.cache
+def _results(tmp: str) -> dict:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, WORKER, tmp], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
+    return json.loads(line[len("RESULTS "):])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    return _results(str(tmp_path_factory.mktemp("sharded")))
+
+
+def test_the_worker_sees_eight_devices(results):
+    assert results["num_devices"] == 8
+
+
+@pytest.mark.parametrize("model, mesh", [("llava", "1x8"), ("llava", "2x4"), ("llava", "4x2"),
+                                         ("llava_next", "2x4")])
+def test_sharded_logits_equal_single_device_logits(results, model, mesh):
+    r = results[model][mesh]
+    assert r["mesh_devices"] == 8
+    assert r["max_abs_diff"] <= 1e-5 * max(1.0, r["max_abs"]), r["max_abs_diff"]
+
+
+@pytest.mark.parametrize("model, mesh", [("llava", "1x8"), ("llava", "2x4"), ("llava", "4x2"),
+                                         ("llava_next", "2x4")])
+def test_no_weight_that_should_be_split_is_replicated(results, model, mesh):
+    assert results[model][mesh]["split_but_replicated"] == []
+
+
+#: (parameter, spec on 2x4 (2 KV heads < 4: k/v replicated), spec on 4x2 (k/v split)).
+EXPECTED = [
+    ("language_model/embed_tokens/embedding", "P('model', None)", "P('model', None)"),
+    ("language_model/lm_head/kernel", "P(None, 'model')", "P(None, 'model')"),
+    ("language_model/layers/1/self_attn/q_proj/kernel", "P(None, 'model')", "P(None, 'model')"),
+    ("language_model/layers/1/self_attn/k_proj/kernel", "P()", "P(None, 'model')"),
+    ("language_model/layers/1/self_attn/v_proj/kernel", "P()", "P(None, 'model')"),
+    ("language_model/layers/1/self_attn/o_proj/kernel", "P('model', None)", "P('model', None)"),
+    ("language_model/layers/0/mlp/gate_proj/kernel", "P(None, 'model')", "P(None, 'model')"),
+    ("language_model/layers/0/mlp/up_proj/kernel", "P(None, 'model')", "P(None, 'model')"),
+    ("language_model/layers/0/mlp/down_proj/kernel", "P('model', None)", "P('model', None)"),
+    ("language_model/layers/0/input_layernorm/weight", "P()", "P()"),
+    ("language_model/norm/weight", "P()", "P()"),
+    ("vision_tower/layers/0/self_attn/q_proj/kernel", "P()", "P()"),
+    ("multi_modal_projector/linear_1/kernel", "P()", "P()"),
+]
+
+
+@pytest.mark.parametrize("name, on_2x4, on_4x2", EXPECTED)
+def test_where_each_weight_lives(results, name, on_2x4, on_4x2):
+    assert results["llava"]["2x4"]["shardings"][name] == on_2x4
+    assert results["llava"]["4x2"]["shardings"][name] == on_4x2
+
+
+def test_every_vision_and_projector_weight_is_replicated(results):
+    for model in ("llava", "llava_next"):
+        shardings = results[model]["2x4"]["shardings"]
+        others = {n: s for n, s in shardings.items() if not n.startswith("language_model/")}
+        assert others and all(s == "P()" for s in others.values()), others
+
+
+def test_a_model_axis_that_does_not_divide_the_heads_is_refused_by_name(results):
+    message = results["bad_mesh_error"]
+    assert "attention heads" in message and "8 % 3" in message
+
+
+def test_a_mesh_larger_than_the_devices_is_refused(results):
+    assert "needs 16 devices; only 8 exist" in results["too_many_error"]
+
+
+def test_auto_mesh_keeps_kv_heads_whole(results):
+    assert results["auto_mesh"] == {"data": 4, "model": 2}  # 2 KV heads
+
+
+# -- the engine on a mesh: KV pages split over KV heads ----------------------------------------------
+
+
+@pytest.mark.parametrize("mesh", ["4x2", "2x4"])
+def test_sharded_generate_equals_single_device_greedy_tokens(results, mesh):
+    generated = results["generate"]
+    assert generated[mesh]["tokens"] == generated["single"]
+    assert all(len(tokens) == 6 for tokens in generated["single"])
+
+
+def test_the_pallas_kernel_runs_per_device_inside_shard_map(results):
+    generated = results["generate"]  # on 2x4, interpret mode: the TPU/GPU wiring of the engine
+    assert generated["pallas"] == [generated["single"][1][:3]]
+
+
+def test_kv_pages_are_split_over_kv_heads_when_they_divide(results):
+    assert results["generate"]["4x2"]["kv_spec"] == "P('model',)"
+    assert results["generate"]["4x2"]["kv_shards"] == ["(1, 37, 8, 8)"]  # 2 KV heads over 2 devices
+    assert results["generate"]["2x4"]["kv_spec"] == "P()"  # 2 KV heads < 4: replicated, like k/v_proj
+
+
+def test_the_compiled_step_never_gathers_the_kv_cache(results):
+    split = results["generate"]["4x2"]
+    assert split["kv_collectives"] == [] and results["generate"]["2x4"]["kv_collectives"] == []
+    for mesh in ("4x2", "2x4"):  # attention is per device (shard_map): a step needs only all-reduces
+        assert results["generate"][mesh]["all_gathers"] == 0, mesh
+    assert split["collectives"] > 0  # the partitioner did split the step
+
+
+def test_the_collective_scan_sees_a_kv_all_gather():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sharded_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    hlo = ("  %all-gather.3 = f32[2,37,8,8]{3,2,1,0} all-gather(%p), dimensions={0}\n"
+           "  %all-reduce = f32[1,16,40]{2,1,0} all-reduce(%x), to_apply=%add\n")
+    found = worker.scan_collectives(hlo, num_pages=37)
+    assert found["all_gathers"] == 1 and found["collectives"] == 2 and len(found["kv_collectives"]) == 1
