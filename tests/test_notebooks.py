@@ -31,3 +31,13 @@ def test_quickstart(tmp_path):
     assert "finished: length" in text
     assert "KV cache:" in text
     assert "image/png" in str([c.get("outputs") for c in notebook.cells])  # the photo was shown
+
+
+def test_sharding_notebook(tmp_path):
+    notebook = run("02_sharding.ipynb", tmp_path)
+    text = text_of(notebook)
+    assert "devices: 8" in text
+    assert "mesh shape: {'data': 2, 'model': 4}" in text
+    assert "language_model/layers/0/self_attn/q_proj/kernel" in text and "P(None, 'model')" in text
+    assert "spec: P('model',)" in text  # the KV pages are split by KV head
+    assert "identical greedy tokens: True" in text
