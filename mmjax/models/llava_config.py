@@ -46,18 +46,24 @@ class LlavaConfig:
         return self.vision.num_patches + (0 if drop_cls else 1)
 
     @classmethod
-    def from_hf(cls, hf) -> "LlavaConfig":
-        """Build from a transformers ``LlavaConfig``; raise naming any unsupported field."""
-        if getattr(hf, "model_type", None) != "llava":
+    def from_hf(
+        cls, hf, *, model_type: str = "llava", strategies: tuple[str, ...] = _SELECT_STRATEGIES
+    ) -> "LlavaConfig":
+        """Build from a transformers ``LlavaConfig``; raise naming any unsupported field.
+
+        LLaVA-NeXT reuses it with ``model_type="llava_next"`` and only the
+        "default" strategy (a tile's features form a grid only without CLS).
+        """
+        if getattr(hf, "model_type", None) != model_type:
             raise ValueError(
                 f"config is for model_type={getattr(hf, 'model_type', None)!r} "
-                f"(architectures={getattr(hf, 'architectures', None)}), not 'llava'"
+                f"(architectures={getattr(hf, 'architectures', None)}), not {model_type!r}"
             )
         strategy = hf.vision_feature_select_strategy
-        if strategy not in _SELECT_STRATEGIES:
+        if strategy not in strategies:
             raise NotImplementedError(
-                f"config field vision_feature_select_strategy={strategy!r} is not supported; "
-                f"supported: {_SELECT_STRATEGIES}"
+                f"config field vision_feature_select_strategy={strategy!r} is not supported "
+                f"for {model_type}; supported: {strategies}"
             )
         layer = hf.vision_feature_layer
         cfg = cls(

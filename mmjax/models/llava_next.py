@@ -19,9 +19,8 @@ import numpy as np
 from flax import nnx
 
 from mmjax.models.attention import Attend
-from mmjax.models.clip import CLIPVisionConfig, CLIPVisionTower
-from mmjax.models.layers import check_activation
-from mmjax.models.llama import DecoderConfig, LlamaForCausalLM
+from mmjax.models.clip import CLIPVisionTower
+from mmjax.models.llama import LlamaForCausalLM
 from mmjax.models.llava import LlavaMultiModalProjector
 from mmjax.models.llava_config import LlavaConfig
 from mmjax.models.llava_next_hooks import (
@@ -48,28 +47,8 @@ class LlavaNextConfig:
     @classmethod
     def from_hf(cls, hf) -> "LlavaNextConfig":
         """Build from a transformers ``LlavaNextConfig``; raise naming any unsupported field."""
-        if getattr(hf, "model_type", None) != "llava_next":
-            raise ValueError(
-                f"config is for model_type={getattr(hf, 'model_type', None)!r} "
-                f"(architectures={getattr(hf, 'architectures', None)}), not 'llava_next'"
-            )
-        if hf.vision_feature_select_strategy != "default":
-            # with the CLS feature a tile has p*p+1 features, which transformers cannot lay out as a grid
-            raise NotImplementedError(
-                f"config field vision_feature_select_strategy={hf.vision_feature_select_strategy!r} is not "
-                "supported for anyres images; supported: ('default',)"
-            )
-        layer = hf.vision_feature_layer
-        llava = LlavaConfig(
-            vision=CLIPVisionConfig.from_hf(hf.vision_config),
-            text=DecoderConfig.from_hf(hf.text_config, tie_word_embeddings=hf.tie_word_embeddings),
-            image_token_index=hf.image_token_id,
-            vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
-            vision_feature_select_strategy="default",
-            projector_hidden_act=check_activation(hf.projector_hidden_act, "projector_hidden_act"),
-            projector_bias=bool(getattr(hf, "multimodal_projector_bias", True)),
-        )
-        llava.feature_layers  # validates the layer indices now, not at the first forward
+        # With the CLS feature a tile has p*p+1 features, which cannot be laid out as a grid.
+        llava = LlavaConfig.from_hf(hf, model_type="llava_next", strategies=("default",))
         return cls(llava=llava, geometry=AnyresGeometry.from_hf(hf))
 
 
