@@ -6,8 +6,13 @@ vocabulary divisible by 8) on one device and on the meshes 1x8, 2x4 and 4x2
 
 - the weight bytes one device holds (sum over parameters of the bytes of the
   shard on device 0),
-- the KV-cache bytes one device holds for an engine with the same EngineConfig,
-- the median wall time of ``llm.logits`` on one image prompt.
+- the KV-cache bytes one device holds for an engine with the same EngineConfig
+  (``num_pages`` is per data replica, so a mesh with R replicas caches R times
+  the tokens: ``kv_cached_tokens``),
+- the median wall time of ``llm.logits`` on one image prompt,
+- ``mmjax.generate`` of 8 text prompts x 16 tokens (after a warm-up run):
+  tokens/s, the number of engine steps and their mean time, and how the tokens
+  spread over the data replicas (4 sequences per replica per step).
 
 The memory figures are the point: on simulated CPU devices all "devices" share
 the same cores, so the timings say little about a real TPU/GPU mesh.
@@ -72,6 +77,23 @@ def _spec(array) -> str:
     return str(sharding.spec) if hasattr(sharding, "spec") else f"one device ({type(sharding).__name__})"
 
 
+def time_generate(llm, num_prompts: int = 8, max_tokens: int = 16) -> dict:
+    """Generation throughput after a warm-up run of the same batch (which compiles every shape)."""
+    prompts = [f"USER: Tell me story number {i}. ASSISTANT:" for i in range(num_prompts)]
+    params = mmjax.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    mmjax.generate(llm, prompts, params, engine_config=ENGINE, use_tqdm=False)
+    engine = llm.engine(ENGINE)
+    before = {**engine.stats, "tokens_per_replica": list(engine.stats["tokens_per_replica"])}
+    start = time.perf_counter()
+    mmjax.generate(llm, prompts, params, engine_config=ENGINE, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    steps = engine.stats["steps"] - before["steps"]
+    return {"generate_tokens_per_s": round(num_prompts * max_tokens / elapsed, 2), "generate_steps": steps,
+            "step_mean_s": round(elapsed / steps, 4),
+            "tokens_per_replica": [b - a for a, b in zip(before["tokens_per_replica"],
+                                                         engine.stats["tokens_per_replica"])]}
+
+
 def time_logits(llm, prompt, repeats: int) -> float:
     llm.logits(prompt)  # compile
     times = []
@@ -115,7 +137,9 @@ def main() -> None:
             "kv_cache_bytes_total": kv_total,
             "kv_fraction_per_device": round(kv_dev / kv_total, 4),
             "kv_pages_spec": kv_spec,
+            "kv_cached_tokens": llm.engine(ENGINE).num_replicas * (ENGINE.num_pages - 1) * ENGINE.page_size,
             "logits_median_s": round(time_logits(llm, prompt, args.repeats), 4),
+            **time_generate(llm),
         }
         del llm
     print(json.dumps(results, indent=2))

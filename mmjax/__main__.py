@@ -2,6 +2,8 @@
 
     mmjax demo                                  # random LLaVA-1.5, the shipped photo, no download
     mmjax generate --model DIR --image a.jpg --prompt "USER: <image>\\nWhat is this? ASSISTANT:"
+    mmjax generate --model DIR --mesh data=2,model=4          # sharded over 8 devices
+    mmjax generate --model DIR --mesh auto --distributed      # on every host of a TPU pod slice
 """
 
 from __future__ import annotations
@@ -18,6 +20,38 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--mesh", type=_mesh, help='shard over a device mesh: "auto" or "data=D,model=M"')
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a multi-host run with jax.distributed.initialize() first (run on every host; "
+                             "on Cloud TPU it needs no other flag); only process 0 prints")
+    parser.add_argument("--coordinator", help="host:port of process 0 (multi-host off Cloud TPU)")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+
+
+def _mesh(text: str) -> str | dict[str, int]:
+    """``"auto"`` or ``"data=2,model=4"`` -> a mesh argument of ``mmjax.load``."""
+    if text == "auto":
+        return text
+    try:
+        sizes = {key.strip(): int(value) for key, value in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected "auto" or axis sizes like "data=2,model=4", got {text!r}')
+    return sizes
+
+
+def _join_hosts(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` with the given coordinates (Cloud TPU finds its own); silence
+    every process but the first."""
+    import os
+
+    import jax
+
+    given = {"coordinator_address": args.coordinator, "num_processes": args.num_processes,
+             "process_id": args.process_id}
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+    if jax.process_index() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_generation_args(commands.add_parser("demo", help="a photo and a prompt through LLaVA (no download)"))
     _add_generation_args(commands.add_parser("generate", help="generate text for a prompt with images"))
     args = parser.parse_args(argv)
+    if args.distributed:
+        _join_hosts(args)
     from mmjax.demo import DEMO_PROMPT, run_demo
 
     images = args.image or []
     prompt = args.prompt or ("USER: " + "<image>\n" * max(1, len(images)) + "What is shown? ASSISTANT:")
     if args.command == "demo" and not args.prompt and not images:
         prompt = DEMO_PROMPT
-    run_demo(args.model, images, prompt, args.dtype, args.max_tokens, args.temperature, args.seed)
+    run_demo(args.model, images, prompt, args.dtype, args.max_tokens, args.temperature, args.seed, mesh=args.mesh)
     return 0
 
 

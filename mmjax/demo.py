@@ -13,7 +13,9 @@ import sys
 import tempfile
 import time
 from importlib import resources
+from typing import Any
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -66,14 +68,20 @@ def open_images(paths: list[str] | None) -> list[Image.Image]:
 
 def run_demo(model: str | None = None, images: list[str] | None = None, prompt: str = DEMO_PROMPT,
              dtype: str = "float32", max_tokens: int = 24, temperature: float = 0.0, seed: int | None = None,
-             stream: bool = True) -> dict:
-    """Load, process, generate (streaming to stdout); print what happened and return it as a dict."""
+             stream: bool = True, mesh: Any = None) -> dict:
+    """Load, process, generate (streaming to stdout); print what happened and return it as a dict.
+
+    ``mesh``: shard the model (``mmjax.load``'s ``mesh=``: "auto", ``{"data": d, "model": m}``, a Mesh).
+    """
     import mmjax
 
     path = resolve_model(model)
     pictures = open_images(images)
     start = time.perf_counter()
-    llm = mmjax.load(path, dtype=dtype, limit_mm_per_prompt={"image": max(1, len(pictures))})
+    llm = mmjax.load(path, dtype=dtype, limit_mm_per_prompt={"image": max(1, len(pictures))}, mesh=mesh)
+    if llm.mesh is not None:
+        print(f"{'mesh':>14}: {dict(llm.mesh.shape)} over {llm.mesh.devices.size} {llm.mesh.devices.flat[0].platform} "
+              f"devices, {jax.process_count()} process(es)")
     loaded = time.perf_counter()
     request = {"prompt": prompt, "multi_modal_data": {"image": pictures if len(pictures) > 1 else pictures[0]}}
     processed = llm.process(request)

@@ -30,6 +30,7 @@ from mmjax.registry import (
     process_prompt,
 )
 from mmjax.registry.architectures import resolve_loader
+from mmjax.sharding.multihost import fetch
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -113,7 +114,7 @@ class LLM:
         positions[0, :length] = np.arange(length)
         mm_kwargs = {k: jax.device_put(v) for k, v in processed.mm_kwargs.items()}
         logits = _forward(self.graphdef, self.state, jax.device_put(input_ids), jax.device_put(positions), mm_kwargs)
-        return processed.token_ids, np.asarray(logits[0, :length], np.float32)
+        return processed.token_ids, np.asarray(fetch(logits)[0, :length], np.float32)
 
 
 def load(

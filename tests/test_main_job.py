@@ -32,3 +32,13 @@ def test_generate_command_refuses_an_unreadable_image(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(SystemExit, match="cannot read image"):
         main(["generate", "--image", str(bad)])
+
+
+def test_generate_on_a_mesh_and_a_bad_mesh_flag(capsys):
+    assert main(["generate", "--mesh", "data=1,model=1", "--max-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mesh: {'data': 1, 'model': 1} over 1 cpu devices, 1 process(es)" in out
+    assert "finished: length after 2 tokens" in out
+    with pytest.raises(SystemExit):
+        main(["generate", "--mesh", "data:2"])
+    assert 'expected "auto" or axis sizes like "data=2,model=4"' in capsys.readouterr().err

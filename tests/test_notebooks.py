@@ -1,6 +1,7 @@
 """The notebooks run top to bottom in a real Jupyter kernel, through the public API."""
 
 import pathlib
+import re
 
 import nbformat
 from nbclient import NotebookClient
@@ -39,5 +40,8 @@ def test_sharding_notebook(tmp_path):
     assert "devices: 8" in text
     assert "mesh shape: {'data': 2, 'model': 4}" in text
     assert "language_model/layers/0/self_attn/q_proj/kernel" in text and "P(None, 'model')" in text
-    assert "spec: P('model',)" in text  # the KV pages are split by KV head
+    assert "spec: P('model', 'data')" in text  # the KV pages: heads over "model", pages over "data"
+    assert "allocators (one per data replica): 2" in text
+    per_replica = re.search(r"tokens computed per data replica: \[(\d+), (\d+)\]", text)
+    assert per_replica and all(int(n) > 0 for n in per_replica.groups())  # both replicas served requests
     assert "identical greedy tokens: True" in text

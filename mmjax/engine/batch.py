@@ -4,6 +4,11 @@ Every array that enters ``jit`` has a shape from a small set fixed by the engine
 config: the token axis is one of ``token_buckets``, the sequence axis is always
 ``max_num_seqs`` and the block tables are always ``pages_per_seq`` wide. So after
 warm-up a workload of any prompt lengths and image sizes compiles nothing new.
+
+Every array has a leading replica axis ``R`` (the mesh's ``"data"`` axis; 1 on
+one device): replica ``r``'s row is its own ragged batch over its own pages,
+with page ids local to its slice of the cache. All replicas share one token
+bucket, the largest any of them needs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 
 from mmjax.engine.scheduler import ScheduledChunk
 from mmjax.kv_cache import AttentionMetadata, PageAllocator, build_attention_metadata
+from mmjax.kv_cache.metadata import bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,11 +28,13 @@ class StepBatch:
     """The inputs of one ``paged_step`` and what the host needs to read its outputs.
 
     Attributes:
-      input_ids: i32 ``[T]``.
-      metadata: the attention metadata (``max_q_len`` is 1 for a pure decode step, else T).
-      logits_indices: i32 ``[S]`` (or ``[T]`` when prompt logprobs are wanted).
-      mm_embeds, mm_mask: ``[T, D]`` and bool ``[T]`` when a chunk holds placeholders, else None.
-      sample_rows: for each chunk, its row in the returned logits.
+      input_ids: i32 ``[R, T]``.
+      metadata: the attention metadata, each field with a leading ``R`` (``max_q_len``
+        is 1 for a pure decode step, else T).
+      logits_indices: i32 ``[R, S]`` (``[R, T]`` when prompt logprobs are wanted).
+      mm_embeds, mm_mask: ``[R, T, D]`` and bool ``[R, T]`` when a chunk holds placeholders, else None.
+      sample_rows: for each chunk, its row in the returned logits ``[R * S, V]`` (or ``[R * T, V]``).
+      chunk_offsets: for each chunk, the row of its first token in the flattened ``[R * T]`` tokens.
     """
 
     input_ids: np.ndarray
@@ -37,46 +45,75 @@ class StepBatch:
     sample_rows: tuple[int, ...]
     chunk_offsets: tuple[int, ...]
 
+    @property
+    def num_tokens(self) -> int:
+        """T, the bucketed token axis of each replica."""
+        return self.input_ids.shape[1]
+
 
 def build_step_batch(
     chunks: Sequence[ScheduledChunk],
-    allocator: PageAllocator,
+    allocators: Sequence[PageAllocator],
     *,
     token_buckets: Sequence[int],
     max_num_seqs: int,
     pages_per_seq: int,
     all_logits: bool = False,
 ) -> StepBatch:
-    """Pack the chunks' tokens, block tables and multimodal embeddings into one step."""
-    tables = [allocator.block_table(c.request.request_id) for c in chunks]
-    metadata = build_attention_metadata(
-        tables, kv_lens=[c.stop for c in chunks], q_lens=[c.num_tokens for c in chunks],
-        page_size=allocator.page_size, token_buckets=token_buckets, seq_buckets=[max_num_seqs],
-        page_buckets=[pages_per_seq],
-    )
-    num_tokens = metadata.num_tokens
-    if metadata.max_q_len > 1:  # one static value for every prefill step of this token bucket
-        metadata = dataclasses.replace(metadata, max_q_len=num_tokens)
-    offsets = np.concatenate([[0], np.cumsum([c.num_tokens for c in chunks])]).astype(np.int64)
-    input_ids = np.zeros(num_tokens, np.int32)
-    for chunk, start in zip(chunks, offsets):
-        input_ids[start:start + chunk.num_tokens] = chunk.request.token_ids(chunk.start, chunk.stop)
-    last = offsets[1:] - 1
+    """Pack the chunks' tokens, block tables and multimodal embeddings into one step.
+
+    ``allocators[r]`` holds replica ``r``'s pages; ``chunk.replica`` says whose a chunk is.
+    """
+    num_replicas = len(allocators)
+    groups = [[c for c in chunks if c.replica == r] for r in range(num_replicas)]
+    num_tokens = bucket(max(sum(c.num_tokens for c in g) for g in groups), token_buckets)
+    prefill = any(c.num_tokens > 1 for c in chunks)
+    metadata = [_replica_metadata(g, allocators[r], num_tokens, max_num_seqs, pages_per_seq)
+                for r, g in enumerate(groups)]
+    metadata = AttentionMetadata(
+        **{f: np.stack([getattr(m, f) for m in metadata]) for f in _ARRAY_FIELDS},
+        max_q_len=num_tokens if prefill else 1)  # one static value for every prefill step of this bucket
+    input_ids = np.zeros((num_replicas, num_tokens), np.int32)
+    rows_per_replica = num_tokens if all_logits else max_num_seqs
+    logits_indices = np.zeros((num_replicas, rows_per_replica), np.int32)
     if all_logits:
-        logits_indices, sample_rows = np.arange(num_tokens, dtype=np.int32), tuple(int(i) for i in last)
-    else:
-        logits_indices = np.zeros(max_num_seqs, np.int32)
-        logits_indices[: len(chunks)] = last
-        sample_rows = tuple(range(len(chunks)))
-    mm_embeds, mm_mask = _multimodal_rows(chunks, offsets, num_tokens)
-    return StepBatch(input_ids, metadata, logits_indices, mm_embeds, mm_mask, sample_rows,
-                     tuple(int(o) for o in offsets[:-1]))
+        logits_indices[:] = np.arange(num_tokens)
+    where: dict[int, tuple[int, int, int]] = {}  # id(chunk) -> (replica, index in replica, first token)
+    for r, group in enumerate(groups):
+        offset = 0
+        for j, chunk in enumerate(group):
+            input_ids[r, offset:offset + chunk.num_tokens] = chunk.request.token_ids(chunk.start, chunk.stop)
+            where[id(chunk)] = (r, j, offset)
+            offset += chunk.num_tokens
+            if not all_logits:
+                logits_indices[r, j] = offset - 1
+    sample_rows, chunk_offsets = [], []
+    for chunk in chunks:
+        r, j, offset = where[id(chunk)]
+        chunk_offsets.append(r * num_tokens + offset)
+        sample_rows.append(r * num_tokens + offset + chunk.num_tokens - 1 if all_logits else r * max_num_seqs + j)
+    mm_embeds, mm_mask = _multimodal_rows(chunks, chunk_offsets, num_replicas, num_tokens)
+    return StepBatch(input_ids, metadata, logits_indices, mm_embeds, mm_mask, tuple(sample_rows),
+                     tuple(chunk_offsets))
+
+
+_ARRAY_FIELDS = ("block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions")
+
+
+def _replica_metadata(
+    chunks: Sequence[ScheduledChunk], allocator: PageAllocator, num_tokens: int, max_num_seqs: int,
+    pages_per_seq: int,
+) -> AttentionMetadata:
+    return build_attention_metadata(
+        [allocator.block_table(c.request.request_id) for c in chunks], kv_lens=[c.stop for c in chunks],
+        q_lens=[c.num_tokens for c in chunks], page_size=allocator.page_size, token_buckets=[num_tokens],
+        seq_buckets=[max_num_seqs], page_buckets=[pages_per_seq])
 
 
 def _multimodal_rows(
-    chunks: Sequence[ScheduledChunk], offsets: np.ndarray, num_tokens: int
+    chunks: Sequence[ScheduledChunk], offsets: Sequence[int], num_replicas: int, num_tokens: int
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Token-aligned placeholder embeddings for the chunks that hold placeholders."""
+    """Token-aligned placeholder embeddings ``[R, T, D]`` for the chunks that hold placeholders."""
     pieces = []
     for chunk, start in zip(chunks, offsets):
         request = chunk.request
@@ -90,9 +127,24 @@ def _multimodal_rows(
     if not pieces:
         return None, None
     width, dtype = pieces[0][1].shape[1], pieces[0][1].dtype
-    mm_embeds = np.zeros((num_tokens, width), dtype)
-    mm_mask = np.zeros(num_tokens, bool)
+    mm_embeds = np.zeros((num_replicas * num_tokens, width), dtype)
+    mm_mask = np.zeros(num_replicas * num_tokens, bool)
     for positions, embeds in pieces:
         mm_embeds[positions] = embeds
         mm_mask[positions] = True
-    return mm_embeds, mm_mask
+    return mm_embeds.reshape(num_replicas, num_tokens, width), mm_mask.reshape(num_replicas, num_tokens)
+
+
+def empty_step_batch(
+    num_replicas: int, num_tokens: int, *, decode: bool, max_num_seqs: int, pages_per_seq: int, page_size: int,
+    all_logits: bool = False,
+) -> StepBatch:
+    """A step that schedules no sequence (every slot padding, nothing written): for warm-up."""
+    one = build_attention_metadata([], [], [], page_size=page_size, token_buckets=[num_tokens],
+                                   seq_buckets=[max_num_seqs], page_buckets=[pages_per_seq])
+    metadata = AttentionMetadata(
+        **{f: np.stack([getattr(one, f)] * num_replicas) for f in _ARRAY_FIELDS},
+        max_q_len=1 if decode else num_tokens)
+    rows = num_tokens if all_logits else max_num_seqs
+    return StepBatch(np.zeros((num_replicas, num_tokens), np.int32), metadata,
+                     np.zeros((num_replicas, rows), np.int32), None, None, (), ())

@@ -9,13 +9,17 @@ import dataclasses
 class EngineConfig:
     """How the engine batches and how large its KV cache is.
 
+    On a mesh with a "data" axis of ``R`` replicas, the sequence and token
+    budgets and ``num_pages`` are per replica (``R`` times as many run at once)
+    and ``kv_cache_bytes`` is per device.
+
     Attributes:
       page_size: tokens per KV page.
       max_num_seqs: most sequences in one step (the fixed sequence axis of every step).
       max_num_batched_tokens: the token budget of one step; long prompts are
         prefilled in chunks of at most this many tokens.
-      num_pages: KV pages to allocate (overrides the memory plan).
-      kv_cache_bytes: bytes to give the KV cache (overrides the memory plan).
+      num_pages: KV pages of each replica (overrides the memory plan).
+      kv_cache_bytes: bytes of KV cache per device (overrides the memory plan).
       memory_utilization: share of an accelerator's memory the engine may use.
       max_model_len: longest sequence (prompt + output); default: the model's context.
       impl: attention implementation: "auto" (Pallas on GPU/TPU, plain XLA on CPU),

@@ -8,6 +8,7 @@ sampler. ``warmup()`` compiles all of them ahead of time.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Iterable
@@ -17,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.engine.batch import StepBatch, build_step_batch
+from mmjax.engine.batch import StepBatch, build_step_batch, empty_step_batch
 from mmjax.engine.config import EngineConfig
 from mmjax.engine.detokenizer import IncrementalDetokenizer
-from mmjax.engine.memory import MemoryPlan, plan_kv_cache, tree_bytes
+from mmjax.engine.memory import MemoryPlan, per_device_bytes, plan_kv_cache
 from mmjax.engine.request import Request, placeholder_rows
 from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
@@ -29,6 +30,8 @@ from mmjax.engine.step import check_paged_support, encode_multimodal, paged_step
 from mmjax.engine.logprobs import record_prompt_logprobs, record_sample
 from mmjax.kv_cache import KVPages, PageAllocator, init_kv_pages
 from mmjax.registry import INPUT_REGISTRY, PromptInputs
+from mmjax.sharding.mesh import DATA, MODEL
+from mmjax.sharding.multihost import agreed_min, agreed_seed, fetch
 
 
 class LLMEngine:
@@ -42,17 +45,21 @@ class LLMEngine:
         self.text_config = model.language_model.config
         self.max_model_len = self._max_model_len()
         self.pages_per_seq = -(-self.max_model_len // self.config.page_size)
+        self.mesh = getattr(llm, "mesh", None)
+        self.num_replicas = 1 if self.mesh is None else self.mesh.shape[DATA]
         self.kv_sharding = self._kv_sharding()
         self.memory = self._plan_memory()
-        self.kv_pages = self._init_pages()
-        self.allocator = PageAllocator(self.memory.num_pages, self.config.page_size)
-        self.scheduler = Scheduler(self.allocator, max_num_seqs=self.config.max_num_seqs,
+        self.kv_pages = self._init_pages(self.memory.num_pages)
+        self.allocators = [PageAllocator(self.memory.num_pages, self.config.page_size)
+                           for _ in range(self.num_replicas)]
+        self.scheduler = Scheduler(self.allocators, max_num_seqs=self.config.max_num_seqs,
                                    max_num_batched_tokens=self.config.max_num_batched_tokens)
         self._last_step_was_decode = True
         self._ids = itertools.count()
-        self._seed_rng = np.random.default_rng()
+        # Seeds of requests without one: the same on every process of a multi-host run.
+        self._seed_rng = np.random.default_rng(agreed_seed(int(np.random.SeedSequence().entropy % 2**31)))
         self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0,
-                      "prefill_step_s": 0.0, "decode_step_s": 0.0}
+                      "prefill_step_s": 0.0, "decode_step_s": 0.0, "tokens_per_replica": [0] * self.num_replicas}
 
     # -- set-up -------------------------------------------------------------------
 
@@ -63,26 +70,43 @@ class LLMEngine:
         return int(limit)
 
     def _kv_sharding(self) -> Any:
-        """On a mesh: the pages split over KV heads like the k/v projections (None on one device)."""
-        if getattr(self.llm, "mesh", None) is None:
+        """On a mesh: the pages split over replicas ("data") and KV heads ("model"); None on one device."""
+        if self.mesh is None:
             return None
         from mmjax.sharding import kv_pages_sharding
 
-        return kv_pages_sharding(self.llm.mesh, self.text_config.num_kv_heads)
+        return kv_pages_sharding(self.mesh, self.text_config.num_kv_heads)
 
     def _place(self, pages: tuple[KVPages, ...]) -> tuple[KVPages, ...]:
         return pages if self.kv_sharding is None else jax.device_put(pages, self.kv_sharding)
 
+    def _put(self, x: np.ndarray) -> jax.Array:
+        """A step input with a leading replica axis, onto the device(s): split over "data" on a mesh."""
+        if self.mesh is None:
+            return jax.device_put(x)
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec(DATA)))
+
     def _plan_memory(self) -> MemoryPlan:
+        """Pages per replica, from one device's memory (every device holds the same share)."""
         text = self.text_config
-        return plan_kv_cache(
-            num_layers=text.num_layers, num_kv_heads=text.num_kv_heads, head_dim=text.head_dim,
-            dtype=self.llm.dtype, page_size=self.config.page_size, weights_bytes=tree_bytes(self.llm.state),
+        kv_heads_per_device = text.num_kv_heads
+        if self.mesh is not None and text.num_kv_heads % self.mesh.shape[MODEL] == 0:
+            kv_heads_per_device //= self.mesh.shape[MODEL]
+        plan = plan_kv_cache(
+            num_layers=text.num_layers, num_kv_heads=kv_heads_per_device, head_dim=text.head_dim,
+            dtype=self.llm.dtype, page_size=self.config.page_size, weights_bytes=per_device_bytes(self.llm.state),
             activation_bytes=self._worst_case_activation_bytes(), min_pages=self.pages_per_seq + 1,
             max_useful_pages=self.config.max_num_seqs * self.pages_per_seq + 1,
             num_pages=self.config.num_pages, kv_cache_bytes=self.config.kv_cache_bytes,
-            memory_utilization=self.config.memory_utilization,
+            memory_utilization=self.config.memory_utilization, num_replicas=self.num_replicas,
         )
+        num_pages = agreed_min(plan.num_pages)  # every host must size its cache alike
+        if num_pages == plan.num_pages:
+            return plan
+        return dataclasses.replace(plan, num_pages=num_pages, kv_cache_bytes=num_pages * plan.page_bytes,
+                                   source=plan.source + ", the least of all hosts")
 
     def _worst_case_activation_bytes(self) -> int:
         """Temporary memory of the largest step and of encoding the dummy data's images (not run)."""
@@ -92,18 +116,17 @@ class LLMEngine:
             mm = self.llm.mm_registry.map_input(self.llm.model_config, dummy.multi_modal_data)
             compiled = encode_multimodal.lower(self.llm.graphdef, self.llm.state, _device(mm)).compile()
             total += compiled.memory_analysis().temp_size_in_bytes
-        text = self.text_config
         t = self.config.max_num_batched_tokens
-        pages = self._place(init_kv_pages(text.num_layers, text.num_kv_heads, 2, self.config.page_size,
-                                          text.head_dim, self.llm.dtype))
-        batch = _abstract_batch(t, self.config.max_num_seqs, self.pages_per_seq, text.hidden_size, self.llm.dtype)
+        pages = self._init_pages(2)
+        batch = abstract_batch(self, t)
         compiled = paged_step.lower(self.llm.graphdef, self.llm.state, pages, *batch, impl=self.config.impl,
                                     kv_sharding=self.kv_sharding).compile()
         return total + compiled.memory_analysis().temp_size_in_bytes
 
-    def _init_pages(self) -> tuple[KVPages, ...]:
+    def _init_pages(self, pages_per_replica: int) -> tuple[KVPages, ...]:
+        """The cache: ``pages_per_replica`` pages for each replica, replica ``r``'s at ``r * pages_per_replica``."""
         text = self.text_config
-        return self._place(init_kv_pages(text.num_layers, text.num_kv_heads, self.memory.num_pages,
+        return self._place(init_kv_pages(text.num_layers, text.num_kv_heads, self.num_replicas * pages_per_replica,
                                          self.config.page_size, text.head_dim, self.llm.dtype))
 
     # -- requests -------------------------------------------------------------------
@@ -158,54 +181,61 @@ class LLMEngine:
             if chunk.request.needs_mm_embeds and chunk.start < chunk.request.num_prompt_tokens:
                 self._encode(chunk.request)
         want_prompt_logprobs = any(_wants_prompt_logprobs(c) for c in chunks)
-        batch = build_step_batch(chunks, self.allocator, token_buckets=self.config.token_buckets,
+        batch = build_step_batch(chunks, self.allocators, token_buckets=self.config.token_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
                                  all_logits=want_prompt_logprobs)
         logits = self._run(batch)
-        if want_prompt_logprobs:
+        rows = batch.sample_rows
+        if want_prompt_logprobs:  # logits of every token: keep each chunk's last, in chunk order
             self._prompt_logprobs(chunks, batch, logits)
-            logits = logits[jax.device_put(_pad(batch.sample_rows, self.config.max_num_seqs))]
+            logits = logits[jax.device_put(_pad(rows, self.num_replicas * self.config.max_num_seqs))]
+            rows = tuple(range(len(chunks)))
         for chunk in chunks:
             chunk.request.num_computed_tokens = chunk.stop
             self.stats["decode_tokens" if chunk.num_tokens == 1 else "prefill_tokens"] += chunk.num_tokens
+            self.stats["tokens_per_replica"][chunk.replica] += chunk.num_tokens
         self.stats["steps"] += 1
-        return self._sample(chunks, logits)
+        return self._sample(chunks, rows, logits)
 
     def _encode(self, request: Request) -> None:
         embeds = encode_multimodal(self.llm.graphdef, self.llm.state, _device(request.processed.mm_kwargs))
-        request.mm_embeds = np.asarray(jax.device_get(embeds))
+        request.mm_embeds = np.asarray(fetch(embeds))
 
     def _run(self, batch: StepBatch) -> jax.Array:
-        mm = () if batch.mm_embeds is None else (jax.device_put(batch.mm_embeds), jax.device_put(batch.mm_mask))
+        """Run one step; returns the logits ``[R * S, V]`` (``[R * T, V]`` with prompt logprobs)."""
+        mm = () if batch.mm_embeds is None else (self._put(batch.mm_embeds), self._put(batch.mm_mask))
+        metadata = jax.tree.map(self._put, batch.metadata)
         logits, self.kv_pages = paged_step(
-            self.llm.graphdef, self.llm.state, self.kv_pages, jax.device_put(batch.input_ids), batch.metadata,
-            jax.device_put(batch.logits_indices), *mm, impl=self.config.impl, kv_sharding=self.kv_sharding)
+            self.llm.graphdef, self.llm.state, self.kv_pages, self._put(batch.input_ids), metadata,
+            self._put(batch.logits_indices), *mm, impl=self.config.impl, kv_sharding=self.kv_sharding)
         return logits
 
     def _prompt_logprobs(self, chunks: tuple[ScheduledChunk, ...], batch: StepBatch, logits: jax.Array) -> None:
-        next_tokens = np.zeros(len(batch.input_ids), np.int32)
+        next_tokens = np.zeros(batch.input_ids.size, np.int32)
         for chunk, offset in zip(chunks, batch.chunk_offsets):
             following = chunk.request.token_ids(chunk.start + 1, min(chunk.stop + 1, chunk.request.num_prompt_tokens))
             next_tokens[offset:offset + len(following)] = following
-        result = jax.device_get(prompt_logprobs(logits, jax.device_put(next_tokens), num_logprobs=MAX_LOGPROBS))
+        result = fetch(prompt_logprobs(logits, jax.device_put(next_tokens), num_logprobs=MAX_LOGPROBS))
         for chunk, offset in zip(chunks, batch.chunk_offsets):
             if _wants_prompt_logprobs(chunk):
                 record_prompt_logprobs(chunk, offset, result, self.llm.tokenizer)
 
-    def _sample(self, chunks: tuple[ScheduledChunk, ...], logits: jax.Array) -> list[Request]:
-        sampling = [c for c in chunks if c.samples]
+    def _sample(self, chunks: tuple[ScheduledChunk, ...], rows: tuple[int, ...], logits: jax.Array) -> list[Request]:
+        """Sample the chunks that end at their request's last token; ``rows[i]``: chunk ``i``'s logits row."""
+        sampling = [(c, row) for c, row in zip(chunks, rows) if c.samples]
         if not sampling:
             return []
-        rows = [i for i, c in enumerate(chunks) if c.samples]
-        tensors = SamplingTensors.build(
-            [chunks[i].request.params if i in rows else SamplingParams(temperature=0.0) for i in range(len(chunks))],
-            seeds=[c.request.seed for c in chunks], steps=[len(c.request.output_token_ids) for c in chunks],
-            pad_to=self.config.max_num_seqs)
-        num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c in sampling) else 0
-        out = jax.device_get(sample(logits, tensors, num_logprobs=num_logprobs))
-        for i in rows:
-            self._append(chunks[i].request, i, out)
-        return [c.request for c in sampling]
+        num_rows = self.num_replicas * self.config.max_num_seqs
+        params, seeds, steps = [SamplingParams(temperature=0.0)] * num_rows, [0] * num_rows, [0] * num_rows
+        for chunk, row in sampling:
+            params[row], seeds[row], steps[row] = (chunk.request.params, chunk.request.seed,
+                                                   len(chunk.request.output_token_ids))
+        tensors = SamplingTensors.build(params, seeds=seeds, steps=steps, pad_to=num_rows)
+        num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else 0
+        out = fetch(sample(logits, tensors, num_logprobs=num_logprobs))
+        for chunk, row in sampling:
+            self._append(chunk.request, row, out)
+        return [c.request for c, _ in sampling]
 
     def _append(self, request: Request, row: int, out: Any) -> None:
         token = int(out.tokens[row])
@@ -247,14 +277,22 @@ def _device(tree: Any) -> dict:
     return {k: jax.device_put(v) for k, v in tree.items()}
 
 
-def _abstract_batch(num_tokens: int, num_seqs: int, pages_per_seq: int, hidden: int, dtype) -> tuple:
-    """ShapeDtypeStructs of a prefill step with image embeddings (for compile-only analysis)."""
-    from mmjax.kv_cache import AttentionMetadata
+def abstract_batch(engine: LLMEngine, num_tokens: int, decode: bool = False) -> tuple:
+    """``ShapeDtypeStruct``s of a step of ``num_tokens`` tokens per replica, with image embeddings,
+    placed as ``engine`` places a real step's inputs (for compile-only analysis)."""
+    cfg = engine.config
+    batch = empty_step_batch(engine.num_replicas, num_tokens, decode=decode, max_num_seqs=cfg.max_num_seqs,
+                             pages_per_seq=engine.pages_per_seq, page_size=cfg.page_size)
+    sharding = None
+    if engine.mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
 
-    sds, i32 = jax.ShapeDtypeStruct, jnp.int32
-    metadata = AttentionMetadata(
-        block_tables=sds((num_seqs, pages_per_seq), i32), kv_lens=sds((num_seqs,), i32),
-        cu_q_lens=sds((num_seqs + 1,), i32), num_seqs=sds((1,), i32), slot_mapping=sds((num_tokens,), i32),
-        positions=sds((num_tokens,), i32), max_q_len=num_tokens)
-    return (sds((num_tokens,), i32), metadata, sds((num_seqs,), i32), sds((num_tokens, hidden), dtype),
-            sds((num_tokens,), jnp.bool_))
+        sharding = NamedSharding(engine.mesh, PartitionSpec(DATA))
+
+    def spec(shape, dtype) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    rows = (engine.num_replicas, num_tokens)
+    return (spec(rows, jnp.int32), jax.tree.map(lambda x: spec(x.shape, x.dtype), batch.metadata),
+            spec(batch.logits_indices.shape, jnp.int32), spec((*rows, engine.text_config.hidden_size), engine.llm.dtype),
+            spec(rows, jnp.bool_))

@@ -1,5 +1,10 @@
 """Sizing the KV cache: device memory minus weights minus the worst-case activations.
 
+Every figure is per device. On a ``("data", "model")`` mesh each device holds
+its shard of the weights (``per_device_bytes``) and, for its replica, the pages
+of its KV heads; the plan gives the pages of one replica, and every replica
+gets that many.
+
 The worst case is the registry's dummy data: the largest step (the whole token
 budget, with image placeholders) and the vision encoder on the most images a
 prompt may carry. XLA's memory analysis of those compiled programs gives their
@@ -21,7 +26,11 @@ DEFAULT_HOST_KV_BYTES = 1 << 30
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
-    """How the KV cache was sized; every figure in bytes. ``source`` says where the budget came from."""
+    """How the KV cache was sized; every figure in bytes per device. ``source`` says where the budget came from.
+
+    ``num_pages`` is per data replica (each replica's allocator hands out that
+    many); the cache holds ``num_replicas * num_pages`` pages in all.
+    """
 
     device_bytes: int | None
     weights_bytes: int
@@ -31,6 +40,7 @@ class MemoryPlan:
     num_pages: int
     page_size: int
     source: str
+    num_replicas: int = 1
 
     @property
     def max_cached_tokens(self) -> int:
@@ -40,27 +50,42 @@ class MemoryPlan:
     def describe(self) -> str:
         gib = lambda n: f"{n / 2**30:.3f} GiB"  # noqa: E731
         device = gib(self.device_bytes) if self.device_bytes else "unknown (host)"
-        return (f"KV cache: {self.num_pages} pages x {self.page_size} tokens = {self.max_cached_tokens} tokens, "
-                f"{gib(self.kv_cache_bytes)} ({self.source}); device {device}, weights {gib(self.weights_bytes)}, "
-                f"worst-case activations {gib(self.activation_bytes)}")
+        replicas = f" per replica x {self.num_replicas} data replicas" if self.num_replicas > 1 else ""
+        return (f"KV cache: {self.num_pages} pages x {self.page_size} tokens = {self.max_cached_tokens} tokens"
+                f"{replicas}, {gib(self.kv_cache_bytes)} per device ({self.source}); device {device}, "
+                f"weights {gib(self.weights_bytes)} per device, worst-case activations {gib(self.activation_bytes)}")
 
 
 def tree_bytes(tree) -> int:
+    """Bytes of every leaf, whole (all shards together)."""
     return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of ``tree``: each leaf's largest shard (the whole leaf when unsharded)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        sharding = getattr(x, "sharding", None)
+        shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+        total += int(np.prod(shape)) * x.dtype.itemsize
+    return total
+
+
 def device_memory_bytes() -> int | None:
-    """The default device's memory limit, where the backend reports one (GPU, TPU)."""
-    stats = jax.devices()[0].memory_stats()
+    """This process's first device's memory limit, where the backend reports one (GPU, TPU)."""
+    stats = jax.local_devices()[0].memory_stats()
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 
 
 def plan_kv_cache(
     *, num_layers: int, num_kv_heads: int, head_dim: int, dtype, page_size: int, weights_bytes: int,
     activation_bytes: int, min_pages: int, max_useful_pages: int, num_pages: int | None = None,
-    kv_cache_bytes: int | None = None, memory_utilization: float = 0.9,
+    kv_cache_bytes: int | None = None, memory_utilization: float = 0.9, num_replicas: int = 1,
 ) -> MemoryPlan:
-    """Decide the number of KV pages.
+    """Decide the number of KV pages of one replica.
+
+    ``num_kv_heads`` is the KV heads one device holds, ``weights_bytes`` its share
+    of the weights and ``kv_cache_bytes`` its budget; ``num_pages`` is per replica.
 
     A budget from memory is capped at ``max_useful_pages`` (every sequence slot
     at full length): more pages could never be used.
@@ -83,7 +108,7 @@ def plan_kv_cache(
     if not source.endswith("by the user") and num_pages > max_useful_pages:
         num_pages, source = max_useful_pages, source + ", capped at max_num_seqs x max_model_len"
     plan = MemoryPlan(device, weights_bytes, activation_bytes, num_pages * page_bytes, page_bytes,
-                      int(num_pages), page_size, source)
+                      int(num_pages), page_size, source, num_replicas)
     if num_pages < min_pages:
         raise ValueError(f"the KV cache would hold {num_pages} pages but one longest sequence needs "
                          f"{min_pages}: {plan.describe()}; lower max_model_len or give more memory")

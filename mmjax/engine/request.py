@@ -42,6 +42,7 @@ class Request:
         preemption, so a recomputed prefill does not rerun the vision tower).
       seed: the sampling seed (the user's, or one drawn when the request arrived).
       num_computed_tokens: tokens whose K/V are in the cache.
+      replica: the data-parallel replica whose pages hold its K/V (None while waiting).
     """
 
     request_id: str
@@ -61,6 +62,7 @@ class Request:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_preemptions: int = 0
+    replica: int | None = None
 
     @property
     def prompt_token_ids(self) -> np.ndarray:

@@ -8,12 +8,19 @@ while pages and budget allow. When a running request needs a page and none is
 free, the most recently admitted request is preempted: its pages are freed and
 it goes back to the front of the queue, to be recomputed later. Nothing fails
 for lack of pages.
+
+Data parallelism: with one ``PageAllocator`` per data replica (the mesh's
+``"data"`` axis), each replica has its own pages and its own budgets, and all
+replicas run in the same step. A waiting request is admitted to the replica
+with the fewest running requests that can take it, so the load spreads; a
+preempted request may come back on any replica.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Sequence
 
 from mmjax.engine.request import Request, RequestStatus
 from mmjax.kv_cache import PageAllocator
@@ -21,11 +28,12 @@ from mmjax.kv_cache import PageAllocator
 
 @dataclasses.dataclass(frozen=True)
 class ScheduledChunk:
-    """Tokens ``[start, stop)`` of ``request`` run in this step."""
+    """Tokens ``[start, stop)`` of ``request`` run in this step, on data replica ``replica``."""
 
     request: Request
     start: int
     stop: int
+    replica: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -44,14 +52,24 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    """Admits, chunks and preempts requests over one ``PageAllocator``."""
+    """Admits, chunks and preempts requests over one ``PageAllocator`` per data replica.
 
-    def __init__(self, allocator: PageAllocator, *, max_num_seqs: int, max_num_batched_tokens: int):
-        self.allocator = allocator
+    ``max_num_seqs`` and ``max_num_batched_tokens`` are per replica.
+    """
+
+    def __init__(self, allocators: PageAllocator | Sequence[PageAllocator], *, max_num_seqs: int,
+                 max_num_batched_tokens: int):
+        self.allocators = [allocators] if isinstance(allocators, PageAllocator) else list(allocators)
+        if not self.allocators:
+            raise ValueError("the scheduler needs at least one page allocator")
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: collections.deque[Request] = collections.deque()
-        self.running: list[Request] = []
+        self.running: list[Request] = []  # admission order, all replicas
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.allocators)
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -59,66 +77,92 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def running_on(self, replica: int) -> list[Request]:
+        return [r for r in self.running if r.replica == replica]
+
     def schedule(self) -> SchedulerOutput:
         """Decide the next step. Allocates the pages the chosen tokens need."""
-        budget = self.max_num_batched_tokens
+        budgets = [self.max_num_batched_tokens] * self.num_replicas
         chunks: list[ScheduledChunk] = []
         preempted: list[Request] = []
+        closed: set[int] = set()  # replicas that had to preempt in this step: they admit nobody new
         for request in list(self.running):
-            if budget == 0:
-                break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            n = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._make_room(request, n, preempted):
+            replica = request.replica
+            if budgets[replica] == 0:
                 continue
-            self.allocator.append_slots(request.request_id, n)
-            chunks.append(ScheduledChunk(request, request.num_computed_tokens, request.num_computed_tokens + n))
-            budget -= n
-        if not preempted:  # a step that had to preempt admits nobody new
-            budget = self._admit(budget, chunks)
+            n = min(request.num_tokens - request.num_computed_tokens, budgets[replica])
+            if not self._make_room(request, n, preempted, closed):
+                continue
+            self.allocators[replica].append_slots(request.request_id, n)
+            start = request.num_computed_tokens
+            chunks.append(ScheduledChunk(request, start, start + n, replica))
+            budgets[replica] -= n
+        self._admit(budgets, chunks, closed)
         return SchedulerOutput(tuple(chunks), tuple(preempted))
 
-    def _make_room(self, request: Request, n: int, preempted: list[Request]) -> bool:
-        """Preempt the newest running requests until ``request`` can grow by ``n``; False if it went itself."""
-        while not self.allocator.can_append(request.request_id, n):
-            victim = self.running[-1]
+    def _make_room(self, request: Request, n: int, preempted: list[Request], closed: set[int]) -> bool:
+        """Preempt the newest running requests of ``request``'s replica until it can grow by ``n``;
+        False if it went itself."""
+        replica = request.replica
+        allocator = self.allocators[replica]
+        while not allocator.can_append(request.request_id, n):
+            closed.add(replica)
+            victim = self.running_on(replica)[-1]
             self.preempt(victim)
             preempted.append(victim)
             if victim is request:
                 return False
         return True
 
-    def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> int:
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+    def _admit(self, budgets: list[int], chunks: list[ScheduledChunk], closed: set[int]) -> None:
+        while self.waiting:
             request = self.waiting[0]
-            n = min(request.num_tokens, budget)
-            if not self.allocator.can_allocate(self.allocator.pages_needed(request.request_id, n)):
-                break
+            placed = self._place(request, budgets, closed)
+            if placed is None:
+                break  # first come, first served: nobody overtakes the head of the queue
+            replica, n = placed
             self.waiting.popleft()
-            self.allocator.allocate(request.request_id, n)
-            request.status = RequestStatus.RUNNING
+            self.allocators[replica].allocate(request.request_id, n)
+            request.status, request.replica = RequestStatus.RUNNING, replica
             self.running.append(request)
-            chunks.append(ScheduledChunk(request, 0, n))
-            budget -= n
-        return budget
+            chunks.append(ScheduledChunk(request, 0, n, replica))
+            budgets[replica] -= n
+
+    def _place(self, request: Request, budgets: list[int], closed: set[int]) -> tuple[int, int] | None:
+        """``(replica, first chunk length)`` for a waiting request: the least busy replica that fits."""
+        counts = [0] * self.num_replicas
+        for r in self.running:
+            counts[r.replica] += 1
+        order = sorted(range(self.num_replicas),
+                       key=lambda r: (counts[r], -self.allocators[r].num_free_pages, r))
+        for replica in order:
+            if replica in closed or budgets[replica] == 0 or counts[replica] >= self.max_num_seqs:
+                continue
+            n = min(request.num_tokens, budgets[replica])
+            allocator = self.allocators[replica]
+            if allocator.can_allocate(allocator.pages_needed(request.request_id, n)):
+                return replica, n
+        return None
 
     def preempt(self, request: Request) -> None:
         """Free ``request``'s pages and queue it (first) for recomputation."""
-        self.allocator.free(request.request_id)
+        self.allocators[request.replica].free(request.request_id)
         self.running.remove(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
+        request.replica = None
         self.waiting.appendleft(request)
 
     def finish(self, request: Request) -> None:
         """Retire a finished request and free its pages."""
-        if request.request_id in self.allocator:
-            self.allocator.free(request.request_id)
+        if request.replica is not None and request.request_id in self.allocators[request.replica]:
+            self.allocators[request.replica].free(request.request_id)
         if request in self.running:
             self.running.remove(request)
-        request.status = RequestStatus.FINISHED
+        request.status, request.replica = RequestStatus.FINISHED, None
 
     def abort(self, request: Request) -> None:
         if request in self.waiting:

@@ -33,15 +33,6 @@ def check_paged_support(model: nnx.Module) -> None:
         )
 
 
-def _per_device(mesh, kv_pages: tuple[KVPages, ...]) -> bool:
-    """On a mesh, attention runs per device (shard_map) when the KV heads split evenly."""
-    if mesh is None:
-        return False
-    from mmjax.sharding.attention import shardable
-
-    return shardable(mesh, kv_pages[0].num_kv_heads)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def encode_multimodal(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Array]) -> Float[Array, "M D"]:
     """The embeddings of a request's placeholder tokens, in placeholder order (vision tower + projector)."""
@@ -53,39 +44,43 @@ def paged_step(
     graphdef: nnx.GraphDef,
     state: nnx.State,
     kv_pages: tuple[KVPages, ...],
-    input_ids: Int[Array, "T"],
+    input_ids: Int[Array, "R T"],
     metadata: AttentionMetadata,
-    logits_indices: Int[Array, "S"],
-    mm_embeds: Float[Array, "T D"] | None = None,
-    mm_mask: Bool[Array, "T"] | None = None,
+    logits_indices: Int[Array, "R S"],
+    mm_embeds: Float[Array, "R T D"] | None = None,
+    mm_mask: Bool[Array, "R T"] | None = None,
     *,
     impl: str = "auto",
-    kv_sharding: jax.sharding.Sharding | None = None,
-) -> tuple[Float[Array, "S V"], tuple[KVPages, ...]]:
-    """One engine step.
+    kv_sharding: jax.sharding.NamedSharding | None = None,
+) -> tuple[Float[Array, "RS V"], tuple[KVPages, ...]]:
+    """One engine step over ``R`` data replicas (``R`` = the mesh's "data" axis, 1 on one device).
 
     Args:
-      kv_pages: one ``KVPages`` per decoder layer (donated).
-      input_ids: the step's packed query tokens (padding: any id, slot -1).
-      metadata: block tables, lengths, slots and positions of the packed tokens.
-      logits_indices: rows of ``input_ids`` whose logits are returned.
+      kv_pages: one ``KVPages`` per decoder layer (donated); on a mesh, the page
+        axis is split over "data" (replica ``r`` owns the ``r``-th slice) and the
+        KV heads over "model".
+      input_ids: each replica's packed query tokens (padding: any id, slot -1).
+      metadata: block tables, lengths, slots and positions of the packed tokens,
+        each field with a leading ``R``; page ids are local to the replica's slice.
+      logits_indices: rows of each replica's ``input_ids`` whose logits are returned.
       mm_embeds, mm_mask: for tokens where ``mm_mask`` is set, the embedding to
         use instead of the token's (an image placeholder); both or neither.
       kv_sharding: on a mesh, where the pages live (``mmjax.sharding.kv_pages_sharding``):
-        the new pages are pinned there, so they stay split over KV heads, the
-        donated buffers are reused and the next step sees the same sharding.
+        attention runs per device (``shard_map``) and the new pages are pinned
+        there, so the donated buffers are reused and the next step sees the same sharding.
 
     Returns:
-      ``(logits f32[S, V], new kv_pages)``.
+      ``(logits f32[R * S, V], new kv_pages)``: replica ``r``'s rows are ``r * S:(r + 1) * S``.
     """
     model = nnx.merge(graphdef, state)
     mesh = getattr(kv_sharding, "mesh", None)
-    attend = PagedAttend(kv_pages, metadata, impl=impl, mesh=mesh if _per_device(mesh, kv_pages) else None)
-    embeds = model.language_model.embed(input_ids[None])
+    attend = PagedAttend(kv_pages, metadata, impl=impl, mesh=mesh)
+    embeds = model.language_model.embed(input_ids)
     if mm_embeds is not None:
-        embeds = jnp.where(mm_mask[None, :, None], mm_embeds[None].astype(embeds.dtype), embeds)
-    hidden = model.language_model.hidden_states(embeds, metadata.positions[None], attend)[0]
+        embeds = jnp.where(mm_mask[:, :, None], mm_embeds.astype(embeds.dtype), embeds)
+    hidden = model.language_model.hidden_states(embeds, metadata.positions, attend)
+    rows = jnp.take_along_axis(hidden, logits_indices[:, :, None], axis=1)
     pages = tuple(attend.pages)
     if kv_sharding is not None:
         pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
-    return model.language_model.logits(hidden[logits_indices]), pages
+    return model.language_model.logits(rows.reshape(-1, rows.shape[-1])), pages

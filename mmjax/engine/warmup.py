@@ -9,7 +9,6 @@ so they write nothing into the cache.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import monitoring
 
+from mmjax.engine.batch import empty_step_batch
 from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.step import encode_multimodal, paged_step
-from mmjax.kv_cache import build_attention_metadata
 from mmjax.registry import INPUT_REGISTRY
 
 if TYPE_CHECKING:
@@ -74,39 +73,38 @@ def _warm_encoder(engine: "LLMEngine") -> None:
                                                     {k: jnp.asarray(v) for k, v in mm.items()}))
 
 
-def _empty_metadata(engine: "LLMEngine", num_tokens: int, decode: bool):
-    """A step that schedules no sequence: every slot is padding, nothing is written."""
-    cfg = engine.config
-    metadata = build_attention_metadata([], [], [], page_size=cfg.page_size, token_buckets=[num_tokens],
-                                        seq_buckets=[cfg.max_num_seqs], page_buckets=[engine.pages_per_seq])
-    return dataclasses.replace(metadata, max_q_len=1 if decode else num_tokens)
-
-
 def _warm_steps(engine: "LLMEngine", with_prompt_logprobs: bool) -> None:
     cfg, llm = engine.config, engine.llm
+    rows = engine.num_replicas * cfg.max_num_seqs
     hidden = engine.text_config.hidden_size
     mm_dtype = np.asarray(jax.device_get(jnp.zeros((), llm.dtype))).dtype
     decode_sizes = {b for n in range(1, cfg.max_num_seqs + 1) for b in [min(x for x in cfg.token_buckets if x >= n)]}
     for tokens in cfg.token_buckets:
         variants = [(False, False), (False, True)] + ([(True, False)] if tokens in decode_sizes else [])
         for decode, with_mm in variants:
-            mm = (jnp.zeros((tokens, hidden), mm_dtype), jnp.zeros(tokens, bool)) if with_mm else ()
+            mm = ()
+            if with_mm:
+                shape = (engine.num_replicas, tokens)
+                mm = (engine._put(np.zeros((*shape, hidden), mm_dtype)), engine._put(np.zeros(shape, bool)))
             for all_logits in ((False,) if decode or not with_prompt_logprobs else (False, True)):
-                indices = jnp.zeros(tokens if all_logits else cfg.max_num_seqs, jnp.int32)
+                batch = empty_step_batch(engine.num_replicas, tokens, decode=decode, max_num_seqs=cfg.max_num_seqs,
+                                         pages_per_seq=engine.pages_per_seq, page_size=cfg.page_size,
+                                         all_logits=all_logits)
                 logits, engine.kv_pages = paged_step(
-                    llm.graphdef, llm.state, engine.kv_pages, jnp.zeros(tokens, jnp.int32),
-                    _empty_metadata(engine, tokens, decode), indices, *mm, impl=cfg.impl,
-                    kv_sharding=engine.kv_sharding)
+                    llm.graphdef, llm.state, engine.kv_pages, engine._put(batch.input_ids),
+                    jax.tree.map(engine._put, batch.metadata), engine._put(batch.logits_indices), *mm,
+                    impl=cfg.impl, kv_sharding=engine.kv_sharding)
                 if all_logits:
-                    jax.block_until_ready(prompt_logprobs(logits, jnp.zeros(tokens, jnp.int32),
+                    flat = engine.num_replicas * tokens
+                    jax.block_until_ready(prompt_logprobs(logits, jax.device_put(np.zeros(flat, np.int32)),
                                                           num_logprobs=MAX_LOGPROBS))
-                    logits[jnp.zeros(cfg.max_num_seqs, jnp.int32)].block_until_ready()
+                    logits[jax.device_put(np.zeros(rows, np.int32))].block_until_ready()
 
 
 def _warm_sampler(engine: "LLMEngine") -> None:
-    cfg = engine.config
+    rows = engine.num_replicas * engine.config.max_num_seqs
     vocab = engine.text_config.vocab_size
-    tensors = SamplingTensors.build([SamplingParams()], seeds=[0], steps=[0], pad_to=cfg.max_num_seqs)
-    logits = jnp.zeros((cfg.max_num_seqs, vocab), jnp.float32)
+    tensors = SamplingTensors.build([SamplingParams()], seeds=[0], steps=[0], pad_to=rows)
+    logits = jnp.zeros((rows, vocab), jnp.float32)
     for num_logprobs in (0, MAX_LOGPROBS):
         jax.block_until_ready(sample(logits, tensors, num_logprobs=num_logprobs))

@@ -9,9 +9,10 @@ the step is traced, and the jitted step returns them: the state is functional.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
+
+import jax
 
 from mmjax.kernels_pallas.dispatch import Impl, write_and_attend
 from mmjax.kv_cache.metadata import AttentionMetadata
@@ -20,14 +21,20 @@ from mmjax.types import Array, Float, Int
 
 
 class PagedAttend:
-    """``Attend`` over per-layer ``KVPages`` for a packed ragged batch (``B == 1``)."""
+    """``Attend`` over per-layer ``KVPages`` for packed ragged batches, one per data replica.
+
+    The batch axis ``R`` of ``q`` and of every ``metadata`` field is the replica
+    axis: 1 without a mesh; on a mesh, the "data" axis, with each replica's
+    tokens attending over its own slice of the pages.
+    """
 
     def __init__(
         self, pages: Sequence[KVPages], metadata: AttentionMetadata, *, impl: Impl = "auto", mesh: Any = None,
         **kernel_options: Any
     ):
-        """``mesh``: the pages and heads are split over its "model" axis; each device
-        attends with its own heads (``mmjax.sharding.attention``)."""
+        """``mesh``: the pages are split over its "data" (pages) and "model" (KV heads) axes;
+        each device attends with its own replica's tokens and its own heads
+        (``mmjax.sharding.attention``)."""
         self.pages = list(pages)
         self.metadata = metadata
         self.mesh = mesh
@@ -35,18 +42,20 @@ class PagedAttend:
 
     def __call__(
         self,
-        q: Float[Array, "1 T N H"],
-        k: Float[Array, "1 T K H"],
-        v: Float[Array, "1 T K H"],
-        positions: Int[Array, "1 T"],
+        q: Float[Array, "R T N H"],
+        k: Float[Array, "R T K H"],
+        v: Float[Array, "R T K H"],
+        positions: Int[Array, "R T"],
         layer: int,
-    ) -> Float[Array, "1 T N H"]:
-        if q.shape[0] != 1:
-            raise ValueError(f"PagedAttend takes a packed batch of shape [1, T, ...], got q {q.shape}")
-        step = write_and_attend
+    ) -> Float[Array, "R T N H"]:
         if self.mesh is not None:
             from mmjax.sharding.attention import sharded_write_and_attend
 
-            step = functools.partial(sharded_write_and_attend, self.mesh)
-        out, self.pages[layer] = step(q[0], k[0], v[0], self.pages[layer], self.metadata, **self.options)
+            out, self.pages[layer] = sharded_write_and_attend(
+                self.mesh, q, k, v, self.pages[layer], self.metadata, **self.options)
+            return out.astype(q.dtype)
+        if q.shape[0] != 1:
+            raise ValueError(f"without a mesh PagedAttend takes one replica, q of shape [1, T, ...], got {q.shape}")
+        metadata = jax.tree.map(lambda x: x[0], self.metadata)
+        out, self.pages[layer] = write_and_attend(q[0], k[0], v[0], self.pages[layer], metadata, **self.options)
         return out[None].astype(q.dtype)

@@ -1,23 +1,23 @@
-"""Paged attention per device on a mesh: ``jax.shard_map`` over the ``"model"`` axis.
+"""Paged attention per device on a mesh: ``jax.shard_map`` over ``("data", "model")``.
 
 XLA's SPMD partitioner splits plain-XLA attention by itself, but it cannot see
 inside a Pallas kernel (a custom call): handed sharded pages, it would gather
 them and run the kernel on every device. So on a mesh each device runs the
-write and the attention of its own heads explicitly:
+write and the attention of its own replica and its own heads explicitly:
 
-- KV heads split (``K % model == 0``): each device holds ``K/model`` KV heads
-  of the pages and the ``N/model`` query heads that read them (GQA groups stay
-  whole, as query head ``g`` reads KV head ``g // (N/K)``);
-- KV heads replicated (``K < model`` and ``model % K == 0``): every device
-  writes all KV heads (the same values everywhere) and attends with the one
-  KV head its ``N/model`` query heads share;
-- otherwise (``K < model``, ``model % K != 0``, e.g. 3 KV heads on 4 devices):
-  no shard_map (``shardable`` is False); XLA partitions the step as it can,
-  which for the Pallas kernel means gathering the pages. Pick a model axis
-  that divides the KV heads or that they divide.
+- "data": replica ``r`` owns the ``r``-th slice of the page axis, and its
+  tokens, block tables and slots (page ids local to that slice);
+- "model", KV heads split (``K % model == 0``): each device holds ``K/model``
+  KV heads of its pages and the ``N/model`` query heads that read them (GQA
+  groups stay whole, as query head ``g`` reads KV head ``g // (N/K)``);
+- "model", KV heads replicated (``model % K == 0``, fewer KV heads than
+  devices): every device of a replica writes all KV heads (the same values
+  everywhere) and attends with the one KV head its ``N/model`` query heads share.
 
-Either way no KV page crosses a device: only the attention output, whose head
-axis stays split into the o projection, and the all-reduce after it.
+Other head counts are refused when the mesh is made
+(``mmjax.sharding.check_divisible``). No KV page crosses a device: only the
+attention output, whose head axis stays split into the o projection, and the
+all-reduce after it.
 """
 
 from __future__ import annotations
@@ -31,36 +31,33 @@ from jax.sharding import PartitionSpec as P
 from mmjax.kernels_pallas.dispatch import paged_attention, write_and_attend
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages, write_kv_to_pages
-from mmjax.sharding.mesh import MODEL
+from mmjax.sharding.mesh import DATA, MODEL
 from mmjax.types import Array, Float
 
-HEADS = P(None, MODEL, None)  # [T, heads, H] split over heads
-
-
-def shardable(mesh: Mesh, num_kv_heads: int) -> bool:
-    """Whether ``sharded_write_and_attend`` can split this many KV heads over the model axis."""
-    model = mesh.shape[MODEL]
-    return num_kv_heads % model == 0 or model % num_kv_heads == 0
+HEADS = P(DATA, None, MODEL, None)  # [R, T, heads, H]: replicas over "data", heads over "model"
 
 
 def sharded_write_and_attend(
     mesh: Mesh,
-    q: Float[Array, "T N H"],
-    k: Float[Array, "T K H"],
-    v: Float[Array, "T K H"],
+    q: Float[Array, "R T N H"],
+    k: Float[Array, "R T K H"],
+    v: Float[Array, "R T K H"],
     pages: KVPages,
     metadata: AttentionMetadata,
     **options: Any,
-) -> tuple[Float[Array, "T N H"], KVPages]:
-    """``write_and_attend`` with each device doing its own heads (see the module docstring)."""
-    model, num_kv_heads = mesh.shape[MODEL], k.shape[1]
+) -> tuple[Float[Array, "R T N H"], KVPages]:
+    """``write_and_attend`` with each device doing its own replica and heads (see the module docstring).
+
+    ``metadata``'s fields have a leading replica axis ``R`` (the "data" axis), as ``q``.
+    """
+    model, num_kv_heads = mesh.shape[MODEL], k.shape[2]
     if num_kv_heads % model == 0:
-        kv, pages_spec = HEADS, P(MODEL)
+        kv, pages_spec = HEADS, P(MODEL, DATA)
 
         def local(q, k, v, pages, metadata):
             return write_and_attend(q, k, v, pages, metadata, **options)
     elif model % num_kv_heads == 0:
-        kv, pages_spec = P(), P()
+        kv, pages_spec = P(DATA), P(None, DATA)
 
         def local(q, k, v, pages, metadata):
             pages = write_kv_to_pages(pages, k, v, metadata.slot_mapping)  # all heads, same on every device
@@ -70,9 +67,14 @@ def sharded_write_and_attend(
     else:
         raise ValueError(f"{num_kv_heads} KV heads cannot be split over a 'model' axis of {model} devices "
                          f"(neither divides the other)")
+
+    def per_device(q, k, v, pages, metadata):
+        first = lambda x: x[0]  # noqa: E731  (this device's one replica)
+        out, pages = local(first(q), first(k), first(v), pages, jax.tree.map(first, metadata))
+        return out[None], pages
+
     pages_specs = KVPages(pages_spec, pages_spec)
     # check_vma=False: a pallas_call's out_shape carries no varying-axes annotation. Replicated
-    # pages stay identical on every device without the check: each writes the same k/v.
-    return jax.shard_map(local, mesh=mesh, in_specs=(HEADS, kv, kv, pages_specs, P()),
+    # pages stay identical on every device of a replica without the check: each writes the same k/v.
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(HEADS, kv, kv, pages_specs, P(DATA)),
                          out_specs=(HEADS, pages_specs), check_vma=False)(q, k, v, pages, metadata)
-

@@ -8,8 +8,8 @@ and ``check_divisible`` says, before any weight is read, which dimension a
 model axis does not divide.
 
 The default rule (``default_mesh_shape``): put as many devices as possible on
-``"model"`` without splitting a KV head — the largest divisor of the device
-count that is at most the number of KV heads and divides the attention heads,
+``"model"`` without splitting or replicating a KV head — the largest divisor of
+the device count that divides the KV heads, the attention heads,
 the MLP width and the vocabulary — and the rest on ``"data"``. With no model
 dimensions given, every device goes on ``"model"``. For LLaVA-1.5-7B (32 heads,
 32 KV heads, MLP 11008, vocab 32064): 1 device -> 1x1, 4 -> 1x4, 8 -> 1x8,
@@ -60,8 +60,9 @@ class ShardedDims:
 def check_divisible(model_axis: int, dims: ShardedDims) -> None:
     """Raise naming the first dimension the model axis does not divide.
 
-    KV heads: fewer KV heads than the model axis are replicated (each device
-    keeps them all); more must be a multiple of it.
+    KV heads: as many or more than the model axis must be a multiple of it
+    (each device holds ``K/model``); fewer must divide it (each is replicated
+    on ``model/K`` devices).
     """
     for name, size in dims.split().items():
         if size % model_axis:
@@ -72,6 +73,10 @@ def check_divisible(model_axis: int, dims: ShardedDims) -> None:
         raise ValueError(f"the mesh's 'model' axis ({model_axis} devices) does not divide the KV heads "
                          f"(num_kv_heads): {k} % {model_axis} = {k % model_axis} (fewer KV heads than the "
                          f"model axis would be replicated; more must be a multiple of it)")
+    if k < model_axis and model_axis % k:
+        raise ValueError(f"the KV heads (num_kv_heads = {k}) do not divide the mesh's 'model' axis "
+                         f"({model_axis} devices): {model_axis} % {k} = {model_axis % k}; with fewer KV heads "
+                         f"than devices each KV head is replicated on model/num_kv_heads devices")
 
 
 def default_mesh_shape(num_devices: int, dims: ShardedDims | None = None) -> dict[str, int]:
@@ -79,7 +84,7 @@ def default_mesh_shape(num_devices: int, dims: ShardedDims | None = None) -> dic
     if dims is None:
         return {DATA: 1, MODEL: num_devices}
     model = max(m for m in range(1, num_devices + 1)
-                if num_devices % m == 0 and m <= max(dims.num_kv_heads, 1)
+                if num_devices % m == 0 and dims.num_kv_heads % m == 0
                 and all(size % m == 0 for size in dims.split().values()))
     return {DATA: num_devices // model, MODEL: model}
 
@@ -133,10 +138,14 @@ def _shape_of(sizes: Mapping[str, int]) -> dict[str, int]:
 
 
 def kv_pages_sharding(mesh: Mesh, num_kv_heads: int) -> jax.sharding.NamedSharding:
-    """Where each layer's ``KVPages`` k/v ``[K, A, G, H]`` live: split over KV heads on ``"model"``,
-    as the k/v projections that fill them; replicated when the KV heads cannot be split
-    (fewer than the model axis), as those projections are."""
+    """Where each layer's ``KVPages`` k/v ``[K, A, G, H]`` live.
+
+    The page axis ``A`` is split over ``"data"``: each replica owns ``A / data``
+    pages (its allocator hands out ids local to them). The KV heads are split
+    over ``"model"`` like the k/v projections that fill them, or replicated when
+    there are fewer KV heads than model devices, as those projections are.
+    """
     from jax.sharding import NamedSharding, PartitionSpec
 
     split = num_kv_heads % mesh.shape[MODEL] == 0
-    return NamedSharding(mesh, PartitionSpec(MODEL) if split else PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec(MODEL if split else None, DATA))

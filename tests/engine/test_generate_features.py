@@ -97,12 +97,12 @@ def test_stop_token_and_stop_string(llm):
 
 def test_a_bad_prompt_is_refused_before_work_and_others_still_run(llm):
     engine = llm.engine(CONFIG)
-    free_before = engine.allocator.num_free_pages
+    free_before = sum(a.num_free_pages for a in engine.allocators)
     good = {"prompt": "USER: <image>\nHi", "multi_modal_data": {"image": picture(20, 20)}}
     bad = {"prompt": "USER: <image><image>\nHi", "multi_modal_data": {"image": picture(20, 20)}}
     with pytest.raises(mmjax.PromptError, match=r"prompt 1: ValueError: .*2 image placeholder token"):
         mmjax.generate(llm, [good, bad], engine_config=CONFIG)
-    assert not engine.has_unfinished_requests() and engine.allocator.num_free_pages == free_before
+    assert not engine.has_unfinished_requests() and sum(a.num_free_pages for a in engine.allocators) == free_before
     [ok] = mmjax.generate(llm, good, mmjax.SamplingParams(temperature=0.0, max_tokens=3), engine_config=CONFIG)
     assert len(ok.token_ids) >= 1
 

@@ -7,6 +7,7 @@ NaN, so reading a slot the step should not see poisons the logits.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -74,8 +75,8 @@ def test_paged_steps_equal_dense_forward(name, impl):
         mm_mask = np.zeros(metadata.num_tokens, bool)
         rows = feature_row[a0:a1]
         mm_mask[: a1 - a0], mm_embeds[: a1 - a0][rows >= 0] = rows >= 0, features[rows[rows >= 0]]
-        logits, pages = paged_step(graphdef, state, pages, jnp.asarray(ids), metadata, jnp.asarray(last),
-                                   jnp.asarray(mm_embeds), jnp.asarray(mm_mask), impl=impl)
+        one_replica = jax.tree.map(lambda x: x[None], (ids, metadata, last, mm_embeds, mm_mask))  # R = 1
+        logits, pages = paged_step(graphdef, state, pages, *one_replica, impl=impl)
         logits = np.asarray(logits)
         assert np.isfinite(logits).all(), f"step {step} read an unwritten (NaN) cache slot"
         assert relative_error(logits[0], dense_a[a1 - 1]) < 1e-4, f"sequence a, step {step}"

@@ -74,7 +74,9 @@ ENGINE = mmjax.EngineConfig(page_size=8, max_num_seqs=4, max_num_batched_tokens=
 
 def compare_generate(path: str, meshes) -> dict:
     prompts = [{"prompt": "USER: <image>\nWhat is it? ASSISTANT:", "multi_modal_data": {"image": _image(2, (30, 30))}},
-               "USER: Write a poem. ASSISTANT:"]
+               "USER: Write a poem. ASSISTANT:",
+               {"prompt": "USER: <image>\nAnd this? ASSISTANT:", "multi_modal_data": {"image": _image(3, (20, 44))}},
+               "USER: Count to ten, please. ASSISTANT:"]
     params = mmjax.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
     want = [list(o.token_ids) for o in mmjax.generate(mmjax.load(path), prompts, params, engine_config=ENGINE)]
     out = {"single": want}
@@ -84,7 +86,11 @@ def compare_generate(path: str, meshes) -> dict:
         engine = llm.engine()
         out[f"{shape['data']}x{shape['model']}"] = {
             "tokens": got, "kv_spec": str(engine.kv_pages[0].k.sharding.spec),
+            "kv_shape": list(engine.kv_pages[0].k.shape),
             "kv_shards": sorted({str(s.data.shape) for s in engine.kv_pages[0].k.addressable_shards}),
+            "tokens_per_replica": engine.stats["tokens_per_replica"],
+            "pages_free": [a.num_free_pages == a.num_pages - 1 for a in engine.allocators],
+            **memory_figures(engine),
             **step_collectives(engine, decode=shape["model"] == 2),
         }
     # The Pallas kernel (interpret mode here) inside shard_map: each device runs it on its own heads.
@@ -98,27 +104,48 @@ def compare_generate(path: str, meshes) -> dict:
     return out
 
 
+def memory_figures(engine) -> dict:
+    """The plan's per-device figures, and the same figures measured from the placed arrays."""
+    mesh = engine.mesh
+
+    def one_device_bytes(x) -> float:  # whole size / the devices the spec splits it over
+        split = 1
+        for axes in x.sharding.spec:
+            for axis in (axes if isinstance(axes, tuple) else (axes,)):
+                split *= mesh.shape[axis] if axis else 1
+        return x.nbytes / split
+
+    kv_bytes = sum(one_device_bytes(x) for layer in engine.kv_pages for x in (layer.k, layer.v))
+    return {"plan_weights": engine.memory.weights_bytes, "plan_page_bytes": engine.memory.page_bytes,
+            "plan_pages": engine.memory.num_pages, "plan_describe": engine.memory.describe(),
+            "measured_weights": sum(one_device_bytes(x) for x in jax.tree.leaves(engine.llm.state)),
+            "measured_kv_per_page": kv_bytes / engine.memory.num_pages}
+
+
 def step_collectives(engine, decode: bool) -> dict:
-    """The collectives of the compiled prefill (and decode) step; which of them move KV pages."""
-    from mmjax.engine.engine import _abstract_batch
+    """The collectives of the compiled prefill (and decode) step; which of them move KV pages.
+
+    Also the per-device shape of the step's token input: split over "data", each
+    device sees one replica's tokens.
+    """
+    from mmjax.engine.engine import abstract_batch
     from mmjax.engine.step import paged_step
 
-    llm, text = engine.llm, engine.text_config
-    num_pages = engine.kv_pages[0].k.shape[1]
+    llm = engine.llm
+    pages_axis = {engine.kv_pages[0].k.shape[1], engine.memory.num_pages}  # global and per replica
     found = {"all_gathers": 0, "collectives": 0, "kv_collectives": []}
-    for max_q_len in (16, 1) if decode else (16,):
-        batch = _abstract_batch(16, engine.config.max_num_seqs, engine.pages_per_seq, text.hidden_size, llm.dtype)
-        if max_q_len == 1:
-            batch = (batch[0], dataclasses.replace(batch[1], max_q_len=1), *batch[2:])
-        hlo = paged_step.lower(llm.graphdef, llm.state, engine.kv_pages, *batch, impl=engine.config.impl,
-                               kv_sharding=engine.kv_sharding).compile().as_text()
-        for key, value in scan_collectives(hlo, num_pages).items():
+    for is_decode in (False, True) if decode else (False,):
+        batch = abstract_batch(engine, 16, decode=is_decode)
+        compiled = paged_step.lower(llm.graphdef, llm.state, engine.kv_pages, *batch, impl=engine.config.impl,
+                                    kv_sharding=engine.kv_sharding).compile()
+        for key, value in scan_collectives(compiled.as_text(), pages_axis).items():
             found[key] += value
+        found["input_ids_sharding"] = str(compiled.input_shardings[0][2].spec)
     return found
 
 
-def scan_collectives(hlo: str, num_pages: int) -> dict:
-    """Count the collectives of compiled HLO text; list those whose result has a ``num_pages`` axis."""
+def scan_collectives(hlo: str, num_pages: set[int]) -> dict:
+    """Count the collectives of compiled HLO text; list those whose result has a page axis (a size in ``num_pages``)."""
     found = {"all_gathers": 0, "collectives": 0, "kv_collectives": []}
     for line in hlo.splitlines():
         op = re.search(r"= (\S+) (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(-start)?\(",
@@ -128,7 +155,7 @@ def scan_collectives(hlo: str, num_pages: int) -> dict:
         found["collectives"] += 1
         found["all_gathers"] += op.group(2) == "all-gather"
         dims = {d for shape in re.findall(r"\[([\d,]*)\]", op.group(1)) for d in shape.split(",")}
-        if str(num_pages) in dims:
+        if dims & {str(n) for n in num_pages}:
             found["kv_collectives"].append(line.strip()[:160])
     return found
 

@@ -18,6 +18,7 @@ MISTRAL_7B = ShardedDims(num_heads=32, num_kv_heads=8, intermediate_size=14336, 
     (MISTRAL_7B, 1, (1, 1)), (MISTRAL_7B, 4, (1, 4)), (MISTRAL_7B, 8, (1, 8)), (MISTRAL_7B, 256, (32, 8)),
     (ShardedDims(num_heads=12, num_kv_heads=12, intermediate_size=36, vocab_size=96), 8, (2, 4)),
     (ShardedDims(num_heads=5, num_kv_heads=1, intermediate_size=52, vocab_size=384), 8, (8, 1)),
+    (ShardedDims(num_heads=12, num_kv_heads=6, intermediate_size=48, vocab_size=96), 4, (2, 2)),
     (None, 8, (1, 8)),
 ])  # fmt: skip
 def test_default_mesh_shape(dims, devices, expected):
@@ -62,3 +63,11 @@ def test_make_mesh_errors():
         make_mesh({"model": 0})
     with pytest.raises(ValueError, match=r"axes must be \('data', 'model'\)"):
         make_mesh(Mesh(np.array(jax.devices()[:1]), ("x",)))
+
+
+def test_kv_heads_that_do_not_divide_a_larger_model_axis_are_refused():
+    dims = ShardedDims(num_heads=12, num_kv_heads=3, intermediate_size=48, vocab_size=96)
+    with pytest.raises(ValueError, match=r"num_kv_heads = 3\) do not divide the mesh's 'model' axis \(4 devices\): "
+                                         r"4 % 3 = 1"):
+        check_divisible(4, dims)
+    check_divisible(6, dims)  # 3 KV heads, each on 2 of 6 devices

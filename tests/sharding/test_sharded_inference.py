@@ -102,13 +102,33 @@ def test_sharded_generate_equals_single_device_greedy_tokens(results, mesh):
 
 def test_the_pallas_kernel_runs_per_device_inside_shard_map(results):
     generated = results["generate"]  # on 2x4, interpret mode: the TPU/GPU wiring of the engine
-    assert generated["pallas"] == [generated["single"][1][:3]]
+    assert generated["pallas"] == [tokens[:3] for tokens in generated["single"][1:]]
 
 
-def test_kv_pages_are_split_over_kv_heads_when_they_divide(results):
-    assert results["generate"]["4x2"]["kv_spec"] == "P('model',)"
-    assert results["generate"]["4x2"]["kv_shards"] == ["(1, 37, 8, 8)"]  # 2 KV heads over 2 devices
-    assert results["generate"]["2x4"]["kv_spec"] == "P()"  # 2 KV heads < 4: replicated, like k/v_proj
+def test_kv_pages_are_split_over_replicas_and_kv_heads(results):
+    split, replicated = results["generate"]["4x2"], results["generate"]["2x4"]
+    # 4 replicas x 37 pages; 2 KV heads over 2 model devices: each device holds 1/8 of the cache.
+    assert split["kv_spec"] == "P('model', 'data')" and split["kv_shape"] == [2, 148, 8, 8]
+    assert split["kv_shards"] == ["(1, 37, 8, 8)"]
+    # 2 KV heads < 4 model devices: heads replicated like k/v_proj, pages still split over the 2 replicas.
+    assert replicated["kv_spec"] == "P(None, 'data')" and replicated["kv_shape"] == [2, 74, 8, 8]
+    assert replicated["kv_shards"] == ["(2, 37, 8, 8)"]
+
+
+@pytest.mark.parametrize("mesh, replicas", [("4x2", 4), ("2x4", 2)])
+def test_requests_are_scheduled_over_the_data_axis(results, mesh, replicas):
+    r = results["generate"][mesh]
+    assert r["input_ids_sharding"] == "P('data',)"  # each device runs its own replica's tokens
+    assert len(r["tokens_per_replica"]) == replicas and all(n > 0 for n in r["tokens_per_replica"])
+    assert r["pages_free"] == [True] * replicas  # every replica got all its pages back
+
+
+@pytest.mark.parametrize("mesh", ["4x2", "2x4"])
+def test_the_memory_plan_counts_one_devices_share(results, mesh):
+    r = results["generate"][mesh]
+    assert r["plan_weights"] == r["measured_weights"]  # the device's shards, not the whole model
+    assert r["plan_page_bytes"] == r["measured_kv_per_page"]  # one page of one replica on one device
+    assert r["plan_pages"] == 37 and "37 pages" in r["plan_describe"] and "data replicas" in r["plan_describe"]
 
 
 def test_the_compiled_step_never_gathers_the_kv_cache(results):
@@ -127,5 +147,5 @@ def test_the_collective_scan_sees_a_kv_all_gather():
     spec.loader.exec_module(worker)
     hlo = ("  %all-gather.3 = f32[2,37,8,8]{3,2,1,0} all-gather(%p), dimensions={0}\n"
            "  %all-reduce = f32[1,16,40]{2,1,0} all-reduce(%x), to_apply=%add\n")
-    found = worker.scan_collectives(hlo, num_pages=37)
+    found = worker.scan_collectives(hlo, num_pages={37})
     assert found["all_gathers"] == 1 and found["collectives"] == 2 and len(found["kv_collectives"]) == 1
