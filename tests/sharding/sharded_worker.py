@@ -67,24 +67,32 @@ def compare(path: str, prompt, meshes) -> dict:
     return out
 
 
-#: KV heads split over "model" (4x2), and replicated because 2 KV heads < 4 (2x4).
-GENERATE_MESHES = ({"data": 4, "model": 2}, {"data": 2, "model": 4})
+#: KV heads split over "model" (4x2), and replicated because 2 KV heads < 4 or 8 (2x4, 1x8).
+GENERATE_MESHES = ({"data": 4, "model": 2}, {"data": 1, "model": 8}, {"data": 2, "model": 4})
 ENGINE = mmjax.EngineConfig(page_size=8, max_num_seqs=4, max_num_batched_tokens=64, num_pages=37, max_model_len=128)
+NEXT_ENGINE = dataclasses.replace(ENGINE, num_pages=96, max_model_len=320)  # anyres prompts are longer
 
 
-def compare_generate(path: str, meshes) -> dict:
-    prompts = [{"prompt": "USER: <image>\nWhat is it? ASSISTANT:", "multi_modal_data": {"image": _image(2, (30, 30))}},
-               "USER: Write a poem. ASSISTANT:",
-               {"prompt": "USER: <image>\nAnd this? ASSISTANT:", "multi_modal_data": {"image": _image(3, (20, 44))}},
-               "USER: Count to ten, please. ASSISTANT:"]
+PROMPTS = [{"prompt": "USER: <image>\nWhat is it? ASSISTANT:", "multi_modal_data": {"image": _image(2, (30, 30))}},
+           "USER: Write a poem. ASSISTANT:",
+           {"prompt": "USER: <image>\nAnd this? ASSISTANT:", "multi_modal_data": {"image": _image(3, (20, 44))}},
+           "USER: Count to ten, please. ASSISTANT:"]
+
+
+def compare_generate(path: str, meshes, prompts=PROMPTS, details: bool = True, engine_config=ENGINE) -> dict:
+    """Greedy tokens on one device and on each mesh (with placement and compiled-step facts if ``details``)."""
     params = mmjax.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
-    want = [list(o.token_ids) for o in mmjax.generate(mmjax.load(path), prompts, params, engine_config=ENGINE)]
+    want = [list(o.token_ids) for o in mmjax.generate(mmjax.load(path), prompts, params, engine_config=engine_config)]
     out = {"single": want}
     for shape in meshes:
         llm = mmjax.load(path, mesh=shape)
-        got = [list(o.token_ids) for o in mmjax.generate(llm, prompts, params, engine_config=ENGINE)]
+        got = [list(o.token_ids) for o in mmjax.generate(llm, prompts, params, engine_config=engine_config)]
         engine = llm.engine()
-        out[f"{shape['data']}x{shape['model']}"] = {
+        key = f"{shape['data']}x{shape['model']}"
+        if not details:
+            out[key] = {"tokens": got, "tokens_per_replica": engine.stats["tokens_per_replica"]}
+            continue
+        out[key] = {
             "tokens": got, "kv_spec": str(engine.kv_pages[0].k.sharding.spec),
             "kv_shape": list(engine.kv_pages[0].k.shape),
             "kv_shards": sorted({str(s.data.shape) for s in engine.kv_pages[0].k.addressable_shards}),
@@ -93,6 +101,8 @@ def compare_generate(path: str, meshes) -> dict:
             **memory_figures(engine),
             **step_collectives(engine, decode=shape["model"] == 2),
         }
+    if not details:
+        return out
     # The Pallas kernel (interpret mode here) inside shard_map: each device runs it on its own heads.
     llm = mmjax.load(path, mesh=meshes[-1])
     import time
@@ -182,7 +192,10 @@ def main(tmp: str) -> None:
     results["t_generate"] = time.perf_counter() - t0
     nxt = make_tiny_llava_next_checkpoint(f"{tmp}/next", **DIMS, text_config={"head_dim": 8}, seed=6)
     prompt = {"prompt": "USER: <image>\nDescribe it. ASSISTANT:", "multi_modal_data": {"image": _image(1, (40, 53))}}
-    results["llava_next"] = compare(nxt, prompt, MESHES[1:2])
+    results["llava_next"] = compare(nxt, prompt, MESHES)
+    wide = {"prompt": "USER: <image>\nAnd this one? ASSISTANT:", "multi_modal_data": {"image": _image(4, (60, 23))}}
+    results["generate_next"] = compare_generate(nxt, GENERATE_MESHES, [prompt, PROMPTS[1], wide, PROMPTS[3]],
+                                                details=False, engine_config=NEXT_ENGINE)
     results["t_all"] = time.perf_counter() - t0
     print("RESULTS " + json.dumps(results))
 

@@ -32,16 +32,17 @@ def test_the_worker_sees_eight_devices(results):
     assert results["num_devices"] == 8
 
 
-@pytest.mark.parametrize("model, mesh", [("llava", "1x8"), ("llava", "2x4"), ("llava", "4x2"),
-                                         ("llava_next", "2x4")])
+ALL = [(model, mesh) for model in ("llava", "llava_next") for mesh in ("1x8", "2x4", "4x2")]
+
+
+@pytest.mark.parametrize("model, mesh", ALL)
 def test_sharded_logits_equal_single_device_logits(results, model, mesh):
     r = results[model][mesh]
     assert r["mesh_devices"] == 8
     assert r["max_abs_diff"] <= 1e-5 * max(1.0, r["max_abs"]), r["max_abs_diff"]
 
 
-@pytest.mark.parametrize("model, mesh", [("llava", "1x8"), ("llava", "2x4"), ("llava", "4x2"),
-                                         ("llava_next", "2x4")])
+@pytest.mark.parametrize("model, mesh", ALL)
 def test_no_weight_that_should_be_split_is_replicated(results, model, mesh):
     assert results[model][mesh]["split_but_replicated"] == []
 
@@ -93,11 +94,15 @@ def test_auto_mesh_keeps_kv_heads_whole(results):
 # -- the engine on a mesh: KV pages split over KV heads ----------------------------------------------
 
 
-@pytest.mark.parametrize("mesh", ["4x2", "2x4"])
-def test_sharded_generate_equals_single_device_greedy_tokens(results, mesh):
-    generated = results["generate"]
+@pytest.mark.parametrize("model, mesh", [(model, mesh) for model in ("generate", "generate_next")
+                                         for mesh in ("4x2", "1x8", "2x4")])
+def test_sharded_generate_equals_single_device_greedy_tokens(results, model, mesh):
+    generated = results[model]
     assert generated[mesh]["tokens"] == generated["single"]
     assert all(len(tokens) == 6 for tokens in generated["single"])
+    replicas = int(mesh[0])
+    assert len(generated[mesh]["tokens_per_replica"]) == replicas
+    assert all(n > 0 for n in generated[mesh]["tokens_per_replica"])  # every replica served a request
 
 
 def test_the_pallas_kernel_runs_per_device_inside_shard_map(results):
