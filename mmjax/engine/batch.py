@@ -59,10 +59,15 @@ def build_step_batch(
     max_num_seqs: int,
     pages_per_seq: int,
     all_logits: bool = False,
+    mm_width: int = 0,
+    mm_dtype: np.dtype = np.dtype(np.float32),
 ) -> StepBatch:
     """Pack the chunks' tokens, block tables and multimodal embeddings into one step.
 
     ``allocators[r]`` holds replica ``r``'s pages; ``chunk.replica`` says whose a chunk is.
+    ``mm_width``/``mm_dtype``: the embeddings' width and dtype. Whether the step carries
+    embeddings depends only on the chunks (the same on every host); a request whose
+    ``mm_embeds`` this host did not compute (another host's replica) gets zero rows.
     """
     num_replicas = len(allocators)
     groups = [[c for c in chunks if c.replica == r] for r in range(num_replicas)]
@@ -92,7 +97,7 @@ def build_step_batch(
         r, j, offset = where[id(chunk)]
         chunk_offsets.append(r * num_tokens + offset)
         sample_rows.append(r * num_tokens + offset + chunk.num_tokens - 1 if all_logits else r * max_num_seqs + j)
-    mm_embeds, mm_mask = _multimodal_rows(chunks, chunk_offsets, num_replicas, num_tokens)
+    mm_embeds, mm_mask = _multimodal_rows(chunks, chunk_offsets, num_replicas, num_tokens, mm_width, mm_dtype)
     return StepBatch(input_ids, metadata, logits_indices, mm_embeds, mm_mask, tuple(sample_rows),
                      tuple(chunk_offsets))
 
@@ -111,26 +116,28 @@ def _replica_metadata(
 
 
 def _multimodal_rows(
-    chunks: Sequence[ScheduledChunk], offsets: Sequence[int], num_replicas: int, num_tokens: int
+    chunks: Sequence[ScheduledChunk], offsets: Sequence[int], num_replicas: int, num_tokens: int, width: int,
+    dtype: np.dtype,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Token-aligned placeholder embeddings ``[R, T, D]`` for the chunks that hold placeholders."""
     pieces = []
     for chunk, start in zip(chunks, offsets):
         request = chunk.request
         stop = min(chunk.stop, request.num_prompt_tokens)
-        if request.mm_embeds is None or chunk.start >= stop:
+        if chunk.start >= stop:
             continue
         rows = request.mm_rows[chunk.start:stop]
         where = np.nonzero(rows >= 0)[0]
         if where.size:
-            pieces.append((start + where, request.mm_embeds[rows[where]]))
+            embeds = None if request.mm_embeds is None else request.mm_embeds[rows[where]]
+            pieces.append((start + where, embeds))
     if not pieces:
         return None, None
-    width, dtype = pieces[0][1].shape[1], pieces[0][1].dtype
     mm_embeds = np.zeros((num_replicas * num_tokens, width), dtype)
     mm_mask = np.zeros(num_replicas * num_tokens, bool)
     for positions, embeds in pieces:
-        mm_embeds[positions] = embeds
+        if embeds is not None:
+            mm_embeds[positions] = embeds
         mm_mask[positions] = True
     return mm_embeds.reshape(num_replicas, num_tokens, width), mm_mask.reshape(num_replicas, num_tokens)
 

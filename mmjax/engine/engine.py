@@ -32,6 +32,7 @@ from mmjax.kv_cache import KVPages, PageAllocator, init_kv_pages
 from mmjax.registry import INPUT_REGISTRY, PromptInputs
 from mmjax.sharding.mesh import DATA, MODEL
 from mmjax.sharding.multihost import agreed_min, agreed_seed, fetch
+from mmjax.sharding.replicas import ReplicaViews
 
 
 class LLMEngine:
@@ -48,6 +49,8 @@ class LLMEngine:
         self.mesh = getattr(llm, "mesh", None)
         self.num_replicas = 1 if self.mesh is None else self.mesh.shape[DATA]
         self.kv_sharding = self._kv_sharding()
+        self.replicas = None if self.mesh is None else ReplicaViews(self.mesh, llm.state)
+        self._mm_dtype = np.dtype(llm.dtype)
         self.memory = self._plan_memory()
         self.kv_pages = self._init_pages(self.memory.num_pages)
         self.allocators = [PageAllocator(self.memory.num_pages, self.config.page_size)
@@ -77,16 +80,18 @@ class LLMEngine:
 
         return kv_pages_sharding(self.mesh, self.text_config.num_kv_heads)
 
-    def _place(self, pages: tuple[KVPages, ...]) -> tuple[KVPages, ...]:
-        return pages if self.kv_sharding is None else jax.device_put(pages, self.kv_sharding)
-
     def _put(self, x: np.ndarray) -> jax.Array:
-        """A step input with a leading replica axis, onto the device(s): split over "data" on a mesh."""
+        """A step input with a leading replica axis, onto the device(s): split over "data" on a mesh.
+
+        Each process places only the rows of its own devices' replicas (on several hosts the
+        other rows may differ: another host's image embeddings are not computed here).
+        """
         if self.mesh is None:
             return jax.device_put(x)
         from jax.sharding import NamedSharding, PartitionSpec
 
-        return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec(DATA)))
+        return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, PartitionSpec(DATA)),
+                                            lambda index: x[index])
 
     def _plan_memory(self) -> MemoryPlan:
         """Pages per replica, from one device's memory (every device holds the same share)."""
@@ -114,7 +119,8 @@ class LLMEngine:
         total = 0
         if dummy.multi_modal_data:
             mm = self.llm.mm_registry.map_input(self.llm.model_config, dummy.multi_modal_data)
-            compiled = encode_multimodal.lower(self.llm.graphdef, self.llm.state, _device(mm)).compile()
+            replica = None if self.replicas is None else self.replicas.first_owned()
+            compiled = encode_multimodal.lower(*self.encoder_inputs(mm, replica)).compile()
             total += compiled.memory_analysis().temp_size_in_bytes
         t = self.config.max_num_batched_tokens
         pages = self._init_pages(2)
@@ -126,8 +132,8 @@ class LLMEngine:
     def _init_pages(self, pages_per_replica: int) -> tuple[KVPages, ...]:
         """The cache: ``pages_per_replica`` pages for each replica, replica ``r``'s at ``r * pages_per_replica``."""
         text = self.text_config
-        return self._place(init_kv_pages(text.num_layers, text.num_kv_heads, self.num_replicas * pages_per_replica,
-                                         self.config.page_size, text.head_dim, self.llm.dtype))
+        return init_kv_pages(text.num_layers, text.num_kv_heads, self.num_replicas * pages_per_replica,
+                             self.config.page_size, text.head_dim, self.llm.dtype, sharding=self.kv_sharding)
 
     # -- requests -------------------------------------------------------------------
 
@@ -183,7 +189,8 @@ class LLMEngine:
         want_prompt_logprobs = any(_wants_prompt_logprobs(c) for c in chunks)
         batch = build_step_batch(chunks, self.allocators, token_buckets=self.config.token_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
-                                 all_logits=want_prompt_logprobs)
+                                 all_logits=want_prompt_logprobs, mm_width=self.text_config.hidden_size,
+                                 mm_dtype=self._mm_dtype)
         logits = self._run(batch)
         rows = batch.sample_rows
         if want_prompt_logprobs:  # logits of every token: keep each chunk's last, in chunk order
@@ -197,8 +204,19 @@ class LLMEngine:
         self.stats["steps"] += 1
         return self._sample(chunks, rows, logits)
 
+    def encoder_inputs(self, mm_kwargs: Any, replica: int | None) -> tuple:
+        """``encode_multimodal``'s arguments: on a mesh, on ``replica``'s devices only."""
+        if replica is None:
+            return self.llm.graphdef, self.llm.state, _device(mm_kwargs)
+        return self.llm.graphdef, self.replicas.state(replica), self.replicas.put(dict(mm_kwargs), replica)
+
     def _encode(self, request: Request) -> None:
-        embeds = encode_multimodal(self.llm.graphdef, self.llm.state, _device(request.processed.mm_kwargs))
+        """The request's image embeddings, computed by its own replica (left None on a host that
+        holds none of that replica's devices: its rows of the step are not read there)."""
+        replica = None if self.replicas is None else request.replica
+        if replica is not None and not self.replicas.owns(replica):
+            return
+        embeds = encode_multimodal(*self.encoder_inputs(request.processed.mm_kwargs, replica))
         request.mm_embeds = np.asarray(fetch(embeds))
 
     def _run(self, batch: StepBatch) -> jax.Array:

@@ -63,21 +63,25 @@ def warm_up(engine: "LLMEngine", prompt_logprobs: bool = True) -> int:
 
 
 def _warm_encoder(engine: "LLMEngine") -> None:
+    """The encoder for 1 to the limit of items, on each data replica this process holds (on a mesh
+    every replica encodes its own requests' images, with a program of its own)."""
     config = engine.llm.model_config
     dummy = INPUT_REGISTRY.dummy_data_for_profiling(config, seq_len=1)
+    replicas = [None] if engine.replicas is None else [
+        r for r in range(engine.num_replicas) if engine.replicas.owns(r)]
     for key, items in dummy.multi_modal_data.items():
         items = items if isinstance(items, list) else [items]
         for count in range(1, len(items) + 1):
             mm = engine.llm.mm_registry.map_input(config, {key: items[:count]})
-            jax.block_until_ready(encode_multimodal(engine.llm.graphdef, engine.llm.state,
-                                                    {k: jnp.asarray(v) for k, v in mm.items()}))
+            for replica in replicas:
+                jax.block_until_ready(encode_multimodal(*engine.encoder_inputs(mm, replica)))
 
 
 def _warm_steps(engine: "LLMEngine", with_prompt_logprobs: bool) -> None:
     cfg, llm = engine.config, engine.llm
     rows = engine.num_replicas * cfg.max_num_seqs
     hidden = engine.text_config.hidden_size
-    mm_dtype = np.asarray(jax.device_get(jnp.zeros((), llm.dtype))).dtype
+    mm_dtype = engine._mm_dtype
     decode_sizes = {b for n in range(1, cfg.max_num_seqs + 1) for b in [min(x for x in cfg.token_buckets if x >= n)]}
     for tokens in cfg.token_buckets:
         variants = [(False, False), (False, True)] + ([(True, False)] if tokens in decode_sizes else [])

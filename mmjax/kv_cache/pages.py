@@ -54,11 +54,16 @@ class KVPages:
 
 def init_kv_pages(
     num_layers: int, num_kv_heads: int, num_pages: int, page_size: int, head_dim: int,
-    dtype: jnp.dtype = jnp.bfloat16,
+    dtype: jnp.dtype = jnp.bfloat16, sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[KVPages, ...]:
-    """Zeroed pages for every layer: a tuple of `KVPages` (a PyTree to donate to a step)."""
+    """Zeroed pages for every layer: a tuple of `KVPages` (a PyTree to donate to a step).
+
+    ``sharding``: create each array already placed so (each device allocates only its
+    shard; a pod's cache would not fit on one device first).
+    """
     shape = (num_kv_heads, num_pages, page_size, head_dim)
-    return tuple(KVPages(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(num_layers))
+    return tuple(KVPages(jnp.zeros(shape, dtype, device=sharding), jnp.zeros(shape, dtype, device=sharding))
+                 for _ in range(num_layers))
 
 
 def kv_pages_bytes(num_kv_heads: int, page_size: int, head_dim: int, dtype: jnp.dtype) -> int:

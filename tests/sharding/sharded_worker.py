@@ -103,6 +103,7 @@ def compare_generate(path: str, meshes, prompts=PROMPTS, details: bool = True, e
         }
     if not details:
         return out
+    out["warm"] = warm_then_generate(path, meshes[-1], prompts, params)
     # The Pallas kernel (interpret mode here) inside shard_map: each device runs it on its own heads.
     llm = mmjax.load(path, mesh=meshes[-1])
     import time
@@ -112,6 +113,23 @@ def compare_generate(path: str, meshes, prompts=PROMPTS, details: bool = True, e
     out["pallas"] = [list(o.token_ids) for o in mmjax.generate(llm, prompts[1:], params, engine_config=pallas)]
     out["t_pallas"] = time.perf_counter() - t
     return out
+
+
+def warm_then_generate(path: str, shape, prompts, params) -> dict:
+    """Compilations of a mixed workload after ``warmup()`` on a mesh, and where images are encoded."""
+    from mmjax.engine.step import encode_multimodal
+    from mmjax.engine.warmup import count_compilations
+
+    llm = mmjax.load(path, mesh=shape)
+    engine = llm.engine(ENGINE)
+    engine.warmup()
+    with count_compilations() as compiled:
+        tokens = [list(o.token_ids) for o in mmjax.generate(llm, prompts, params, engine_config=ENGINE)]
+    mm = llm.mm_registry.map_input(llm.model_config, {"image": _image(5, (30, 30))})
+    embeds = encode_multimodal(*engine.encoder_inputs(mm, 1))
+    replica_devices = {d.id for d in llm.mesh.devices[1]}
+    return {"compilations": compiled[0], "tokens": tokens,
+            "encoded_on": sorted(d.id for d in embeds.sharding.device_set), "replica_1": sorted(replica_devices)}
 
 
 def memory_figures(engine) -> dict:

@@ -105,6 +105,17 @@ def test_sharded_generate_equals_single_device_greedy_tokens(results, model, mes
     assert all(n > 0 for n in generated[mesh]["tokens_per_replica"])  # every replica served a request
 
 
+def test_nothing_compiles_after_warmup_on_a_mesh(results):
+    warm = results["generate"]["warm"]  # 2x4: steps over both replicas, each replica's image encoder
+    assert warm["compilations"] == 0
+    assert warm["tokens"] == results["generate"]["single"]
+
+
+def test_a_replica_encodes_images_on_its_own_devices_only(results):
+    warm = results["generate"]["warm"]
+    assert warm["encoded_on"] == warm["replica_1"] and len(warm["encoded_on"]) == 4
+
+
 def test_the_pallas_kernel_runs_per_device_inside_shard_map(results):
     generated = results["generate"]  # on 2x4, interpret mode: the TPU/GPU wiring of the engine
     assert generated["pallas"] == [tokens[:3] for tokens in generated["single"][1:]]
