@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh
 
 AXES = ("data", "model")
@@ -109,6 +110,9 @@ def make_mesh(
       ValueError: unknown axis names, a size < 1, more devices than exist, or a
         model axis that does not divide a dimension (named, with both sizes).
     """
+    if not (mesh is None or isinstance(mesh, (Mesh, Mapping))):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh with axes {AXES}, a dict of axis sizes such as "
+                        f"{{'data': 2, 'model': 4}}, \"auto\" or None; got {type(mesh).__name__} {mesh!r}")
     devices = list(jax.devices() if devices is None else devices)
     if isinstance(mesh, Mesh):
         if tuple(mesh.axis_names) != AXES:
@@ -130,7 +134,12 @@ def _shape_of(sizes: Mapping[str, int]) -> dict[str, int]:
     unknown = set(sizes) - set(AXES)
     if unknown:
         raise ValueError(f"unknown mesh axes {sorted(unknown)}; the axes are {AXES}")
-    shape = {axis: int(sizes.get(axis, 1)) for axis in AXES}
+    shape = {}
+    for axis in AXES:
+        size = sizes.get(axis, 1)
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise TypeError(f"mesh axis {axis!r} must have an int size, got {type(size).__name__} {size!r}")
+        shape[axis] = int(size)
     bad = {axis: size for axis, size in shape.items() if size < 1}
     if bad:
         raise ValueError(f"mesh axis sizes must be >= 1, got {bad}")

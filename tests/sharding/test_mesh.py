@@ -63,6 +63,12 @@ def test_make_mesh_errors():
         make_mesh({"model": 0})
     with pytest.raises(ValueError, match=r"axes must be \('data', 'model'\)"):
         make_mesh(Mesh(np.array(jax.devices()[:1]), ("x",)))
+    with pytest.raises(TypeError, match=r"mesh must be a jax.sharding.Mesh .* got list \[2, 4\]"):
+        make_mesh([2, 4])
+    with pytest.raises(TypeError, match=r"mesh must be .* got str 'big'"):
+        make_mesh("big")
+    with pytest.raises(TypeError, match=r"mesh axis 'model' must have an int size, got str '4'"):
+        make_mesh({"model": "4"})
 
 
 def test_kv_heads_that_do_not_divide_a_larger_model_axis_are_refused():
