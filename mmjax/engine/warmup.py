@@ -21,7 +21,7 @@ from mmjax.engine.batch import empty_step_batch
 from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.step import encode_multimodal, paged_step
-from mmjax.registry import INPUT_REGISTRY
+from mmjax.registry import INPUT_REGISTRY, InputContext
 
 if TYPE_CHECKING:
     from mmjax.engine.engine import LLMEngine
@@ -63,18 +63,28 @@ def warm_up(engine: "LLMEngine", prompt_logprobs: bool = True) -> int:
 
 
 def _warm_encoder(engine: "LLMEngine") -> None:
-    """The encoder for 1 to the limit of items, on each data replica this process holds (on a mesh
+    """The encoder for every input shape, on each data replica this process holds (on a mesh
     every replica encodes its own requests' images, with a program of its own)."""
-    config = engine.llm.model_config
-    dummy = INPUT_REGISTRY.dummy_data_for_profiling(config, seq_len=1)
     replicas = [None] if engine.replicas is None else [
         r for r in range(engine.num_replicas) if engine.replicas.owns(r)]
+    for mm in encoder_inputs(engine.llm):
+        for replica in replicas:
+            jax.block_until_ready(encode_multimodal(*engine.encoder_inputs(mm, replica)))
+
+
+def encoder_inputs(llm) -> list:
+    """Every encoder input shape a workload can bring: the model class's ``encoder_input_variants(ctx)``
+    when it has one, else the dummy data's items mapped in counts from 1 to the limit per prompt."""
+    config = llm.model_config
+    variants = getattr(type(llm.model), "encoder_input_variants", None)
+    if variants is not None:
+        return list(variants(InputContext(config)))
+    dummy = INPUT_REGISTRY.dummy_data_for_profiling(config, seq_len=1)
+    inputs = []
     for key, items in dummy.multi_modal_data.items():
         items = items if isinstance(items, list) else [items]
-        for count in range(1, len(items) + 1):
-            mm = engine.llm.mm_registry.map_input(config, {key: items[:count]})
-            for replica in replicas:
-                jax.block_until_ready(encode_multimodal(*engine.encoder_inputs(mm, replica)))
+        inputs += [llm.mm_registry.map_input(config, {key: items[:count]}) for count in range(1, len(items) + 1)]
+    return inputs
 
 
 def _warm_steps(engine: "LLMEngine", with_prompt_logprobs: bool) -> None:

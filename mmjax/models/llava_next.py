@@ -24,7 +24,8 @@ from mmjax.models.llama import LlamaForCausalLM
 from mmjax.models.llava import LlavaMultiModalProjector
 from mmjax.models.llava_config import LlavaConfig
 from mmjax.models.llava_next_hooks import (
-    dummy_data_for_llava_next, input_processor_for_llava_next, map_images_for_llava_next, max_image_tokens,
+    dummy_data_for_llava_next, encoder_input_variants, input_processor_for_llava_next, map_images_for_llava_next,
+    max_image_tokens,
 )  # fmt: skip
 from mmjax.processing.anyres import AnyresGeometry
 from mmjax.processing.anyres_layout import NEWLINE, TEXT, AnyresImages
@@ -90,6 +91,9 @@ def check_placeholder_count(input_ids: Int[Array, "B T"], placeholder_rows: Int[
 @INPUT_REGISTRY.register_input_processor(input_processor_for_llava_next)
 class LlavaNextForConditionalGeneration(nnx.Module, SupportsMultiModal):
     """LLaVA-NeXT: ``(input_ids, positions, packed tiles, placeholder map) -> logits``."""
+
+    #: ``(ctx) -> [mm kwargs]``: every encoder input shape, for ``LLMEngine.warmup`` (one per tile bucket).
+    encoder_input_variants = staticmethod(encoder_input_variants)
 
     def __init__(self, cfg: LlavaNextConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg

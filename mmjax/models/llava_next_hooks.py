@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmjax.models.llava_hooks import expand_placeholders
 from mmjax.processing.anyres import AnyresGeometry
-from mmjax.processing.anyres_layout import pack_images, tile_buckets
+from mmjax.processing.anyres_layout import TEXT, AnyresImages, pack_images, tile_buckets
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs, PlaceholderRange
 from mmjax.registry.image import as_item_list, check_image
 
@@ -107,3 +107,19 @@ def dummy_data_for_llava_next(ctx: InputContext, seq_len: int, mm_counts: Mappin
         multi_modal_data={"image": [Image.new("RGB", (width, height))] * num_images},
         multi_modal_placeholders={"image": [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]},
     )
+
+
+def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
+    """One (zero) input per tile bucket: every shape ``map_images_for_llava_next`` can return.
+
+    Images of different aspect ratios fill different tile buckets, so the
+    dummy data (the largest image, 1 to the limit of them) does not cover them;
+    ``warmup()`` compiles the encoder for each of these instead.
+    """
+    geometry = anyres_geometry(ctx)
+    rows_per_tile = geometry.base_tokens + geometry.patches_per_side
+    side = geometry.tile_size
+    return [MultiModalInputs(dataclasses.asdict(AnyresImages(
+        pixel_values=np.zeros((bucket, 3, side, side), np.float32), tile_valid=np.zeros(bucket, bool),
+        placeholder_rows=np.full(bucket * rows_per_tile, TEXT, np.int32))))
+        for bucket in tile_buckets(image_limit(ctx) * geometry.max_tiles)]
