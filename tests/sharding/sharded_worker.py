@@ -104,6 +104,7 @@ def compare_generate(path: str, meshes, prompts=PROMPTS, details: bool = True, e
     if not details:
         return out
     out["warm"] = warm_then_generate(path, meshes[-1], prompts, params)
+    out["logprobs"] = compare_logprobs(path, meshes[-1], prompts[:2])
     # The Pallas kernel (interpret mode here) inside shard_map: each device runs it on its own heads.
     llm = mmjax.load(path, mesh=meshes[-1])
     import time
@@ -130,6 +131,28 @@ def warm_then_generate(path: str, shape, prompts, params) -> dict:
     replica_devices = {d.id for d in llm.mesh.devices[1]}
     return {"compilations": compiled[0], "tokens": tokens,
             "encoded_on": sorted(d.id for d in embeds.sharding.device_set), "replica_1": sorted(replica_devices)}
+
+
+def compare_logprobs(path: str, shape, prompts) -> dict:
+    """Sampled-token and prompt logprobs on ``shape`` (two requests: one per replica of a 2x? mesh)
+    against one device: the largest difference of any logprob, and whether the token ids agree."""
+    params = mmjax.SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, logprobs=2, prompt_logprobs=1)
+
+    def flat(outputs) -> tuple[list, list]:
+        ids, values = [], []
+        for o in outputs:
+            for entries in [*o.prompt_logprobs[1:], *o.logprobs]:
+                for token, lp in sorted(entries.items()):
+                    ids.append(token)
+                    values.append(lp.logprob)
+        return ids, values
+
+    want_ids, want = flat(mmjax.generate(mmjax.load(path), prompts, params, engine_config=ENGINE))
+    llm = mmjax.load(path, mesh=shape)
+    got_ids, got = flat(mmjax.generate(llm, prompts, params, engine_config=ENGINE))
+    return {"same_ids": got_ids == want_ids, "count": len(want),
+            "max_diff": float(np.abs(np.array(got) - np.array(want)).max()) if got_ids == want_ids else None,
+            "tokens_per_replica": llm.engine().stats["tokens_per_replica"]}
 
 
 def memory_figures(engine) -> dict:

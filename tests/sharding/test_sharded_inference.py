@@ -111,6 +111,13 @@ def test_nothing_compiles_after_warmup_on_a_mesh(results):
     assert warm["tokens"] == results["generate"]["single"]
 
 
+def test_logprobs_and_prompt_logprobs_on_two_replicas_equal_one_device(results):
+    r = results["generate"]["logprobs"]  # 2x4: one request per replica, rows read from both
+    assert r["same_ids"] and r["count"] > 20
+    assert r["max_diff"] <= 1e-4
+    assert all(n > 0 for n in r["tokens_per_replica"])
+
+
 def test_a_replica_encodes_images_on_its_own_devices_only(results):
     warm = results["generate"]["warm"]
     assert warm["encoded_on"] == warm["replica_1"] and len(warm["encoded_on"]) == 4
