@@ -119,7 +119,8 @@ def main() -> None:
         "engine_config": {k: getattr(ENGINE, k) for k in ("page_size", "max_num_seqs", "num_pages")},
         "note": ("Timings are on simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) that "
                  "share the same few host cores, so they say little about a TPU/GPU mesh; the per-device memory "
-                 "figures are what matter. The vision tower, projector and norms are replicated by design."),
+                 "figures are what matter. Norms, embeddings and the projector are replicated; the vision tower "
+                 "(4 heads) is split on 2x4 and 4x2 and replicated on 1x8."),
         "meshes": {},
     }
     for shape in MESHES:
@@ -131,7 +132,7 @@ def main() -> None:
             "devices": 1 if shape is None else int(llm.mesh.devices.size),
             "weight_bytes_per_device": w_dev,
             "weight_bytes_total": w_total,
-            "weight_bytes_replicated": w_replicated,  # on every device (vision tower, projector, norms, ...)
+            "weight_bytes_replicated": w_replicated,  # on every device (norms, embeddings, projector, ...)
             "weight_fraction_per_device": round(w_dev / w_total, 4),
             "kv_cache_bytes_per_device": kv_dev,
             "kv_cache_bytes_total": kv_total,

@@ -51,7 +51,8 @@ def load_llava_next(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, 
     model_paths = {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
     shardings = None
     if mesh is not None:
-        shardings = llava_shardings(mesh, cfg.llava.text, model_paths, LLAVA_NEXT_PARTITION_RULES)[1]
+        shardings = llava_shardings(mesh, cfg.llava.text, model_paths, LLAVA_NEXT_PARTITION_RULES,
+                                    vision_config=cfg.llava.vision)[1]
     with CheckpointReader(path, LLAVA_NEXT_ALIASES) as reader:
         model = fill_state(abstract, llava_next_targets(cfg, model_paths), reader, dtype, ignore=LLAVA_IGNORED,
                            shardings=shardings)

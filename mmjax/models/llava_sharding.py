@@ -9,10 +9,12 @@ Tensor parallelism (Megatron style) over ``"model"``, on our layouts (an
 - vocabulary: the embedding ``[V, D]`` and the LM head ``[D, V]`` split over V;
 - a bias follows its layer's output axis (split for q/k/v/gate/up, replicated
   for o/down, which add it after the all-reduce);
-- norms, the vision tower, the projector and ``image_newline``: replicated.
-  CLIP-L/336 is 0.3 B parameters (0.6 GB in bf16), under 2 % of a 16 GB TPU
-  core's HBM; it runs once per image, and replicated it needs no collective,
-  so every data replica encodes its own requests' images independently.
+- the vision tower: the same Megatron split of its attention heads and MLP
+  when the model axis divides both (``vision_rules``), so the model devices of
+  a replica share an image's encoding; else replicated (CLIP-L's 16 heads on a
+  32-device model axis). Its embeddings and layer norms are replicated;
+- norms, the projector and ``image_newline``: replicated (the projector is
+  small, and splitting it would tie the text width to the model axis).
 
 KV heads: when there are fewer KV heads than devices on ``"model"``
 (``num_kv_heads % model != 0``, e.g. 8 KV heads on 16 devices, or GQA models
@@ -35,6 +37,17 @@ REPLICATED = P()
 
 _LM = r"^language_model/"
 _KV = _LM + r"layers/\d+/self_attn/[kv]_proj/"
+_VISION = r"^vision_tower/layers/\d+/"
+
+#: The vision tower's tensor-parallel split (the rest of the tower stays replicated).
+VISION_TENSOR_PARALLEL_RULES: tuple[tuple[str, P], ...] = (
+    (_VISION + r"self_attn/[qkv]_proj/kernel$", COLUMN),
+    (_VISION + r"self_attn/[qkv]_proj/bias$", SPLIT),
+    (_VISION + r"self_attn/out_proj/kernel$", ROW),
+    (_VISION + r"mlp/fc1/kernel$", COLUMN),
+    (_VISION + r"mlp/fc1/bias$", SPLIT),
+    (_VISION + r"mlp/fc2/kernel$", ROW),
+)
 
 #: ``(regex on the "/"-joined parameter path, spec)``; the first match wins, and
 #: every parameter must match one (``mmjax.sharding.partition_specs`` raises).
@@ -58,15 +71,25 @@ LLAVA_PARTITION_RULES: tuple[tuple[str, P], ...] = (
 LLAVA_NEXT_PARTITION_RULES = LLAVA_PARTITION_RULES + ((r"^image_newline$", REPLICATED),)
 
 
-def partition_rules_for(rules: tuple[tuple[str, P], ...], num_kv_heads: int, model_axis: int):
+def partition_rules_for(rules: tuple[tuple[str, P], ...], num_kv_heads: int, model_axis: int,
+                        vision_config=None):
     """``rules`` for a mesh whose model axis has ``model_axis`` devices: k/v replicated
-    when the KV heads cannot be split over it."""
-    if num_kv_heads % model_axis == 0:
-        return rules
-    return ((_KV, REPLICATED),) + rules
+    when the KV heads cannot be split over it; the vision tower split when
+    ``vision_config``'s heads and MLP width divide by it (``vision_tensor_parallel``)."""
+    if num_kv_heads % model_axis:
+        rules = ((_KV, REPLICATED),) + rules
+    if vision_config is not None and vision_tensor_parallel(vision_config, model_axis):
+        rules = VISION_TENSOR_PARALLEL_RULES + rules
+    return rules
 
 
-def llava_shardings(mesh, text_config, model_paths, rules=LLAVA_PARTITION_RULES):
+def vision_tensor_parallel(vision_config, model_axis: int) -> bool:
+    """Whether the vision tower is split over a model axis of ``model_axis`` devices."""
+    return (model_axis > 1 and vision_config.num_heads % model_axis == 0
+            and vision_config.intermediate_size % model_axis == 0)
+
+
+def llava_shardings(mesh, text_config, model_paths, rules=LLAVA_PARTITION_RULES, vision_config=None):
     """``(mesh, {parameter path: NamedSharding})`` for a LLaVA decoder config on ``mesh``.
 
     ``mesh`` is anything ``mmjax.sharding.make_mesh`` takes; the model axis is
@@ -76,5 +99,5 @@ def llava_shardings(mesh, text_config, model_paths, rules=LLAVA_PARTITION_RULES)
     from mmjax.sharding import ShardedDims, make_mesh, named_shardings, partition_specs
 
     mesh = make_mesh(mesh, dims=ShardedDims.of(text_config))
-    rules = partition_rules_for(rules, text_config.num_kv_heads, mesh.shape[MODEL])
+    rules = partition_rules_for(rules, text_config.num_kv_heads, mesh.shape[MODEL], vision_config)
     return mesh, named_shardings(mesh, partition_specs(model_paths, rules))

@@ -119,7 +119,7 @@ def load_llava(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, mesh=
     abstract = abstract_llava(cfg, dtype)
     model_paths = {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
     targets = llava_targets(cfg, model_paths)
-    shardings = None if mesh is None else llava_shardings(mesh, cfg.text, model_paths)[1]
+    shardings = None if mesh is None else llava_shardings(mesh, cfg.text, model_paths, vision_config=cfg.vision)[1]
     with CheckpointReader(path, LLAVA_ALIASES) as reader:
         model = fill_state(abstract, targets, reader, dtype, ignore=LLAVA_IGNORED, shardings=shardings)
     return model, hf_config

@@ -38,14 +38,20 @@ def _shardings(llm) -> dict[str, str]:
 
 
 def _split_but_replicated(llm) -> list[str]:
-    """Parameters of the decoder's split layers (everything but norms) that are fully replicated."""
+    """Parameters of the decoder's split layers (everything but norms), and of the vision tower's
+    attention and MLP when the model axis divides its 4 heads and 44-wide MLP, that are fully replicated."""
+    model = llm.mesh.shape[MODEL]
+    vision_split = 4 % model == 0 and 44 % model == 0
     bad = []
     for path, leaf in nnx.to_flat_state(llm.state):
         name = "/".join(map(str, path))
-        expected_split = (name.startswith("language_model/") and "norm" not in name
-                          and not name.endswith("o_proj/bias") and not name.endswith("down_proj/bias")
-                          and not (llm.hf_config.text_config.num_key_value_heads % llm.mesh.shape[MODEL]
-                                   and "_proj" in name and ("k_proj" in name or "v_proj" in name)))
+        decoder = (name.startswith("language_model/") and "norm" not in name
+                   and not name.endswith("o_proj/bias") and not name.endswith("down_proj/bias")
+                   and not (llm.hf_config.text_config.num_key_value_heads % model
+                            and "_proj" in name and ("k_proj" in name or "v_proj" in name)))
+        vision = (vision_split and name.startswith("vision_tower/layers/") and "layer_norm" not in name
+                  and not name.endswith("out_proj/bias") and not name.endswith("fc2/bias"))
+        expected_split = decoder or vision
         if expected_split and leaf.get_value().sharding.is_fully_replicated:
             bad.append(name)
     return bad

@@ -82,6 +82,30 @@ def test_kv_projections_are_replicated_when_the_kv_heads_cannot_be_split():
     assert spec_for(q, partition_rules_for(LLAVA_PARTITION_RULES, num_kv_heads=2, model_axis=4)) == COLUMN
 
 
+def test_the_vision_tower_is_split_when_the_model_axis_divides_its_heads_and_mlp(llava_paths):
+    from mmjax.models.clip import CLIPVisionConfig
+
+    clip_l = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
+                              image_size=336, patch_size=14)
+    split = {"/".join(map(str, p)): s for p, s in partition_specs(
+        llava_paths, partition_rules_for(LLAVA_PARTITION_RULES, 8, 8, clip_l)).items()}
+    expected = {  # Megatron: q/k/v and fc1 by output (whole heads), out_proj and fc2 by input
+        "vision_tower/layers/0/self_attn/q_proj/kernel": COLUMN, "vision_tower/layers/0/self_attn/v_proj/bias": SPLIT,
+        "vision_tower/layers/0/self_attn/out_proj/kernel": ROW,
+        "vision_tower/layers/0/self_attn/out_proj/bias": REPLICATED,
+        "vision_tower/layers/0/mlp/fc1/kernel": COLUMN, "vision_tower/layers/0/mlp/fc1/bias": SPLIT,
+        "vision_tower/layers/0/mlp/fc2/kernel": ROW, "vision_tower/layers/0/mlp/fc2/bias": REPLICATED,
+        "vision_tower/layers/0/layer_norm1/scale": REPLICATED,
+        "vision_tower/embeddings/patch_embedding/kernel": REPLICATED,
+        "multi_modal_projector/linear_1/kernel": REPLICATED,
+    }
+    for name, spec in expected.items():
+        assert split[name] == spec, name
+    # 16 heads cannot be split over 32 devices: the whole tower is replicated.
+    wide = partition_specs(llava_paths, partition_rules_for(LLAVA_PARTITION_RULES, 32, 32, clip_l))
+    assert all(spec == REPLICATED for path, spec in wide.items() if path[0] == "vision_tower")
+
+
 def test_read_slice_reads_a_block_in_our_layout(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file

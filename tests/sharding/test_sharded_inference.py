@@ -60,7 +60,9 @@ EXPECTED = [
     ("language_model/layers/0/mlp/down_proj/kernel", "P('model', None)", "P('model', None)"),
     ("language_model/layers/0/input_layernorm/weight", "P()", "P()"),
     ("language_model/norm/weight", "P()", "P()"),
-    ("vision_tower/layers/0/self_attn/q_proj/kernel", "P()", "P()"),
+    ("vision_tower/layers/0/self_attn/q_proj/kernel", "P(None, 'model')", "P(None, 'model')"),  # 4 heads
+    ("vision_tower/layers/0/mlp/fc2/kernel", "P('model', None)", "P('model', None)"),
+    ("vision_tower/layers/0/layer_norm1/scale", "P()", "P()"),
     ("multi_modal_projector/linear_1/kernel", "P()", "P()"),
 ]
 
@@ -71,11 +73,13 @@ def test_where_each_weight_lives(results, name, on_2x4, on_4x2):
     assert results["llava"]["4x2"]["shardings"][name] == on_4x2
 
 
-def test_every_vision_and_projector_weight_is_replicated(results):
+def test_the_vision_tower_is_replicated_when_its_heads_do_not_divide_and_the_projector_always(results):
     for model in ("llava", "llava_next"):
-        shardings = results[model]["2x4"]["shardings"]
-        others = {n: s for n, s in shardings.items() if not n.startswith("language_model/")}
+        wide = results[model]["1x8"]["shardings"]  # 4 vision heads over 8 devices: replicated
+        others = {n: s for n, s in wide.items() if not n.startswith("language_model/")}
         assert others and all(s == "P()" for s in others.values()), others
+        split = results[model]["2x4"]["shardings"]
+        assert all(s == "P()" for n, s in split.items() if n.startswith("multi_modal_projector/"))
 
 
 def test_a_model_axis_that_does_not_divide_the_heads_is_refused_by_name(results):
