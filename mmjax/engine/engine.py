@@ -8,20 +8,18 @@ sampler. ``warmup()`` compiles all of them ahead of time.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mmjax.engine.batch import StepBatch, build_step_batch, empty_step_batch
+from mmjax.engine.batch import StepBatch, build_step_batch
 from mmjax.engine.config import EngineConfig
 from mmjax.engine.detokenizer import IncrementalDetokenizer
-from mmjax.engine.memory import MemoryPlan, per_device_bytes, plan_kv_cache
+from mmjax.engine.memory import plan_engine_memory
 from mmjax.engine.request import Request, placeholder_rows
 from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
@@ -29,9 +27,9 @@ from mmjax.engine.scheduler import ScheduledChunk, Scheduler
 from mmjax.engine.step import check_paged_support, encode_multimodal, paged_step
 from mmjax.engine.logprobs import record_prompt_logprobs, record_sample
 from mmjax.kv_cache import KVPages, PageAllocator, init_kv_pages
-from mmjax.registry import INPUT_REGISTRY, PromptInputs
-from mmjax.sharding.mesh import DATA, MODEL
-from mmjax.sharding.multihost import agreed_min, agreed_seed, fetch
+from mmjax.registry import PromptInputs
+from mmjax.sharding.mesh import DATA
+from mmjax.sharding.multihost import agreed_seed, fetch
 from mmjax.sharding.replicas import ReplicaViews
 
 
@@ -51,8 +49,8 @@ class LLMEngine:
         self.kv_sharding = self._kv_sharding()
         self.replicas = None if self.mesh is None else ReplicaViews(self.mesh, llm.state)
         self._mm_dtype = np.dtype(llm.dtype)
-        self.memory = self._plan_memory()
-        self.kv_pages = self._init_pages(self.memory.num_pages)
+        self.memory = plan_engine_memory(self)
+        self.kv_pages = self.init_pages(self.memory.num_pages)
         self.allocators = [PageAllocator(self.memory.num_pages, self.config.page_size)
                            for _ in range(self.num_replicas)]
         self.scheduler = Scheduler(self.allocators, max_num_seqs=self.config.max_num_seqs,
@@ -93,43 +91,7 @@ class LLMEngine:
         return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, PartitionSpec(DATA)),
                                             lambda index: x[index])
 
-    def _plan_memory(self) -> MemoryPlan:
-        """Pages per replica, from one device's memory (every device holds the same share)."""
-        text = self.text_config
-        kv_heads_per_device = text.num_kv_heads
-        if self.mesh is not None and text.num_kv_heads % self.mesh.shape[MODEL] == 0:
-            kv_heads_per_device //= self.mesh.shape[MODEL]
-        plan = plan_kv_cache(
-            num_layers=text.num_layers, num_kv_heads=kv_heads_per_device, head_dim=text.head_dim,
-            dtype=self.llm.dtype, page_size=self.config.page_size, weights_bytes=per_device_bytes(self.llm.state),
-            activation_bytes=self._worst_case_activation_bytes(), min_pages=self.pages_per_seq + 1,
-            max_useful_pages=self.config.max_num_seqs * self.pages_per_seq + 1,
-            num_pages=self.config.num_pages, kv_cache_bytes=self.config.kv_cache_bytes,
-            memory_utilization=self.config.memory_utilization, num_replicas=self.num_replicas,
-        )
-        num_pages = agreed_min(plan.num_pages)  # every host must size its cache alike
-        if num_pages == plan.num_pages:
-            return plan
-        return dataclasses.replace(plan, num_pages=num_pages, kv_cache_bytes=num_pages * plan.page_bytes,
-                                   source=plan.source + ", the least of all hosts")
-
-    def _worst_case_activation_bytes(self) -> int:
-        """Temporary memory of the largest step and of encoding the dummy data's images (not run)."""
-        dummy = INPUT_REGISTRY.dummy_data_for_profiling(self.llm.model_config, self.config.max_num_batched_tokens)
-        total = 0
-        if dummy.multi_modal_data:
-            mm = self.llm.mm_registry.map_input(self.llm.model_config, dummy.multi_modal_data)
-            replica = None if self.replicas is None else self.replicas.first_owned()
-            compiled = encode_multimodal.lower(*self.encoder_inputs(mm, replica)).compile()
-            total += compiled.memory_analysis().temp_size_in_bytes
-        t = self.config.max_num_batched_tokens
-        pages = self._init_pages(2)
-        batch = abstract_batch(self, t)
-        compiled = paged_step.lower(self.llm.graphdef, self.llm.state, pages, *batch, impl=self.config.impl,
-                                    kv_sharding=self.kv_sharding).compile()
-        return total + compiled.memory_analysis().temp_size_in_bytes
-
-    def _init_pages(self, pages_per_replica: int) -> tuple[KVPages, ...]:
+    def init_pages(self, pages_per_replica: int) -> tuple[KVPages, ...]:
         """The cache: ``pages_per_replica`` pages for each replica, replica ``r``'s at ``r * pages_per_replica``."""
         text = self.text_config
         return init_kv_pages(text.num_layers, text.num_kv_heads, self.num_replicas * pages_per_replica,
@@ -293,24 +255,3 @@ def _pad(values: Iterable[int], size: int) -> np.ndarray:
 
 def _device(tree: Any) -> dict:
     return {k: jax.device_put(v) for k, v in tree.items()}
-
-
-def abstract_batch(engine: LLMEngine, num_tokens: int, decode: bool = False) -> tuple:
-    """``ShapeDtypeStruct``s of a step of ``num_tokens`` tokens per replica, with image embeddings,
-    placed as ``engine`` places a real step's inputs (for compile-only analysis)."""
-    cfg = engine.config
-    batch = empty_step_batch(engine.num_replicas, num_tokens, decode=decode, max_num_seqs=cfg.max_num_seqs,
-                             pages_per_seq=engine.pages_per_seq, page_size=cfg.page_size)
-    sharding = None
-    if engine.mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        sharding = NamedSharding(engine.mesh, PartitionSpec(DATA))
-
-    def spec(shape, dtype) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-    rows = (engine.num_replicas, num_tokens)
-    return (spec(rows, jnp.int32), jax.tree.map(lambda x: spec(x.shape, x.dtype), batch.metadata),
-            spec(batch.logits_indices.shape, jnp.int32), spec((*rows, engine.text_config.hidden_size), engine.llm.dtype),
-            spec(rows, jnp.bool_))

@@ -14,11 +14,21 @@ temporary memory without running them, on any backend.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mmjax.engine.batch import empty_step_batch
+from mmjax.engine.step import encode_multimodal, paged_step
 from mmjax.kv_cache import kv_pages_bytes
+from mmjax.registry import INPUT_REGISTRY
+from mmjax.sharding.mesh import DATA, MODEL
+from mmjax.sharding.multihost import agreed_min
+
+if TYPE_CHECKING:
+    from mmjax.engine.engine import LLMEngine
 
 #: The KV budget on a host without memory statistics (CPU), unless the user sets one.
 DEFAULT_HOST_KV_BYTES = 1 << 30
@@ -113,3 +123,62 @@ def plan_kv_cache(
         raise ValueError(f"the KV cache would hold {num_pages} pages but one longest sequence needs "
                          f"{min_pages}: {plan.describe()}; lower max_model_len or give more memory")
     return plan
+
+
+def plan_engine_memory(engine: LLMEngine) -> MemoryPlan:
+    """``engine``'s pages per replica, from one device's memory (every device holds the same share)."""
+    text, config, mesh = engine.text_config, engine.config, engine.mesh
+    kv_heads_per_device = text.num_kv_heads
+    if mesh is not None and text.num_kv_heads % mesh.shape[MODEL] == 0:
+        kv_heads_per_device //= mesh.shape[MODEL]
+    plan = plan_kv_cache(
+        num_layers=text.num_layers, num_kv_heads=kv_heads_per_device, head_dim=text.head_dim,
+        dtype=engine.llm.dtype, page_size=config.page_size, weights_bytes=per_device_bytes(engine.llm.state),
+        activation_bytes=worst_case_activation_bytes(engine), min_pages=engine.pages_per_seq + 1,
+        max_useful_pages=config.max_num_seqs * engine.pages_per_seq + 1,
+        num_pages=config.num_pages, kv_cache_bytes=config.kv_cache_bytes,
+        memory_utilization=config.memory_utilization, num_replicas=engine.num_replicas,
+    )
+    num_pages = agreed_min(plan.num_pages)  # every host must size its cache alike
+    if num_pages == plan.num_pages:
+        return plan
+    return dataclasses.replace(plan, num_pages=num_pages, kv_cache_bytes=num_pages * plan.page_bytes,
+                               source=plan.source + ", the least of all hosts")
+
+
+def worst_case_activation_bytes(engine: LLMEngine) -> int:
+    """Temporary memory of the largest step and of encoding the dummy data's images (compiled, not run)."""
+    llm, config = engine.llm, engine.config
+    dummy = INPUT_REGISTRY.dummy_data_for_profiling(llm.model_config, config.max_num_batched_tokens)
+    total = 0
+    if dummy.multi_modal_data:
+        mm = llm.mm_registry.map_input(llm.model_config, dummy.multi_modal_data)
+        replica = None if engine.replicas is None else engine.replicas.first_owned()
+        compiled = encode_multimodal.lower(*engine.encoder_inputs(mm, replica)).compile()
+        total += compiled.memory_analysis().temp_size_in_bytes
+    pages = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=engine.kv_sharding),
+                         jax.eval_shape(lambda: engine.init_pages(2)))
+    compiled = paged_step.lower(llm.graphdef, llm.state, pages, *abstract_batch(engine, config.max_num_batched_tokens),
+                                impl=config.impl, kv_sharding=engine.kv_sharding).compile()
+    return total + compiled.memory_analysis().temp_size_in_bytes
+
+
+def abstract_batch(engine: LLMEngine, num_tokens: int, decode: bool = False) -> tuple:
+    """``ShapeDtypeStruct``s of a step of ``num_tokens`` tokens per replica, with image embeddings,
+    placed as ``engine`` places a real step's inputs (for compile-only analysis)."""
+    cfg = engine.config
+    batch = empty_step_batch(engine.num_replicas, num_tokens, decode=decode, max_num_seqs=cfg.max_num_seqs,
+                             pages_per_seq=engine.pages_per_seq, page_size=cfg.page_size)
+    sharding = None
+    if engine.mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        sharding = NamedSharding(engine.mesh, PartitionSpec(DATA))
+
+    def spec(shape, dtype) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    rows = (engine.num_replicas, num_tokens)
+    return (spec(rows, jnp.int32), jax.tree.map(lambda x: spec(x.shape, x.dtype), batch.metadata),
+            spec(batch.logits_indices.shape, jnp.int32),
+            spec((*rows, engine.text_config.hidden_size), engine.llm.dtype), spec(rows, jnp.bool_))

@@ -63,7 +63,8 @@ def main(checkpoint: str, port: str, process_id: str, out: str) -> None:
     wide = mmjax.load(checkpoint, mesh={"data": 1, "model": 8})
     wide_outputs = mmjax.generate(wide, prompts()[1::2], sampling_params()[1::2], engine_config=engine_config(),
                                   use_tqdm=False)
-    np.savez(out, drawn_seed=drawn.seed, tokens_1x8=np.array([o.outputs[0].token_ids for o in wide_outputs]), process_index=jax.process_index(), process_count=jax.process_count(),
+    np.savez(out, drawn_seed=drawn.seed, tokens_1x8=np.array([o.outputs[0].token_ids for o in wide_outputs]),
+             process_index=jax.process_index(), process_count=jax.process_count(),
              device_count=jax.device_count(), local_device_count=jax.local_device_count(), logits=logits,
              tokens=np.array([o.outputs[0].token_ids for o in outputs]),
              tokens_per_replica=np.array(engine.stats["tokens_per_replica"]),

@@ -185,7 +185,7 @@ def step_collectives(engine, decode: bool) -> dict:
     Also the per-device shape of the step's token input: split over "data", each
     device sees one replica's tokens.
     """
-    from mmjax.engine.engine import abstract_batch
+    from mmjax.engine.memory import abstract_batch
     from mmjax.engine.step import paged_step
 
     llm = engine.llm
