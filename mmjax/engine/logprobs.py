@@ -31,12 +31,13 @@ def record_prompt_logprobs(chunk: Any, offset: int, result: tuple[np.ndarray, ..
     Positions already recorded (a request recomputed after preemption) are skipped.
     """
     request = chunk.request
-    token_logprobs, top_ids, top_logprobs = result
+    token_logprobs, ranks, top_ids, top_logprobs = result
     n = request.params.prompt_logprobs
     prompt = request.prompt_token_ids
     for position in range(chunk.start, min(chunk.stop, request.num_prompt_tokens - 1)):
         if len(request.prompt_logprobs) != position + 1:
             continue
         row = offset + position - chunk.start
-        request.prompt_logprobs.append(logprobs_dict(int(prompt[position + 1]), float(token_logprobs[row]), None,
-                                                     top_ids[row, :n], top_logprobs[row, :n], _decoder(tokenizer)))
+        request.prompt_logprobs.append(logprobs_dict(int(prompt[position + 1]), float(token_logprobs[row]),
+                                                     int(ranks[row]), top_ids[row, :n], top_logprobs[row, :n],
+                                                     _decoder(tokenizer)))

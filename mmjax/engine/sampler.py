@@ -115,16 +115,11 @@ def sample(logits: Float[Array, "S V"], tensors: SamplingTensors, *, num_logprob
 @functools.partial(jax.jit, static_argnames=("num_logprobs",))
 def prompt_logprobs(
     logits: Float[Array, "T V"], next_tokens: Int[Array, "T"], *, num_logprobs: int = 0
-) -> tuple[Float[Array, "T"], Int[Array, "T num_logprobs"], Float[Array, "T num_logprobs"]]:
-    """Raw logprob of each next prompt token (``logits[t]`` predicts ``next_tokens[t]``), and the top ones."""
-    logprobs, _ = _token_logprobs(logits.astype(jnp.float32), next_tokens)
-    return (logprobs, *_top_logprobs(logits.astype(jnp.float32), num_logprobs))
-
-
-@jax.jit
-def token_ranks(logits: Float[Array, "T V"], tokens: Int[Array, "T"]) -> Int[Array, "T"]:
-    """1-based rank of each token under its row's logits (for prompt logprobs' ``Logprob.rank``)."""
-    return _token_logprobs(logits.astype(jnp.float32), tokens)[1]
+) -> tuple[Float[Array, "T"], Int[Array, "T"], Int[Array, "T num_logprobs"], Float[Array, "T num_logprobs"]]:
+    """Raw logprob and 1-based rank of each next prompt token (``logits[t]`` predicts
+    ``next_tokens[t]``), and the top ones: ``(logprobs, ranks, top_ids, top_logprobs)``."""
+    logits = logits.astype(jnp.float32)
+    return (*_token_logprobs(logits, next_tokens), *_top_logprobs(logits, num_logprobs))
 
 
 def _sample_random(logits: Float[Array, "S V"], tensors: SamplingTensors) -> Int[Array, "S"]:

@@ -41,6 +41,7 @@ def test_logprobs_and_prompt_logprobs_equal_transformers(llm):
         token = out.prompt_token_ids[position]
         entry = out.prompt_logprobs[position]
         assert abs(entry[token].logprob - reference[position - 1, token]) < 1e-4
+        assert entry[token].rank == 1 + int((reference[position - 1] > reference[position - 1, token]).sum())
         assert len(entry) <= 3  # the token plus the top 2
     for i, (token, entry) in enumerate(zip(out.token_ids, out.logprobs)):
         row = reference[prompt_len - 1 + i]

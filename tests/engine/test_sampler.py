@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample, token_ranks
+from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
 from mmjax.engine.sampling_params import SamplingParams
 
 V = 37  # vocabulary: prime, distinct from every batch size below
@@ -147,13 +147,12 @@ def test_build_pads_with_greedy_rows_and_wraps_seeds():
 def test_prompt_logprobs_and_ranks_match_torch():
     logits = random_logits(17, seed=7)
     next_tokens = np.random.default_rng(8).integers(0, V, 17).astype(np.int32)
-    token_lp, top_ids, top_lp = prompt_logprobs(logits, next_tokens, num_logprobs=5)
+    token_lp, ranks, top_ids, top_lp = prompt_logprobs(logits, next_tokens, num_logprobs=5)
     ref = torch.log_softmax(torch.from_numpy(logits), dim=-1)
     want = ref.gather(-1, torch.from_numpy(next_tokens).long()[:, None])[:, 0].numpy()
     np.testing.assert_allclose(token_lp, want, atol=1e-5)
     ref_top = ref.topk(5, dim=-1)
     np.testing.assert_array_equal(top_ids, ref_top.indices.numpy())
     np.testing.assert_allclose(top_lp, ref_top.values.numpy(), atol=1e-5)
-    ranks = np.asarray(token_ranks(logits, next_tokens))
     np.testing.assert_array_equal(ranks, 1 + (ref.numpy() > want[:, None]).sum(-1))
-    assert prompt_logprobs(logits, next_tokens, num_logprobs=0)[1].shape == (17, 0)
+    assert prompt_logprobs(logits, next_tokens, num_logprobs=0)[2].shape == (17, 0)
