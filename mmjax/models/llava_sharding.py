@@ -10,7 +10,7 @@ Tensor parallelism (Megatron style) over ``"model"``, on our layouts (an
 - a bias follows its layer's output axis (split for q/k/v/gate/up, replicated
   for o/down, which add it after the all-reduce);
 - the vision tower: the same Megatron split of its attention heads and MLP
-  when the model axis divides both (``vision_rules``), so the model devices of
+  when the model axis divides both (``VISION_TENSOR_PARALLEL_RULES``), so the model devices of
   a replica share an image's encoding; else replicated (CLIP-L's 16 heads on a
   32-device model axis). Its embeddings and layer norms are replicated;
 - norms, the projector and ``image_newline``: replicated (the projector is
