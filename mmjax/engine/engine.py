@@ -21,7 +21,7 @@ from mmjax.engine.config import EngineConfig
 from mmjax.engine.detokenizer import IncrementalDetokenizer
 from mmjax.engine.memory import plan_engine_memory
 from mmjax.engine.request import Request, placeholder_rows
-from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
+from mmjax.engine.sampler import SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.scheduler import ScheduledChunk, Scheduler
 from mmjax.engine.step import check_paged_support, encode_multimodal, paged_step
@@ -211,8 +211,13 @@ class LLMEngine:
             params[row], seeds[row], steps[row] = (chunk.request.params, chunk.request.seed,
                                                    len(chunk.request.output_token_ids))
         tensors = SamplingTensors.build(params, seeds=seeds, steps=steps, pad_to=num_rows)
+        seen = None  # the tokens each request has seen, only when some request has penalties
+        if any(c.request.params.has_penalties for c, _ in sampling):
+            seen = SeenTokens.build([c.request.output_token_ids for c, _ in sampling],
+                                    [c.request.prompt_token_ids for c, _ in sampling], [row for _, row in sampling],
+                                    self.text_config.vocab_size, pad_to=num_rows)
         num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else 0
-        out = fetch(sample(logits, tensors, num_logprobs=num_logprobs))
+        out = fetch(sample(logits, tensors, seen, num_logprobs=num_logprobs))
         for chunk, row in sampling:
             self._append(chunk.request, row, out)
         return [c.request for c, _ in sampling]

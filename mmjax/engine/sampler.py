@@ -1,4 +1,4 @@
-"""Per-row sampling on device: greedy, temperature, top-k, top-p and seeds as arrays.
+"""Per-row sampling on device: penalties, greedy, temperature, top-k, top-p, min-p and seeds as arrays.
 
 Every sampling parameter is a per-row array of ``SamplingTensors``, so a batch
 that mixes greedy and sampled requests, or changes any value, reuses the same
@@ -21,25 +21,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.engine.sampling_params import GREEDY_EPS, SamplingParams
-from mmjax.types import Array, Float, Int
+from mmjax.types import Array, Bool, Float, Int
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["temperature", "top_k", "top_p", "seeds", "steps"],
+    data_fields=["temperature", "top_k", "top_p", "min_p", "presence", "frequency", "repetition", "seeds", "steps"],
     meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
 class SamplingTensors:
     """Sampling parameters of the ``S`` rows of a step (``S`` = sequences in the step).
 
-    ``temperature`` 0 means greedy; ``top_k`` 0 and ``top_p`` 1 mean off.
-    ``steps`` counts the tokens the row's request has generated so far.
+    ``temperature`` 0 means greedy; ``top_k`` 0, ``top_p`` 1, ``min_p`` 0 and the
+    penalties 0, 0, 1 mean off. ``steps`` counts the tokens the row's request has
+    generated so far.
     """
 
     temperature: Float[Array, "S"]
     top_k: Int[Array, "S"]
     top_p: Float[Array, "S"]
+    min_p: Float[Array, "S"]
+    presence: Float[Array, "S"]
+    frequency: Float[Array, "S"]
+    repetition: Float[Array, "S"]
     seeds: Int[Array, "S"]  # uint32
     steps: Int[Array, "S"]
 
@@ -64,14 +69,39 @@ class SamplingTensors:
         temperature = np.zeros(pad_to, np.float32)
         top_k = np.zeros(pad_to, np.int32)
         top_p = np.ones(pad_to, np.float32)
+        min_p = np.zeros(pad_to, np.float32)
+        presence, frequency = np.zeros(pad_to, np.float32), np.zeros(pad_to, np.float32)
+        repetition = np.ones(pad_to, np.float32)
         for i, p in enumerate(params):
             if not p.is_greedy:  # greedy rows keep temperature 0 and no truncation
-                temperature[i], top_k[i], top_p[i] = p.temperature, max(p.top_k, 0), p.top_p
+                temperature[i], top_k[i], top_p[i], min_p[i] = p.temperature, max(p.top_k, 0), p.top_p, p.min_p
+            presence[i], frequency[i], repetition[i] = p.presence_penalty, p.frequency_penalty, p.repetition_penalty
         seed_arr = np.zeros(pad_to, np.uint32)
         seed_arr[:n] = [s % 2**32 for s in seeds]
         step_arr = np.zeros(pad_to, np.int32)
         step_arr[:n] = steps
-        return cls(temperature, top_k, top_p, seed_arr, step_arr)
+        return cls(temperature, top_k, top_p, min_p, presence, frequency, repetition, seed_arr, step_arr)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["output_counts", "prompt_mask"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class SeenTokens:
+    """What the penalties need of each row's request: how often each token was generated
+    (``output_counts``) and which tokens its prompt holds (``prompt_mask``)."""
+
+    output_counts: Int[Array, "S V"]
+    prompt_mask: Bool[Array, "S V"]
+
+    @classmethod
+    def build(cls, outputs: Sequence[Sequence[int]], prompts: Sequence[Sequence[int]], rows: Sequence[int],
+              vocab_size: int, pad_to: int) -> SeenTokens:
+        """Host (numpy) arrays of ``pad_to`` rows: request ``i``'s tokens at row ``rows[i]``, zeros elsewhere."""
+        counts = np.zeros((pad_to, vocab_size), np.int32)
+        mask = np.zeros((pad_to, vocab_size), bool)
+        for row, output, prompt in zip(rows, outputs, prompts):
+            counts[row] = np.bincount(np.asarray(output, np.int64), minlength=vocab_size)[:vocab_size]
+            mask[row, np.asarray(prompt, np.int64)] = True
+        return cls(counts, mask)
 
 
 @functools.partial(
@@ -98,14 +128,18 @@ class SamplerOutput:
 
 
 @functools.partial(jax.jit, static_argnames=("num_logprobs",))
-def sample(logits: Float[Array, "S V"], tensors: SamplingTensors, *, num_logprobs: int = 0) -> SamplerOutput:
-    """Sample one token per row: argmax for greedy rows, else temperature, top-k, top-p, categorical."""
+def sample(
+    logits: Float[Array, "S V"], tensors: SamplingTensors, seen: SeenTokens | None = None, *, num_logprobs: int = 0
+) -> SamplerOutput:
+    """Sample one token per row: penalties (when ``seen`` is given), then argmax for greedy rows,
+    else temperature, top-k, top-p, min-p, categorical. Logprobs are of the raw logits."""
     logits = logits.astype(jnp.float32)
+    adjusted = logits if seen is None else apply_penalties(logits, tensors, seen)
     greedy = tensors.temperature < GREEDY_EPS
-    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    argmax = jnp.argmax(adjusted, axis=-1).astype(jnp.int32)
     # The sort over V is the costly part; an all-greedy step (the common case) skips it at run time.
     tokens = jax.lax.cond(
-        jnp.all(greedy), lambda: argmax, lambda: jnp.where(greedy, argmax, _sample_random(logits, tensors))
+        jnp.all(greedy), lambda: argmax, lambda: jnp.where(greedy, argmax, _sample_random(adjusted, tensors))
     )
     logprobs, ranks = _token_logprobs(logits, tokens)
     top_ids, top_logprobs = _top_logprobs(logits, num_logprobs)
@@ -122,8 +156,18 @@ def prompt_logprobs(
     return (*_token_logprobs(logits, next_tokens), *_top_logprobs(logits, num_logprobs))
 
 
+def apply_penalties(logits: Float[Array, "S V"], tensors: SamplingTensors, seen: SeenTokens) -> Float[Array, "S V"]:
+    """vLLM's penalties: repetition over prompt and output tokens, then frequency and presence over output ones."""
+    counts = seen.output_counts.astype(logits.dtype)
+    repetition = tensors.repetition[:, None]
+    penalised = jnp.where(logits > 0, logits / repetition, logits * repetition)
+    logits = jnp.where(seen.prompt_mask | (counts > 0), penalised, logits)
+    return logits - tensors.frequency[:, None] * counts - tensors.presence[:, None] * (counts > 0)
+
+
 def _sample_random(logits: Float[Array, "S V"], tensors: SamplingTensors) -> Int[Array, "S"]:
-    """Temperature, then top-k, then top-p on the top-k renormalised distribution (vLLM's order)."""
+    """Temperature, then top-k, then top-p on the top-k renormalised distribution, then min-p
+    (vLLM's order)."""
     vocab = logits.shape[-1]
     safe_temp = jnp.where(tensors.temperature < GREEDY_EPS, 1.0, tensors.temperature)
     scaled = logits / safe_temp[:, None]
@@ -138,6 +182,9 @@ def _sample_random(logits: Float[Array, "S V"], tensors: SamplingTensors) -> Int
     # set reaching top_p. Rank 0 has mass_before 0 < top_p, so the top token always stays.
     keep = (mass_before < tensors.top_p[:, None]) | (rank == 0)
     sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
+    # min-p on what is left: the top token (rank 0) has the largest probability.
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    sorted_logits = jnp.where(probs >= tensors.min_p[:, None] * probs[:, :1], sorted_logits, -jnp.inf)
     keys = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(tensors.seeds, tensors.steps)
     picked = jax.vmap(jax.random.categorical)(keys, sorted_logits)
     return jnp.take_along_axis(order, picked[:, None], axis=-1)[:, 0].astype(jnp.int32)

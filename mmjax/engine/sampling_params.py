@@ -30,6 +30,12 @@ class SamplingParams:
       temperature: 0 (or below ``GREEDY_EPS``) samples greedily.
       top_k: keep the k most likely tokens; -1 or 0 keeps all.
       top_p: keep the smallest set of tokens whose probability is >= top_p, in (0, 1].
+      min_p: drop tokens less likely than ``min_p`` times the most likely one, in [0, 1] (0 = off).
+      presence_penalty: subtracted from the logit of every token already generated, in [-2, 2].
+      frequency_penalty: subtracted once per time a token was generated, in [-2, 2].
+      repetition_penalty: divides positive (multiplies negative) logits of tokens in the
+        prompt or the output, > 0 (1 = off). Penalties apply before temperature, greedy
+        included, as in vLLM; returned logprobs stay those of the raw logits.
       seed: per-request seed; ``None`` lets the engine pick one.
       stop: strings that end generation; the text is cut before them.
       stop_token_ids: token ids that end generation (besides EOS).
@@ -45,6 +51,10 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = -1
     top_p: float = 1.0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     seed: int | None = None
     stop: str | Sequence[str] | None = None
     stop_token_ids: Sequence[int] | None = None
@@ -67,6 +77,16 @@ class SamplingParams:
         set_("top_p", _real("top_p", self.top_p))
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1] (1 disables top-p)")
+        set_("min_p", _real("min_p", self.min_p))
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p={self.min_p}: must be in [0, 1] (0 disables min-p)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            set_(name, _real(name, getattr(self, name)))
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name}={getattr(self, name)}: must be in [-2, 2] (0 disables it)")
+        set_("repetition_penalty", _real("repetition_penalty", self.repetition_penalty))
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty={self.repetition_penalty}: must be > 0 (1 disables it)")
         if self.seed is not None:
             set_("seed", _int("seed", self.seed))
         set_("stop", _stop_strings(self.stop))
@@ -86,6 +106,11 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         return self.temperature < GREEDY_EPS
+
+    @property
+    def has_penalties(self) -> bool:
+        """Whether sampling needs the counts of the tokens seen so far."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
 
     @property
     def max_stop_len(self) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 from jax import monitoring
 
 from mmjax.engine.batch import empty_step_batch
-from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
+from mmjax.engine.sampler import SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.step import encode_multimodal, paged_step
 from mmjax.registry import INPUT_REGISTRY, InputContext
@@ -120,5 +120,7 @@ def _warm_sampler(engine: "LLMEngine") -> None:
     vocab = engine.text_config.vocab_size
     tensors = SamplingTensors.build([SamplingParams()], seeds=[0], steps=[0], pad_to=rows)
     logits = jnp.zeros((rows, vocab), jnp.float32)
+    seen = SeenTokens.build([], [], [], vocab, pad_to=rows)  # the variant for requests with penalties
     for num_logprobs in (0, MAX_LOGPROBS):
-        jax.block_until_ready(sample(logits, tensors, num_logprobs=num_logprobs))
+        for penalties in (None, seen):
+            jax.block_until_ready(sample(logits, tensors, penalties, num_logprobs=num_logprobs))

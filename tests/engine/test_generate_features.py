@@ -53,6 +53,29 @@ def test_logprobs_and_prompt_logprobs_equal_transformers(llm):
                                                         for i, t in enumerate(out.token_ids))) < 1e-3
 
 
+def test_penalties_steer_greedy_decoding_as_the_formula_says(llm):
+    """Greedy with penalties = argmax of the dense model's logits, penalised by hand, step by step."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+    import torch
+
+    params = mmjax.SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, repetition_penalty=1.3,
+                                  frequency_penalty=0.7, presence_penalty=0.4)
+    [out] = mmjax.generate(llm, "USER: say something twice. ASSISTANT:", params, engine_config=CONFIG)
+    prompt = list(out.prompt_token_ids)
+    generated: list[int] = []
+    for _ in range(10):
+        _, logits = llm.logits({"prompt_token_ids": prompt + generated})
+        row = torch.from_numpy(logits[-1:].astype(np.float32))
+        row = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt + generated]), row)[0].numpy()
+        counts = np.bincount(generated, minlength=row.shape[0])
+        row = row - 0.7 * counts - 0.4 * (counts > 0)
+        generated.append(int(row.argmax()))
+    assert list(out.token_ids) == generated
+    plain = mmjax.generate(llm, "USER: say something twice. ASSISTANT:",
+                           mmjax.SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True), engine_config=CONFIG)
+    assert list(plain[0].token_ids) != generated  # without them the model repeats a prompt token (81) at step 7
+
+
 def test_seeded_sampling_is_independent_of_batch_composition(llm):
     sampled = mmjax.SamplingParams(temperature=1.3, top_k=50, top_p=0.9, seed=1234, max_tokens=8, ignore_eos=True)
     [alone] = mmjax.generate(llm, IMAGE_PROMPT, sampled, engine_config=CONFIG)
@@ -137,8 +160,8 @@ def test_no_compilation_after_warmup(llm):
     params = [mmjax.SamplingParams(temperature=0.0, max_tokens=7),
               mmjax.SamplingParams(temperature=0.9, top_p=0.8, seed=3, max_tokens=5, logprobs=2),
               mmjax.SamplingParams(temperature=0.5, top_k=5, max_tokens=9, prompt_logprobs=1),
-              mmjax.SamplingParams(temperature=0.0, max_tokens=4),
-              mmjax.SamplingParams(temperature=1.0, max_tokens=6)]
+              mmjax.SamplingParams(temperature=0.0, max_tokens=4, repetition_penalty=1.2, presence_penalty=0.5),
+              mmjax.SamplingParams(temperature=1.0, max_tokens=6, min_p=0.1)]
     with count_compilations() as compiled:
         outputs = mmjax.generate(llm, workload, params, engine_config=config, use_tqdm=False)
     assert all(o.finished for o in outputs)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmjax.engine.sampler import SamplingTensors, prompt_logprobs, sample
+from mmjax.engine.sampler import SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.sampling_params import SamplingParams
 
 V = 37  # vocabulary: prime, distinct from every batch size below
@@ -156,3 +156,47 @@ def test_prompt_logprobs_and_ranks_match_torch():
     np.testing.assert_allclose(top_lp, ref_top.values.numpy(), atol=1e-5)
     np.testing.assert_array_equal(ranks, 1 + (ref.numpy() > want[:, None]).sum(-1))
     assert prompt_logprobs(logits, next_tokens, num_logprobs=0)[2].shape == (17, 0)
+
+
+def test_penalties_follow_vllm_and_transformers_and_logprobs_stay_raw():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    logits = random_logits(4, seed=11)
+    outputs = [[3, 3, 5], [], [7, 8, 7, 7], [1]]
+    prompts = [[2, 3, 9], [4, 4], [10], []]
+    params = [SamplingParams.greedy(repetition_penalty=1.7), SamplingParams.greedy(repetition_penalty=0.6),
+              SamplingParams.greedy(frequency_penalty=1.5, presence_penalty=0.5),
+              SamplingParams.greedy(presence_penalty=-2.0)]
+    seen = SeenTokens.build(outputs, prompts, [0, 1, 2, 3], V, pad_to=4)
+    tensors = SamplingTensors.build(params, [0] * 4, [len(o) for o in outputs], pad_to=4)
+    out = sample(logits, tensors, seen)
+    want = logits.copy()
+    for i, p in enumerate(params):  # repetition: transformers' processor over prompt + output ids
+        ids = torch.tensor([prompts[i] + outputs[i]], dtype=torch.long)
+        if p.repetition_penalty != 1:
+            want[i] = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(ids, torch.from_numpy(want[i:i + 1]))[0]
+        counts = np.bincount(outputs[i], minlength=V)  # OpenAI's frequency and presence penalties
+        want[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+    np.testing.assert_array_equal(out.tokens, want.argmax(-1))
+    assert (np.asarray(out.tokens) != logits.argmax(-1)).any()  # the penalties changed some choice
+    rows = np.arange(4)
+    np.testing.assert_allclose(out.logprobs, log_softmax64(logits)[rows, np.asarray(out.tokens)], atol=1e-5)
+
+
+def test_a_batch_without_penalties_is_the_same_with_zero_seen_tokens():
+    logits = random_logits(5, seed=12)
+    params = [SamplingParams(temperature=0.8, top_p=0.9), GREEDY] * 2 + [SamplingParams(temperature=1.3)]
+    tensors = SamplingTensors.build(params, list(range(5)), [2] * 5, pad_to=5)
+    seen = SeenTokens.build([[1, 2]] * 5, [[3]] * 5, list(range(5)), V, pad_to=5)  # penalties all off
+    np.testing.assert_array_equal(sample(logits, tensors).tokens, sample(logits, tensors, seen).tokens)
+
+
+def test_min_p_keeps_only_tokens_near_the_most_likely():
+    logits = random_logits(1, seed=13, scale=1.5)
+    probs = np.exp(log_softmax64(logits[0] / 0.9))
+    allowed = set(np.nonzero(probs >= 0.2 * probs.max())[0].tolist())
+    params = [SamplingParams(temperature=0.9, min_p=0.2)] * 64
+    out = draw(np.repeat(logits, 64, axis=0), params, seeds=list(range(64)))
+    drawn = set(np.asarray(out.tokens).tolist())
+    assert drawn <= allowed and len(drawn) >= 2, (drawn, allowed)
+    assert len(allowed) < V // 2  # the filter did remove most tokens

@@ -16,6 +16,8 @@ def test_defaults_match_vllm():
     assert (p.stop, p.stop_token_ids, p.logprobs, p.prompt_logprobs) == ((), (), None, None)
     assert not p.ignore_eos and not p.include_stop_str_in_output and p.skip_special_tokens
     assert not p.is_greedy and p.max_stop_len == 0
+    assert (p.min_p, p.presence_penalty, p.frequency_penalty, p.repetition_penalty) == (0.0, 0.0, 0.0, 1.0)
+    assert not p.has_penalties and SamplingParams(repetition_penalty=1.2).has_penalties
 
 
 def test_frozen_keyword_only_hashable():
@@ -72,6 +74,11 @@ def test_normalisation():
         ({"logprobs": 21}, r"logprobs=21: must be in \[0, 20\]"),
         ({"logprobs": 1.0}, r"logprobs=1.0: must be an int"),
         ({"prompt_logprobs": 21}, r"prompt_logprobs=21: must be in \[0, 20\]"),
+        ({"min_p": 1.5}, r"min_p=1.5: must be in \[0, 1\]"),
+        ({"min_p": "0.1"}, r"min_p='0.1': must be a float"),
+        ({"presence_penalty": 2.5}, r"presence_penalty=2.5: must be in \[-2, 2\]"),
+        ({"frequency_penalty": -3}, r"frequency_penalty=-3.0: must be in \[-2, 2\]"),
+        ({"repetition_penalty": 0.0}, r"repetition_penalty=0.0: must be > 0"),
     ],
 )
 def test_invalid_fields_name_field_value_and_rule(kwargs, message):
