@@ -67,7 +67,7 @@ def weight_bytes(llm) -> tuple[int, int, int]:
 
 def kv_bytes(llm) -> tuple[int, int, str]:
     """(KV-cache bytes on device 0, total KV-cache bytes, the pages' PartitionSpec)."""
-    pages = llm.engine(ENGINE).kv_pages
+    pages = llm.engine(ENGINE).runner.kv_pages
     arrays = [a for page in pages for a in (page.k, page.v)]
     return shard0_bytes(arrays), int(sum(a.nbytes for a in arrays)), _spec(pages[0].k)
 

@@ -9,6 +9,10 @@ Every array has a leading replica axis ``R`` (the mesh's ``"data"`` axis; 1 on
 one device): replica ``r``'s row is its own ragged batch over its own pages,
 with page ids local to its slice of the cache. All replicas share one token
 bucket, the largest any of them needs.
+
+Placeholder embeddings never pass through here: they stay in the device
+runner's arena, and a step carries only each token's arena row
+(``embedding_slots``, -1 for a token that uses its own embedding).
 """
 
 from __future__ import annotations
@@ -31,17 +35,17 @@ class StepBatch:
       input_ids: i32 ``[R, T]``.
       metadata: the attention metadata, each field with a leading ``R`` (``max_q_len``
         is 1 for a pure decode step, else T).
-      logits_indices: i32 ``[R, S]`` (``[R, T]`` when prompt logprobs are wanted).
-      mm_embeds, mm_mask: ``[R, T, D]`` and bool ``[R, T]`` when a chunk holds placeholders, else None.
-      sample_rows: for each chunk, its row in the returned logits ``[R * S, V]`` (or ``[R * T, V]``).
+      logits_indices: i32 ``[R, B]`` (``[R, T]`` when prompt logprobs are wanted).
+      embedding_slots: i32 ``[R, T]``: the arena row of each placeholder token's embedding, -1 for
+        every other token; None for a model without multimodal embeddings.
+      sample_rows: for each chunk, its row in the returned logits ``[R * B, V]`` (or ``[R * T, V]``).
       chunk_offsets: for each chunk, the row of its first token in the flattened ``[R * T]`` tokens.
     """
 
     input_ids: np.ndarray
     metadata: AttentionMetadata
     logits_indices: np.ndarray
-    mm_embeds: np.ndarray | None
-    mm_mask: np.ndarray | None
+    embedding_slots: np.ndarray | None
     sample_rows: tuple[int, ...]
     chunk_offsets: tuple[int, ...]
 
@@ -59,15 +63,13 @@ def build_step_batch(
     max_num_seqs: int,
     pages_per_seq: int,
     all_logits: bool = False,
-    mm_width: int = 0,
-    mm_dtype: np.dtype = np.dtype(np.float32),
+    with_embeddings: bool = False,
 ) -> StepBatch:
-    """Pack the chunks' tokens, block tables and multimodal embeddings into one step.
+    """Pack the chunks' tokens, block tables and placeholder-embedding rows into one step.
 
     ``allocators[r]`` holds replica ``r``'s pages; ``chunk.replica`` says whose a chunk is.
-    ``mm_width``/``mm_dtype``: the embeddings' width and dtype. Whether the step carries
-    embeddings depends only on the chunks (the same on every host); a request whose
-    ``mm_embeds`` this host did not compute (another host's replica) gets zero rows.
+    ``with_embeddings``: the model has multimodal embeddings, so every step carries
+    ``embedding_slots`` (a request's ``mm_slots`` say where its embeddings are).
     """
     num_replicas = len(allocators)
     groups = [[c for c in chunks if c.replica == r] for r in range(num_replicas)]
@@ -97,9 +99,8 @@ def build_step_batch(
         r, j, offset = where[id(chunk)]
         chunk_offsets.append(r * num_tokens + offset)
         sample_rows.append(r * num_tokens + offset + chunk.num_tokens - 1 if all_logits else r * max_num_seqs + j)
-    mm_embeds, mm_mask = _multimodal_rows(chunks, chunk_offsets, num_replicas, num_tokens, mm_width, mm_dtype)
-    return StepBatch(input_ids, metadata, logits_indices, mm_embeds, mm_mask, tuple(sample_rows),
-                     tuple(chunk_offsets))
+    slots = _embedding_slots(chunks, chunk_offsets, num_replicas, num_tokens) if with_embeddings else None
+    return StepBatch(input_ids, metadata, logits_indices, slots, tuple(sample_rows), tuple(chunk_offsets))
 
 
 _ARRAY_FIELDS = ("block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions")
@@ -115,12 +116,11 @@ def _replica_metadata(
         seq_buckets=[max_num_seqs], page_buckets=[pages_per_seq])
 
 
-def _multimodal_rows(
-    chunks: Sequence[ScheduledChunk], offsets: Sequence[int], num_replicas: int, num_tokens: int, width: int,
-    dtype: np.dtype,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Token-aligned placeholder embeddings ``[R, T, D]`` for the chunks that hold placeholders."""
-    pieces = []
+def _embedding_slots(
+    chunks: Sequence[ScheduledChunk], offsets: Sequence[int], num_replicas: int, num_tokens: int,
+) -> np.ndarray:
+    """Each packed token's arena row ``[R, T]``: its embedding's for a placeholder, else -1."""
+    slots = np.full(num_replicas * num_tokens, -1, np.int32)
     for chunk, start in zip(chunks, offsets):
         request = chunk.request
         stop = min(chunk.stop, request.num_prompt_tokens)
@@ -129,22 +129,13 @@ def _multimodal_rows(
         rows = request.mm_rows[chunk.start:stop]
         where = np.nonzero(rows >= 0)[0]
         if where.size:
-            embeds = None if request.mm_embeds is None else request.mm_embeds[rows[where]]
-            pieces.append((start + where, embeds))
-    if not pieces:
-        return None, None
-    mm_embeds = np.zeros((num_replicas * num_tokens, width), dtype)
-    mm_mask = np.zeros(num_replicas * num_tokens, bool)
-    for positions, embeds in pieces:
-        if embeds is not None:
-            mm_embeds[positions] = embeds
-        mm_mask[positions] = True
-    return mm_embeds.reshape(num_replicas, num_tokens, width), mm_mask.reshape(num_replicas, num_tokens)
+            slots[start + where] = request.mm_slots[rows[where]]
+    return slots.reshape(num_replicas, num_tokens)
 
 
 def empty_step_batch(
     num_replicas: int, num_tokens: int, *, decode: bool, max_num_seqs: int, pages_per_seq: int, page_size: int,
-    all_logits: bool = False,
+    all_logits: bool = False, with_embeddings: bool = False,
 ) -> StepBatch:
     """A step that schedules no sequence (every slot padding, nothing written): for warm-up."""
     one = build_attention_metadata([], [], [], page_size=page_size, token_buckets=[num_tokens],
@@ -153,5 +144,6 @@ def empty_step_batch(
         **{f: np.stack([getattr(one, f)] * num_replicas) for f in _ARRAY_FIELDS},
         max_q_len=1 if decode else num_tokens)
     rows = num_tokens if all_logits else max_num_seqs
+    slots = np.full((num_replicas, num_tokens), -1, np.int32) if with_embeddings else None
     return StepBatch(np.zeros((num_replicas, num_tokens), np.int32), metadata,
-                     np.zeros((num_replicas, rows), np.int32), None, None, (), ())
+                     np.zeros((num_replicas, rows), np.int32), slots, (), ())

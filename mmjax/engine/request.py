@@ -38,8 +38,8 @@ class Request:
     Attributes:
       prompt_token_ids: i32 ``[L]``, placeholders expanded.
       mm_rows: i32 ``[L]``, see ``placeholder_rows``.
-      mm_embeds: the placeholder embeddings ``[M, D]`` once computed (kept across
-        preemption, so a recomputed prefill does not rerun the vision tower).
+      mm_slots: i32 ``[M]``, the rows of the device's embedding arena that hold the
+        request's placeholder embeddings, while its prefill runs (None before and after).
       seed: the sampling seed (the user's, or one drawn when the request arrived).
       num_computed_tokens: tokens whose K/V are in the cache.
       replica: the data-parallel replica whose pages hold its K/V (None while waiting).
@@ -54,7 +54,7 @@ class Request:
     mm_rows: np.ndarray
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
     num_computed_tokens: int = 0
-    mm_embeds: np.ndarray | None = None
+    mm_slots: np.ndarray | None = None
     status: RequestStatus = RequestStatus.WAITING
     logprobs: list[dict] | None = None
     cumulative_logprob: float = 0.0
@@ -87,7 +87,7 @@ class Request:
 
     @property
     def needs_mm_embeds(self) -> bool:
-        return self.mm_embeds is None and bool(self.processed.mm_kwargs)
+        return self.mm_slots is None and bool(self.processed.mm_kwargs)
 
     @property
     def finished(self) -> bool:

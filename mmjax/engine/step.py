@@ -1,11 +1,15 @@
-"""The jitted device functions of the engine: encode a request's images, run one paged step.
+"""The jitted device functions of the engine: encode a request's items into the arena, run one paged step.
 
 Tokens of all scheduled sequences are packed along one axis; ``AttentionMetadata``
-says which belong to whom and where their K/V go. Multimodal placeholders get
-their embeddings from ``mm_embeds`` (token-aligned, computed once per request by
-``encode_multimodal``), so a prefill chunk may end in the middle of an image.
-Only the rows named by ``logits_indices`` reach the LM head. The KV pages are
-donated, so XLA updates them in place.
+says which belong to whom and where their K/V go. Placeholder tokens take their
+embeddings from the embedding arena (computed once per request by
+``encode_into_arena``, kept on the device), gathered by the row each token
+names in ``embedding_slots``, so a prefill chunk may end in the middle of an
+image. Only the rows named by ``logits_indices`` reach the LM head. The KV
+pages are donated, so XLA updates them in place; each decoder layer takes its
+pages and returns the new ones.
+
+The model is called only through ``mmjax.models.interface.EngineModel``.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.attention import PagedAttend
 from mmjax.kv_cache.metadata import AttentionMetadata
-from mmjax.kv_cache.paged_attend import PagedAttend
 from mmjax.kv_cache.pages import KVPages
-from mmjax.types import Array, Bool, Float, Int
+from mmjax.models.llama import DecoderConfig
+from mmjax.types import Array, Float, Int
 
 
-def check_paged_support(model: nnx.Module) -> None:
+def check_paged_support(text_config: DecoderConfig) -> None:
     """Raise for a decoder feature the paged kernels do not implement."""
-    window = getattr(model.language_model.config, "sliding_window", None)
+    window = getattr(text_config, "sliding_window", None)
     if window is not None:
         raise NotImplementedError(
             f"the paged KV cache does not implement sliding-window attention (sliding_window={window}); "
@@ -39,6 +44,29 @@ def encode_multimodal(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mappi
     return nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "arena_sharding"), donate_argnames=("arena",))
+def encode_into_arena(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    arena: Float[Array, "1 E D"],
+    mm_kwargs: Mapping[str, Array],
+    rows: Int[Array, "M"],
+    *,
+    arena_sharding: jax.sharding.Sharding | None = None,
+) -> Float[Array, "1 E D"]:
+    """``arena`` with the request's embeddings written at ``rows`` (donated: updated in place).
+
+    ``rows[m]`` is the arena row of embedding ``m``; rows ``>= E`` (the padding
+    the encoder's bucketed output carries past the real placeholders) are dropped.
+    ``arena_sharding``: keep the result where the arena was (one replica's devices).
+    """
+    embeds = nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
+    arena = arena.at[0, rows].set(embeds.astype(arena.dtype), mode="drop")
+    if arena_sharding is not None:
+        arena = jax.lax.with_sharding_constraint(arena, arena_sharding)
+    return arena
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl", "kv_sharding"), donate_argnames=("kv_pages",))
 def paged_step(
     graphdef: nnx.GraphDef,
@@ -46,41 +74,40 @@ def paged_step(
     kv_pages: tuple[KVPages, ...],
     input_ids: Int[Array, "R T"],
     metadata: AttentionMetadata,
-    logits_indices: Int[Array, "R S"],
-    mm_embeds: Float[Array, "R T D"] | None = None,
-    mm_mask: Bool[Array, "R T"] | None = None,
+    logits_indices: Int[Array, "R B"],
+    embeddings: Float[Array, "R E D"] | None = None,
+    embedding_slots: Int[Array, "R T"] | None = None,
     *,
     impl: str = "auto",
     kv_sharding: jax.sharding.NamedSharding | None = None,
-) -> tuple[Float[Array, "RS V"], tuple[KVPages, ...]]:
+) -> tuple[Float[Array, "RB V"], tuple[KVPages, ...]]:
     """One engine step over ``R`` data replicas (``R`` = the mesh's "data" axis, 1 on one device).
 
     Args:
       kv_pages: one ``KVPages`` per decoder layer (donated); on a mesh, the page
         axis is split over "data" (replica ``r`` owns the ``r``-th slice) and the
-        KV heads over "model".
+        KV heads as ``mmjax.sharding.kv_head_layout`` says.
       input_ids: each replica's packed query tokens (padding: any id, slot -1).
       metadata: block tables, lengths, slots and positions of the packed tokens,
         each field with a leading ``R``; page ids are local to the replica's slice.
       logits_indices: rows of each replica's ``input_ids`` whose logits are returned.
-      mm_embeds, mm_mask: for tokens where ``mm_mask`` is set, the embedding to
-        use instead of the token's (an image placeholder); both or neither.
+      embeddings, embedding_slots: each replica's embedding arena, and for each
+        token the arena row of its embedding (-1: the token's own); both or neither.
       kv_sharding: on a mesh, where the pages live (``mmjax.sharding.kv_pages_sharding``):
         attention runs per device (``shard_map``) and the new pages are pinned
         there, so the donated buffers are reused and the next step sees the same sharding.
 
     Returns:
-      ``(logits f32[R * S, V], new kv_pages)``: replica ``r``'s rows are ``r * S:(r + 1) * S``.
+      ``(logits f32[R * B, V], new kv_pages)``: replica ``r``'s rows are ``r * B:(r + 1) * B``.
     """
     model = nnx.merge(graphdef, state)
-    mesh = getattr(kv_sharding, "mesh", None)
-    attend = PagedAttend(kv_pages, metadata, impl=impl, mesh=mesh)
-    embeds = model.language_model.embed(input_ids)
-    if mm_embeds is not None:
-        embeds = jnp.where(mm_mask[:, :, None], mm_embeds.astype(embeds.dtype), embeds)
-    hidden = model.language_model.hidden_states(embeds, metadata.positions, attend)
+    embeds = model.embed_text(input_ids)
+    if embeddings is not None:
+        gathered = jax.vmap(lambda arena, rows: arena[rows])(embeddings, jnp.maximum(embedding_slots, 0))
+        embeds = jnp.where((embedding_slots >= 0)[:, :, None], gathered.astype(embeds.dtype), embeds)
+    attend = PagedAttend(metadata, impl=impl, mesh=getattr(kv_sharding, "mesh", None))
+    hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages)
     rows = jnp.take_along_axis(hidden, logits_indices[:, :, None], axis=1)
-    pages = tuple(attend.pages)
     if kv_sharding is not None:
         pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
-    return model.language_model.logits(rows.reshape(-1, rows.shape[-1])), pages
+    return model.logits(rows.reshape(-1, rows.shape[-1])), pages

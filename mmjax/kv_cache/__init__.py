@@ -1,4 +1,4 @@
-"""Paged KV cache: device pages (`KVPages`), host page allocator, attention metadata."""
+"""Paged KV cache data structures: device pages (`KVPages`), host page allocator, attention metadata."""
 
 from mmjax.kv_cache.allocator import NULL_PAGE, OutOfPagesError, PageAllocator
 from mmjax.kv_cache.metadata import AttentionMetadata, as_device, bucket, build_attention_metadata

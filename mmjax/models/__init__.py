@@ -5,7 +5,7 @@ is the pure, jitted ``(graphdef, state, input_ids, positions, pixel_values)
 -> logits`` to call after ``graphdef, state = nnx.split(model)``.
 """
 
-from mmjax.models.attention import Attend, dense_causal_attention
+from mmjax.models.attend import Attend, dense_causal_attention
 from mmjax.models.clip import CLIPVisionConfig, CLIPVisionTower
 from mmjax.models.llama import DecoderConfig, LlamaForCausalLM
 from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration, forward, merge_image_features

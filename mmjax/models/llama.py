@@ -2,7 +2,9 @@
 
 RMSNorm, rotary embeddings, grouped-query attention and a SwiGLU MLP, as in
 transformers' ``LlamaModel``/``MistralModel``. The attention computation is a
-seam (``mmjax.models.attention.Attend``) so a paged KV cache can replace it.
+seam (``mmjax.models.attend.Attend``) so a paged KV cache can replace it: each
+layer takes its own cache and returns its new one, and ``hidden_states``
+returns every layer's new cache beside the hidden states.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.models.attention import Attend, dense_causal_attention
+from mmjax.models.attend import Attend, dense_attend
 from mmjax.models.layers import ACTIVATIONS, RMSNorm, check_activation
 from mmjax.types import Array, Float, Int
 
@@ -152,15 +156,15 @@ class LlamaAttention(nnx.Module):
         self.o_proj = lin(cfg.num_heads * h, d)
 
     def __call__(
-        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], attend: Attend
-    ) -> Float[Array, "B T D"]:
+        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], attend: Attend, cache: Any
+    ) -> tuple[Float[Array, "B T D"], Any]:
         heads = lambda t, n: t.reshape(*t.shape[:2], n, self.head_dim)  # noqa: E731
         inv_freq = rope_inv_freq(self.config)  # a trace-time constant, not a parameter
         q = apply_rope(heads(self.q_proj(x), self.num_heads), positions, inv_freq)
         k = apply_rope(heads(self.k_proj(x), self.num_kv_heads), positions, inv_freq)
         v = heads(self.v_proj(x), self.num_kv_heads)
-        out = attend(q, k, v, positions, self.layer)
-        return self.o_proj(out.reshape(*out.shape[:2], -1))
+        out, cache = attend(q, k, v, positions, cache)
+        return self.o_proj(out.reshape(*out.shape[:2], -1)), cache
 
 
 class LlamaMLP(nnx.Module):
@@ -187,10 +191,12 @@ class LlamaDecoderLayer(nnx.Module):
         self.mlp = LlamaMLP(cfg, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
-        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], attend: Attend
-    ) -> Float[Array, "B T D"]:
-        x = x + self.self_attn(self.input_layernorm(x), positions, attend)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], attend: Attend, cache: Any
+    ) -> tuple[Float[Array, "B T D"], Any]:
+        """The layer's output and its new cache (``attend``'s, for this layer)."""
+        attended, cache = self.self_attn(self.input_layernorm(x), positions, attend, cache)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -217,20 +223,34 @@ class LlamaForCausalLM(nnx.Module):
 
     def default_attend(self) -> Attend:
         """Dense causal attention over this step's tokens (prefill without a cache)."""
-        return functools.partial(dense_causal_attention, sliding_window=self.config.sliding_window)
+        return dense_attend(self.config.sliding_window)
 
     def hidden_states(
         self,
         inputs_embeds: Float[Array, "B T D"],
         positions: Int[Array, "B T"],
         attend: Attend | None = None,
-    ) -> Float[Array, "B T D"]:
-        """Run the decoder layers and the final norm."""
+        caches: Sequence[Any] | None = None,
+    ) -> tuple[Float[Array, "B T D"], tuple[Any, ...]]:
+        """Run the decoder layers and the final norm.
+
+        Args:
+          attend: the attention (default: dense causal, no cache).
+          caches: one cache per layer for ``attend`` (e.g. each layer's ``KVPages``);
+            None: no cache (``None`` for every layer).
+
+        Returns:
+          ``(hidden states, every layer's new cache)``.
+        """
         attend = self.default_attend() if attend is None else attend
-        x = inputs_embeds
-        for layer in self.layers:
-            x = layer(x, positions, attend)
-        return self.norm(x)
+        caches = (None,) * len(self.layers) if caches is None else tuple(caches)
+        if len(caches) != len(self.layers):
+            raise ValueError(f"got {len(caches)} layer caches for a decoder of {len(self.layers)} layers")
+        x, new_caches = inputs_embeds, []
+        for layer, cache in zip(self.layers, caches):
+            x, cache = layer(x, positions, attend, cache)
+            new_caches.append(cache)
+        return self.norm(x), tuple(new_caches)
 
     def logits(self, hidden: Float[Array, "... D"]) -> Float[Array, "... V"]:
         """The LM head (tied or not), in float32. Apply it only where logits are needed."""
@@ -244,5 +264,6 @@ class LlamaForCausalLM(nnx.Module):
         positions: Int[Array, "B T"],
         attend: Attend | None = None,
     ) -> Float[Array, "B T V"]:
-        """Run the decoder; return float32 logits for every position."""
-        return self.logits(self.hidden_states(inputs_embeds, positions, attend))
+        """Run the decoder (no cache kept); return float32 logits for every position."""
+        hidden, _ = self.hidden_states(inputs_embeds, positions, attend)
+        return self.logits(hidden)

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax.models.attention import Attend
+from mmjax.models.attend import Attend
 from mmjax.models.clip import CLIPVisionTower
 from mmjax.models.layers import ACTIVATIONS
 from mmjax.models.llama import LlamaForCausalLM
 from mmjax.models.llava_config import LlavaConfig
+from mmjax.models.interface import DecoderMethods, encoder_inputs_from_dummy_data
 from mmjax.models.llava_hooks import dummy_data_for_llava, image_token_count, input_processor_for_llava
 from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, SupportsMultiModal
 from mmjax.types import Array, Float, Int
@@ -73,8 +74,14 @@ def check_placeholder_count(input_ids: Int[Array, "B T"], num_features: int, ima
 @MULTIMODAL_REGISTRY.register_max_image_tokens(image_token_count)
 @INPUT_REGISTRY.register_dummy_data(dummy_data_for_llava)
 @INPUT_REGISTRY.register_input_processor(input_processor_for_llava)
-class LlavaForConditionalGeneration(nnx.Module, SupportsMultiModal):
-    """LLaVA-1.5: ``(input_ids, positions, pixel_values | image_embeds) -> logits``."""
+class LlavaForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiModal):
+    """LLaVA-1.5: ``(input_ids, positions, pixel_values | image_embeds) -> logits``.
+
+    Serves the engine through ``mmjax.models.interface.EngineModel``.
+    """
+
+    #: Every image has the tower's size: the dummy data's images, 1 to the limit of them, cover every shape.
+    encoder_input_variants = staticmethod(encoder_inputs_from_dummy_data)
 
     def __init__(self, cfg: LlavaConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.models.attention import Attend
+from mmjax.models.attend import Attend
 from mmjax.models.clip import CLIPVisionTower
 from mmjax.models.llama import LlamaForCausalLM
+from mmjax.models.interface import DecoderMethods
 from mmjax.models.llava import LlavaMultiModalProjector
 from mmjax.models.llava_config import LlavaConfig
 from mmjax.models.llava_next_hooks import (
@@ -89,11 +90,17 @@ def check_placeholder_count(input_ids: Int[Array, "B T"], placeholder_rows: Int[
 @MULTIMODAL_REGISTRY.register_max_image_tokens(max_image_tokens)
 @INPUT_REGISTRY.register_dummy_data(dummy_data_for_llava_next)
 @INPUT_REGISTRY.register_input_processor(input_processor_for_llava_next)
-class LlavaNextForConditionalGeneration(nnx.Module, SupportsMultiModal):
-    """LLaVA-NeXT: ``(input_ids, positions, packed tiles, placeholder map) -> logits``."""
+class LlavaNextForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiModal):
+    """LLaVA-NeXT: ``(input_ids, positions, packed tiles, placeholder map) -> logits``.
 
-    #: ``(ctx) -> [mm kwargs]``: every encoder input shape, for ``LLMEngine.warmup`` (one per tile bucket).
-    encoder_input_variants = staticmethod(encoder_input_variants)
+    Serves the engine through ``mmjax.models.interface.EngineModel``.
+    """
+
+    @staticmethod
+    def encoder_input_variants(ctx, mm_registry=None) -> list:
+        """Every encoder input shape, for ``LLMEngine.warmup``: one per tile bucket (``mm_registry`` unused:
+        the anyres mapper's shapes follow from the geometry)."""
+        return encoder_input_variants(ctx)
 
     def __init__(self, cfg: LlavaNextConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg

@@ -16,10 +16,10 @@ Tensor parallelism (Megatron style) over ``"model"``, on our layouts (an
 - norms, the projector and ``image_newline``: replicated (the projector is
   small, and splitting it would tie the text width to the model axis).
 
-KV heads: when there are fewer KV heads than devices on ``"model"``
-(``num_kv_heads % model != 0``, e.g. 8 KV heads on 16 devices, or GQA models
-with 1-2 KV heads), the k/v projections are replicated: every device computes
-all KV heads, and the partitioner slices the ones its query heads need.
+KV heads lie as ``mmjax.sharding.kv_head_layout`` says: when there are fewer
+KV heads than devices on ``"model"`` (e.g. 8 KV heads on 16 devices, or GQA
+models with 1-2 KV heads), the k/v projections are replicated: every device
+computes all KV heads, and the partitioner slices the ones its query heads need.
 ``mmjax.sharding.check_divisible`` has already refused a model axis that does
 not divide the heads, the MLP width or the vocabulary.
 """
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from jax.sharding import PartitionSpec as P
 
-from mmjax.sharding.mesh import MODEL
+from mmjax.sharding.axes import MODEL
+from mmjax.sharding.kv_heads import kv_head_layout
 
 COLUMN = P(None, MODEL)  # split the output axis of an [in, out] kernel
 ROW = P(MODEL, None)  # split the input axis
@@ -76,7 +77,7 @@ def partition_rules_for(rules: tuple[tuple[str, P], ...], num_kv_heads: int, mod
     """``rules`` for a mesh whose model axis has ``model_axis`` devices: k/v replicated
     when the KV heads cannot be split over it; the vision tower split when
     ``vision_config``'s heads and MLP width divide by it (``vision_tensor_parallel``)."""
-    if num_kv_heads % model_axis:
+    if not kv_head_layout(num_kv_heads, model_axis).split:
         rules = ((_KV, REPLICATED),) + rules
     if vision_config is not None and vision_tensor_parallel(vision_config, model_axis):
         rules = VISION_TENSOR_PARALLEL_RULES + rules

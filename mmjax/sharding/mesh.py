@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-AXES = ("data", "model")
-DATA, MODEL = AXES
+from mmjax.sharding.axes import AXES, DATA, MODEL
+from mmjax.sharding.kv_heads import KVHeadLayout, kv_head_layout
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,15 +69,7 @@ def check_divisible(model_axis: int, dims: ShardedDims) -> None:
         if size % model_axis:
             raise ValueError(f"the mesh's 'model' axis ({model_axis} devices) does not divide the {name}: "
                              f"{size} % {model_axis} = {size % model_axis}")
-    k = dims.num_kv_heads
-    if k >= model_axis and k % model_axis:
-        raise ValueError(f"the mesh's 'model' axis ({model_axis} devices) does not divide the KV heads "
-                         f"(num_kv_heads): {k} % {model_axis} = {k % model_axis} (fewer KV heads than the "
-                         f"model axis would be replicated; more must be a multiple of it)")
-    if k < model_axis and model_axis % k:
-        raise ValueError(f"the KV heads (num_kv_heads = {k}) do not divide the mesh's 'model' axis "
-                         f"({model_axis} devices): {model_axis} % {k} = {model_axis % k}; with fewer KV heads "
-                         f"than devices each KV head is replicated on model/num_kv_heads devices")
+    kv_head_layout(dims.num_kv_heads, model_axis)
 
 
 def default_mesh_shape(num_devices: int, dims: ShardedDims | None = None) -> dict[str, int]:
@@ -85,7 +77,7 @@ def default_mesh_shape(num_devices: int, dims: ShardedDims | None = None) -> dic
     if dims is None:
         return {DATA: 1, MODEL: num_devices}
     model = max(m for m in range(1, num_devices + 1)
-                if num_devices % m == 0 and dims.num_kv_heads % m == 0
+                if num_devices % m == 0 and KVHeadLayout(dims.num_kv_heads, m).split
                 and all(size % m == 0 for size in dims.split().values()))
     return {DATA: num_devices // model, MODEL: model}
 
@@ -150,11 +142,10 @@ def kv_pages_sharding(mesh: Mesh, num_kv_heads: int) -> jax.sharding.NamedShardi
     """Where each layer's ``KVPages`` k/v ``[K, A, G, H]`` live.
 
     The page axis ``A`` is split over ``"data"``: each replica owns ``A / data``
-    pages (its allocator hands out ids local to them). The KV heads are split
-    over ``"model"`` like the k/v projections that fill them, or replicated when
-    there are fewer KV heads than model devices, as those projections are.
+    pages (its allocator hands out ids local to them). The KV heads lie as
+    ``kv_head_layout`` says: split over ``"model"`` like the k/v projections
+    that fill them, or replicated when there are fewer KV heads than model devices.
     """
-    from jax.sharding import NamedSharding, PartitionSpec
+    from jax.sharding import NamedSharding
 
-    split = num_kv_heads % mesh.shape[MODEL] == 0
-    return NamedSharding(mesh, PartitionSpec(MODEL if split else None, DATA))
+    return NamedSharding(mesh, kv_head_layout(num_kv_heads, mesh.shape[MODEL]).kv_pages_spec)

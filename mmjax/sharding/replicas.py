@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
-from mmjax.sharding.mesh import DATA
+from mmjax.sharding.axes import DATA
 
 
 class ReplicaViews:
@@ -36,19 +36,11 @@ class ReplicaViews:
         me = jax.process_index()
         return any(d.process_index == me for d in self.meshes[replica].devices.flat)
 
-    def first_owned(self) -> int:
-        return next(r for r in range(len(self.meshes)) if self.owns(r))
-
     def state(self, replica: int) -> Any:
         """The model state as arrays on ``replica``'s devices only (built once, sharing buffers)."""
         if replica not in self._states:
             self._states[replica] = jax.tree.map(lambda x: self._view(x, self.meshes[replica]), self._state)
         return self._states[replica]
-
-    def put(self, tree: Any, replica: int) -> Any:
-        """Host arrays onto ``replica``'s devices, replicated over them."""
-        sharding = NamedSharding(self.meshes[replica], PartitionSpec())
-        return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
     @staticmethod
     def _view(x: jax.Array, sub_mesh: Mesh) -> jax.Array:

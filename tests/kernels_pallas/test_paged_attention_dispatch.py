@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.kernels_pallas import paged_attention, resolve_impl, write_and_attend
+from mmjax.attention import paged_attention, resolve_impl, write_and_attend
 from mmjax.kv_cache import KVPages, PageAllocator, build_attention_metadata, init_kv_pages
 from paged_cases import dense_attention, make_case
 

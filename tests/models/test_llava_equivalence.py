@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from mmjax.models.attention import dense_causal_attention
+from mmjax.models.attend import dense_causal_attention
 from mmjax.models.llava import forward
 from mmjax.models.llava_weights import load_llava
 from tiny_llava import (
@@ -114,9 +114,9 @@ def test_attention_seam_serves_every_layer():
     input_ids = np.random.default_rng(7).integers(4, 300, (1, 6)).astype(np.int32)
     seen = []
 
-    def recording_attend(q, k, v, positions, layer):
-        seen.append((layer, q.shape, k.shape))
-        return dense_causal_attention(q, k, v, positions, layer)
+    def recording_attend(q, k, v, positions, cache):  # layers call it in order, each with its own cache
+        seen.append((len(seen), q.shape, k.shape))
+        return dense_causal_attention(q, k, v, positions), cache
 
     got = model(jnp.asarray(input_ids), jnp.asarray(positions_for(input_ids)), attend=recording_attend)
     cfg = model.config.text

@@ -18,6 +18,7 @@ from mmjax.kv_cache import KVPages, PageAllocator, build_attention_metadata
 from tiny_llava import loaded, our_logits, relative_error
 
 PAGE_SIZE, NUM_PAGES = 4, 48
+ARENA_OFFSET = 7
 
 
 def nan_pages(text_cfg) -> tuple[KVPages, ...]:
@@ -46,7 +47,7 @@ def schedule(len_a_prompt: int):
                                         ("gqa_default", "pallas")])
 def test_paged_steps_equal_dense_forward(name, impl):
     model, hf_config = loaded(name)
-    check_paged_support(model)
+    check_paged_support(model.text_config)
     per_image = model.config.image_tokens_per_image
     a, b, pixels = sequences(hf_config.image_token_id, per_image)
     dense_a = our_logits(model, a[None], pixels)[0]
@@ -56,6 +57,9 @@ def test_paged_steps_equal_dense_forward(name, impl):
     features = np.asarray(encode_multimodal(graphdef, state, {"pixel_values": jnp.asarray(pixels)}))
     is_image = a == hf_config.image_token_id
     feature_row = np.where(is_image, np.cumsum(is_image) - 1, -1)
+    # The embedding arena holds A's image embeddings from row ARENA_OFFSET on (other rows: NaN, never read).
+    arena = np.full((1, ARENA_OFFSET + len(features) + 5, features.shape[1]), np.nan, np.float32)
+    arena[0, ARENA_OFFSET:ARENA_OFFSET + len(features)] = features
     pages = nan_pages(model.config.text)
     allocator = PageAllocator(NUM_PAGES, PAGE_SIZE)
     for step, ((a0, a1), (b0, b1)) in enumerate(schedule(len(a) - 3)):
@@ -71,12 +75,11 @@ def test_paged_steps_equal_dense_forward(name, impl):
         ids[: a1 - a0], ids[a1 - a0 : a1 - a0 + b1 - b0] = a[a0:a1], b[b0:b1]
         last = np.array([a1 - a0 - 1, a1 - a0 + b1 - b0 - 1], np.int32)
         # A's image embeddings, computed once, fill its placeholder tokens wherever the chunk cuts.
-        mm_embeds = np.zeros((metadata.num_tokens, features.shape[1]), np.float32)
-        mm_mask = np.zeros(metadata.num_tokens, bool)
+        slots = np.full(metadata.num_tokens, -1, np.int32)
         rows = feature_row[a0:a1]
-        mm_mask[: a1 - a0], mm_embeds[: a1 - a0][rows >= 0] = rows >= 0, features[rows[rows >= 0]]
-        one_replica = jax.tree.map(lambda x: x[None], (ids, metadata, last, mm_embeds, mm_mask))  # R = 1
-        logits, pages = paged_step(graphdef, state, pages, *one_replica, impl=impl)
+        slots[: a1 - a0] = np.where(rows >= 0, ARENA_OFFSET + rows, -1)
+        one_replica = jax.tree.map(lambda x: x[None], (ids, metadata, last))  # R = 1
+        logits, pages = paged_step(graphdef, state, pages, *one_replica, jnp.asarray(arena), slots[None], impl=impl)
         logits = np.asarray(logits)
         assert np.isfinite(logits).all(), f"step {step} read an unwritten (NaN) cache slot"
         assert relative_error(logits[0], dense_a[a1 - 1]) < 1e-4, f"sequence a, step {step}"
@@ -86,4 +89,4 @@ def test_paged_steps_equal_dense_forward(name, impl):
 def test_sliding_window_models_are_refused_by_the_paged_path():
     model, _ = loaded("mistral_sliding_window")
     with pytest.raises(NotImplementedError, match="sliding-window attention \\(sliding_window=9\\)"):
-        check_paged_support(model)
+        check_paged_support(model.text_config)

@@ -68,7 +68,7 @@ def main(checkpoint: str, port: str, process_id: str, out: str) -> None:
              device_count=jax.device_count(), local_device_count=jax.local_device_count(), logits=logits,
              tokens=np.array([o.outputs[0].token_ids for o in outputs]),
              tokens_per_replica=np.array(engine.stats["tokens_per_replica"]),
-             local_kv_shards=len(engine.kv_pages[0].k.addressable_shards))
+             local_kv_shards=len(engine.runner.kv_pages[0].k.addressable_shards))
     jax.distributed.shutdown()
 
 

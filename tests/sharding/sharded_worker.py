@@ -99,9 +99,9 @@ def compare_generate(path: str, meshes, prompts=PROMPTS, details: bool = True, e
             out[key] = {"tokens": got, "tokens_per_replica": engine.stats["tokens_per_replica"]}
             continue
         out[key] = {
-            "tokens": got, "kv_spec": str(engine.kv_pages[0].k.sharding.spec),
-            "kv_shape": list(engine.kv_pages[0].k.shape),
-            "kv_shards": sorted({str(s.data.shape) for s in engine.kv_pages[0].k.addressable_shards}),
+            "tokens": got, "kv_spec": str(engine.runner.kv_pages[0].k.sharding.spec),
+            "kv_shape": list(engine.runner.kv_pages[0].k.shape),
+            "kv_shards": sorted({str(s.data.shape) for s in engine.runner.kv_pages[0].k.addressable_shards}),
             "tokens_per_replica": engine.stats["tokens_per_replica"],
             "pages_free": [a.num_free_pages == a.num_pages - 1 for a in engine.allocators],
             **memory_figures(engine),
@@ -124,7 +124,6 @@ def compare_generate(path: str, meshes, prompts=PROMPTS, details: bool = True, e
 
 def warm_then_generate(path: str, shape, prompts, params) -> dict:
     """Compilations of a mixed workload after ``warmup()`` on a mesh, and where images are encoded."""
-    from mmjax.engine.step import encode_multimodal
     from mmjax.engine.warmup import count_compilations
 
     llm = mmjax.load(path, mesh=shape)
@@ -133,7 +132,8 @@ def warm_then_generate(path: str, shape, prompts, params) -> dict:
     with count_compilations() as compiled:
         tokens = [list(o.token_ids) for o in mmjax.generate(llm, prompts, params, engine_config=ENGINE)]
     mm = llm.mm_registry.map_input(llm.model_config, {"image": _image(5, (30, 30))})
-    embeds = encode_multimodal(*engine.encoder_inputs(mm, 1))
+    engine.runner.encode(mm, 1, np.zeros(0, np.int32))  # replica 1 encodes, into its own arena
+    embeds = engine.runner.arena(1)
     replica_devices = {d.id for d in llm.mesh.devices[1]}
     return {"compilations": compiled[0], "tokens": tokens,
             "encoded_on": sorted(d.id for d in embeds.sharding.device_set), "replica_1": sorted(replica_devices)}
@@ -163,7 +163,7 @@ def compare_logprobs(path: str, shape, prompts) -> dict:
 
 def memory_figures(engine) -> dict:
     """The plan's per-device figures, and the same figures measured from the placed arrays."""
-    mesh = engine.mesh
+    mesh = engine.runner.placement.mesh
 
     def one_device_bytes(x) -> float:  # whole size / the devices the spec splits it over
         split = 1
@@ -172,7 +172,7 @@ def memory_figures(engine) -> dict:
                 split *= mesh.shape[axis] if axis else 1
         return x.nbytes / split
 
-    kv_bytes = sum(one_device_bytes(x) for layer in engine.kv_pages for x in (layer.k, layer.v))
+    kv_bytes = sum(one_device_bytes(x) for layer in engine.runner.kv_pages for x in (layer.k, layer.v))
     return {"plan_weights": engine.memory.weights_bytes, "plan_page_bytes": engine.memory.page_bytes,
             "plan_pages": engine.memory.num_pages, "plan_describe": engine.memory.describe(),
             "measured_weights": sum(one_device_bytes(x) for x in jax.tree.leaves(engine.llm.state)),
@@ -185,16 +185,10 @@ def step_collectives(engine, decode: bool) -> dict:
     Also the per-device shape of the step's token input: split over "data", each
     device sees one replica's tokens.
     """
-    from mmjax.engine.memory import abstract_batch
-    from mmjax.engine.step import paged_step
-
-    llm = engine.llm
-    pages_axis = {engine.kv_pages[0].k.shape[1], engine.memory.num_pages}  # global and per replica
+    pages_axis = {engine.runner.kv_pages[0].k.shape[1], engine.memory.num_pages}  # global and per replica
     found = {"all_gathers": 0, "collectives": 0, "kv_collectives": []}
     for is_decode in (False, True) if decode else (False,):
-        batch = abstract_batch(engine, 16, decode=is_decode)
-        compiled = paged_step.lower(llm.graphdef, llm.state, engine.kv_pages, *batch, impl=engine.config.impl,
-                                    kv_sharding=engine.kv_sharding).compile()
+        compiled = engine.runner.lower_step(16, decode=is_decode).compile()
         for key, value in scan_collectives(compiled.as_text(), pages_axis).items():
             found[key] += value
         found["input_ids_sharding"] = str(compiled.input_shardings[0][2].spec)

@@ -1,21 +1,20 @@
 """The attention seam of the decoder, and its default: dense causal attention.
 
-A decoder layer computes rotated ``q, k, v`` and hands them to an ``Attend``
-function; it never looks at how keys and values are stored. The default
-attends densely over this step's own tokens (a prefill with no cache). The
-paged KV cache supplies another ``Attend`` that writes ``k, v`` into its pages
-for ``layer`` and attends over them; the layer code does not change.
-
-An ``Attend`` may carry state across the layers of one traced step: e.g. an
-``nnx.Module`` holding each layer's ``KVPages`` in ``nnx.Variable``s (NNX
-propagates the writes out of ``jit``), or a closure that collects the updated
-pages for the jitted step function to return. A packed ragged batch (the
-kv_cache layout ``T N H``) is the ``B == 1`` case of these shapes.
+A decoder layer computes rotated ``q, k, v`` and hands them, with its own
+cache, to an ``Attend`` function; it never looks at how keys and values are
+stored. The cache goes in and comes out (as in gemma's and flax's attention):
+each layer returns its output and its new cache, so the data flow is in the
+signatures and a step returns the new pages it computed. The default attends
+densely over this step's own tokens and has no cache (``None`` in, ``None``
+out). The paged KV cache supplies another ``Attend``
+(``mmjax.attention.PagedAttend``) whose cache is the layer's ``KVPages``; the
+layer code does not change. A packed ragged batch is the ``B == 1`` case of
+these shapes (or ``B == R``, one row per data replica).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -23,18 +22,21 @@ import jax.numpy as jnp
 from mmjax.types import Array, Float, Int
 
 
-class Attend(Protocol):
-    """``(q, k, v, positions, layer) -> out``: the decoder's attention computation.
+Cache = TypeVar("Cache")
+
+
+class Attend(Protocol[Cache]):
+    """``(q, k, v, positions, cache) -> (out, new cache)``: the decoder's attention computation.
 
     Args:
       q: ``Float[B T N H]`` queries, already rotated and *not* scaled.
       k, v: ``Float[B T K H]`` this step's keys (rotated) and values; ``N % K == 0``.
       positions: ``Int[B T]`` absolute position of each query token; ``-1`` marks
         a padding token that must not be attended to.
-      layer: index of the decoder layer, so a cache can pick its pages.
+      cache: this layer's cache (its ``KVPages`` for the paged cache; None for dense attention).
 
     Returns:
-      ``Float[B T N H]``, in ``q``'s dtype.
+      ``(Float[B T N H] in q's dtype, the layer's new cache)``.
     """
 
     def __call__(
@@ -43,8 +45,17 @@ class Attend(Protocol):
         k: Float[Array, "B T K H"],
         v: Float[Array, "B T K H"],
         positions: Int[Array, "B T"],
-        layer: int,
-    ) -> Float[Array, "B T N H"]: ...
+        cache: Cache,
+    ) -> tuple[Float[Array, "B T N H"], Cache]: ...
+
+
+def dense_attend(sliding_window: int | None = None) -> Attend[None]:
+    """The default ``Attend``: dense causal attention over the step's own tokens, no cache."""
+
+    def attend(q, k, v, positions, cache: Any = None):
+        return dense_causal_attention(q, k, v, positions, sliding_window=sliding_window), cache
+
+    return attend
 
 
 def dense_causal_attention(
@@ -52,7 +63,6 @@ def dense_causal_attention(
     k: Float[Array, "B S K H"],
     v: Float[Array, "B S K H"],
     positions: Int[Array, "B T"],
-    layer: int = 0,
     *,
     kv_positions: Int[Array, "B S"] | None = None,
     sliding_window: int | None = None,
@@ -68,7 +78,6 @@ def dense_causal_attention(
       sliding_window: if set, a query sees only the ``sliding_window`` most
         recent positions including its own (Mistral's convention).
     """
-    del layer  # one dense computation serves every layer
     kv_positions = positions if kv_positions is None else kv_positions
     num_q_heads, num_kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
     # Queries of one KV group share its key head: N = K * G, with no copy of k/v.

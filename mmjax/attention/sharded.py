@@ -14,8 +14,8 @@ write and the attention of its own replica and its own heads explicitly:
   devices): every device of a replica writes all KV heads (the same values
   everywhere) and attends with the one KV head its ``N/model`` query heads share.
 
-Other head counts are refused when the mesh is made
-(``mmjax.sharding.check_divisible``). No KV page crosses a device: only the
+Which of the two is ``mmjax.sharding.kv_head_layout``'s rule; other head
+counts are refused when the mesh is made (``mmjax.sharding.check_divisible``). No KV page crosses a device: only the
 attention output, whose head axis stays split into the o projection, and the
 all-reduce after it.
 """
@@ -28,10 +28,11 @@ import jax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from mmjax.kernels_pallas.dispatch import paged_attention, write_and_attend
+from mmjax.attention.dispatch import paged_attention, write_and_attend
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages, write_kv_to_pages
-from mmjax.sharding.mesh import DATA, MODEL
+from mmjax.sharding.axes import DATA, MODEL
+from mmjax.sharding.kv_heads import kv_head_layout
 from mmjax.types import Array, Float
 
 HEADS = P(DATA, None, MODEL, None)  # [R, T, heads, H]: replicas over "data", heads over "model"
@@ -51,22 +52,21 @@ def sharded_write_and_attend(
     ``metadata``'s fields have a leading replica axis ``R`` (the "data" axis), as ``q``.
     """
     model, num_kv_heads = mesh.shape[MODEL], k.shape[2]
-    if num_kv_heads % model == 0:
-        kv, pages_spec = HEADS, P(MODEL, DATA)
+    layout = kv_head_layout(num_kv_heads, model)
+    pages_spec = layout.kv_pages_spec
+    if layout.split:
+        kv = HEADS
 
         def local(q, k, v, pages, metadata):
             return write_and_attend(q, k, v, pages, metadata, **options)
-    elif model % num_kv_heads == 0:
-        kv, pages_spec = P(DATA), P(None, DATA)
+    else:
+        kv = P(DATA)
 
         def local(q, k, v, pages, metadata):
             pages = write_kv_to_pages(pages, k, v, metadata.slot_mapping)  # all heads, same on every device
             head = jax.lax.axis_index(MODEL) * num_kv_heads // model  # the one KV head of this device's queries
             own = KVPages(*(jax.lax.dynamic_slice_in_dim(x, head, 1, axis=0) for x in (pages.k, pages.v)))
             return paged_attention(q, own, metadata, **options), pages
-    else:
-        raise ValueError(f"{num_kv_heads} KV heads cannot be split over a 'model' axis of {model} devices "
-                         f"(neither divides the other)")
 
     def per_device(q, k, v, pages, metadata):
         first = lambda x: x[0]  # noqa: E731  (this device's one replica)

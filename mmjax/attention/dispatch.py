@@ -1,8 +1,9 @@
-"""`paged_attention`: the Pallas kernel on GPU/TPU, the jnp reference on CPU.
+"""`paged_attention`: the Pallas kernel on GPU/TPU, plain XLA on CPU, over one layer's pages.
 
-This is the entry point a decoder layer calls: it takes the layer's `KVPages`
-and the step's `AttentionMetadata`. `write_and_attend` is the whole step of a
-layer (store this step's K/V, then attend), returning the new pages.
+It takes the layer's `KVPages` and the step's `AttentionMetadata` and hands
+their arrays to a kernel (`mmjax.kernels_pallas`, which sees only arrays).
+`write_and_attend` is the whole step of a layer (store this step's K/V, then
+attend), returning the new pages.
 """
 
 from __future__ import annotations

@@ -1,0 +1,162 @@
+"""``ModelRunner``: everything of an engine that lives on the device.
+
+It owns the model state, the KV pages, the embedding arena (each request's
+placeholder embeddings, computed here and never fetched), the placement of a
+step's inputs on the mesh and the jitted programs: encoder, step, sampler.
+The engine (``mmjax.engine.engine``) keeps the host side — requests,
+scheduling, page allocation, detokenization, stats — and calls the runner
+through the public methods below. The model is reached only through
+``mmjax.models.interface.EngineModel``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.engine.batch import StepBatch, empty_step_batch
+from mmjax.engine.programs import lower_step
+from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, prompt_logprobs, sample
+from mmjax.engine.shapes import StepShapes
+from mmjax.engine.step import encode_into_arena, paged_step
+from mmjax.kv_cache import KVPages, init_kv_pages
+from mmjax.models.interface import EngineModel
+from mmjax.sharding.multihost import fetch
+from mmjax.sharding.placement import Placement
+
+
+class ModelRunner:
+    """The device side of one engine.
+
+    Args:
+      graphdef, state: the model, split (``nnx.split``); an ``EngineModel``.
+      shapes: the engine's step shapes.
+      placement: where the arrays go (one device or the mesh).
+      num_pages: KV pages of each replica (from the memory plan).
+      dtype: the KV cache's and the arena's dtype (the parameters').
+      impl: the attention implementation ("auto", "pallas", "xla", "reference").
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, state: nnx.State, *, shapes: StepShapes, placement: Placement,
+                 num_pages: int, dtype: Any, impl: str = "auto"):
+        self.graphdef, self.state = graphdef, state
+        self.shapes, self.placement, self.impl = shapes, placement, impl
+        self.dtype = jnp.dtype(dtype)
+        self.text_config = model_text_config(graphdef, state)
+        self.num_pages = num_pages
+        self.kv_pages = self._init_pages()
+        width = self.text_config.hidden_size if shapes.embedding_rows else 0
+        self.embedding_width = width
+        self._arenas = {r: jnp.zeros((1, shapes.embedding_rows, width), self.dtype,
+                                     device=placement.replica_sharding(r))
+                        for r in placement.owned_replicas()} if width else {}
+        self._encoder_rows: dict[tuple, int] = {}
+
+    def _init_pages(self) -> tuple[KVPages, ...]:
+        """``num_pages`` pages for each replica, replica ``r``'s at ``r * num_pages``."""
+        text = self.text_config
+        return init_kv_pages(text.num_layers, text.num_kv_heads, self.shapes.num_replicas * self.num_pages,
+                             self.shapes.page_size, text.head_dim, self.dtype, sharding=self.placement.kv_sharding)
+
+    # -- multimodal items ------------------------------------------------------------
+
+    def encode(self, mm_kwargs: Mapping[str, np.ndarray], replica: int, rows: np.ndarray) -> None:
+        """Run the encoder on a request's items, on ``replica``'s devices, into arena ``rows``.
+
+        ``rows[m]``: the arena row of placeholder embedding ``m``. A process that holds
+        none of ``replica``'s devices does nothing (its rows of the step are not read there).
+        """
+        if not self.placement.owns(replica):
+            return
+        mm = self.placement.put_on_replica(dict(mm_kwargs), replica)
+        num_out = self.encoder_output_rows(mm)
+        if len(rows) > num_out:
+            raise ValueError(f"the prompt has {len(rows)} placeholder tokens but its items give only {num_out} "
+                             f"embeddings ({ {k: tuple(np.shape(v)) for k, v in mm_kwargs.items()} })")
+        padded = np.full(num_out, self.shapes.embedding_rows, np.int32)  # rows past E are dropped
+        padded[: len(rows)] = rows
+        sharding = self.placement.replica_sharding(replica)
+        self._arenas[replica] = encode_into_arena(
+            self.graphdef, self.placement.replica_state(replica), self._arenas[replica], mm,
+            jax.device_put(padded, sharding), arena_sharding=sharding)
+
+    def encoder_output_rows(self, mm_kwargs: Mapping[str, Any]) -> int:
+        """Rows ``multimodal_embeddings`` returns for inputs of these shapes (bucketed, so a few values)."""
+        key = tuple(sorted((k, tuple(np.shape(v)), str(v.dtype)) for k, v in mm_kwargs.items()))
+        if key not in self._encoder_rows:
+            out = jax.eval_shape(lambda s, m: nnx.merge(self.graphdef, s).multimodal_embeddings(**m),
+                                 self.state, dict(mm_kwargs))
+            self._encoder_rows[key] = out.shape[0]
+        return self._encoder_rows[key]
+
+    def arena(self, replica: int) -> jax.Array:
+        """Replica ``replica``'s embedding arena ``[1, E, D]``, on that replica's devices."""
+        return self._arenas[replica]
+
+    def embeddings(self) -> jax.Array | None:
+        """The arenas of every replica as one ``[R, E, D]`` array split over "data" (no copy)."""
+        if not self._arenas:
+            return None
+        shape = (self.shapes.num_replicas, self.shapes.embedding_rows, self.embedding_width)
+        return self.placement.stack_replicas(self._arenas, shape)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def execute(self, batch: StepBatch) -> jax.Array:
+        """Run one step and keep its new pages; returns the logits ``[R * B, V]`` (``[R * T, V]`` with
+        every token's logits), on the device."""
+        put = self.placement.put
+        embeddings = ()
+        if batch.embedding_slots is not None:
+            embeddings = (self.embeddings(), put(batch.embedding_slots))
+        logits, self.kv_pages = paged_step(
+            self.graphdef, self.state, self.kv_pages, put(batch.input_ids), jax.tree.map(put, batch.metadata),
+            put(batch.logits_indices), *embeddings, impl=self.impl, kv_sharding=self.placement.kv_sharding)
+        return logits
+
+    def empty_batch(self, num_tokens: int, *, decode: bool, all_logits: bool = False) -> StepBatch:
+        """A step of this runner's shapes that schedules no sequence (writes nothing): for warm-up."""
+        s = self.shapes
+        return empty_step_batch(s.num_replicas, num_tokens, decode=decode, max_num_seqs=s.max_num_seqs,
+                                pages_per_seq=s.pages_per_seq, page_size=s.page_size, all_logits=all_logits,
+                                with_embeddings=bool(self.embedding_width))
+
+    def lower_step(self, num_tokens: int, *, decode: bool, all_logits: bool = False) -> jax.stages.Lowered:
+        """The step program for ``num_tokens`` tokens per replica, lowered (not run)."""
+        return lower_step(self.graphdef, self.state, self.kv_pages, self.shapes, self.placement,
+                          num_tokens=num_tokens, decode=decode, impl=self.impl, all_logits=all_logits,
+                          embedding_width=self.embedding_width, dtype=self.dtype)
+
+    # -- reading the logits ------------------------------------------------------------------
+
+    def take_rows(self, logits: jax.Array, rows: Iterable[int]) -> jax.Array:
+        """``logits[rows]``, padded with row 0 to the step's ``R * B`` sample rows (one compiled shape)."""
+        index = np.zeros(self.shapes.sample_rows, np.int32)
+        rows = list(rows)
+        index[: len(rows)] = rows
+        return logits[jax.device_put(index)]
+
+    def sample(self, logits: jax.Array, tensors: SamplingTensors, seen: SeenTokens | None,
+               num_logprobs: int) -> SamplerOutput:
+        """Sample every row of ``logits`` ``[R * B, V]``; the result on the host."""
+        return fetch(sample(logits, tensors, seen, num_logprobs=num_logprobs))
+
+    def prompt_logprobs(self, logits: jax.Array, next_tokens: np.ndarray, num_logprobs: int) -> Any:
+        """Each token's logprob of the token after it, its rank and the top ``num_logprobs``; on the host."""
+        return fetch(prompt_logprobs(logits, jax.device_put(next_tokens), num_logprobs=num_logprobs))
+
+
+def model_text_config(graphdef: nnx.GraphDef, state: nnx.State) -> Any:
+    """The decoder config of an ``EngineModel`` (refused, naming what is missing, if it is not one)."""
+    model = nnx.merge(graphdef, state)
+    if not isinstance(model, EngineModel):
+        missing = [m for m in ("text_config", "embed_text", "decoder_hidden_states", "logits",
+                               "multimodal_embeddings", "encoder_input_variants") if not hasattr(model, m)]
+        raise TypeError(f"{type(model).__name__} does not implement mmjax.models.interface.EngineModel: "
+                        f"missing {missing} (see docs/adding_a_multimodal_model.md)")
+    return model.text_config

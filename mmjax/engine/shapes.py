@@ -1,0 +1,61 @@
+"""``StepShapes``: the fixed set of shapes every engine step takes, from the config and the model.
+
+Every array entering ``jit`` has a shape from this set: the token axis is one
+of ``token_buckets``, the sequence axis is always ``max_num_seqs``, block
+tables are always ``pages_per_seq`` wide, and placeholder embeddings come from
+an arena of ``embedding_rows`` rows per replica. The batch builder, the device
+runner, memory planning and warm-up all read them here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mmjax.engine.config import EngineConfig
+
+#: Rows of the embedding arena are handed out in blocks of this many (block 0 is reserved, as page 0 is).
+EMBEDDING_BLOCK_ROWS = 16
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepShapes:
+    """The shapes of one engine's steps.
+
+    Attributes:
+      num_replicas: ``R``, the data replicas (the mesh's "data" axis; 1 on one device).
+      token_buckets: sizes of the packed token axis ``T``.
+      max_num_seqs: the sequence axis ``B`` of every step, per replica.
+      page_size: ``G``, tokens per KV page.
+      pages_per_seq: ``W``, the block-table width (``max_model_len / G``, rounded up).
+      max_model_len: the longest sequence, prompt plus output.
+      embedding_rows: rows of each replica's arena of placeholder embeddings (0: the model has no encoder).
+    """
+
+    num_replicas: int
+    token_buckets: tuple[int, ...]
+    max_num_seqs: int
+    page_size: int
+    pages_per_seq: int
+    max_model_len: int
+    embedding_rows: int
+
+    @classmethod
+    def build(cls, config: EngineConfig, *, max_model_len: int, num_replicas: int,
+              max_mm_tokens_per_prompt: int) -> StepShapes:
+        """The shapes for ``config``; the arena holds the placeholders of ``max_num_seqs`` prompts at the limit."""
+        rows = 0
+        if max_mm_tokens_per_prompt:
+            blocks = config.max_num_seqs * -(-max_mm_tokens_per_prompt // EMBEDDING_BLOCK_ROWS)
+            rows = (blocks + 1) * EMBEDDING_BLOCK_ROWS  # + the reserved block
+        return cls(num_replicas=num_replicas, token_buckets=config.token_buckets, max_num_seqs=config.max_num_seqs,
+                   page_size=config.page_size, pages_per_seq=-(-max_model_len // config.page_size),
+                   max_model_len=max_model_len, embedding_rows=rows)
+
+    @property
+    def sample_rows(self) -> int:
+        """Rows of a step's logits ``[R * B, V]``: one per sequence slot of every replica."""
+        return self.num_replicas * self.max_num_seqs
+
+    def decode_buckets(self) -> set[int]:
+        """Token buckets a pure decode step (1 token per sequence) can have."""
+        return {min(b for b in self.token_buckets if b >= n) for n in range(1, self.max_num_seqs + 1)}

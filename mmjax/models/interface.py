@@ -1,0 +1,97 @@
+"""The contract between a model family and the engine's device runner.
+
+The runner (``mmjax.engine.runner``) calls a model through ``EngineModel`` and
+nothing else. A new model family implements these members (the porting guide,
+docs/adding_a_multimodal_model.md, walks through them); a decoder that is a
+``LlamaForCausalLM`` under ``self.language_model`` gets the four decoder
+members from ``DecoderMethods``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mmjax.models.attend import Attend
+from mmjax.models.llama import DecoderConfig
+from mmjax.registry import INPUT_REGISTRY, InputContext, InputRegistry, MultiModalRegistry
+from mmjax.types import Array, Float, Int
+
+if TYPE_CHECKING:
+    from mmjax.kv_cache import KVPages
+
+
+@runtime_checkable
+class EngineModel(Protocol):
+    """What the engine needs of a model: the decoder in pieces, and the multimodal encoder.
+
+    ``R`` is the leading replica axis of a step (1 on one device), ``T`` its
+    packed tokens, ``M`` the placeholder embeddings of a request's items.
+    """
+
+    @property
+    def text_config(self) -> DecoderConfig:
+        """The decoder's sizes: layers, heads, KV heads, head dim, width, vocabulary, sliding window."""
+        ...
+
+    def embed_text(self, input_ids: Int[Array, "R T"]) -> Float[Array, "R T D"]:
+        """Token embeddings, before any multimodal embedding is put in."""
+        ...
+
+    def decoder_hidden_states(
+        self, embeds: Float[Array, "R T D"], positions: Int[Array, "R T"], attend: Attend,
+        kv_pages: Sequence[KVPages],
+    ) -> tuple[Float[Array, "R T D"], tuple[KVPages, ...]]:
+        """The decoder layers and final norm over ``attend``; returns the hidden states and new pages."""
+        ...
+
+    def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
+        """The LM head in float32, applied only to the rows whose logits are wanted."""
+        ...
+
+    def multimodal_embeddings(self, **mm_kwargs: Array) -> Float[Array, "M D"]:
+        """The embedding of each placeholder token of a request's items, in placeholder order.
+
+        ``mm_kwargs`` is the request's mapped input (``ProcessedPrompt.mm_kwargs``).
+        Rows past the request's placeholder count are padding (bucketed shapes).
+        """
+        ...
+
+    @staticmethod
+    def encoder_input_variants(ctx: InputContext, mm_registry: MultiModalRegistry) -> list[Mapping[str, np.ndarray]]:
+        """Every ``mm_kwargs`` shape a workload can bring, for warm-up (one zero input per shape)."""
+        ...
+
+
+class DecoderMethods:
+    """``EngineModel``'s decoder members for a model whose decoder is ``self.language_model``."""
+
+    language_model: Any  # a LlamaForCausalLM
+
+    @property
+    def text_config(self) -> DecoderConfig:
+        return self.language_model.config
+
+    def embed_text(self, input_ids: Int[Array, "R T"]) -> Float[Array, "R T D"]:
+        return self.language_model.embed(input_ids)
+
+    def decoder_hidden_states(self, embeds, positions, attend, kv_pages):
+        return self.language_model.hidden_states(embeds, positions, attend, kv_pages)
+
+    def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
+        return self.language_model.logits(hidden)
+
+
+def encoder_inputs_from_dummy_data(
+    ctx: InputContext, mm_registry: MultiModalRegistry, input_registry: InputRegistry = INPUT_REGISTRY
+) -> list[Mapping[str, np.ndarray]]:
+    """The dummy data's items mapped in counts from 1 to the limit per prompt: every encoder input
+    shape of a model whose mapper gives each item the same shape."""
+    dummy = input_registry.dummy_data_for_profiling(ctx.model_config, seq_len=1)
+    inputs = []
+    for key, items in dummy.multi_modal_data.items():
+        items = items if isinstance(items, list) else [items]
+        inputs += [mm_registry.map_input(ctx.model_config, {key: items[:count]}) for count in range(1, len(items) + 1)]
+    return inputs
