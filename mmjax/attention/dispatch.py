@@ -18,7 +18,7 @@ from mmjax.kernels_pallas.ragged_paged_attention import (
 )
 from mmjax.kernels_pallas.ragged_paged_attention_tiled import ragged_paged_attention_tiled
 from mmjax.kv_cache import AttentionMetadata, KVPages, write_kv_to_pages
-from mmjax.types import Array, Float
+from mmjax.types import Array, Float, shape_checked
 
 Impl = Literal["auto", "pallas", "xla", "reference"]
 IMPLS = ("auto", "pallas", "xla", "reference")
@@ -37,6 +37,7 @@ def resolve_impl(impl: Impl) -> str:
     return impl
 
 
+@shape_checked
 def paged_attention(
     q: Float[Array, "T N H"],
     pages: KVPages,
@@ -63,6 +64,7 @@ def paged_attention(
         *args, sm_scale=sm_scale, max_q_len=metadata.max_q_len, interpret=interpret, **kernel_options)
 
 
+@shape_checked
 def write_and_attend(
     q: Float[Array, "T N H"],
     k: Float[Array, "T K H"],

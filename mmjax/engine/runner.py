@@ -78,7 +78,7 @@ class ModelRunner:
         if len(rows) > num_out:
             raise ValueError(f"the prompt has {len(rows)} placeholder tokens but its items give only {num_out} "
                              f"embeddings ({ {k: tuple(np.shape(v)) for k, v in mm_kwargs.items()} })")
-        padded = np.full(num_out, self.shapes.embedding_rows, np.int32)  # rows past E are dropped
+        padded = np.full(num_out, self.shapes.embedding_rows, np.int32)  # rows past U are dropped
         padded[: len(rows)] = rows
         sharding = self.placement.replica_sharding(replica)
         self._arenas[replica] = encode_into_arena(
@@ -95,11 +95,11 @@ class ModelRunner:
         return self._encoder_rows[key]
 
     def arena(self, replica: int) -> jax.Array:
-        """Replica ``replica``'s embedding arena ``[1, E, D]``, on that replica's devices."""
+        """Replica ``replica``'s embedding arena ``[1, U, D]``, on that replica's devices."""
         return self._arenas[replica]
 
     def embeddings(self) -> jax.Array | None:
-        """The arenas of every replica as one ``[R, E, D]`` array split over "data" (no copy)."""
+        """The arenas of every replica as one ``[R, U, D]`` array split over "data" (no copy)."""
         if not self._arenas:
             return None
         shape = (self.shapes.num_replicas, self.shapes.embedding_rows, self.embedding_width)

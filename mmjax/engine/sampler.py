@@ -2,8 +2,8 @@
 
 Every sampling parameter is a per-row array of ``SamplingTensors``, so a batch
 that mixes greedy and sampled requests, or changes any value, reuses the same
-compiled program; only the batch size ``S`` and the static ``num_logprobs`` key
-the compilation. A row's random key is ``fold_in(key(seed), step)``: its draw
+compiled program; only the row count ``B`` and the static ``num_logprobs`` (``J``)
+key the compilation. A row's random key is ``fold_in(key(seed), step)``: its draw
 depends on its own seed and step, never on the batch it sits in.
 
 Logprobs are always those of the *raw* logits (the model's distribution, as
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.engine.sampling_params import GREEDY_EPS, SamplingParams
-from mmjax.types import Array, Bool, Float, Int
+from mmjax.types import Array, ArrayLike, Bool, Float, Int, UInt, shape_checked
 
 
 @functools.partial(
@@ -31,22 +31,22 @@ from mmjax.types import Array, Bool, Float, Int
 )
 @dataclasses.dataclass(frozen=True)
 class SamplingTensors:
-    """Sampling parameters of the ``S`` rows of a step (``S`` = sequences in the step).
+    """Sampling parameters of the ``B`` rows of a step (one per sequence slot of every replica).
 
     ``temperature`` 0 means greedy; ``top_k`` 0, ``top_p`` 1, ``min_p`` 0 and the
     penalties 0, 0, 1 mean off. ``steps`` counts the tokens the row's request has
-    generated so far.
+    generated so far. Host (numpy) arrays from ``build``; device ones inside ``sample``.
     """
 
-    temperature: Float[Array, "S"]
-    top_k: Int[Array, "S"]
-    top_p: Float[Array, "S"]
-    min_p: Float[Array, "S"]
-    presence: Float[Array, "S"]
-    frequency: Float[Array, "S"]
-    repetition: Float[Array, "S"]
-    seeds: Int[Array, "S"]  # uint32
-    steps: Int[Array, "S"]
+    temperature: Float[ArrayLike, "B"]
+    top_k: Int[ArrayLike, "B"]
+    top_p: Float[ArrayLike, "B"]
+    min_p: Float[ArrayLike, "B"]
+    presence: Float[ArrayLike, "B"]
+    frequency: Float[ArrayLike, "B"]
+    repetition: Float[ArrayLike, "B"]
+    seeds: UInt[ArrayLike, "B"]  # uint32
+    steps: Int[ArrayLike, "B"]
 
     @classmethod
     def build(
@@ -59,7 +59,7 @@ class SamplingTensors:
           seeds: each row's request seed (``params.seed``, or one the engine drew); any
             int, taken modulo 2**32.
           steps: tokens each row's request has generated so far.
-          pad_to: the bucketed row count ``S``.
+          pad_to: the bucketed row count ``B``.
         """
         n = len(params)
         if not (len(seeds) == len(steps) == n):
@@ -89,8 +89,8 @@ class SeenTokens:
     """What the penalties need of each row's request: how often each token was generated
     (``output_counts``) and which tokens its prompt holds (``prompt_mask``)."""
 
-    output_counts: Int[Array, "S V"]
-    prompt_mask: Bool[Array, "S V"]
+    output_counts: Int[ArrayLike, "B V"]
+    prompt_mask: Bool[ArrayLike, "B V"]
 
     @classmethod
     def build(cls, outputs: Sequence[Sequence[int]], prompts: Sequence[Sequence[int]], rows: Sequence[int],
@@ -117,19 +117,20 @@ class SamplerOutput:
       tokens: the sampled token of each row.
       logprobs: its log-softmax under the raw logits.
       ranks: its 1-based rank under the raw logits (1 = most likely).
-      top_ids, top_logprobs: the ``num_logprobs`` most likely tokens, descending.
+      top_ids, top_logprobs: the ``J = num_logprobs`` most likely tokens, descending.
     """
 
-    tokens: Int[Array, "S"]
-    logprobs: Float[Array, "S"]
-    ranks: Int[Array, "S"]
-    top_ids: Int[Array, "S num_logprobs"]
-    top_logprobs: Float[Array, "S num_logprobs"]
+    tokens: Int[ArrayLike, "B"]
+    logprobs: Float[ArrayLike, "B"]
+    ranks: Int[ArrayLike, "B"]
+    top_ids: Int[ArrayLike, "B J"]
+    top_logprobs: Float[ArrayLike, "B J"]
 
 
 @functools.partial(jax.jit, static_argnames=("num_logprobs",))
+@shape_checked
 def sample(
-    logits: Float[Array, "S V"], tensors: SamplingTensors, seen: SeenTokens | None = None, *, num_logprobs: int = 0
+    logits: Float[Array, "B V"], tensors: SamplingTensors, seen: SeenTokens | None = None, *, num_logprobs: int = 0
 ) -> SamplerOutput:
     """Sample one token per row: penalties (when ``seen`` is given), then argmax for greedy rows,
     else temperature, top-k, top-p, min-p, categorical. Logprobs are of the raw logits."""
@@ -147,16 +148,18 @@ def sample(
 
 
 @functools.partial(jax.jit, static_argnames=("num_logprobs",))
+@shape_checked
 def prompt_logprobs(
     logits: Float[Array, "T V"], next_tokens: Int[Array, "T"], *, num_logprobs: int = 0
-) -> tuple[Float[Array, "T"], Int[Array, "T"], Int[Array, "T num_logprobs"], Float[Array, "T num_logprobs"]]:
+) -> tuple[Float[Array, "T"], Int[Array, "T"], Int[Array, "T J"], Float[Array, "T J"]]:
     """Raw logprob and 1-based rank of each next prompt token (``logits[t]`` predicts
     ``next_tokens[t]``), and the top ones: ``(logprobs, ranks, top_ids, top_logprobs)``."""
     logits = logits.astype(jnp.float32)
     return (*_token_logprobs(logits, next_tokens), *_top_logprobs(logits, num_logprobs))
 
 
-def apply_penalties(logits: Float[Array, "S V"], tensors: SamplingTensors, seen: SeenTokens) -> Float[Array, "S V"]:
+@shape_checked
+def apply_penalties(logits: Float[Array, "B V"], tensors: SamplingTensors, seen: SeenTokens) -> Float[Array, "B V"]:
     """vLLM's penalties: repetition over prompt and output tokens, then frequency and presence over output ones."""
     counts = seen.output_counts.astype(logits.dtype)
     repetition = tensors.repetition[:, None]
@@ -165,7 +168,7 @@ def apply_penalties(logits: Float[Array, "S V"], tensors: SamplingTensors, seen:
     return logits - tensors.frequency[:, None] * counts - tensors.presence[:, None] * (counts > 0)
 
 
-def _sample_random(logits: Float[Array, "S V"], tensors: SamplingTensors) -> Int[Array, "S"]:
+def _sample_random(logits: Float[Array, "B V"], tensors: SamplingTensors) -> Int[Array, "B"]:
     """Temperature, then top-k, then top-p on the top-k renormalised distribution, then min-p
     (vLLM's order)."""
     vocab = logits.shape[-1]
@@ -197,7 +200,7 @@ def _token_logprobs(logits: Float[Array, "T V"], tokens: Int[Array, "T"]) -> tup
     return chosen[:, 0], ranks
 
 
-def _top_logprobs(logits: Float[Array, "T V"], num_logprobs: int) -> tuple[Int[Array, "T n"], Float[Array, "T n"]]:
+def _top_logprobs(logits: Float[Array, "T V"], num_logprobs: int) -> tuple[Int[Array, "T J"], Float[Array, "T J"]]:
     if num_logprobs == 0:  # lax.top_k rejects k=0
         rows = logits.shape[0]
         return jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32)

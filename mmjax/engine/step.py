@@ -48,15 +48,15 @@ def encode_multimodal(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mappi
 def encode_into_arena(
     graphdef: nnx.GraphDef,
     state: nnx.State,
-    arena: Float[Array, "1 E D"],
+    arena: Float[Array, "1 U D"],
     mm_kwargs: Mapping[str, Array],
     rows: Int[Array, "M"],
     *,
     arena_sharding: jax.sharding.Sharding | None = None,
-) -> Float[Array, "1 E D"]:
+) -> Float[Array, "1 U D"]:
     """``arena`` with the request's embeddings written at ``rows`` (donated: updated in place).
 
-    ``rows[m]`` is the arena row of embedding ``m``; rows ``>= E`` (the padding
+    ``rows[m]`` is the arena row of embedding ``m``; rows ``>= U`` (the padding
     the encoder's bucketed output carries past the real placeholders) are dropped.
     ``arena_sharding``: keep the result where the arena was (one replica's devices).
     """
@@ -75,12 +75,12 @@ def paged_step(
     input_ids: Int[Array, "R T"],
     metadata: AttentionMetadata,
     logits_indices: Int[Array, "R B"],
-    embeddings: Float[Array, "R E D"] | None = None,
+    embeddings: Float[Array, "R U D"] | None = None,
     embedding_slots: Int[Array, "R T"] | None = None,
     *,
     impl: str = "auto",
     kv_sharding: jax.sharding.NamedSharding | None = None,
-) -> tuple[Float[Array, "RB V"], tuple[KVPages, ...]]:
+) -> tuple[Float[Array, "R*B V"], tuple[KVPages, ...]]:
     """One engine step over ``R`` data replicas (``R`` = the mesh's "data" axis, 1 on one device).
 
     Args:

@@ -3,12 +3,15 @@
 A *query tile* is up to ``block_q`` consecutive query tokens of ONE sequence,
 so a kernel program never straddles two sequences. The ragged token axis is cut
 into tiles by plain jnp in the wrapper (cheap: O(T N H) gather/scatter), which
-keeps both kernels free of ragged bookkeeping. Inside a tile the query heads of
-one KV head are stacked as rows, ``row = token * R + head_in_group``, so each
-K/V page is read once per KV head and multiplied against all ``block_q * R`` rows.
+keeps both kernels free of ragged bookkeeping. Inside a tile the ``Q`` query
+heads of one KV head are stacked as rows, ``row = token * Q + head_in_group``, so
+each K/V page is read once per KV head and multiplied against all ``block_q * Q`` rows.
+
+Shapes: ``num_tiles`` tiles of ``tile_len`` (= ``block_q``) tokens; ``tile_rows``
+(= ``block_q * Q``) rows of a tile; ``num_keys`` keys of a K/V block.
 
 Causality without division (which Mosaic vectors handle poorly): key position
-``s`` is visible to row ``i`` iff ``s <= pos0 + i // R`` iff ``(s - pos0) * R <= i``.
+``s`` is visible to row ``i`` iff ``s <= pos0 + i // Q`` iff ``(s - pos0) * Q <= i``.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 class QueryTiles(NamedTuple):
     """Tile m holds tokens ``token_idx[m, :rows[m]]`` of sequence ``seq[m]``."""
 
-    seq: Int[Array, "M"]  # owning sequence (0 for empty tiles)
-    pos0: Int[Array, "M"]  # absolute position of the tile's first token
-    rows: Int[Array, "M"]  # valid tokens in the tile (0 for empty tiles)
-    token_idx: Int[Array, "M Q"]  # index into the packed token axis; -1 for padding
+    seq: Int[Array, "num_tiles"]  # owning sequence (0 for empty tiles)
+    pos0: Int[Array, "num_tiles"]  # absolute position of the tile's first token
+    rows: Int[Array, "num_tiles"]  # valid tokens in the tile (0 for empty tiles)
+    token_idx: Int[Array, "num_tiles tile_len"]  # index into the packed token axis; -1 for padding
 
 
 def max_tiles(num_tokens: int, num_batch: int, block_q: int) -> int:
@@ -64,8 +67,10 @@ def plan_query_tiles(
     )
 
 
-def gather_query_tiles(q: Float[Array, "T N H"], tiles: QueryTiles, num_kv_heads: int) -> Array:
-    """``[T, N, H] -> [M, K, Q*R, H]``, rows ordered (token, head in group)."""
+def gather_query_tiles(
+    q: Float[Array, "T N H"], tiles: QueryTiles, num_kv_heads: int
+) -> Float[Array, "num_tiles K tile_rows H"]:
+    """``[T, N, H] -> [num_tiles, K, tile_rows, H]``, rows ordered (token, head in group)."""
     _, num_heads, head_dim = q.shape
     group = num_heads // num_kv_heads
     num_tiles, block_q = tiles.token_idx.shape
@@ -74,7 +79,9 @@ def gather_query_tiles(q: Float[Array, "T N H"], tiles: QueryTiles, num_kv_heads
     return qt.transpose(0, 2, 1, 3, 4).reshape(num_tiles, num_kv_heads, block_q * group, head_dim)
 
 
-def scatter_output_tiles(out_tiles: Array, tiles: QueryTiles, num_tokens: int, num_heads: int) -> Array:
+def scatter_output_tiles(
+    out_tiles: Float[Array, "num_tiles K tile_rows H"], tiles: QueryTiles, num_tokens: int, num_heads: int
+) -> Float[Array, "T N H"]:
     """Inverse of `gather_query_tiles`; tokens of no tile (padding) come out as zeros."""
     num_tiles, num_kv_heads, _, head_dim = out_tiles.shape
     block_q = tiles.token_idx.shape[1]
@@ -87,9 +94,9 @@ def scatter_output_tiles(out_tiles: Array, tiles: QueryTiles, num_tokens: int, n
 
 
 class SoftmaxState(NamedTuple):
-    m: Float[Array, "R 1"]  # running max of the logits
-    l: Float[Array, "R 1"]  # running sum of exp(logits - m)
-    acc: Float[Array, "R H"]  # running sum of exp(logits - m) @ v
+    m: Float[Array, "tile_rows 1"]  # running max of the logits
+    l: Float[Array, "tile_rows 1"]  # running sum of exp(logits - m)
+    acc: Float[Array, "tile_rows H"]  # running sum of exp(logits - m) @ v
 
 
 def init_softmax_state(num_rows: int, head_dim: int) -> SoftmaxState:
@@ -101,7 +108,7 @@ def init_softmax_state(num_rows: int, head_dim: int) -> SoftmaxState:
 
 
 def visible(num_rows: int, block_k: int, key_start, pos0, rows, group: int) -> Array:
-    """``[rows, block_k]`` causal mask for keys ``key_start + j`` of a tile (see module doc)."""
+    """``[num_rows, block_k]`` causal mask for keys ``key_start + j`` of a tile (see module doc)."""
     i = lax.broadcasted_iota(jnp.int32, (num_rows, block_k), 0)
     s = lax.broadcasted_iota(jnp.int32, (num_rows, block_k), 1) + key_start
     return ((s - pos0) * group <= i) & (i < rows * group)

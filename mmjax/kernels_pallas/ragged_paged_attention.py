@@ -3,8 +3,8 @@
 One call serves a ragged batch mixing decode (1 query token per sequence) and
 prefill / chunked prefill (many): sequence b's query tokens are its last
 ``q_len_b`` tokens, packed in ``q[cu_q_lens[b]:cu_q_lens[b+1]]``, causally masked,
-with grouped-query attention (``N = K * R`` query heads; a KV page is read once
-for its R query heads). Softmax accumulates in float32 for float32 and bfloat16.
+with grouped-query attention (``N = K * Q`` query heads; a KV page is read once
+for its Q query heads). Softmax accumulates in float32 for float32 and bfloat16.
 
 Writing the new K/V is a separate step, `mmjax.kv_cache.write_kv_to_pages`,
 run before this kernel. Why not fused: a program would read pages that other
@@ -14,7 +14,7 @@ O(T K H) bytes, nothing beside the cache read, and with donated pages XLA does
 it in place. The kernels therefore only read the cache.
 
 Inputs are ``q [T, N, H]``, pages ``[K, A, G, H]`` (see `mmjax.kv_cache.pages`),
-``kv_lens [B]`` (including this step's tokens), ``block_tables [B, P]``,
+``kv_lens [B]`` (including this step's tokens), ``block_tables [B, W]``,
 ``cu_q_lens [B+1]``, ``num_seqs [1]`` (sequences >= num_seqs are padding).
 Output tokens that belong to no live sequence are zeros.
 """
@@ -22,6 +22,7 @@ Output tokens that belong to no live sequence are zeros.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import jax
@@ -31,7 +32,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from mmjax.kernels_pallas import ragged_paged_attention_gpu as _gpu
 from mmjax.kernels_pallas import ragged_paged_attention_tpu as _tpu
-from mmjax.types import Array, Float, Int
+from mmjax.types import Array, Float, Int, shape_checked
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 # backend -> (default (block_q, pages_per_block) for a group size and page size, kernel call)
@@ -78,13 +79,35 @@ def validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_s
             _fail(name, "dtype int32", x.dtype)
 
 
+_ARRAY_ARGS = ("q", "k_pages", "v_pages", "kv_lens", "block_tables", "cu_q_lens", "num_seqs")
+
+
+def _validated(fn):
+    """``fn`` that first runs ``validate_inputs`` on its array arguments.
+
+    It sits outside ``shape_checked``, so a bad input raises the ValueError that
+    names it even when the shape checks are on.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def validated(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        validate_inputs(*(arguments[name] for name in _ARRAY_ARGS))
+        return fn(*args, **kwargs)
+
+    return validated
+
+
 @functools.partial(jax.jit, static_argnames=("sm_scale", "max_q_len"))
+@_validated
+@shape_checked
 def ragged_paged_attention_reference(
     q: Float[Array, "T N H"],
     k_pages: Float[Array, "K A G H"],
     v_pages: Float[Array, "K A G H"],
     kv_lens: Int[Array, "B"],
-    block_tables: Int[Array, "B P"],
+    block_tables: Int[Array, "B W"],
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
@@ -93,11 +116,10 @@ def ragged_paged_attention_reference(
 ) -> Float[Array, "T N H"]:
     """Plain-jnp ragged paged attention (the CPU path), float32 throughout.
 
-    Gathers each sequence's pages into ``[B, P*G]`` keys and its queries into
+    Gathers each sequence's pages into ``[B, W*G]`` keys and its queries into
     ``[B, max_q_len]`` rows; `max_q_len` (static, default T) must bound every q_len.
-    Memory is O(B N max_q_len P G): fine for decode and short chunks on CPU.
+    Memory is O(B N max_q_len W G): fine for decode and short chunks on CPU.
     """
-    validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, _, page_size, _ = k_pages.shape
     num_batch, pages_per_seq = block_tables.shape
@@ -108,10 +130,10 @@ def ragged_paged_attention_reference(
     q_lens = jnp.where(live, cu_q_lens[1:] - cu_q_lens[:-1], 0)
     kv = jnp.where(live, kv_lens, 0)
     t = jnp.arange(max_q)
-    q_valid = t < q_lens[:, None]  # [B, Tq]
+    q_valid = t < q_lens[:, None]  # [B, max_q]
     tok = jnp.where(q_valid, cu_q_lens[:-1, None] + t, num_tokens)
     qs = q.astype(jnp.float32)[jnp.minimum(tok, num_tokens - 1)]
-    qs = qs.reshape(num_batch, max_q, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    qs = qs.reshape(num_batch, max_q, num_kv_heads, num_heads // num_kv_heads, head_dim)  # t: the max_q axis
 
     s = jnp.arange(pages_per_seq * page_size)
     k_valid = s < kv[:, None]  # [B, S]
@@ -120,14 +142,14 @@ def ragged_paged_attention_reference(
         return jnp.where(k_valid[:, :, None, None], x.astype(jnp.float32), 0.0)
 
     k, v = gather(k_pages), gather(v_pages)
-    logits = jnp.einsum("BTKRH,BSKH->BKRTS", qs, k) * scale
+    logits = jnp.einsum("BtKQH,BSKH->BKQtS", qs, k) * scale
     q_pos = kv[:, None] - q_lens[:, None] + t  # absolute position of each query
     mask = (q_valid[:, :, None] & (s[None, None, :] <= q_pos[:, :, None]))[:, None, None]
     logits = jnp.where(mask, logits, -jnp.inf)
     m = jnp.max(logits, axis=-1, keepdims=True)
     p = jnp.where(mask, jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
     p = p / jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
-    out = jnp.einsum("BKRTS,BSKH->BTKRH", p, v).reshape(num_batch * max_q, num_heads, head_dim)
+    out = jnp.einsum("BKQtS,BSKH->BtKQH", p, v).reshape(num_batch * max_q, num_heads, head_dim)
     result = jnp.zeros((num_tokens, num_heads, head_dim), q.dtype)
     return result.at[tok.reshape(-1)].set(out.astype(q.dtype), mode="drop")
 
@@ -148,12 +170,14 @@ def _default_backend(interpret) -> str:
     jax.jit,
     static_argnames=("sm_scale", "backend", "block_q", "pages_per_block", "max_q_len", "interpret"),
 )
+@_validated
+@shape_checked
 def ragged_paged_attention(
     q: Float[Array, "T N H"],
     k_pages: Float[Array, "K A G H"],
     v_pages: Float[Array, "K A G H"],
     kv_lens: Int[Array, "B"],
-    block_tables: Int[Array, "B P"],
+    block_tables: Int[Array, "B W"],
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
@@ -171,7 +195,6 @@ def ragged_paged_attention(
     step uses one-token tiles. `interpret` runs the kernel on CPU (True, or a
     `pltpu.InterpretParams` for the TPU kernel).
     """
-    validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs)
     backend = backend or _default_backend(interpret)
     if backend not in BACKENDS:
         _fail("backend", f"one of {BACKENDS}", repr(backend))

@@ -25,7 +25,7 @@ from jax.experimental.pallas import triton as plgpu
 from mmjax.kernels_pallas import _tiles
 from mmjax.types import Array, Float, Int
 
-DEFAULT_ROWS = 64  # block_q * R: keeps the float32 accumulator in registers
+DEFAULT_ROWS = 64  # block_q * Q: keeps the float32 accumulator in registers
 DEFAULT_BLOCK_K = 64  # keys per step, i.e. pages_per_block * page size
 
 
@@ -78,7 +78,7 @@ def ragged_paged_attention_gpu(
     k_pages: Float[Array, "K A G H"],
     v_pages: Float[Array, "K A G H"],
     kv_lens: Int[Array, "B"],
-    block_tables: Int[Array, "B P"],
+    block_tables: Int[Array, "B W"],
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
@@ -98,7 +98,7 @@ def ragged_paged_attention_gpu(
             f"GPU kernel needs powers of two: block_q={block_q}, pages_per_block={pages_per_block}, "
             f"page_size={page_size}")
     tiles = _tiles.plan_query_tiles(cu_q_lens, kv_lens, num_seqs, num_tokens, block_q)
-    qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads)  # [M, K, block_q * R, H]
+    qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads)  # [num_tiles, K, block_q * Q, H]
     num_rows = max(16, pl.next_power_of_2(block_q * group))  # tensor-core minimum is 16 rows
     padded_dim = max(16, pl.next_power_of_2(head_dim))
     qt = jnp.pad(qt, ((0, 0), (0, 0), (0, num_rows - qt.shape[2]), (0, padded_dim - head_dim)))

@@ -8,7 +8,7 @@ per grid step by passing the page arrays that many times, each BlockSpec
 picking the next page of the table; past the last page a tile can see, the
 index is clamped to that page, so the pipeline issues no new DMA and the body
 is skipped. Every block equals the array's trailing dims (``[G, H]``,
-``[block_q * R, H]``), which keeps Mosaic's tiling rules satisfied for any H.
+``[block_q * Q, H]``), which keeps Mosaic's tiling rules satisfied for any H.
 
 Grid: (query tile, KV head, page block) — the last axis reduces (online softmax
 in float32 VMEM scratch). Public entry point:
@@ -28,7 +28,7 @@ from jax.experimental.pallas import tpu as pltpu
 from mmjax.kernels_pallas import _tiles
 from mmjax.types import Array, Float, Int
 
-DEFAULT_ROWS = 128  # block_q * R: one MXU pass of rows
+DEFAULT_ROWS = 128  # block_q * Q: one MXU pass of rows
 DEFAULT_BLOCK_K = 128  # keys per grid step, i.e. pages_per_block * page size
 
 
@@ -89,7 +89,7 @@ def ragged_paged_attention_tpu(
     k_pages: Float[Array, "K A G H"],
     v_pages: Float[Array, "K A G H"],
     kv_lens: Int[Array, "B"],
-    block_tables: Int[Array, "B P"],
+    block_tables: Int[Array, "B W"],
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
@@ -103,7 +103,7 @@ def ragged_paged_attention_tpu(
     num_kv_heads, _, page_size, _ = k_pages.shape
     group = num_heads // num_kv_heads
     tiles = _tiles.plan_query_tiles(cu_q_lens, kv_lens, num_seqs, num_tokens, block_q)
-    qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads)  # [M, K, block_q * R, H]
+    qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads)  # [num_tiles, K, block_q * Q, H]
     num_tiles, _, num_rows, _ = qt.shape
     pages_per_seq = block_tables.shape[1]
     tile_spec = pl.BlockSpec((None, None, num_rows, head_dim), lambda m, h, j, *_: (m, h, 0, 0))

@@ -22,7 +22,7 @@ import numpy as np
 
 from mmjax.kv_cache.allocator import NULL_PAGE
 from mmjax.kv_cache.pages import PADDING_SLOT
-from mmjax.types import Array, Int
+from mmjax.types import ArrayLike, Int
 
 
 @functools.partial(
@@ -34,16 +34,19 @@ from mmjax.types import Array, Int
 class AttentionMetadata:
     """Where each sequence's K/V lives and which query tokens belong to it.
 
+    ``B`` sequences, ``W`` pages per sequence, ``T`` packed tokens. The arrays are
+    host (numpy) ones as ``build_attention_metadata`` makes them, device ones once
+    placed; an engine step stacks a leading replica axis ``R`` onto every field.
     ``max_q_len`` (static) bounds ``q_len`` of every sequence; the reference path
     sizes its per-sequence query gather with it (1 for a pure decode step).
     """
 
-    block_tables: Int[Array, "B P"]
-    kv_lens: Int[Array, "B"]
-    cu_q_lens: Int[Array, "B+1"]
-    num_seqs: Int[Array, "1"]
-    slot_mapping: Int[Array, "T"]
-    positions: Int[Array, "T"]
+    block_tables: Int[ArrayLike, "B W"]
+    kv_lens: Int[ArrayLike, "B"]
+    cu_q_lens: Int[ArrayLike, "B+1"]
+    num_seqs: Int[ArrayLike, "1"]
+    slot_mapping: Int[ArrayLike, "T"]
+    positions: Int[ArrayLike, "T"]
     max_q_len: int
 
     @property

@@ -1,7 +1,7 @@
 """Device-side KV pages and the scatter that writes new tokens into them.
 
 Layout, per decoder layer: ``k`` and ``v`` are separate ``[K, A, G, H]`` arrays
-(KV heads, pages, page size, head dim). Why this one:
+(KV heads, pages in the cache, page size, head dim). Why this one:
 
 - one page of one KV head is a contiguous ``[G, H]`` tile, which is exactly
   the block both kernels read (a TPU BlockSpec block / a Triton gather);
@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mmjax.types import Array, Float, Int
+from mmjax.types import Array, Float, Int, shape_checked
 
 PADDING_SLOT = -1
 
@@ -72,6 +72,7 @@ def kv_pages_bytes(num_kv_heads: int, page_size: int, head_dim: int, dtype: jnp.
 
 
 @jax.jit
+@shape_checked
 def write_kv_to_pages(
     pages: KVPages,
     k: Float[Array, "T K H"],

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import jax
 import jax.numpy as jnp
 
-from mmjax.types import Array, Float, Int
+from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
 
 Cache = TypeVar("Cache")
@@ -29,14 +29,14 @@ class Attend(Protocol[Cache]):
     """``(q, k, v, positions, cache) -> (out, new cache)``: the decoder's attention computation.
 
     Args:
-      q: ``Float[B T N H]`` queries, already rotated and *not* scaled.
-      k, v: ``Float[B T K H]`` this step's keys (rotated) and values; ``N % K == 0``.
-      positions: ``Int[B T]`` absolute position of each query token; ``-1`` marks
+      q: ``Float[Array, "B T N H"]`` queries, already rotated and *not* scaled.
+      k, v: ``Float[Array, "B T K H"]`` this step's keys (rotated) and values; ``N == K * Q``.
+      positions: ``Int[Array, "B T"]`` absolute position of each query token; ``-1`` marks
         a padding token that must not be attended to.
       cache: this layer's cache (its ``KVPages`` for the paged cache; None for dense attention).
 
     Returns:
-      ``(Float[B T N H] in q's dtype, the layer's new cache)``.
+      ``(Float[Array, "B T N H"] in q's dtype, the layer's new cache)``.
     """
 
     def __call__(
@@ -58,13 +58,14 @@ def dense_attend(sliding_window: int | None = None) -> Attend[None]:
     return attend
 
 
+@shape_checked
 def dense_causal_attention(
     q: Float[Array, "B T N H"],
     k: Float[Array, "B S K H"],
     v: Float[Array, "B S K H"],
-    positions: Int[Array, "B T"],
+    positions: Int[ArrayLike, "B T"],
     *,
-    kv_positions: Int[Array, "B S"] | None = None,
+    kv_positions: Int[ArrayLike, "B S"] | None = None,
     sliding_window: int | None = None,
 ) -> Float[Array, "B T N H"]:
     """Grouped-query attention with a causal mask built from positions.
@@ -74,15 +75,16 @@ def dense_causal_attention(
     transformers, whatever the input dtype.
 
     Args:
+      positions: of the queries; a host or a device array (a model called eagerly passes on its caller's).
       kv_positions: positions of the keys; defaults to ``positions`` (S == T).
       sliding_window: if set, a query sees only the ``sliding_window`` most
         recent positions including its own (Mistral's convention).
     """
     kv_positions = positions if kv_positions is None else kv_positions
     num_q_heads, num_kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
-    # Queries of one KV group share its key head: N = K * G, with no copy of k/v.
+    # The Q query heads of one KV head share it: N = K * Q, with no copy of k/v.
     q = q.reshape(*q.shape[:2], num_kv_heads, num_q_heads // num_kv_heads, head_dim)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("BTKQH,BSKH->BKQTS", q, k, preferred_element_type=jnp.float32)
     scores = scores * (head_dim**-0.5)
 
     q_pos, kv_pos = positions[:, :, None], kv_positions[:, None, :]
@@ -92,5 +94,5 @@ def dense_causal_attention(
     scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
 
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    out = jnp.einsum("BKQTS,BSKH->BTKQH", probs, v)
     return out.reshape(*out.shape[:2], num_q_heads, head_dim)

@@ -69,12 +69,12 @@ class CLIPAttention(nnx.Module):
         make = lambda: nnx.Linear(d, d, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = make(), make(), make(), make()
 
-    def __call__(self, x: Float[Array, "I P D"]) -> Float[Array, "I P D"]:
+    def __call__(self, x: Float[Array, "I P E"]) -> Float[Array, "I P E"]:
         split = lambda t: t.reshape(*t.shape[:2], self.num_heads, -1)  # noqa: E731
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        scores = jnp.einsum("IPNH,IQNH->INPQ", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("IPNH,ISNH->INPS", q, k, preferred_element_type=jnp.float32)  # S: the key patches
         probs = jax.nn.softmax(scores * q.shape[-1] ** -0.5, axis=-1).astype(v.dtype)
-        out = jnp.einsum("INPQ,IQNH->IPNH", probs, v)
+        out = jnp.einsum("INPS,ISNH->IPNH", probs, v)
         return self.out_proj(out.reshape(x.shape))
 
 
@@ -84,7 +84,7 @@ class CLIPMLP(nnx.Module):
         self.fc1 = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, param_dtype=param_dtype, rngs=rngs)
         self.fc2 = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "I P D"]) -> Float[Array, "I P D"]:
+    def __call__(self, x: Float[Array, "I P E"]) -> Float[Array, "I P E"]:
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -97,7 +97,7 @@ class CLIPEncoderLayer(nnx.Module):
         self.self_attn = CLIPAttention(cfg, param_dtype=param_dtype, rngs=rngs)
         self.mlp = CLIPMLP(cfg, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "I P D"]) -> Float[Array, "I P D"]:
+    def __call__(self, x: Float[Array, "I P E"]) -> Float[Array, "I P E"]:
         x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 
@@ -114,10 +114,10 @@ class CLIPVisionEmbeddings(nnx.Module):
             cfg.num_patches + 1, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs
         )
 
-    def __call__(self, pixel_values: Float[Array, "I C Y X"]) -> Float[Array, "I P D"]:
+    def __call__(self, pixel_values: Float[Array, "I C Y X"]) -> Float[Array, "I P E"]:
         # Checkpoints and processors use channels-first images; XLA's conv wants NHWC.
         images = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.class_embedding[...].dtype)
-        patches = self.patch_embedding(images)  # I, Y/p, X/p, D
+        patches = self.patch_embedding(images)  # I, Y/p, X/p, E
         patches = patches.reshape(patches.shape[0], -1, patches.shape[-1])  # row-major, as HF flattens
         cls = jnp.broadcast_to(self.class_embedding[...], (patches.shape[0], 1, patches.shape[-1]))
         return jnp.concatenate([cls, patches], axis=1) + self.position_embedding.embedding[...]
@@ -140,7 +140,7 @@ class CLIPVisionTower(nnx.Module):
 
     def __call__(
         self, pixel_values: Float[Array, "I C Y X"], *, num_layers: int | None = None
-    ) -> list[Float[Array, "I P D"]]:
+    ) -> list[Float[Array, "I P E"]]:
         """Run the tower and return its hidden states.
 
         Args:

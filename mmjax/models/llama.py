@@ -21,7 +21,7 @@ from flax import nnx
 
 from mmjax.models.attend import Attend, dense_attend
 from mmjax.models.layers import ACTIVATIONS, RMSNorm, check_activation
-from mmjax.types import Array, Float, Int
+from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
 _SUPPORTED_TEXT_MODELS = ("llama", "mistral")
 #: rope_type -> the rope_parameters keys it reads (besides rope_type, rope_theta).
@@ -132,10 +132,11 @@ def _llama3_inv_freq(inv_freq: np.ndarray, p: dict[str, float]) -> np.ndarray:
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
+@shape_checked
 def apply_rope(
-    x: Float[Array, "B T N H"], positions: Int[Array, "B T"], inv_freq: np.ndarray
-) -> Float[Array, "B T N H"]:
-    """Rotate halves (``rotate_half`` convention, not interleaved pairs)."""
+    x: Float[Array, "B T heads H"], positions: Int[ArrayLike, "B T"], inv_freq: Float[np.ndarray, "H//2"]
+) -> Float[Array, "B T heads H"]:
+    """Rotate halves (``rotate_half`` convention, not interleaved pairs); ``heads`` is N for q, K for k."""
     angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # B T H/2
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
@@ -252,7 +253,7 @@ class LlamaForCausalLM(nnx.Module):
             new_caches.append(cache)
         return self.norm(x), tuple(new_caches)
 
-    def logits(self, hidden: Float[Array, "... D"]) -> Float[Array, "... V"]:
+    def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
         """The LM head (tied or not), in float32. Apply it only where logits are needed."""
         if self.config.tie_word_embeddings:
             return self.embed_tokens.attend(hidden).astype(jnp.float32)

@@ -22,7 +22,7 @@ from mmjax.models.llava_config import LlavaConfig
 from mmjax.models.interface import DecoderMethods, encoder_inputs_from_dummy_data
 from mmjax.models.llava_hooks import dummy_data_for_llava, image_token_count, input_processor_for_llava
 from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, SupportsMultiModal
-from mmjax.types import Array, Float, Int
+from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
 class LlavaMultiModalProjector(nnx.Module):
     """``linear_2(act(linear_1(features)))``: vision width (x layers) -> text width."""
@@ -38,8 +38,9 @@ class LlavaMultiModalProjector(nnx.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+@shape_checked
 def merge_image_features(
-    input_ids: Int[Array, "B T"],
+    input_ids: Int[ArrayLike, "B T"],
     inputs_embeds: Float[Array, "B T D"],
     image_features: Float[Array, "M D"],
     image_token_index: int,

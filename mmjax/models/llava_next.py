@@ -31,7 +31,7 @@ from mmjax.models.llava_next_hooks import (
 from mmjax.processing.anyres import AnyresGeometry
 from mmjax.processing.anyres_layout import NEWLINE, TEXT, AnyresImages
 from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, SupportsMultiModal
-from mmjax.types import Array, Bool, Float, Int
+from mmjax.types import Array, ArrayLike, Bool, Float, Int, shape_checked
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,15 +54,20 @@ class LlavaNextConfig:
         return cls(llava=llava, geometry=AnyresGeometry.from_hf(hf))
 
 
+@shape_checked
 def merge_anyres_features(
-    input_ids: Int[Array, "B T"],
+    input_ids: Int[ArrayLike, "B T"],
     inputs_embeds: Float[Array, "B T D"],
-    tile_features: Float[Array, "M D"],
+    tile_features: Float[Array, "feature_rows D"],
     image_newline: Float[Array, "D"],
-    placeholder_rows: Int[Array, "R"],
+    placeholder_rows: Int[ArrayLike, "M"],
     image_token_index: int,
 ) -> Float[Array, "B T D"]:
     """Fill the k-th placeholder from ``placeholder_rows[k]``: a tile feature or the newline.
+
+    ``tile_features`` are the tiles' features flattened (``feature_rows = I * P``), the
+    table ``placeholder_rows`` indexes. ``input_ids`` and ``placeholder_rows`` may be
+    host arrays, as the model's caller gave them.
 
     ``k`` counts placeholders in row-major (batch, then token) order, as
     transformers' ``masked_scatter`` does; it comes from a cumulative sum, so
@@ -76,7 +81,7 @@ def merge_anyres_features(
     return jnp.where((rows == NEWLINE)[..., None], image_newline.astype(inputs_embeds.dtype), out)
 
 
-def check_placeholder_count(input_ids: Int[Array, "B T"], placeholder_rows: Int[Array, "R"], image_token_index: int):
+def check_placeholder_count(input_ids: Int[Array, "B T"], placeholder_rows: Int[Array, "M"], image_token_index: int):
     """Raise if concrete ``input_ids`` hold another number of placeholders than the images fill."""
     if isinstance(input_ids, jax.core.Tracer) or isinstance(placeholder_rows, jax.core.Tracer):
         return  # inside jit the counts are data; the input processor guarantees them
@@ -125,8 +130,8 @@ class LlavaNextForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMult
         self,
         pixel_values: Float[Array, "I C Y X"],
         tile_valid: Bool[Array, "I"],
-        placeholder_rows: Int[Array, "R"],
-    ) -> Float[Array, "R D"]:
+        placeholder_rows: Int[Array, "M"],
+    ) -> Float[Array, "M D"]:
         """The embedding of every placeholder token, in placeholder order (rows past the last: padding).
 
         The engine computes this once per request and feeds the rows to the
@@ -143,7 +148,7 @@ class LlavaNextForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMult
         input_ids: Int[Array, "B T"],
         pixel_values: Float[Array, "I C Y X"] | None = None,
         tile_valid: Bool[Array, "I"] | None = None,
-        placeholder_rows: Int[Array, "R"] | None = None,
+        placeholder_rows: Int[Array, "M"] | None = None,
     ) -> Float[Array, "B T D"]:
         """Token embeddings with tile features and newlines merged in at the placeholders."""
         embeds = self.language_model.embed(input_ids)
@@ -166,7 +171,7 @@ class LlavaNextForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMult
         attend: Attend | None = None,
         *,
         tile_valid: Bool[Array, "I"] | None = None,
-        placeholder_rows: Int[Array, "R"] | None = None,
+        placeholder_rows: Int[Array, "M"] | None = None,
     ) -> Float[Array, "B T V"]:
         """Float32 logits for every position.
 

@@ -51,7 +51,7 @@ def map_images_for_llava_next(ctx: InputContext, data: object) -> MultiModalInpu
     Returns:
       The model's image kwargs, ``anyres_layout.AnyresImages``' fields:
       ``pixel_values`` f32 ``[I, C, Y, X]``, ``tile_valid`` bool ``[I]``,
-      ``placeholder_rows`` i32 ``[R]``.
+      ``placeholder_rows`` i32 ``[M]``.
     """
     geometry, processor = anyres_geometry(ctx), ctx.get_hf_image_processor()
     processor_pins = tuple(tuple(p) for p in getattr(processor, "image_grid_pinpoints", ()) or ())

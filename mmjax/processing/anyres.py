@@ -150,10 +150,10 @@ class AnyresGeometry:
     def largest_image_size(self) -> Size:
         """An image size with the most tokens: the size of the pinpoint with the largest feature grid.
 
-        Why this is the maximum: an image that lands in pinpoint ``(H, W)``
-        keeps at most the whole ``(R, C)`` feature grid, so it has at most
-        ``base + R * C + R`` tokens; an image of exactly ``H x W`` pixels lands
-        in ``(H, W)`` (no other pinpoint keeps all its pixels with less waste)
+        Why this is the maximum: an image that lands in pinpoint ``(height, width)``
+        keeps at most the whole ``(rows, cols)`` feature grid, so it has at most
+        ``base + rows * cols + rows`` tokens; an image of exactly ``height x width`` pixels lands
+        in ``(height, width)`` (no other pinpoint keeps all its pixels with less waste)
         and loses nothing to unpadding, so it reaches that bound.
         """
         return max(self.pinpoints, key=lambda pin: self.num_image_tokens(*pin))

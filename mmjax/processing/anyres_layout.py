@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from mmjax.processing.anyres import AnyresGeometry
-from mmjax.types import Array, Bool, Float, Int
+from mmjax.types import ArrayLike, Bool, Float, Int
 
 TEXT = -1  # no feature: the position keeps its token embedding
 NEWLINE = -2  # the position takes the image_newline embedding
@@ -35,20 +35,22 @@ NEWLINE = -2  # the position takes the image_newline embedding
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class AnyresImages:
-    """The images of one step, in bucketed shapes (a PyTree of arrays).
+    """The images of one step, in bucketed shapes (a PyTree of arrays: numpy from
+    ``pack_images``, device arrays once placed).
 
     Attributes:
       pixel_values: f32 ``[I, C, Y, X]``; the real tiles of all images, then zero
         tiles. ``I`` is a tile bucket.
       tile_valid: bool ``[I]``; False for the zero tiles.
-      placeholder_rows: i32 ``[I * (P + p)]``; the feature row (``< I * P``),
+      placeholder_rows: i32 ``[M]``, ``M = I * (P + side)``; the feature row (``< I * P``),
         ``NEWLINE`` or ``TEXT`` for each placeholder in order (``P`` features
-        per tile, ``p`` per side: an image of ``n`` tiles has at most ``n * (P + p)`` tokens).
+        per tile, ``side = geometry.patches_per_side`` newlines at most per tile:
+        an image of ``n`` tiles has at most ``n * (P + side)`` tokens).
     """
 
-    pixel_values: Float[Array, "I C Y X"]
-    tile_valid: Bool[Array, "I"]
-    placeholder_rows: Int[Array, "R"]
+    pixel_values: Float[ArrayLike, "I C Y X"]
+    tile_valid: Bool[ArrayLike, "I"]
+    placeholder_rows: Int[ArrayLike, "M"]
 
     @property
     def num_placeholders(self) -> int:
@@ -77,7 +79,7 @@ def bucket_for(count: int, buckets: Sequence[int]) -> int:
     return min(fitting)
 
 
-def image_feature_rows(geometry: AnyresGeometry, height: int, width: int) -> Int[np.ndarray, "N"]:
+def image_feature_rows(geometry: AnyresGeometry, height: int, width: int) -> Int[np.ndarray, "image_tokens"]:
     """Where each of one image's placeholder tokens reads its feature, in the image's own tiles.
 
     Returns:
@@ -98,7 +100,7 @@ def image_feature_rows(geometry: AnyresGeometry, height: int, width: int) -> Int
 
 def pack_images(
     geometry: AnyresGeometry,
-    pixel_values: Float[np.ndarray, "N M C Y X"],
+    pixel_values: Float[np.ndarray, "num_images max_tiles C Y X"],
     image_sizes: Sequence[Sequence[int]],
     buckets: Sequence[int],
 ) -> AnyresImages:
@@ -106,7 +108,7 @@ def pack_images(
 
     Args:
       pixel_values: transformers' processor layout: each image's tiles (base
-        first), then zero padding (``M >= `` its tile count).
+        first), then zero padding (``max_tiles >=`` its tile count).
       image_sizes: ``(height, width)`` of each original image.
       buckets: the allowed tile counts (``tile_buckets``).
     """

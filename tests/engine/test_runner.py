@@ -1,0 +1,114 @@
+"""The device runner: placeholder embeddings live in an on-device arena, steps carry only indices,
+and the host hands arena rows out and takes them back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mmjax
+from engine_fixtures import LLAVA, NEXT, hf_inputs, load, picture, torch_model
+from mmjax.engine.embedding_rows import EmbeddingRows
+from mmjax.engine.runner import model_text_config
+from mmjax.engine.shapes import EMBEDDING_BLOCK_ROWS, StepShapes
+from mmjax.kv_cache import OutOfPagesError
+from mmjax.models.interface import EngineModel
+
+CONFIG = mmjax.EngineConfig(page_size=8, max_num_seqs=3, max_num_batched_tokens=32, max_model_len=128)
+PROMPT = {"prompt": "USER: <image>\nWhat is shown in this image? ASSISTANT:",
+          "multi_modal_data": {"image": picture(40, 60, seed=3)}}
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return load(LLAVA)
+
+
+def test_step_inputs_are_indices_and_the_arena_holds_transformers_image_features(llm, monkeypatch):
+    """Every array a step sends is integer; the arena rows its slots name hold the image's features
+    as transformers computes them (its vision tower and projector, on its own processing)."""
+    import torch
+
+    engine = llm.engine(CONFIG)
+    runner, seen = engine.runner, []
+    execute = runner.execute
+
+    def recording(batch):
+        seen.append((batch, np.asarray(runner.arena(0))))
+        return execute(batch)
+
+    monkeypatch.setattr(runner, "execute", recording)
+    mmjax.generate(llm, PROMPT, mmjax.SamplingParams(max_tokens=2, temperature=0.0), engine_config=CONFIG)
+    assert len(seen) > 2, "the prompt should be prefilled in several chunks, then decoded"
+    for batch, _ in seen:
+        arrays = [batch.input_ids, batch.logits_indices, batch.embedding_slots,
+                  *(getattr(batch.metadata, f) for f in ("block_tables", "kv_lens", "slot_mapping", "positions"))]
+        assert all(np.issubdtype(a.dtype, np.integer) for a in arrays)
+
+    inputs = hf_inputs(LLAVA, llm, PROMPT)
+    with torch.no_grad():
+        features = torch_model(LLAVA).get_image_features(pixel_values=inputs["pixel_values"])
+    features = getattr(features, "pooler_output", features)
+    features = features[0] if isinstance(features, (list, tuple)) else features
+    features = features.reshape(-1, features.shape[-1])
+    image_token = llm.hf_config.image_token_id
+    gathered = []
+    for batch, arena in seen:
+        tokens, slots = batch.input_ids[0], batch.embedding_slots[0]
+        assert ((slots >= 0) == (tokens == image_token)).all(), "exactly the placeholders read the arena"
+        gathered.append(arena[0, slots[slots >= 0]])
+    gathered = np.concatenate(gathered)
+    assert gathered.shape == tuple(features.shape)
+    np.testing.assert_allclose(gathered, features.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_rows_and_pages_all_come_back_after_generate_with_preemption():
+    llm = load(NEXT)
+    config = mmjax.EngineConfig(page_size=8, max_num_seqs=2, max_num_batched_tokens=64, max_model_len=256,
+                                num_pages=40)
+    prompts = [{"prompt": "USER: <image>\nDescribe. ASSISTANT:", "multi_modal_data": {"image": picture(30 + 9 * i, 50)}}
+               for i in range(4)]
+    outputs = mmjax.generate(llm, prompts, mmjax.SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
+                             engine_config=config)
+    engine = llm.engine(config)
+    assert all(len(o.token_ids) == 24 for o in outputs)
+    assert engine.stats["preemptions"] > 0, "the small cache should force a preemption"
+    assert engine.embedding_rows.num_held == 0
+    assert all(a.num_free_pages == a.num_pages - 1 for a in engine.allocators)
+
+
+def test_embedding_rows_never_overlap_and_come_back():
+    shapes = StepShapes.build(CONFIG, max_model_len=128, num_replicas=2, max_mm_tokens_per_prompt=40)
+    rows = EmbeddingRows(shapes)
+    assert rows.rows_per_prompt == 48  # 40 rounded up to blocks of 16
+    taken = {r: rows.assign(f"a{r}", r % 2, 40 - r) for r in range(3)}
+    for r in range(3):
+        assert len(taken[r]) == 40 - r and (taken[r] >= EMBEDDING_BLOCK_ROWS).all()  # block 0 is reserved
+    assert not set(taken[0]) & set(taken[2])  # both on replica 0
+    assert rows.num_held == 3
+    with pytest.raises(ValueError, match="already holds"):
+        rows.assign("a0", 0, 1)
+    rows.release("a0")
+    rows.release("a0")  # twice: nothing left to give back
+    rows.release("never")
+    again = rows.assign("b", 0, 40)
+    assert set(again) == set(taken[0])  # freed rows are handed out again
+    rows.assign("c", 0, 48)  # replica 0 now holds a2, b and c: 3 prompts (max_num_seqs) at the limit
+    with pytest.raises(OutOfPagesError):
+        rows.assign("d", 0, 1)
+    assert len(rows.assign("d", 1, 48)) == 48  # replica 1 has its own rows
+
+
+def test_models_implement_the_engine_interface_and_others_are_refused_by_name(llm):
+    assert isinstance(llm.model, EngineModel)
+    assert isinstance(load(NEXT).model, EngineModel)
+
+    from flax import nnx
+
+    class NotAModel(nnx.Module):
+        def logits(self, hidden):
+            return hidden
+
+    graphdef, state = nnx.split(NotAModel())
+    with pytest.raises(TypeError, match=r"does not implement mmjax.models.interface.EngineModel: missing \['text_config'"):
+        model_text_config(graphdef, state)
