@@ -18,7 +18,8 @@ from mmjax.registry import (
 )
 
 from mmjax.engine.config import EngineConfig
-from mmjax.engine.generate import PromptError, generate
+from mmjax.engine.errors import PromptError, StepError
+from mmjax.engine.generate import generate
 from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.llm import LLM, load
@@ -35,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "MultiModalInputs",
     "PromptError",
+    "StepError",
     "PromptInputs",
     "RequestOutput",
     "SamplingParams",

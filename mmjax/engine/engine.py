@@ -19,6 +19,7 @@ from mmjax.engine.batch import build_step_batch
 from mmjax.engine.config import EngineConfig
 from mmjax.engine.detokenizer import IncrementalDetokenizer
 from mmjax.engine.embedding_rows import EmbeddingRows
+from mmjax.engine.errors import StepError
 from mmjax.engine.logprobs import record_prompt_logprobs, record_sample
 from mmjax.engine.memory import plan_engine_memory
 from mmjax.engine.request import Request, placeholder_rows
@@ -65,6 +66,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.allocators, max_num_seqs=self.config.max_num_seqs,
                                    max_num_batched_tokens=self.config.max_num_batched_tokens)
         self._last_step_was_decode = True
+        self._in_step: tuple[Request, ...] = ()  # the requests of the step running now
+        self._blame: Request | None = None  # the one request a failure now would be caused by
         self._ids = itertools.count()
         # Seeds of requests without one: the same on every process of a multi-host run.
         self._seed_rng = np.random.default_rng(agreed_seed(int(np.random.SeedSequence().entropy % 2**31)))
@@ -117,25 +120,64 @@ class LLMEngine:
     # -- one step -------------------------------------------------------------------
 
     def step(self) -> list[Request]:
-        """Run one step; return the requests that received a token (or finished) in it."""
+        """Run one step; return the requests that received a token (or finished) in it.
+
+        Raises:
+          StepError: the step failed. The requests it could not continue are finished
+            with ``finish_reason == "error"`` (``.error`` says why), the step's other
+            requests are preempted and recomputed later, and a lost KV cache is rebuilt:
+            the engine goes on as a fresh one would. On ``KeyboardInterrupt`` the same
+            clean-up runs, no request is failed, and the interrupt propagates.
+        """
         start = time.perf_counter()
-        updated = self._step()
+        try:
+            updated = self._step()
+        except BaseException as error:
+            failed = self._recover(error)
+            if not isinstance(error, Exception):
+                raise
+            raise StepError(failed, error) from error
+        finally:
+            self._in_step, self._blame = (), None
         kind = "decode_step_s" if self._last_step_was_decode else "prefill_step_s"
         self.stats[kind] += time.perf_counter() - start
         return updated
+
+    def _recover(self, error: BaseException) -> list[Request]:
+        """After a failed step: fail the request to blame (or, when none is, every request of the
+        step), preempt the step's others, and rebuild the device state if a buffer was lost."""
+        failed = [] if not isinstance(error, Exception) else \
+            [self._blame] if self._blame is not None else list(self._in_step)
+        for request in failed:
+            request.error = f"{type(error).__name__}: {error}"
+            request.finish_reason, request.stop_reason = "error", None
+            self._release_embeddings(request)
+            self.scheduler.finish(request)
+        survivors = [r for r in self._in_step if r not in failed and not r.finished]
+        if self.runner.lost_device_state():  # a donated buffer never came back: nothing cached survives
+            self.runner.reset()
+            survivors = [r for r in self.scheduler.running if r not in failed]
+        for request in sorted(survivors, key=lambda r: r.arrival, reverse=True):  # oldest ends up first
+            if request in self.scheduler.running:
+                self._release_embeddings(request)
+                self.scheduler.preempt(request)
+        return failed
 
     def _step(self) -> list[Request]:
         decision = self.scheduler.schedule()
         for request in decision.preempted:
             self._release_embeddings(request)  # encoded again when it comes back
         chunks = decision.chunks
+        self._in_step = tuple(c.request for c in chunks)
         self.stats["preemptions"] += len(decision.preempted)
         self._last_step_was_decode = all(c.num_tokens == 1 for c in chunks)
         if not chunks:
             return []
         for chunk in chunks:
             if chunk.request.needs_mm_embeds and chunk.start < chunk.request.num_prompt_tokens:
+                self._blame = chunk.request
                 self._encode(chunk.request)
+        self._blame = None
         want_prompt_logprobs = any(_wants_prompt_logprobs(c) for c in chunks)
         batch = build_step_batch(chunks, self.allocators, token_buckets=self.config.token_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
@@ -195,7 +237,9 @@ class LLMEngine:
         num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else 0
         out = self.runner.sample(logits, tensors, seen, num_logprobs)
         for chunk, row in sampling:
+            self._blame = chunk.request
             self._append(chunk.request, row, out)
+        self._blame = None
         return [c.request for c, _ in sampling]
 
     def _append(self, request: Request, row: int, out: Any) -> None:

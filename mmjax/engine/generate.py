@@ -6,18 +6,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mmjax.engine.config import EngineConfig
+from mmjax.engine.errors import PromptError, StepError
 from mmjax.engine.outputs import CompletionOutput, RequestOutput
 from mmjax.engine.request import Request
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.registry import PromptInputs
-
-
-class PromptError(ValueError):
-    """A prompt of a ``generate`` batch was refused before any work; ``index`` says which."""
-
-    def __init__(self, index: int, error: Exception):
-        super().__init__(f"prompt {index}: {type(error).__name__}: {error}")
-        self.index, self.error = index, error
 
 
 def to_output(request: Request) -> RequestOutput:
@@ -32,7 +25,7 @@ def to_output(request: Request) -> RequestOutput:
         request_id=request.request_id, prompt=request.processed.prompt,
         prompt_token_ids=tuple(int(t) for t in request.prompt_token_ids),
         prompt_logprobs=None if request.prompt_logprobs is None else list(request.prompt_logprobs),
-        outputs=[completion], finished=request.finished,
+        outputs=[completion], finished=request.finished, error=request.error,
     )
 
 
@@ -59,7 +52,8 @@ def generate(
       engine_config: batching and KV-cache settings (default: ``EngineConfig()``);
         the engine is built once per config and kept on ``llm``.
       errors: "raise" (default): a bad prompt raises ``PromptError`` before any
-        work; "return": each bad prompt gets an output with ``.error`` set and
+        work, and a request that fails while it runs raises ``StepError``; "return":
+        each bad or failed prompt gets an output with ``.error`` set and
         ``finish_reason == "error"``, and the other prompts run normally.
 
     Returns:
@@ -69,6 +63,10 @@ def generate(
     Raises:
       PromptError: a prompt or its parameters are invalid; raised before any
         work starts, and no request of the call is left in the engine.
+      StepError: with ``errors="raise"``, a request failed while it ran (its
+        encoder, a step, sampling or detokenizing raised); the call's other
+        requests are aborted, and the engine is left as a fresh one would be.
+      KeyboardInterrupt: passed on after the call's requests are aborted.
     """
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
@@ -77,9 +75,10 @@ def generate(
     engine = llm.engine(engine_config)
     requests = _add_all(engine, prompts, params, keep_going=errors == "return")
     live = [r for r in requests if isinstance(r, Request)]
+    keep_going = errors == "return"
     if stream:
-        return _stream(engine, live)
-    _run(engine, live, progress=use_tqdm and len(live) > 1)
+        return _stream(engine, live, keep_going)
+    _run(engine, live, progress=use_tqdm and len(live) > 1, keep_going=keep_going)
     return [to_output(r) if isinstance(r, Request) else r for r in requests]
 
 
@@ -124,22 +123,46 @@ def _error_output(index: int, error: PromptError) -> RequestOutput:
                          outputs=[completion], finished=True, error=str(error))
 
 
-def _run(engine: Any, requests: list[Request], progress: bool) -> None:
+def _step(engine: Any, requests: list[Request], keep_going: bool) -> list[Request]:
+    """One engine step for a call's ``requests``; on a failure (or Ctrl-C) the call's other requests
+    are aborted unless ``keep_going`` (a failed request is then finished with its error)."""
+    try:
+        return engine.step()
+    except StepError as error:
+        if keep_going:
+            return list(error.requests)
+        _abort(engine, requests)
+        raise
+    except BaseException:
+        _abort(engine, requests)
+        raise
+
+
+def _abort(engine: Any, requests: list[Request]) -> None:
+    for request in requests:
+        if not request.finished:
+            engine.abort(request)
+
+
+def _run(engine: Any, requests: list[Request], progress: bool, keep_going: bool) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(requests), desc="generate", unit="prompt", disable=not progress)
     done = 0
     while not all(r.finished for r in requests):
-        engine.step()
+        _step(engine, requests, keep_going)
         finished = sum(r.finished for r in requests)
         bar.update(finished - done)
         done = finished
     bar.close()
 
 
-def _stream(engine: Any, requests: list[Request]) -> Iterator[RequestOutput]:
+def _stream(engine: Any, requests: list[Request], keep_going: bool) -> Iterator[RequestOutput]:
     mine = set(map(id, requests))
-    while not all(r.finished for r in requests):
-        for request in engine.step():
-            if id(request) in mine:
-                yield to_output(request)
+    try:
+        while not all(r.finished for r in requests):
+            for request in _step(engine, requests, keep_going):
+                if id(request) in mine:
+                    yield to_output(request)
+    finally:  # the consumer stopped early (or failed): nothing of this call stays in the engine
+        _abort(engine, requests)

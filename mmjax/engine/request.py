@@ -43,6 +43,7 @@ class Request:
       seed: the sampling seed (the user's, or one drawn when the request arrived).
       num_computed_tokens: tokens whose K/V are in the cache.
       replica: the data-parallel replica whose pages hold its K/V (None while waiting).
+      error: why the request failed (``finish_reason == "error"``), else None.
     """
 
     request_id: str
@@ -63,6 +64,7 @@ class Request:
     stop_reason: str | int | None = None
     num_preemptions: int = 0
     replica: int | None = None
+    error: str | None = None
 
     @property
     def prompt_token_ids(self) -> np.ndarray:

@@ -52,9 +52,7 @@ class ModelRunner:
         self.kv_pages = self._init_pages()
         width = self.text_config.hidden_size if shapes.embedding_rows else 0
         self.embedding_width = width
-        self._arenas = {r: jnp.zeros((1, shapes.embedding_rows, width), self.dtype,
-                                     device=placement.replica_sharding(r))
-                        for r in placement.owned_replicas()} if width else {}
+        self._arenas = {r: self._new_arena(r) for r in placement.owned_replicas()} if width else {}
         self._encoder_rows: dict[tuple, int] = {}
 
     def _init_pages(self) -> tuple[KVPages, ...]:
@@ -62,6 +60,22 @@ class ModelRunner:
         text = self.text_config
         return init_kv_pages(text.num_layers, text.num_kv_heads, self.shapes.num_replicas * self.num_pages,
                              self.shapes.page_size, text.head_dim, self.dtype, sharding=self.placement.kv_sharding)
+
+    # -- after a failure ---------------------------------------------------------------
+
+    def lost_device_state(self) -> bool:
+        """Whether a failed program left the KV pages or an arena deleted (donated, never returned)."""
+        arrays = [*jax.tree.leaves(self.kv_pages), *self._arenas.values()]
+        return any(x.is_deleted() for x in arrays)
+
+    def reset(self) -> None:
+        """Fresh, zeroed KV pages and arenas, as a new runner has (every cached token is gone)."""
+        self.kv_pages = self._init_pages()
+        self._arenas = {r: self._new_arena(r) for r in self._arenas}
+
+    def _new_arena(self, replica: int) -> jax.Array:
+        return jnp.zeros((1, self.shapes.embedding_rows, self.embedding_width), self.dtype,
+                         device=self.placement.replica_sharding(replica))
 
     # -- multimodal items ------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import jax
+import numpy as np
 from PIL import Image
 
 from mmjax.models.llava_config import LlavaConfig
@@ -60,10 +62,36 @@ def expand_placeholders(
     return tuple(out), tuple(ranges)
 
 
+def check_image_embeds(config: LlavaConfig, images: object) -> None:
+    """Raise unless precomputed embeddings are ``[P, D]`` float arrays of finite values, one per image.
+
+    ``P`` is ``image_tokens_per_image`` and ``D`` the decoder width: what ``image_features``
+    returns for one image, and what each image's placeholders are filled with.
+    """
+    items = images if isinstance(images, list) else [images]
+    want = (config.image_tokens_per_image, config.text.hidden_size)
+    for index, item in enumerate(items):
+        if not isinstance(item, (np.ndarray, jax.Array)):
+            continue  # a PIL image: the image processor maps it
+        shape, dtype = tuple(item.shape), np.dtype(item.dtype)
+        if shape != want or not np.issubdtype(dtype, np.floating):
+            raise ValueError(f"image {index}: precomputed image embeddings must be a float array of shape "
+                             f"{list(want)} (image tokens per image, the decoder's hidden size), one per "
+                             f"<image>; got {dtype.name}{list(shape)}")
+        if not np.isfinite(np.asarray(item, np.float32)).all():
+            raise ValueError(f"image {index}: precomputed image embeddings hold NaN or infinite values")
+
+
 def input_processor_for_llava(ctx: InputContext, inputs: DecoderOnlyInputs) -> DecoderOnlyInputs:
-    """Expand each ``<image>`` token into ``image_token_count`` placeholders and record where."""
+    """Expand each ``<image>`` token into ``image_token_count`` placeholders and record where.
+
+    Raises:
+      ValueError: markers and images disagree, or precomputed embeddings have the wrong shape.
+    """
     config = llava_config(ctx)
     images = inputs.multi_modal_data.get("image")
+    if images is not None:
+        check_image_embeds(config, images)
     num_images = 0 if images is None else count_items(images)
     token_ids, ranges = expand_placeholders(
         inputs.prompt_token_ids, config.image_token_index, [config.image_tokens_per_image] * num_images

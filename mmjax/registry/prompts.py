@@ -90,15 +90,28 @@ class ParsedPrompt:
     mm_processor_kwargs: Mapping[str, Any]
 
 
+def _check_text(text: str) -> str:
+    """``text``, if it can be encoded as UTF-8 (what a tokenizer needs); else a ValueError naming where."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start:err.end]
+        raise ValueError(f"the prompt text is not valid Unicode: {bad!r} at character {err.start} "
+                         f"({err.reason}); lone surrogates often come from decoding bytes with "
+                         f"errors='surrogateescape' — decode the text as UTF-8 first") from None
+    return text
+
+
 def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
     """Check the shape of a user prompt and take it apart.
 
     Raises:
       TypeError: not a str or a dict; wrong value types.
-      ValueError: both or neither of ``prompt`` / ``prompt_token_ids``; unknown keys.
+      ValueError: both or neither of ``prompt`` / ``prompt_token_ids``; unknown keys; text that
+        is not valid Unicode (a lone surrogate).
     """
     if isinstance(prompt, str):
-        return ParsedPrompt(prompt, None, MappingProxyType({}), MappingProxyType({}))
+        return ParsedPrompt(_check_text(prompt), None, MappingProxyType({}), MappingProxyType({}))
     if not isinstance(prompt, Mapping):
         raise TypeError(
             f"a prompt must be a str, a {{'prompt': str, ...}} dict or a "
@@ -112,6 +125,8 @@ def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
         raise ValueError("a prompt dict needs exactly one of 'prompt' (text) and 'prompt_token_ids'")
     if has_text and not isinstance(prompt["prompt"], str):
         raise TypeError(f"'prompt' must be a str, got {type(prompt['prompt']).__name__}")
+    if has_text:
+        _check_text(prompt["prompt"])
     mm_data = prompt.get("multi_modal_data") or {}
     mm_kwargs = prompt.get("mm_processor_kwargs") or {}
     for name, value in (("multi_modal_data", mm_data), ("mm_processor_kwargs", mm_kwargs)):
