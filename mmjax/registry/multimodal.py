@@ -29,8 +29,12 @@ from mmjax.registry.processor_kwargs import (
 )
 
 
-class UnknownModalityError(KeyError):
-    """A ``multi_modal_data`` key (or a limit) names a modality no plugin handles."""
+class UnknownModalityError(KeyError, ValueError):
+    """A ``multi_modal_data`` key (or a limit) names a modality no plugin handles.
+
+    A ``KeyError`` (an unknown key) and a ``ValueError`` (a bad input value), so a
+    caller catching either of the documented input errors catches it.
+    """
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
