@@ -142,8 +142,13 @@ def load(
         None (the default): everything on one device.
 
     Raises:
-      FileNotFoundError: a file the checkpoint needs is missing (named).
-      ValueError / NotImplementedError: an unsupported architecture or config field.
+      FileNotFoundError: a file the checkpoint needs is missing (named): ``config.json``,
+        a weight file or shard, the tokenizer's files, or, unless
+        ``limit_mm_per_prompt={"image": 0}``, the image-processor config.
+      ValueError: a file that is truncated or not valid JSON, a tensor of the wrong
+        shape (each named), or an unsupported architecture.
+      TypeError: a ``config.json`` field of the wrong type (named by its path).
+      NotImplementedError: an unsupported config field.
     """
     dtype = _as_dtype(dtype)
     model_config = ModelConfig.from_pretrained(
@@ -152,8 +157,17 @@ def load(
         mm_processor_kwargs=mm_processor_kwargs or {},
         max_model_len=max_model_len,
     )
-    MULTIMODAL_REGISTRY.init_mm_limits_per_prompt(model_config)  # fail now on bad limits
-    tokenizer = InputContext(model_config).get_tokenizer()
+    limits = MULTIMODAL_REGISTRY.init_mm_limits_per_prompt(model_config)  # fail now on bad limits
+    context = InputContext(model_config)
+    tokenizer = context.get_tokenizer()
+    if limits.get("image", 0) > 0:  # read now (cached), not at the first image prompt
+        try:
+            context.get_hf_image_processor()
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{err}; it is needed for image prompts (to load for text only, pass "
+                f"limit_mm_per_prompt={{'image': 0}})"
+            ) from err
     loader = resolve_loader(model_config.hf_config)
     if mesh is None:
         model, _ = loader(os.fspath(path), dtype)

@@ -8,6 +8,7 @@ dummy data all use it.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from mmjax.models.clip import CLIPVisionConfig
 from mmjax.models.layers import check_activation
@@ -66,6 +67,16 @@ class LlavaConfig:
                 f"for {model_type}; supported: {strategies}"
             )
         layer = hf.vision_feature_layer
+        if not _is_int(layer) and not (isinstance(layer, (list, tuple)) and layer and all(map(_is_int, layer))):
+            raise TypeError(
+                f"{_config_file(hf)}: field vision_feature_layer must be an int or a list of ints, "
+                f"got {type(layer).__name__} {layer!r}"
+            )
+        if not _is_int(hf.image_token_id):
+            raise TypeError(
+                f"{_config_file(hf)}: field image_token_index (image_token_id) must be an int, "
+                f"got {type(hf.image_token_id).__name__} {hf.image_token_id!r}"
+            )
         cfg = cls(
             vision=CLIPVisionConfig.from_hf(hf.vision_config),
             text=DecoderConfig.from_hf(hf.text_config, tie_word_embeddings=hf.tie_word_embeddings),
@@ -77,3 +88,13 @@ class LlavaConfig:
         )
         cfg.feature_layers  # validates the layer indices now, not at the first forward
         return cfg
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _config_file(hf) -> str:
+    """Where ``hf`` was read from, for error messages ("config.json" for a config built in code)."""
+    directory = getattr(hf, "name_or_path", "") or ""
+    return os.path.join(directory, "config.json") if directory else "config.json"

@@ -85,13 +85,14 @@ def llava_targets(cfg: LlavaConfig, model_paths: set) -> dict[str, Target]:
 
 
 def read_hf_config(path: str | os.PathLike):
-    """The checkpoint's transformers config (``config.json``), read from disk only."""
-    from transformers import AutoConfig  # heavy import, deferred to load time
+    """The checkpoint's transformers config (``config.json``), read from disk only.
 
-    config_file = os.path.join(os.fspath(path), "config.json")
-    if not os.path.exists(config_file):
-        raise FileNotFoundError(f"no config.json in {os.fspath(path)}")
-    return AutoConfig.from_pretrained(os.fspath(path), local_files_only=True)
+    A missing file, invalid JSON or a wrong-typed field raises naming the file
+    and the field (``mmjax.registry.config.load_hf_config``).
+    """
+    from mmjax.registry.config import load_hf_config
+
+    return load_hf_config(path)
 
 
 def abstract_llava(cfg: LlavaConfig, dtype: jnp.dtype = jnp.float32) -> LlavaForConditionalGeneration:

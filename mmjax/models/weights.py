@@ -7,8 +7,9 @@ tensor lazily from its file, transform and cast it, and drop it into the
 matching leaf. At most one tensor is in flight, so host memory never holds a
 second copy of the model.
 
-Every mismatch raises, naming the thing: a missing file, a missing tensor and
-the file it should be in, a wrong shape, tensors the model has no place for.
+Every mismatch raises, naming the thing: a missing file, a truncated or
+corrupt one, a missing tensor and the file it should be in, a wrong shape
+(and the file holding it), tensors the model has no place for.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -112,8 +113,7 @@ class CheckpointReader:
     def _tensor_files(self) -> dict[str, str]:
         index = os.path.join(self.directory, INDEX_FILE)
         if os.path.exists(index):
-            with open(index) as f:
-                weight_map: dict[str, str] = json.load(f)["weight_map"]
+            weight_map = _read_weight_map(index)
             for file in sorted(set(weight_map.values())):
                 if not os.path.exists(os.path.join(self.directory, file)):
                     raise FileNotFoundError(f"{file} is listed in {index} but does not exist")
@@ -121,7 +121,7 @@ class CheckpointReader:
         single = os.path.join(self.directory, SINGLE_FILE)
         if not os.path.exists(single):
             raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {self.directory}")
-        with safe_open(single, framework="flax") as f:
+        with open_safetensors(single, framework="flax") as f:
             return {name: SINGLE_FILE for name in f.keys()}
 
     def canonical(self, raw: str) -> str:
@@ -159,7 +159,7 @@ class CheckpointReader:
     def _open(self, raw: str, framework: str = "flax"):
         file = self._files[raw]
         if (file, framework) not in self._handles:
-            self._handles[file, framework] = safe_open(os.path.join(self.directory, file), framework=framework)
+            self._handles[file, framework] = open_safetensors(os.path.join(self.directory, file), framework)
         handle = self._handles[file, framework]
         if raw not in handle.keys():
             raise KeyError(f"tensor {raw!r} is listed in {INDEX_FILE} under {file}, which does not contain it")
@@ -192,6 +192,61 @@ class CheckpointReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _read_weight_map(index: str) -> dict[str, str]:
+    """``{tensor name: shard file}`` of a ``model.safetensors.index.json``, or raise naming what is wrong."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{index} is not valid JSON (truncated or hand-edited?): {err}") from err
+    except AttributeError:  # valid JSON, but not an object
+        weight_map = None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index} has no \"weight_map\" object of tensor name -> shard file name")
+    return weight_map
+
+
+def open_safetensors(file: str, framework: str = "flax"):
+    """``safe_open(file)``, or a ``ValueError`` naming the file and saying how it is broken.
+
+    safetensors checks at open that the header parses and that its tensors'
+    byte ranges lie inside the file, so truncation anywhere is caught here.
+    """
+    try:
+        return safe_open(file, framework=framework)
+    except SafetensorError as err:
+        raise ValueError(f"{file} {describe_broken_safetensors(file)} (safetensors: {err})") from err
+
+
+def describe_broken_safetensors(file: str) -> str:
+    """What is wrong with a safetensors file that does not open: "is truncated ...", etc."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if head.startswith(b"version "):
+            return "is not a safetensors file: it looks like a git-lfs pointer (run `git lfs pull`)"
+        if len(head) < 8:
+            return f"is truncated: {size} bytes, less than the 8-byte header length"
+        header_len = int.from_bytes(head, "little")
+        if 8 + header_len > size:
+            return (
+                f"is truncated inside its header: the header is {header_len} bytes but the file "
+                f"holds only {size - 8} after the length (a partial download, or not a safetensors file?)"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [t["data_offsets"][1] for key, t in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "is corrupt: its header is not valid safetensors JSON"
+    data = size - 8 - header_len
+    if ends and max(ends) > data:
+        return (
+            f"is truncated: its header lists {max(ends)} bytes of tensor data but the file holds "
+            f"only {data} (a partial download?)"
+        )
+    return "is corrupt"
 
 
 def _permute_shape(shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -238,7 +293,8 @@ def fill_state(
         if got != expected:
             hf_expected = _permute_shape(expected, _inverse(target.permutation))
             raise ValueError(
-                f"tensor {reader.spelling(name)!r} has shape {reader.shape(name)}, expected {hf_expected} "
+                f"tensor {reader.spelling(name)!r} in {os.path.join(reader.directory, reader.file_of(name))} "
+                f"has shape {reader.shape(name)}, expected {hf_expected} "
                 f"(our layout {expected} at {'/'.join(map(str, target.path))})"
             )
         if shardings is not None:
