@@ -31,6 +31,8 @@ def test_quickstart(tmp_path):
     assert "PlaceholderRange(offset=4, length=576)" in text
     assert "finished: length" in text
     assert "KV cache:" in text
+    assert "error prompt 1: ValueError: image 0: precomputed image embeddings must be" in text
+    assert "requests left in the engine: False" in text
     assert "image/png" in str([c.get("outputs") for c in notebook.cells])  # the photo was shown
 
 
