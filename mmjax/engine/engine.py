@@ -145,14 +145,18 @@ class LLMEngine:
 
     def _recover(self, error: BaseException) -> list[Request]:
         """After a failed step: fail the request to blame (or, when none is, every request of the
-        step), preempt the step's others, and rebuild the device state if a buffer was lost."""
-        failed = [] if not isinstance(error, Exception) else \
-            [self._blame] if self._blame is not None else list(self._in_step)
+        step; every request, when the step failed before it had any), preempt the step's others,
+        and rebuild the device state if a buffer was lost."""
+        failed = []
+        if isinstance(error, Exception):  # not Ctrl-C
+            # Before the step knew its requests (scheduling failed), nothing says whose it was: all fail.
+            everyone = [*self.scheduler.running, *self.scheduler.waiting]
+            failed = [self._blame] if self._blame is not None else list(self._in_step) or everyone
         for request in failed:
             request.error = f"{type(error).__name__}: {error}"
             request.finish_reason, request.stop_reason = "error", None
             self._release_embeddings(request)
-            self.scheduler.finish(request)
+            self.scheduler.abort(request)  # out of the queue or the batch, pages freed
         survivors = [r for r in self._in_step if r not in failed and not r.finished]
         if self.runner.lost_device_state():  # a donated buffer never came back: nothing cached survives
             self.runner.reset()

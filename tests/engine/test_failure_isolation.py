@@ -78,6 +78,7 @@ STAGES = {
     # stage: (how to inject, which prompts fail: by index, or "step" for every request of the failing step)
     "encode": lambda mp, engine: fail_once(mp, engine.runner, "encode",
                                            when=lambda mm, replica, rows: len(rows) > 0),
+    "schedule": lambda mp, engine: fail_once(mp, engine.scheduler, "schedule"),
     "build_step": lambda mp, engine: fail_once(mp, engine_module, "build_step_batch"),
     "step": lambda mp, engine: fail_once(mp, engine.runner, "execute"),
     "step_lost_pages": lambda mp, engine: fail_once(mp, engine.runner, "execute", before=delete_kv_pages(engine)),
