@@ -71,6 +71,12 @@ def lower_step(
                             kv_sharding=placement.kv_sharding)
 
 
+def encoder_output_rows(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Any]) -> int:
+    """Rows ``multimodal_embeddings`` returns for inputs of these shapes (traced, not run)."""
+    out = jax.eval_shape(lambda s, m: nnx.merge(graphdef, s).multimodal_embeddings(**m), state, dict(mm_kwargs))
+    return out.shape[0]
+
+
 def lower_encoder(
     graphdef: nnx.GraphDef, placement: Placement, mm_kwargs: Mapping[str, np.ndarray], *, embedding_rows: int,
     embedding_width: int, dtype: Any,
@@ -81,6 +87,5 @@ def lower_encoder(
     state = placement.replica_state(replica)
     arena = jax.ShapeDtypeStruct((1, embedding_rows, embedding_width), dtype, sharding=sharding)
     mm = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding) for k, v in mm_kwargs.items()}
-    out = jax.eval_shape(lambda s, m: nnx.merge(graphdef, s).multimodal_embeddings(**m), state, mm)
-    rows = jax.ShapeDtypeStruct((out.shape[0],), jnp.int32, sharding=sharding)
+    rows = jax.ShapeDtypeStruct((encoder_output_rows(graphdef, state, mm),), jnp.int32, sharding=sharding)
     return encode_into_arena.lower(graphdef, state, arena, mm, rows, arena_sharding=sharding)

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax.engine.batch import StepBatch, empty_step_batch
-from mmjax.engine.programs import lower_step
+from mmjax.engine.programs import encoder_output_rows, lower_step
 from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.shapes import StepShapes
 from mmjax.engine.step import encode_into_arena, paged_step
@@ -103,9 +103,7 @@ class ModelRunner:
         """Rows ``multimodal_embeddings`` returns for inputs of these shapes (bucketed, so a few values)."""
         key = tuple(sorted((k, tuple(np.shape(v)), str(v.dtype)) for k, v in mm_kwargs.items()))
         if key not in self._encoder_rows:
-            out = jax.eval_shape(lambda s, m: nnx.merge(self.graphdef, s).multimodal_embeddings(**m),
-                                 self.state, dict(mm_kwargs))
-            self._encoder_rows[key] = out.shape[0]
+            self._encoder_rows[key] = encoder_output_rows(self.graphdef, self.state, mm_kwargs)
         return self._encoder_rows[key]
 
     def arena(self, replica: int) -> jax.Array:
