@@ -48,9 +48,6 @@ class EmbeddingRows:
         if replica is not None:
             self._allocators[replica].free(request_id)
 
-    def holds(self, request_id: Hashable) -> bool:
-        return request_id in self._replica_of
-
     @property
     def num_held(self) -> int:
         """Requests holding rows (0 when every prefill is done)."""
