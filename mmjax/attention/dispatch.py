@@ -16,7 +16,7 @@ from mmjax.kernels_pallas.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
 )
-from mmjax.kernels_pallas.ragged_paged_attention_tiled import ragged_paged_attention_tiled
+from mmjax.kernels_pallas.ragged_paged_attention_tiled import DEFAULT_BLOCK_Q, ragged_paged_attention_tiled
 from mmjax.kv_cache import AttentionMetadata, KVPages, write_kv_to_pages
 from mmjax.types import Array, Float, shape_checked
 
@@ -27,8 +27,8 @@ IMPLS = ("auto", "pallas", "xla", "reference")
 def resolve_impl(impl: Impl) -> str:
     """"auto" -> "pallas" on GPU/TPU, "xla" elsewhere.
 
-    "xla" is the plain-XLA path for hosts without a kernel: the reference for
-    decode steps (one query per sequence), the tiled version for prefill.
+    "xla" is the plain-XLA path for hosts without a kernel (``ragged_paged_attention_tiled``):
+    its loop over K/V blocks stops at the step's real context, as the kernels do.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
@@ -55,9 +55,10 @@ def paged_attention(
     args = (q, pages.k, pages.v, metadata.kv_lens, metadata.block_tables, metadata.cu_q_lens,
             metadata.num_seqs)
     impl = resolve_impl(impl)
-    if impl == "xla" and metadata.max_q_len > 1:
-        return ragged_paged_attention_tiled(*args, sm_scale=sm_scale)
-    if impl in ("xla", "reference"):
+    if impl == "xla":  # decode steps: one-token tiles, one per sequence
+        return ragged_paged_attention_tiled(*args, sm_scale=sm_scale, block_q=1 if metadata.max_q_len == 1 else
+                                            DEFAULT_BLOCK_Q)
+    if impl == "reference":
         return ragged_paged_attention_reference(*args, sm_scale=sm_scale, max_q_len=metadata.max_q_len)
     interpret = jax.default_backend() not in ("gpu", "tpu")
     return ragged_paged_attention(

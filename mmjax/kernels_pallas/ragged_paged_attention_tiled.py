@@ -1,12 +1,21 @@
-"""Ragged paged attention in plain XLA, tiled like the kernels: the fast CPU path for prefill.
+"""Ragged paged attention in plain XLA, tiled like the kernels: the fast path on hosts without one (CPU).
 
-``ragged_paged_attention_reference`` pads every sequence's queries to
-``max_q_len``: simple, and right for decode (one query per sequence), but a
-prefill step of a few long prompts in a fixed batch of B sequences pays
-``B * max_q_len`` query rows. Here the packed tokens are cut into query tiles
-of at most ``block_q`` tokens of one sequence (``_tiles.plan_query_tiles``, the
-plan the Pallas kernels use), and each tile attends over its own sequence's
-pages, so the work follows the real tokens. Same numerics: float32 softmax.
+The packed tokens are cut into query tiles of at most ``block_q`` tokens of one
+sequence (``_tiles.plan_query_tiles``, the plan the Pallas kernels use). Two
+loops with traced trip counts, like a kernel's grid, do the work: over the
+step's real tiles, and inside each over the K/V blocks of ``block_kv`` keys up
+to the tile's last query (causal). So a step costs what its real tokens and
+contexts cost, never the block-table width (``max_model_len``): a decode step
+over 600-token contexts in an engine of ``max_model_len`` 4096 reads 600
+tokens of K/V per sequence, and a prefill tile skips the blocks after it.
+
+Each block is one online-softmax update (float32, as the kernels and the
+reference) over ``[K, block_q * Q, block_kv]`` logits that stay in cache:
+measured on the 2-core CPU (``benchmarks/paged_attention.py``), this beats one
+batched einsum over every tile, whose large intermediates cost more than their
+FLOPs. Decode steps use tiles of one token (``block_q=1``), prefill ones of
+``DEFAULT_BLOCK_Q``. The loops are ``while_loop``s: forward-only, like every
+paged path (training differentiates the dense model).
 """
 
 from __future__ import annotations
@@ -16,15 +25,18 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from mmjax.kernels_pallas import _tiles
 from mmjax.types import Array, Float, Int, shape_checked
 
-#: Query tokens per tile on CPU: big enough for efficient matmuls, small enough to bound padding.
+#: Query tokens per prefill tile on CPU: big enough for efficient matmuls, small enough to bound padding.
 DEFAULT_BLOCK_Q = 128
+#: Keys per block of the loop (rounded down to whole pages): few loop trips, little work past the context.
+DEFAULT_BLOCK_KV = 128
 
 
-@functools.partial(jax.jit, static_argnames=("sm_scale", "block_q"))
+@functools.partial(jax.jit, static_argnames=("sm_scale", "block_q", "block_kv"))
 @shape_checked
 def ragged_paged_attention_tiled(
     q: Float[Array, "T N H"],
@@ -37,37 +49,61 @@ def ragged_paged_attention_tiled(
     *,
     sm_scale: float | None = None,
     block_q: int = DEFAULT_BLOCK_Q,
+    block_kv: int = DEFAULT_BLOCK_KV,
 ) -> Float[Array, "T N H"]:
     """Attention of each packed query token over its sequence's pages (causal, GQA).
 
     Inputs as ``ragged_paged_attention_reference``; tokens of no sequence come out as zeros.
-    In the einsums ``m`` is a query tile and ``r`` a row of one (``block_q * Q`` rows:
-    token, then query head of the KV head's group).
+    In the einsums ``r`` is a row of a query tile (``block_q * Q`` rows: token, then
+    query head of the KV head's group) and ``S`` a key of the current block.
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, _, page_size, _ = k_pages.shape
+    pages_per_seq = block_tables.shape[1]
     group = num_heads // num_kv_heads
     scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
     block_q = min(block_q, num_tokens)
+    block_pages = max(1, min(pages_per_seq, block_kv // page_size))
+    block_keys = block_pages * page_size
+    max_blocks = -(-pages_per_seq // block_pages)
+
     tiles = _tiles.plan_query_tiles(cu_q_lens, kv_lens, num_seqs, num_tokens, block_q)
-    qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads).astype(jnp.float32)  # [m, K, r, H]
+    qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads).astype(jnp.float32) * scale  # [m, K, r, H]
+    _, _, num_rows, _ = qt.shape
+    # Block tables padded with the null page to whole blocks.
+    tables = jnp.pad(block_tables, ((0, 0), (0, max_blocks * block_pages - pages_per_seq)))  # [B, W']
+    row = lax.broadcasted_iota(jnp.int32, (num_rows, block_keys), 0)  # [r, S]
+    key_offset = lax.broadcasted_iota(jnp.int32, (num_rows, block_keys), 1)
 
-    def gather(pages: Array) -> Array:  # [K, A, G, H] -> [m, K, S, H] for each tile's sequence
-        x = pages[:, block_tables[tiles.seq]]  # [K, m, W, G, H]
-        return x.reshape(num_kv_heads, x.shape[1], -1, head_dim).transpose(1, 0, 2, 3).astype(jnp.float32)
+    def attend_tile(t: Array, out: Array) -> Array:
+        seq, pos0, rows = tiles.seq[t], tiles.pos0[t], tiles.rows[t]
+        q_tile, kv_len = qt[t], kv_lens[seq]  # [K, r, H]
 
-    k, v = gather(k_pages), gather(v_pages)
-    num_keys = k.shape[2]
-    visible = jax.vmap(lambda pos0, rows: _tiles.visible(block_q * group, num_keys, 0, pos0, rows, group))(
-        tiles.pos0, tiles.rows)  # [m, r, S]; keys past the sequence are never visible (causal)
-    logits = jnp.einsum("mKrH,mKSH->mKrS", qt, k) * scale
-    logits = jnp.where(visible[:, None], logits, _tiles.MASK_VALUE)
-    probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    probs = jnp.where(visible[:, None], probs, 0.0)
-    probs = probs / jnp.maximum(jnp.sum(probs, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
-    # Slots past a sequence may hold stale or NaN values: zero them so 0 * NaN cannot leak.
-    in_sequence = jnp.arange(num_keys) < kv_lens[tiles.seq][:, None]  # [m, S]
-    v = jnp.where(in_sequence[:, None, :, None], v, 0.0)
-    out = jnp.einsum("mKrS,mKSH->mKrH", probs, v).astype(q.dtype)
-    return _tiles.scatter_output_tiles(out, tiles, num_tokens, num_heads)
+        def gather(pages: Array, ids: Array) -> Array:  # [K, A, G, H], [P] -> [K, S, H]
+            return pages[:, ids].reshape(num_kv_heads, block_keys, head_dim).astype(jnp.float32)
 
+        def attend_block(j: Array, state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+            running_max, denom, acc = state  # [K, r, 1], [K, r, 1], [K, r, H]
+            ids = lax.dynamic_slice_in_dim(tables[seq], j * block_pages, block_pages)  # [P]
+            key = key_offset + j * block_keys  # [r, S]: absolute key positions
+            visible = ((key - pos0) * group <= row) & (row < rows * group)
+            logits = jnp.einsum("KrH,KSH->KrS", q_tile, gather(k_pages, ids))
+            logits = jnp.where(visible, logits, _tiles.MASK_VALUE)
+            new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1, keepdims=True))
+            probs = jnp.where(visible, jnp.exp(logits - new_max), 0.0)
+            # Slots past a sequence may hold stale or NaN values: zero them so 0 * NaN cannot leak.
+            v = jnp.where((key[0] < kv_len)[None, :, None], gather(v_pages, ids), 0.0)
+            alpha = jnp.exp(running_max - new_max)
+            return (new_max, alpha * denom + jnp.sum(probs, axis=-1, keepdims=True),
+                    alpha * acc + jnp.einsum("KrS,KSH->KrH", probs, v))
+
+        init = (jnp.full((num_kv_heads, num_rows, 1), _tiles.MASK_VALUE, jnp.float32),
+                jnp.zeros((num_kv_heads, num_rows, 1), jnp.float32),
+                jnp.zeros((num_kv_heads, num_rows, head_dim), jnp.float32))
+        num_blocks = (pos0 + rows + block_keys - 1) // block_keys  # up to the tile's last query
+        _, denom, acc = lax.fori_loop(0, num_blocks, attend_block, init)
+        return lax.dynamic_update_index_in_dim(out, acc / jnp.where(denom == 0.0, 1.0, denom), t, 0)
+
+    # Real tiles come first (plan_query_tiles); the others stay zero.
+    out = lax.fori_loop(0, jnp.sum(tiles.rows > 0), attend_tile, jnp.zeros_like(qt))
+    return _tiles.scatter_output_tiles(out.astype(q.dtype), tiles, num_tokens, num_heads)

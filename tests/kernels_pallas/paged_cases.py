@@ -35,7 +35,7 @@ class Case:
 
 def make_case(
     rng: np.random.Generator, seqs: list[tuple[int, int]], *, num_kv_heads: int, group: int,
-    head_dim: int, page_size: int, spare_pages: int = 3, token_buckets=None,
+    head_dim: int, page_size: int, spare_pages: int = 3, token_buckets=None, page_buckets=None,
 ) -> Case:
     """`seqs` is a list of (kv_len, q_len); query tokens are each sequence's last q_len."""
     n_pages = [-(-kv // page_size) for kv, _ in seqs]
@@ -58,7 +58,7 @@ def make_case(
         values.append(v)
     q_lens = [q for _, q in seqs]
     md = build_attention_metadata(tables, [kv for kv, _ in seqs], q_lens, page_size=page_size,
-                                  token_buckets=token_buckets)
+                                  token_buckets=token_buckets, page_buckets=page_buckets)
     q = rng.standard_normal((md.num_tokens, num_kv_heads * group, head_dim)).astype(np.float32)
     return Case(q, k_pages, v_pages, md, keys, values, q_lens)
 
