@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmjax.engine.defaults import default_batch_sizes
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EngineConfig:
@@ -16,8 +18,10 @@ class EngineConfig:
     Attributes:
       page_size: tokens per KV page.
       max_num_seqs: most sequences in one step (the fixed sequence axis of every step).
+        Default: 16 on CPU, 64 on GPU/TPU (``mmjax.engine.defaults``).
       max_num_batched_tokens: the token budget of one step; long prompts are
-        prefilled in chunks of at most this many tokens.
+        prefilled in chunks of at most this many tokens. Default: 2048 on CPU,
+        vLLM's for the device on GPU/TPU (8192 or 16384; 512-2048 on TPU).
       num_pages: KV pages of each replica (overrides the memory plan).
       kv_cache_bytes: bytes of KV cache per device (overrides the memory plan).
       memory_utilization: share of an accelerator's memory the engine may use.
@@ -27,8 +31,8 @@ class EngineConfig:
     """
 
     page_size: int = 16
-    max_num_seqs: int = 8
-    max_num_batched_tokens: int = 512
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
     num_pages: int | None = None
     kv_cache_bytes: int | None = None
     memory_utilization: float = 0.9
@@ -36,6 +40,7 @@ class EngineConfig:
     impl: str = "auto"
 
     def __post_init__(self) -> None:
+        self._fill_batch_sizes()
         for name in ("page_size", "max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -51,6 +56,18 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.memory_utilization must be in (0, 1], got {self.memory_utilization}")
         if self.impl not in ("auto", "pallas", "xla", "reference"):
             raise ValueError(f"EngineConfig.impl must be 'auto', 'pallas', 'xla' or 'reference', got {self.impl!r}")
+
+    def _fill_batch_sizes(self) -> None:
+        """Unset batch sizes take the backend's defaults (a budget set alone bounds the sequences)."""
+        if self.max_num_seqs is not None and self.max_num_batched_tokens is not None:
+            return
+        seqs, budget = default_batch_sizes()
+        if self.max_num_batched_tokens is None:
+            budget = max(budget, self.max_num_seqs) if isinstance(self.max_num_seqs, int) else budget
+            object.__setattr__(self, "max_num_batched_tokens", budget)
+        if self.max_num_seqs is None:
+            budget = self.max_num_batched_tokens
+            object.__setattr__(self, "max_num_seqs", min(seqs, budget) if isinstance(budget, int) else seqs)
 
     @property
     def token_buckets(self) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmjax.engine.batch import build_step_batch
+from mmjax.engine.compilation import enable_compilation_cache
 from mmjax.engine.config import EngineConfig
 from mmjax.engine.detokenizer import IncrementalDetokenizer
 from mmjax.engine.embedding_rows import EmbeddingRows
@@ -48,6 +49,7 @@ class LLMEngine:
     def __init__(self, llm: Any, config: EngineConfig | None = None):
         self.llm = llm
         self.config = config or EngineConfig()
+        enable_compilation_cache()  # before the first program compiles (MMJAX_COMPILATION_CACHE=0: off)
         self.text_config = model_text_config(llm.graphdef, llm.state)
         check_paged_support(self.text_config)
         self.max_model_len = self._max_model_len()

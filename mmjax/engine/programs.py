@@ -18,7 +18,7 @@ from flax import nnx
 
 from mmjax.engine.batch import empty_step_batch
 from mmjax.engine.shapes import StepShapes
-from mmjax.engine.step import encode_into_arena, paged_step
+from mmjax.engine.step import encoder_program, step_program
 from mmjax.sharding.placement import Placement
 
 
@@ -64,11 +64,13 @@ def lower_step(
     graphdef: nnx.GraphDef, state: nnx.State, kv_pages: Any, shapes: StepShapes, placement: Placement, *,
     num_tokens: int, decode: bool, impl: str, embedding_width: int, dtype: Any, all_logits: bool = False,
 ) -> jax.stages.Lowered:
-    """``paged_step`` lowered for a step of ``num_tokens`` tokens per replica (``kv_pages`` may be abstract)."""
+    """The runner's step program (``step_program``) lowered for a step of ``num_tokens`` tokens per
+    replica (``kv_pages`` may be abstract)."""
     args = abstract_step_args(shapes, placement, num_tokens=num_tokens, decode=decode, all_logits=all_logits,
                               embedding_width=embedding_width, dtype=dtype)
-    return paged_step.lower(graphdef, state, abstract_kv_pages(kv_pages, placement), *args, impl=impl,
-                            kv_sharding=placement.kv_sharding)
+    leaves, state_def = jax.tree.flatten(state)
+    program = step_program(graphdef, state_def, impl=impl, kv_sharding=placement.kv_sharding)
+    return program.lower(leaves, abstract_kv_pages(kv_pages, placement), *args)
 
 
 def encoder_output_rows(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Any]) -> int:
@@ -81,11 +83,12 @@ def lower_encoder(
     graphdef: nnx.GraphDef, placement: Placement, mm_kwargs: Mapping[str, np.ndarray], *, embedding_rows: int,
     embedding_width: int, dtype: Any,
 ) -> jax.stages.Lowered:
-    """``encode_into_arena`` lowered for ``mm_kwargs`` on the first replica this process holds."""
+    """The runner's encoder program (``encoder_program``) lowered for ``mm_kwargs`` on the first replica this process holds."""
     replica = placement.owned_replicas()[0]
     sharding = placement.replica_sharding(replica)
     state = placement.replica_state(replica)
     arena = jax.ShapeDtypeStruct((1, embedding_rows, embedding_width), dtype, sharding=sharding)
     mm = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding) for k, v in mm_kwargs.items()}
     rows = jax.ShapeDtypeStruct((encoder_output_rows(graphdef, state, mm),), jnp.int32, sharding=sharding)
-    return encode_into_arena.lower(graphdef, state, arena, mm, rows, arena_sharding=sharding)
+    leaves, state_def = jax.tree.flatten(state)
+    return encoder_program(graphdef, state_def, sharding).lower(leaves, arena, mm, rows)

@@ -23,7 +23,7 @@ from mmjax.engine.batch import StepBatch, empty_step_batch
 from mmjax.engine.programs import encoder_output_rows, lower_step
 from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.shapes import StepShapes
-from mmjax.engine.step import encode_into_arena, paged_step
+from mmjax.engine.step import encoder_program, step_program
 from mmjax.kv_cache import KVPages, init_kv_pages
 from mmjax.models.interface import EngineModel
 from mmjax.sharding.multihost import fetch
@@ -48,6 +48,9 @@ class ModelRunner:
         self.shapes, self.placement, self.impl = shapes, placement, impl
         self.dtype = jnp.dtype(dtype)
         self.text_config = model_text_config(graphdef, state)
+        self._state_leaves, self._state_def = jax.tree.flatten(state)
+        self._step = step_program(graphdef, self._state_def, impl=impl, kv_sharding=placement.kv_sharding)
+        self._replica_leaves = {r: jax.tree.leaves(placement.replica_state(r)) for r in placement.owned_replicas()}
         self.num_pages = num_pages
         self.kv_pages = self._init_pages()
         width = self.text_config.hidden_size if shapes.embedding_rows else 0
@@ -95,9 +98,9 @@ class ModelRunner:
         padded = np.full(num_out, self.shapes.embedding_rows, np.int32)  # rows past U are dropped
         padded[: len(rows)] = rows
         sharding = self.placement.replica_sharding(replica)
-        self._arenas[replica] = encode_into_arena(
-            self.graphdef, self.placement.replica_state(replica), self._arenas[replica], mm,
-            jax.device_put(padded, sharding), arena_sharding=sharding)
+        encode = encoder_program(self.graphdef, self._state_def, sharding)
+        self._arenas[replica] = encode(self._replica_leaves[replica], self._arenas[replica], mm,
+                                       jax.device_put(padded, sharding))
 
     def encoder_output_rows(self, mm_kwargs: Mapping[str, Any]) -> int:
         """Rows ``multimodal_embeddings`` returns for inputs of these shapes (bucketed, so a few values)."""
@@ -126,9 +129,9 @@ class ModelRunner:
         embeddings = ()
         if batch.embedding_slots is not None:
             embeddings = (self.embeddings(), put(batch.embedding_slots))
-        logits, self.kv_pages = paged_step(
-            self.graphdef, self.state, self.kv_pages, put(batch.input_ids), jax.tree.map(put, batch.metadata),
-            put(batch.logits_indices), *embeddings, impl=self.impl, kv_sharding=self.placement.kv_sharding)
+        logits, self.kv_pages = self._step(
+            self._state_leaves, self.kv_pages, put(batch.input_ids), jax.tree.map(put, batch.metadata),
+            put(batch.logits_indices), *embeddings)
         return logits
 
     def empty_batch(self, num_tokens: int, *, decode: bool, all_logits: bool = False) -> StepBatch:
