@@ -1,8 +1,11 @@
 """Paged attention figures, printed as one JSON object.
 
 On every backend: the reference path (`ragged_paged_attention_reference`, the
-CPU path of mmjax) against a dense-attention baseline over the same K/V laid out
-contiguously, same process, as ratios. On GPU/TPU also: the Pallas kernel's
+test oracle) against a dense-attention baseline over the same K/V laid out
+contiguously, same process, as ratios; and the CPU ("xla") path,
+`ragged_paged_attention_tiled`, on one decode step of 8 sequences of 600
+tokens in block tables 1k, 4k and 16k tokens wide (an engine's
+``max_model_len``) beside the reference: its time must not grow with the width. On GPU/TPU also: the Pallas kernel's
 achieved HBM bandwidth for decode (batch 1-64, context 512-32k) as a fraction of
 the device's peak, beside `jax.experimental.pallas.ops` paged attention on the
 same pages. What cannot run here is listed under "skipped" with the reason.
@@ -22,7 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.kernels_pallas import ragged_paged_attention, ragged_paged_attention_reference
+from mmjax.kernels_pallas import (
+    ragged_paged_attention,
+    ragged_paged_attention_reference,
+    ragged_paged_attention_tiled,
+)
 
 # Peak HBM bandwidth (bytes/s) by device_kind prefix, from the vendors' data sheets.
 PEAK_HBM = {
@@ -44,12 +51,16 @@ def timeit(fn: Callable, *args, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def decode_inputs(batch: int, context: int, dtype, seed: int = 0):
-    """A decode step: every sequence has `context` tokens, its last one is the query."""
+def decode_inputs(batch: int, context: int, dtype, seed: int = 0, table_width: int | None = None):
+    """A decode step: every sequence has `context` tokens, its last one is the query.
+
+    ``table_width``: pages per block table (null-padded past the context; default: just enough)."""
     rng = np.random.default_rng(seed)
     pages_per_seq = -(-context // PAGE_SIZE)
     num_pages = 1 + batch * pages_per_seq
     tables = (1 + rng.permutation(batch * pages_per_seq)).reshape(batch, pages_per_seq).astype(np.int32)
+    if table_width is not None:
+        tables = np.pad(tables, ((0, 0), (0, table_width - pages_per_seq)))
     key = jax.random.key(seed)
     shape = (NUM_KV_HEADS, num_pages, PAGE_SIZE, HEAD_DIM)
     k_pages = jax.random.normal(jax.random.fold_in(key, 1), shape, dtype)
@@ -85,6 +96,18 @@ def reference_vs_dense(shapes: list[tuple[int, int]], dtype) -> list[dict]:
         rows.append(dict(batch=batch, context=context, dtype=jnp.dtype(dtype).name,
                          reference_ms=1e3 * t_ref, dense_ms=1e3 * t_dense,
                          reference_over_dense=t_ref / t_dense, max_abs_diff=err))
+    return rows
+
+
+def xla_path_vs_table_width(widths_tokens: list[int], dtype, batch: int = 8, context: int = 600) -> list[dict]:
+    """The CPU path and the reference on one decode step, as the block tables widen."""
+    rows = []
+    for width in widths_tokens:
+        args = decode_inputs(batch, context, dtype, table_width=width // PAGE_SIZE)
+        t_xla = timeit(lambda *a: ragged_paged_attention_tiled(*a, block_q=1), *args)
+        t_ref = timeit(lambda *a: ragged_paged_attention_reference(*a, max_q_len=1), *args)
+        rows.append(dict(batch=batch, context=context, table_width_tokens=width, xla_path_ms=1e3 * t_xla,
+                         reference_ms=1e3 * t_ref))
     return rows
 
 
@@ -132,6 +155,8 @@ def main() -> None:
     on_cpu = backend not in ("gpu", "tpu")
     shapes = [(1, 512), (8, 2048)] if flags.quick or on_cpu else [(1, 512), (8, 2048), (64, 4096)]
     report["reference_vs_dense_decode"] = reference_vs_dense(shapes, jnp.float32 if on_cpu else jnp.bfloat16)
+    report["xla_path_decode_vs_table_width"] = xla_path_vs_table_width(
+        [1024, 4096] if flags.quick else [1024, 4096, 16384], jnp.float32)
     if on_cpu:
         report["skipped"]["kernel_bandwidth"] = (
             f"no GPU/TPU (jax.default_backend() == {backend!r}); the kernels run here only in "

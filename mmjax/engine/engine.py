@@ -74,7 +74,8 @@ class LLMEngine:
         # Seeds of requests without one: the same on every process of a multi-host run.
         self._seed_rng = np.random.default_rng(agreed_seed(int(np.random.SeedSequence().entropy % 2**31)))
         self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0,
-                      "prefill_step_s": 0.0, "decode_step_s": 0.0, "tokens_per_replica": [0] * self.num_replicas}
+                      "prefill_step_s": 0.0, "decode_step_s": 0.0, "prefill_steps": 0, "decode_steps": 0,
+                      "tokens_per_replica": [0] * self.num_replicas}
 
     def _max_model_len(self) -> int:
         limit = self.config.max_model_len or self.llm.model_config.context_length
@@ -141,8 +142,9 @@ class LLMEngine:
             raise StepError(failed, error) from error
         finally:
             self._in_step, self._blame = (), None
-        kind = "decode_step_s" if self._last_step_was_decode else "prefill_step_s"
-        self.stats[kind] += time.perf_counter() - start
+        kind = "decode_step" if self._last_step_was_decode else "prefill_step"
+        self.stats[kind + "_s"] += time.perf_counter() - start
+        self.stats[kind + "s"] += 1
         return updated
 
     def _recover(self, error: BaseException) -> list[Request]:
