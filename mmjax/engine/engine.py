@@ -135,6 +135,7 @@ class LLMEngine:
         start = time.perf_counter()
         try:
             updated = self._step()
+            ran = bool(self._in_step)  # a step with nothing scheduled is not counted
         except BaseException as error:
             failed = self._recover(error)
             if not isinstance(error, Exception):
@@ -142,9 +143,10 @@ class LLMEngine:
             raise StepError(failed, error) from error
         finally:
             self._in_step, self._blame = (), None
-        kind = "decode_step" if self._last_step_was_decode else "prefill_step"
-        self.stats[kind + "_s"] += time.perf_counter() - start
-        self.stats[kind + "s"] += 1
+        if ran:
+            kind = "decode_step" if self._last_step_was_decode else "prefill_step"
+            self.stats[kind + "_s"] += time.perf_counter() - start
+            self.stats[kind + "s"] += 1
         return updated
 
     def _recover(self, error: BaseException) -> list[Request]:

@@ -177,3 +177,17 @@ def test_errors_return_keeps_the_good_prompts_running(llm):
     assert "prompt 1: TypeError: invalid image data of type str" in outputs[1].error
     assert "prompt 3: TypeError: a prompt must be a str" in outputs[3].error
     assert len(outputs[0].token_ids) == len(outputs[2].token_ids) == 3 and outputs[0].error is None
+
+
+def test_stats_count_prefill_and_decode_steps(llm):
+    """One short text prompt: one prefill step (it gives the first token), then one decode step per
+    further token; the counts add up to the steps, and the token counts to the prompt and outputs."""
+    engine = llm.engine(CONFIG)
+    before = {k: engine.stats[k] for k in ("steps", "prefill_steps", "decode_steps", "prefill_tokens",
+                                             "decode_tokens")}
+    params = mmjax.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    [out] = mmjax.generate(llm, ["Hi there"], params, engine_config=CONFIG, use_tqdm=False)
+    delta = {k: engine.stats[k] - v for k, v in before.items()}
+    assert delta["prefill_steps"] == 1 and delta["decode_steps"] == 5
+    assert delta["steps"] == delta["prefill_steps"] + delta["decode_steps"]
+    assert delta["prefill_tokens"] == len(out.prompt_token_ids) and delta["decode_tokens"] == 5
