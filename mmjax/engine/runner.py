@@ -50,7 +50,9 @@ class ModelRunner:
         self.text_config = model_text_config(graphdef, state)
         self._state_leaves, self._state_def = jax.tree.flatten(state)
         self._step = step_program(graphdef, self._state_def, impl=impl, kv_sharding=placement.kv_sharding)
-        self._replica_leaves = {r: jax.tree.leaves(placement.replica_state(r)) for r in placement.owned_replicas()}
+        owned = placement.owned_replicas()
+        self._replica_leaves = {r: jax.tree.leaves(placement.replica_state(r)) for r in owned}
+        self._encode = {r: encoder_program(graphdef, self._state_def, placement.replica_sharding(r)) for r in owned}
         self.num_pages = num_pages
         self.kv_pages = self._init_pages()
         width = self.text_config.hidden_size if shapes.embedding_rows else 0
@@ -98,9 +100,8 @@ class ModelRunner:
         padded = np.full(num_out, self.shapes.embedding_rows, np.int32)  # rows past U are dropped
         padded[: len(rows)] = rows
         sharding = self.placement.replica_sharding(replica)
-        encode = encoder_program(self.graphdef, self._state_def, sharding)
-        self._arenas[replica] = encode(self._replica_leaves[replica], self._arenas[replica], mm,
-                                       jax.device_put(padded, sharding))
+        self._arenas[replica] = self._encode[replica](self._replica_leaves[replica], self._arenas[replica], mm,
+                                                      jax.device_put(padded, sharding))
 
     def encoder_output_rows(self, mm_kwargs: Mapping[str, Any]) -> int:
         """Rows ``multimodal_embeddings`` returns for inputs of these shapes (bucketed, so a few values)."""
