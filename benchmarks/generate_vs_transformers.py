@@ -11,8 +11,9 @@ decode ms/step, and the first call (load + first generate) in a fresh process
 — for mmjax once with an empty compilation cache and once with the cache the
 first process wrote. The machine's limits are measured in the same run (a
 float32 ``[2048x512]·[512x1376]`` matmul in XLA and in PyTorch; a streaming
-read of 256 MiB) and each side's prefill GFLOP/s and decode GB/s are given as
-fractions of them. Greedy outputs must be identical, token for token.
+read of 256 MiB; the rate a decode-shaped ``[batch, 512]·[512, 32064]`` product
+streams its weights) and each side's prefill GFLOP/s and decode GB/s are given
+as fractions of them. Greedy outputs must be identical, token for token.
 
     python benchmarks/generate_vs_transformers.py [--batch 8] [--new-tokens 64] [--repeats 2]
 """
@@ -91,8 +92,10 @@ def decode_bytes_per_step(contexts: list[int], bytes_per_value: int = 4) -> floa
     return (weights + kv) * bytes_per_value
 
 
-def machine_limits() -> dict[str, float]:
-    """This host's matmul rate (XLA and PyTorch, float32) and streaming-read bandwidth, measured now."""
+def machine_limits(batch: int) -> dict[str, float]:
+    """This host's limits, measured now (float32): the matmul rate (XLA and PyTorch), the streaming-read
+    bandwidth, and the rate at which a decode-shaped product streams its weights: ``[batch, 512]`` times
+    the LM head's ``[512, 32064]`` (66 MB, past the caches), in XLA with the engine's options and in PyTorch."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -116,8 +119,17 @@ def machine_limits() -> dict[str, float]:
     big = jnp.asarray(np.ones(64 * 2**20, np.float32))  # 256 MiB, far past the caches
     read = jax.jit(jnp.sum)
     read_s = best(lambda: read(big).block_until_ready())
+    from mmjax.engine.compilation import compiler_options
+
+    x, head = jnp.ones((batch, TEXT["hidden"]), jnp.float32), jnp.ones((TEXT["hidden"], TEXT["vocab"]), jnp.float32)
+    skinny = jax.jit(lambda x, w: x @ w, compiler_options=compiler_options())
+    skinny_xla_s = best(lambda: skinny(x, head).block_until_ready())
+    tx, thead = torch.ones(batch, TEXT["hidden"]), torch.ones(TEXT["vocab"], TEXT["hidden"])
+    skinny_torch_s = best(lambda: torch.nn.functional.linear(tx, thead))
     return {"matmul_gflops_xla": 2 * m * k * n / xla_s / 1e9, "matmul_gflops_torch": 2 * m * k * n / torch_s / 1e9,
-            "read_gb_per_s": big.nbytes / read_s / 1e9}
+            "read_gb_per_s": big.nbytes / read_s / 1e9,
+            "decode_matmul_gb_per_s_xla": head.nbytes / skinny_xla_s / 1e9,
+            "decode_matmul_gb_per_s_torch": head.nbytes / skinny_torch_s / 1e9}
 
 
 # -- the two sides ---------------------------------------------------------------------
@@ -238,7 +250,7 @@ def main() -> None:
     first = {"mmjax_empty_cache": first_call_in_fresh_process("mmjax", path, args, cache),
              "mmjax_warm_cache": first_call_in_fresh_process("mmjax", path, args, cache),
              "transformers": first_call_in_fresh_process("transformers", path, args, {})}
-    limits = machine_limits()
+    limits = machine_limits(args.batch)
     batch = prompts(args.batch)
     ours = run_mmjax(path, batch, args.new_tokens, args.repeats)
     theirs = run_transformers(path, batch, args.new_tokens, args.repeats)
@@ -253,6 +265,10 @@ def main() -> None:
         side["decode_gb_per_s"] = step_bytes / (side["decode_ms_per_step"] / 1e3) / 1e9
         side["decode_fraction_of_bandwidth"] = side["decode_gb_per_s"] / limits["read_gb_per_s"]
         side["decode_step_over_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / limits["read_gb_per_s"])
+        # Against what this host's skinny matmuls stream (the faster of XLA's and PyTorch's): a decode
+        # step cannot read its bytes faster than its products do.
+        skinny = max(limits["decode_matmul_gb_per_s_xla"], limits["decode_matmul_gb_per_s_torch"])
+        side["decode_step_over_skinny_matmul_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / skinny)
     rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
     report = {
         "config": {"batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", "greedy": True,

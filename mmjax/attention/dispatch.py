@@ -16,7 +16,8 @@ from mmjax.kernels_pallas.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
 )
-from mmjax.kernels_pallas.ragged_paged_attention_tiled import DEFAULT_BLOCK_Q, ragged_paged_attention_tiled
+from mmjax.kernels_pallas.ragged_paged_attention_tiled import (
+    DECODE_BLOCK_KV, DEFAULT_BLOCK_KV, DEFAULT_BLOCK_Q, ragged_paged_attention_tiled)
 from mmjax.kv_cache import AttentionMetadata, KVPages, write_kv_to_pages
 from mmjax.types import Array, Float, shape_checked
 
@@ -56,8 +57,9 @@ def paged_attention(
             metadata.num_seqs)
     impl = resolve_impl(impl)
     if impl == "xla":  # decode steps: one-token tiles, one per sequence
-        return ragged_paged_attention_tiled(*args, sm_scale=sm_scale, block_q=1 if metadata.max_q_len == 1 else
-                                            DEFAULT_BLOCK_Q)
+        decode = metadata.max_q_len == 1
+        return ragged_paged_attention_tiled(*args, sm_scale=sm_scale, block_q=1 if decode else DEFAULT_BLOCK_Q,
+                                            block_kv=DECODE_BLOCK_KV if decode else DEFAULT_BLOCK_KV)
     if impl == "reference":
         return ragged_paged_attention_reference(*args, sm_scale=sm_scale, max_q_len=metadata.max_q_len)
     interpret = jax.default_backend() not in ("gpu", "tpu")

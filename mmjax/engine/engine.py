@@ -75,6 +75,7 @@ class LLMEngine:
         self._seed_rng = np.random.default_rng(agreed_seed(int(np.random.SeedSequence().entropy % 2**31)))
         self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0,
                       "prefill_step_s": 0.0, "decode_step_s": 0.0, "prefill_steps": 0, "decode_steps": 0,
+                      "encoder_calls": 0, "encoded_requests": 0,
                       "tokens_per_replica": [0] * self.num_replicas}
 
     def _max_model_len(self) -> int:
@@ -183,11 +184,8 @@ class LLMEngine:
         self._last_step_was_decode = all(c.num_tokens == 1 for c in chunks)
         if not chunks:
             return []
-        for chunk in chunks:
-            if chunk.request.needs_mm_embeds and chunk.start < chunk.request.num_prompt_tokens:
-                self._blame = chunk.request
-                self._encode(chunk.request)
-        self._blame = None
+        self._encode([c.request for c in chunks
+                      if c.request.needs_mm_embeds and c.start < c.request.num_prompt_tokens])
         want_prompt_logprobs = any(_wants_prompt_logprobs(c) for c in chunks)
         batch = build_step_batch(chunks, self.allocators, token_buckets=self.config.token_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
@@ -207,12 +205,48 @@ class LLMEngine:
         self.stats["steps"] += 1
         return self._sample(chunks, rows, logits)
 
-    def _encode(self, request: Request) -> None:
-        """Put the request's placeholder embeddings in arena rows of its replica (computed by that
-        replica's devices; on a host holding none of them, only the rows are booked)."""
-        num_rows = int(request.mm_rows.max()) + 1
-        request.mm_slots = self.embedding_rows.assign(request.request_id, request.replica, num_rows)
-        self.runner.encode(request.processed.mm_kwargs, request.replica, request.mm_slots)
+    def _encode(self, requests: list[Request]) -> None:
+        """Put these requests' placeholder embeddings in arena rows of their replicas (computed by
+        that replica's devices; on a host holding none of them, only the rows are booked).
+
+        Requests of one replica whose items have the same shapes share encoder calls, up to
+        ``max_encoder_batch`` each. Should a shared call fail, its requests are encoded one
+        by one, so that the failure is blamed on the request that caused it.
+        """
+        groups: dict[tuple, list[Request]] = {}
+        for request in requests:
+            self._blame = request
+            num_rows = int(request.mm_rows.max()) + 1
+            request.mm_slots = self.embedding_rows.assign(request.request_id, request.replica, num_rows)
+            key = (request.replica, self.runner.input_key(request.processed.mm_kwargs))
+            groups.setdefault(key, []).append(request)
+        size = self.config.max_encoder_batch
+        for (replica, _), members in groups.items():
+            for part in (members[i:i + size] for i in range(0, len(members), size)):
+                if len(part) > 1 and self._encode_together(part, replica):
+                    continue
+                for request in part:
+                    self._blame = request
+                    self.runner.encode(request.processed.mm_kwargs, replica, request.mm_slots)
+                    self._count_encode(1)
+        self._blame = None
+
+    def _encode_together(self, requests: list[Request], replica: int) -> bool:
+        """One encoder call for ``requests``; False if it failed and left the device state as it was
+        (a failure that lost it has no one request to blame, and propagates)."""
+        self._blame = None
+        try:
+            self.runner.encode_many([(r.processed.mm_kwargs, r.mm_slots) for r in requests], replica)
+        except Exception:
+            if self.runner.lost_device_state():
+                raise
+            return False
+        self._count_encode(len(requests))
+        return True
+
+    def _count_encode(self, num_requests: int) -> None:
+        self.stats["encoder_calls"] += 1
+        self.stats["encoded_requests"] += num_requests
 
     def _release_embeddings(self, request: Request) -> None:
         self.embedding_rows.release(request.request_id)

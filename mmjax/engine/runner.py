@@ -11,7 +11,7 @@ through the public methods below. The model is reached only through
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ from mmjax.engine.batch import StepBatch, empty_step_batch
 from mmjax.engine.programs import encoder_output_rows, lower_step
 from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.shapes import StepShapes
-from mmjax.engine.step import encoder_program, step_program
+from mmjax.engine.step import batch_encoder_program, encoder_program, step_program
 from mmjax.kv_cache import KVPages, init_kv_pages
 from mmjax.models.interface import EngineModel
 from mmjax.sharding.multihost import fetch
@@ -53,6 +53,8 @@ class ModelRunner:
         owned = placement.owned_replicas()
         self._replica_leaves = {r: jax.tree.leaves(placement.replica_state(r)) for r in owned}
         self._encode = {r: encoder_program(graphdef, self._state_def, placement.replica_sharding(r)) for r in owned}
+        self._encode_batch = {r: batch_encoder_program(graphdef, self._state_def, placement.replica_sharding(r))
+                              for r in owned}
         self.num_pages = num_pages
         self.kv_pages = self._init_pages()
         width = self.text_config.hidden_size if shapes.embedding_rows else 0
@@ -90,22 +92,58 @@ class ModelRunner:
         ``rows[m]``: the arena row of placeholder embedding ``m``. A process that holds
         none of ``replica``'s devices does nothing (its rows of the step are not read there).
         """
+        self.encode_many([(mm_kwargs, rows)], replica)
+
+    def encode_many(self, items: Sequence[tuple[Mapping[str, np.ndarray], np.ndarray]], replica: int) -> None:
+        """``encode`` for several requests whose items have the same shapes, in one encoder call.
+
+        ``items``: ``(mm_kwargs, rows)`` of each request; at most the largest of
+        ``shapes.encoder_batch_buckets``. More than one is padded to the next bucket with
+        copies of the first request's inputs, whose rows are all dropped.
+        """
         if not self.placement.owns(replica):
             return
-        mm = self.placement.put_on_replica(dict(mm_kwargs), replica)
-        num_out = self.encoder_output_rows(mm)
+        first = items[0][0]
+        num_out = self.encoder_output_rows(first)
+        padded = np.stack([self._padded_rows(mm, rows, num_out) for mm, rows in items])  # [n, M]
+        sharding = self.placement.replica_sharding(replica)
+        if len(items) == 1:
+            mm = self.placement.put_on_replica(dict(first), replica)
+            self._arenas[replica] = self._encode[replica](self._replica_leaves[replica], self._arenas[replica], mm,
+                                                          jax.device_put(padded[0], sharding))
+            return
+        if any(self.input_key(mm) != self.input_key(first) for mm, _ in items[1:]):
+            raise ValueError("encode_many takes requests whose items have the same shapes")
+        size = min((b for b in self.shapes.encoder_batch_buckets if b >= len(items)), default=None)
+        if size is None:
+            raise ValueError(f"{len(items)} requests are more than one encoder call takes "
+                             f"({max(self.shapes.encoder_batch_buckets)}, EngineConfig.max_encoder_batch)")
+        fill = size - len(items)
+        stacked = {k: np.stack([np.asarray(mm[k]) for mm, _ in items] + [np.asarray(first[k])] * fill)
+                   for k in first}
+        rows = np.concatenate([padded, np.full((fill, num_out), self.shapes.embedding_rows, np.int32)])
+        mm = self.placement.put_on_replica(stacked, replica)
+        self._arenas[replica] = self._encode_batch[replica](self._replica_leaves[replica], self._arenas[replica],
+                                                            mm, jax.device_put(rows, sharding))
+
+    def _padded_rows(self, mm_kwargs: Mapping[str, np.ndarray], rows: np.ndarray, num_out: int) -> np.ndarray:
+        """``rows`` padded to the encoder's ``num_out`` outputs with the dropped row ``U``."""
         if len(rows) > num_out:
             raise ValueError(f"the prompt has {len(rows)} placeholder tokens but its items give only {num_out} "
                              f"embeddings ({ {k: tuple(np.shape(v)) for k, v in mm_kwargs.items()} })")
         padded = np.full(num_out, self.shapes.embedding_rows, np.int32)  # rows past U are dropped
         padded[: len(rows)] = rows
-        sharding = self.placement.replica_sharding(replica)
-        self._arenas[replica] = self._encode[replica](self._replica_leaves[replica], self._arenas[replica], mm,
-                                                      jax.device_put(padded, sharding))
+        return padded
+
+    @staticmethod
+    def input_key(mm_kwargs: Mapping[str, Any]) -> tuple:
+        """What makes two requests' encoder inputs one compiled shape: names, shapes and dtypes."""
+        return tuple(sorted((k, tuple(np.shape(v)), str(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype))
+                            for k, v in mm_kwargs.items()))
 
     def encoder_output_rows(self, mm_kwargs: Mapping[str, Any]) -> int:
         """Rows ``multimodal_embeddings`` returns for inputs of these shapes (bucketed, so a few values)."""
-        key = tuple(sorted((k, tuple(np.shape(v)), str(v.dtype)) for k, v in mm_kwargs.items()))
+        key = self.input_key(mm_kwargs)
         if key not in self._encoder_rows:
             self._encoder_rows[key] = encoder_output_rows(self.graphdef, self.state, mm_kwargs)
         return self._encoder_rows[key]

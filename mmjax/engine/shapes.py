@@ -29,6 +29,7 @@ class StepShapes:
       pages_per_seq: ``W``, the block-table width (``max_model_len / G``, rounded up).
       max_model_len: the longest sequence, prompt plus output.
       embedding_rows: rows of each replica's arena of placeholder embeddings (0: the model has no encoder).
+      encoder_batch_buckets: request counts one encoder call may take (``EngineConfig.encoder_batch_buckets``).
     """
 
     num_replicas: int
@@ -38,6 +39,7 @@ class StepShapes:
     pages_per_seq: int
     max_model_len: int
     embedding_rows: int
+    encoder_batch_buckets: tuple[int, ...] = (1,)
 
     @classmethod
     def build(cls, config: EngineConfig, *, max_model_len: int, num_replicas: int,
@@ -49,7 +51,8 @@ class StepShapes:
             rows = (blocks + 1) * EMBEDDING_BLOCK_ROWS  # + the reserved block
         return cls(num_replicas=num_replicas, token_buckets=config.token_buckets, max_num_seqs=config.max_num_seqs,
                    page_size=config.page_size, pages_per_seq=-(-max_model_len // config.page_size),
-                   max_model_len=max_model_len, embedding_rows=rows)
+                   max_model_len=max_model_len, embedding_rows=rows,
+                   encoder_batch_buckets=config.encoder_batch_buckets)
 
     @property
     def sample_rows(self) -> int:

@@ -75,6 +75,31 @@ def encode_into_arena(
     return arena
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "arena_sharding"), donate_argnames=("arena",))
+def encode_batch_into_arena(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    arena: Float[Array, "1 U D"],
+    mm_kwargs: Mapping[str, Array],
+    rows: Int[Array, "n M"],
+    *,
+    arena_sharding: jax.sharding.Sharding | None = None,
+) -> Float[Array, "1 U D"]:
+    """``encode_into_arena`` for ``n`` requests whose items have one shape, in one call.
+
+    Each of ``mm_kwargs`` carries a leading ``n`` (request ``i``'s inputs at ``[i]``)
+    and ``rows[i, m]`` is the arena row of request ``i``'s embedding ``m``; rows
+    ``>= U`` are dropped (the bucketed output's padding, and whole padding requests).
+    """
+    model = nnx.merge(graphdef, state)
+    embeds = jax.vmap(lambda mm: model.multimodal_embeddings(**mm))(dict(mm_kwargs))  # [n, M, D]
+    flat = embeds.reshape(-1, embeds.shape[-1]).astype(arena.dtype)
+    arena = arena.at[0, rows.reshape(-1)].set(flat, mode="drop")
+    if arena_sharding is not None:
+        arena = jax.lax.with_sharding_constraint(arena, arena_sharding)
+    return arena
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl", "kv_sharding"), donate_argnames=("kv_pages",))
 def paged_step(
     graphdef: nnx.GraphDef,
@@ -145,5 +170,17 @@ def encoder_program(graphdef: nnx.GraphDef, state_def: Any,
     def run(state_leaves, arena, mm_kwargs, rows):
         state = jax.tree.unflatten(state_def, state_leaves)
         return encode_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows, arena_sharding=arena_sharding)
+
+    return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())
+
+
+@functools.lru_cache(maxsize=8)
+def batch_encoder_program(graphdef: nnx.GraphDef, state_def: Any,
+                          arena_sharding: jax.sharding.Sharding | None) -> Callable[..., Any]:
+    """``encode_batch_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated."""
+    def run(state_leaves, arena, mm_kwargs, rows):
+        state = jax.tree.unflatten(state_def, state_leaves)
+        return encode_batch_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows,
+                                                   arena_sharding=arena_sharding)
 
     return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())

@@ -69,7 +69,8 @@ def _warm_encoder(runner: ModelRunner, encoder_inputs: Sequence[Mapping[str, np.
     no_rows = np.zeros(0, np.int32)
     for mm in encoder_inputs:
         for replica in runner.placement.owned_replicas():
-            runner.encode(mm, replica, no_rows)
+            for count in runner.shapes.encoder_batch_buckets:  # one request, or several in one call
+                runner.encode_many([(mm, no_rows)] * count, replica)
     jax.block_until_ready(runner.embeddings())
 
 
