@@ -23,7 +23,7 @@ from mmjax.engine.batch import StepBatch, empty_step_batch
 from mmjax.engine.programs import encoder_output_rows, lower_step
 from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.shapes import StepShapes
-from mmjax.engine.step import batch_encoder_program, encoder_program, step_program
+from mmjax.engine.step import encoder_program, step_program
 from mmjax.kv_cache import KVPages, init_kv_pages
 from mmjax.models.interface import EngineModel
 from mmjax.sharding.multihost import fetch
@@ -53,8 +53,8 @@ class ModelRunner:
         owned = placement.owned_replicas()
         self._replica_leaves = {r: jax.tree.leaves(placement.replica_state(r)) for r in owned}
         self._encode = {r: encoder_program(graphdef, self._state_def, placement.replica_sharding(r)) for r in owned}
-        self._encode_batch = {r: batch_encoder_program(graphdef, self._state_def, placement.replica_sharding(r))
-                              for r in owned}
+        self._encode_batch = {r: encoder_program(graphdef, self._state_def, placement.replica_sharding(r),
+                                                 batched=True) for r in owned}
         self.num_pages = num_pages
         self.kv_pages = self._init_pages()
         width = self.text_config.hidden_size if shapes.embedding_rows else 0

@@ -69,10 +69,7 @@ def encode_into_arena(
     ``arena_sharding``: keep the result where the arena was (one replica's devices).
     """
     embeds = nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
-    arena = arena.at[0, rows].set(embeds.astype(arena.dtype), mode="drop")
-    if arena_sharding is not None:
-        arena = jax.lax.with_sharding_constraint(arena, arena_sharding)
-    return arena
+    return _write_rows(arena, embeds, rows, arena_sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "arena_sharding"), donate_argnames=("arena",))
@@ -93,8 +90,13 @@ def encode_batch_into_arena(
     """
     model = nnx.merge(graphdef, state)
     embeds = jax.vmap(lambda mm: model.multimodal_embeddings(**mm))(dict(mm_kwargs))  # [n, M, D]
-    flat = embeds.reshape(-1, embeds.shape[-1]).astype(arena.dtype)
-    arena = arena.at[0, rows.reshape(-1)].set(flat, mode="drop")
+    return _write_rows(arena, embeds.reshape(-1, embeds.shape[-1]), rows.reshape(-1), arena_sharding)
+
+
+def _write_rows(arena: Float[Array, "1 U D"], embeds: Float[Array, "M D"], rows: Int[Array, "M"],
+                arena_sharding: jax.sharding.Sharding | None) -> Float[Array, "1 U D"]:
+    """``arena`` with ``embeds[m]`` at row ``rows[m]`` (rows ``>= U`` dropped), kept on ``arena_sharding``."""
+    arena = arena.at[0, rows].set(embeds.astype(arena.dtype), mode="drop")
     if arena_sharding is not None:
         arena = jax.lax.with_sharding_constraint(arena, arena_sharding)
     return arena
@@ -163,24 +165,15 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
     return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())
 
 
-@functools.lru_cache(maxsize=8)
-def encoder_program(graphdef: nnx.GraphDef, state_def: Any,
-                    arena_sharding: jax.sharding.Sharding | None) -> Callable[..., Any]:
-    """``encode_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated."""
+@functools.lru_cache(maxsize=16)
+def encoder_program(graphdef: nnx.GraphDef, state_def: Any, arena_sharding: jax.sharding.Sharding | None,
+                    batched: bool = False) -> Callable[..., Any]:
+    """``encode_into_arena`` (``batched``: ``encode_batch_into_arena``) for one model:
+    ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated."""
+    encode = encode_batch_into_arena if batched else encode_into_arena
+
     def run(state_leaves, arena, mm_kwargs, rows):
         state = jax.tree.unflatten(state_def, state_leaves)
-        return encode_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows, arena_sharding=arena_sharding)
-
-    return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())
-
-
-@functools.lru_cache(maxsize=8)
-def batch_encoder_program(graphdef: nnx.GraphDef, state_def: Any,
-                          arena_sharding: jax.sharding.Sharding | None) -> Callable[..., Any]:
-    """``encode_batch_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated."""
-    def run(state_leaves, arena, mm_kwargs, rows):
-        state = jax.tree.unflatten(state_def, state_leaves)
-        return encode_batch_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows,
-                                                   arena_sharding=arena_sharding)
+        return encode.__wrapped__(graphdef, state, arena, mm_kwargs, rows, arena_sharding=arena_sharding)
 
     return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())
