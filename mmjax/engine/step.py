@@ -52,50 +52,32 @@ def encode_multimodal(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mappi
     return nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "arena_sharding"), donate_argnames=("arena",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "arena_sharding", "batched"), donate_argnames=("arena",))
 def encode_into_arena(
     graphdef: nnx.GraphDef,
     state: nnx.State,
     arena: Float[Array, "1 U D"],
     mm_kwargs: Mapping[str, Array],
-    rows: Int[Array, "M"],
+    rows: Int[Array, "M"] | Int[Array, "n M"],
     *,
     arena_sharding: jax.sharding.Sharding | None = None,
+    batched: bool = False,
 ) -> Float[Array, "1 U D"]:
     """``arena`` with the request's embeddings written at ``rows`` (donated: updated in place).
 
     ``rows[m]`` is the arena row of embedding ``m``; rows ``>= U`` (the padding
     the encoder's bucketed output carries past the real placeholders) are dropped.
     ``arena_sharding``: keep the result where the arena was (one replica's devices).
-    """
-    embeds = nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
-    return _write_rows(arena, embeds, rows, arena_sharding)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "arena_sharding"), donate_argnames=("arena",))
-def encode_batch_into_arena(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    arena: Float[Array, "1 U D"],
-    mm_kwargs: Mapping[str, Array],
-    rows: Int[Array, "n M"],
-    *,
-    arena_sharding: jax.sharding.Sharding | None = None,
-) -> Float[Array, "1 U D"]:
-    """``encode_into_arena`` for ``n`` requests whose items have one shape, in one call.
-
-    Each of ``mm_kwargs`` carries a leading ``n`` (request ``i``'s inputs at ``[i]``)
-    and ``rows[i, m]`` is the arena row of request ``i``'s embedding ``m``; rows
-    ``>= U`` are dropped (the bucketed output's padding, and whole padding requests).
+    ``batched``: ``n`` requests whose items have one shape, in one call: each of
+    ``mm_kwargs`` carries a leading ``n`` and ``rows[i, m]`` is request ``i``'s row
+    of embedding ``m`` (a padding request's rows are all dropped).
     """
     model = nnx.merge(graphdef, state)
-    embeds = jax.vmap(lambda mm: model.multimodal_embeddings(**mm))(dict(mm_kwargs))  # [n, M, D]
-    return _write_rows(arena, embeds.reshape(-1, embeds.shape[-1]), rows.reshape(-1), arena_sharding)
-
-
-def _write_rows(arena: Float[Array, "1 U D"], embeds: Float[Array, "M D"], rows: Int[Array, "M"],
-                arena_sharding: jax.sharding.Sharding | None) -> Float[Array, "1 U D"]:
-    """``arena`` with ``embeds[m]`` at row ``rows[m]`` (rows ``>= U`` dropped), kept on ``arena_sharding``."""
+    if batched:
+        embeds = jax.vmap(lambda mm: model.multimodal_embeddings(**mm))(dict(mm_kwargs))  # [n, M, D]
+        embeds, rows = embeds.reshape(-1, embeds.shape[-1]), rows.reshape(-1)
+    else:
+        embeds = model.multimodal_embeddings(**mm_kwargs)
     arena = arena.at[0, rows].set(embeds.astype(arena.dtype), mode="drop")
     if arena_sharding is not None:
         arena = jax.lax.with_sharding_constraint(arena, arena_sharding)
@@ -168,12 +150,10 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
 @functools.lru_cache(maxsize=16)
 def encoder_program(graphdef: nnx.GraphDef, state_def: Any, arena_sharding: jax.sharding.Sharding | None,
                     batched: bool = False) -> Callable[..., Any]:
-    """``encode_into_arena`` (``batched``: ``encode_batch_into_arena``) for one model:
-    ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated."""
-    encode = encode_batch_into_arena if batched else encode_into_arena
-
+    """``encode_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated."""
     def run(state_leaves, arena, mm_kwargs, rows):
         state = jax.tree.unflatten(state_def, state_leaves)
-        return encode.__wrapped__(graphdef, state, arena, mm_kwargs, rows, arena_sharding=arena_sharding)
+        return encode_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows, arena_sharding=arena_sharding,
+                                             batched=batched)
 
     return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())
