@@ -1,7 +1,8 @@
 """mmjax: vLLM's multimodal input system and inference path, in JAX.
 
 ``llm = mmjax.load(path)`` loads a Hugging Face checkpoint; ``llm.logits(prompt)``
-runs it. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
+runs it; ``mmjax.generate(llm, prompts)`` and ``mmjax.chat(llm, messages)`` batch
+prompts and conversations through the engine. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
 most used names are re-exported here.
 """
 
@@ -23,6 +24,7 @@ from mmjax.engine.generate import generate
 from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.llm import LLM, load
+from mmjax.serving.chat import chat
 
 __version__ = "0.1.0"
 
@@ -43,6 +45,7 @@ __all__ = [
     "SupportsMultiModal",
     "TextPrompt",
     "TokensPrompt",
+    "chat",
     "generate",
     "load",
     "process_prompt",

@@ -4,6 +4,8 @@
     mmjax generate --model DIR --image a.jpg --prompt "USER: <image>\\nWhat is this? ASSISTANT:"
     mmjax generate --model DIR --mesh data=2,model=4          # sharded over 8 devices
     mmjax generate --model DIR --mesh auto --distributed      # on every host of a TPU pod slice
+    mmjax chat --model DIR --image a.jpg --message "What is this?"   # through the checkpoint's chat template
+    mmjax serve --model DIR --port 8000                       # OpenAI-compatible HTTP server
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ import argparse
 import sys
 
 
-def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a llava-hf checkpoint directory (default: a small random one)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--mesh", type=_mesh, help='shard over a device mesh: "auto" or "data=D,model=M"')
+    parser.add_argument("--chat-template", help="Jinja text or a file to use instead of the checkpoint's template")
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    _add_model_args(parser)
     parser.add_argument("--image", action="append", help="an image file; repeat for several (default: a photo)")
     parser.add_argument("--prompt", help="the prompt, with one <image> per image")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--mesh", type=_mesh, help='shard over a device mesh: "auto" or "data=D,model=M"')
     parser.add_argument("--distributed", action="store_true",
                         help="join a multi-host run with jax.distributed.initialize() first (run on every host; "
                              "on Cloud TPU it needs no other flag); only process 0 prints")
@@ -59,9 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_generation_args(commands.add_parser("demo", help="a photo and a prompt through LLaVA (no download)"))
     _add_generation_args(commands.add_parser("generate", help="generate text for a prompt with images"))
+    from mmjax.serving.cli import add_chat_args, add_serve_args, run_chat, run_serve
+
+    chat = commands.add_parser("chat", help="a conversation through the checkpoint's chat template")
+    _add_generation_args(chat)
+    add_chat_args(chat)
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (chat with images, completions)")
+    _add_model_args(serve)
+    add_serve_args(serve)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
     if args.distributed:
         _join_hosts(args)
+    if args.command == "chat":
+        return run_chat(args)
     from mmjax.demo import DEMO_PROMPT, run_demo
 
     images = args.image or []

@@ -32,7 +32,7 @@ from mmjax.engine.shapes import StepShapes
 from mmjax.engine.step import check_paged_support
 from mmjax.engine.warmup import warm_up
 from mmjax.kv_cache import PageAllocator
-from mmjax.registry import InputContext, PromptInputs
+from mmjax.registry import InputContext, ProcessedPrompt, PromptInputs
 from mmjax.sharding.multihost import agreed_seed
 from mmjax.sharding.placement import Placement
 
@@ -89,10 +89,18 @@ class LLMEngine:
     def add_request(self, prompt: PromptInputs, params: SamplingParams | None = None,
                     request_id: str | None = None) -> Request:
         """Validate and queue one prompt. Raises (before any work) for a bad prompt or parameters."""
-        params = SamplingParams() if params is None else params
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
-        processed = self.llm.process(prompt)
+        self._check_params(params)
+        return self.add_processed(self.llm.process(prompt), params, request_id)
+
+    def add_processed(self, processed: ProcessedPrompt, params: SamplingParams | None = None,
+                      request_id: str | None = None) -> Request:
+        """Queue a prompt already mapped by ``llm.process`` (e.g. on another thread, off the step loop).
+
+        Raises (before any work): ValueError for a prompt longer than ``max_model_len`` or with more
+        placeholder tokens than the registry's maximum; TypeError for parameters that are not a
+        ``SamplingParams``.
+        """
+        params = self._check_params(params)
         length = len(processed.token_ids)
         if length >= self.max_model_len:
             raise ValueError(f"the prompt has {length} tokens (after placeholder expansion); the engine's "
@@ -113,6 +121,13 @@ class LLMEngine:
         )
         self.scheduler.add(request)
         return request
+
+    @staticmethod
+    def _check_params(params: SamplingParams | None) -> SamplingParams:
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+        return params
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -108,7 +108,7 @@ def _add_all(engine: Any, prompts: list[PromptInputs], params: list[SamplingPara
             requests.append(engine.add_request(prompt, p))
         except (TypeError, ValueError, KeyError, FileNotFoundError) as error:
             if keep_going:
-                requests.append(_error_output(index, PromptError(index, error)))
+                requests.append(error_output(index, PromptError(index, error)))
                 continue
             for request in requests:  # leave the engine as it was
                 engine.abort(request)
@@ -116,7 +116,8 @@ def _add_all(engine: Any, prompts: list[PromptInputs], params: list[SamplingPara
     return requests
 
 
-def _error_output(index: int, error: PromptError) -> RequestOutput:
+def error_output(index: int, error: PromptError) -> RequestOutput:
+    """The output of a prompt refused before it ran: no tokens, ``finish_reason == "error"``."""
     completion = CompletionOutput(index=0, text="", token_ids=(), cumulative_logprob=None, logprobs=None,
                                   finish_reason="error")
     return RequestOutput(request_id=f"refused-{index}", prompt=None, prompt_token_ids=(), prompt_logprobs=None,

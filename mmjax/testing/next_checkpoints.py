@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from mmjax.testing.checkpoints import _randomize
-from mmjax.testing.tokenizer import IMAGE_TOKEN, make_tiny_tokenizer
+from mmjax.testing.tokenizer import IMAGE_TOKEN, LLAVA_NEXT_CHAT_TEMPLATE, make_tiny_tokenizer
 
 TINY_PINPOINTS = ((30, 60), (60, 30), (60, 60), (90, 30), (30, 90))
 
@@ -49,7 +49,7 @@ def make_tiny_llava_next_checkpoint(
     from transformers import AutoConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     path = os.fspath(path)
-    tokenizer = make_tiny_tokenizer(vocab_size)
+    tokenizer = make_tiny_tokenizer(vocab_size, chat_template=LLAVA_NEXT_CHAT_TEMPLATE)
     text_fields = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,

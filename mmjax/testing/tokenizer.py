@@ -15,16 +15,30 @@ from transformers import PreTrainedTokenizerFast
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 
-#: The chat template of the llava-hf LLaVA-1.5 checkpoints, in short form.
+#: The chat template the llava-hf LLaVA-1.5 checkpoints ship (``chat_template.jinja``): images first, then text.
 LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}"
-    "{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}"
+    "{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+#: The Mistral-style chat template of llava-hf's LLaVA-NeXT (``llava-v1.6-mistral-7b-hf``).
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\n' + message['content'][0]['text'] + '\n<</SYS>>\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}"
+    "{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{{' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ ' ' + content['text'] }}{% endgeneration %}{% endfor %}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
 )
 
 _CORPUS = """
@@ -37,12 +51,15 @@ The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9
 """.strip().splitlines()
 
 
-def make_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
+def make_tiny_tokenizer(
+    vocab_size: int = 384, chat_template: str = LLAVA_CHAT_TEMPLATE
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer with ``<image>`` as a single special token.
 
     Args:
       vocab_size: total vocabulary including the special tokens and ``<image>``;
         must be at least 262 (256 byte symbols + 5 specials + 1 merge).
+      chat_template: saved as the checkpoint's ``chat_template.jinja`` (default: llava-hf's LLaVA-1.5 one).
 
     Returns:
       A tokenizer whose ids are all ``< vocab_size``. ``<image>`` is the last id.
@@ -69,7 +86,7 @@ def make_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
         add_bos_token=True,
     )
     fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    fast.chat_template = LLAVA_CHAT_TEMPLATE
+    fast.chat_template = chat_template
     if len(fast) > vocab_size:
         raise AssertionError(f"tokenizer has {len(fast)} ids, more than vocab_size={vocab_size}")
     return fast

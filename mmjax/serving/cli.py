@@ -1,0 +1,97 @@
+"""``mmjax serve`` and ``mmjax chat``: the server and a one-shot conversation from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", help="the name clients pass as model (default: the directory's)")
+    parser.add_argument("--limit-mm-per-prompt", type=_limits, default={"image": 1},
+                        help='most items per prompt, e.g. "image=2" (default: image=1)')
+    parser.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    parser.add_argument("--max-num-seqs", type=int, help="most requests in one step (default: backend-sized)")
+    parser.add_argument("--max-num-batched-tokens", type=int, help="most tokens in one step (default: backend-sized)")
+    parser.add_argument("--kv-cache-bytes", type=int, help="bytes for the KV cache (default: sized from memory)")
+    parser.add_argument("--allowed-local-media-path", help="directory under which file:// image URLs may be read")
+    parser.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per http(s) image")
+    parser.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="most bytes of one image")
+    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="most pixels of one image")
+    parser.add_argument("--max-request-bytes", type=int, default=32 * 2**20, help="most bytes of one request body")
+    parser.add_argument("--shutdown-drain", type=float, default=30.0,
+                        help="seconds in-flight requests may take to finish on shutdown")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="start serving at once; programs compile on first use instead of before")
+
+
+def _limits(text: str) -> dict[str, int]:
+    try:
+        return {key.strip(): int(value) for key, value in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected limits like "image=2", got {text!r}') from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the checkpoint, size and warm the engine, and serve until interrupted."""
+    import mmjax
+    from mmjax.serving.app import ServerConfig
+    from mmjax.serving.media import MediaLimits
+    from mmjax.serving.server import default_model_name, serve
+
+    if args.model is None:
+        raise SystemExit("mmjax serve: --model DIR is required (a llava-hf checkpoint directory)")
+    llm = mmjax.load(args.model, dtype=args.dtype, limit_mm_per_prompt=args.limit_mm_per_prompt,
+                     max_model_len=args.max_model_len, mesh=args.mesh)
+    engine_fields = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
+                     "kv_cache_bytes": args.kv_cache_bytes}
+    engine = llm.engine(mmjax.EngineConfig(**{k: v for k, v in engine_fields.items() if v is not None}))
+    print(f"mmjax serve: {engine.memory.describe()}", flush=True)
+    if not args.no_warmup:
+        print(f"mmjax serve: compiled {engine.warmup(prompt_logprobs=False)} programs ahead of time", flush=True)
+    media = MediaLimits(fetch_timeout_s=args.image_fetch_timeout, max_image_bytes=args.max_image_bytes,
+                        max_image_pixels=args.max_image_pixels, allowed_local_media_path=args.allowed_local_media_path)
+    config = ServerConfig(model_name=args.served_model_name or default_model_name(args.model),
+                          chat_template=args.chat_template, media=media, max_request_bytes=args.max_request_bytes,
+                          shutdown_drain_s=args.shutdown_drain)
+    serve(llm, engine, config, host=args.host, port=args.port)
+    return 0
+
+
+def add_chat_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--message", help="the user's message (the images given with --image come first)")
+    parser.add_argument("--messages", help="a JSON file holding a whole conversation, OpenAI's message format")
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """One conversation through the checkpoint's chat template, the reply streamed to stdout."""
+    import mmjax
+    from mmjax.demo import open_images, resolve_model
+
+    if (args.message is None) == (args.messages is None):
+        raise SystemExit("mmjax chat: give exactly one of --message TEXT and --messages FILE.json")
+    if args.messages is not None:
+        with open(args.messages, encoding="utf-8") as f:
+            messages = json.load(f)
+    else:
+        images = open_images(args.image) if args.image else []
+        content: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+        messages = [{"role": "user", "content": [*content, {"type": "text", "text": args.message}]}]
+    path = resolve_model(args.model)
+    llm = mmjax.load(path, dtype=args.dtype, limit_mm_per_prompt={"image": max(1, len(args.image or []))},
+                     mesh=args.mesh)
+    params = mmjax.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    shown = 0
+    try:
+        for output in mmjax.chat(llm, messages, params, chat_template=args.chat_template, stream=True):
+            sys.stdout.write(output.text[shown:])
+            sys.stdout.flush()
+            shown = len(output.text)
+    except mmjax.PromptError as err:
+        raise SystemExit(f"mmjax chat: {err.error}") from err
+    print()
+    return 0
