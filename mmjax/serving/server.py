@@ -27,7 +27,11 @@ def serve(llm: Any, engine: Any, config: ServerConfig, *, host: str = "127.0.0.1
     """Serve ``engine`` (an ``LLMEngine`` of ``llm``) on ``host:port`` until interrupted."""
     import uvicorn
 
-    uvicorn.Server(_uvicorn_config(build_app(llm, engine, config), host, port, config, log_level)).run()
+    server = uvicorn.Server(_uvicorn_config(build_app(llm, engine, config), host, port, config, log_level))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down gracefully for: we are done
+        pass
 
 
 class ServerThread:

@@ -224,3 +224,28 @@ def test_a_client_that_disconnects_frees_its_pages(client, server):
     with pytest.raises(TimeoutError):  # a non-streamed request whose client gives up (and closes the socket)
         urllib.request.urlopen(request, timeout=1.5)
     assert wait_until_idle(engine)
+
+
+def test_a_request_that_fails_while_running_gets_500_and_the_others_finish(client, server, reference_llm,
+                                                                            monkeypatch):
+    import mmjax.engine.engine as engine_module
+
+    real = engine_module.record_sample
+
+    def faulty(request, *args, **kwargs):
+        if "poison" in (request.processed.prompt or ""):
+            raise RuntimeError("injected fault while sampling")
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "record_sample", faulty)
+    good = image_message(data_url(image(50)))
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        bad = pool.submit(client.chat.completions.create, model=MODEL, max_tokens=6, temperature=0,
+                          messages=[{"role": "user", "content": "poison"}])
+        fine = [pool.submit(client.chat.completions.create, model=MODEL, max_tokens=6, temperature=0, messages=good)
+                for _ in range(2)]
+        with pytest.raises(openai.InternalServerError, match="injected fault while sampling"):
+            bad.result()
+        answers = [f.result().choices[0].message.content for f in fine]
+    assert answers == [_offline_chat(reference_llm, good, max_tokens=6).text] * 2
+    assert wait_until_idle(server.app.state.serving.engine)
