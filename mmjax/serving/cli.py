@@ -41,11 +41,11 @@ def run_serve(args: argparse.Namespace) -> int:
     import mmjax
     from mmjax.serving.app import ServerConfig
     from mmjax.serving.media import MediaLimits
+    from mmjax.demo import resolve_model
     from mmjax.serving.server import default_model_name, serve
 
-    if args.model is None:
-        raise SystemExit("mmjax serve: --model DIR is required (a llava-hf checkpoint directory)")
-    llm = mmjax.load(args.model, dtype=args.dtype, limit_mm_per_prompt=args.limit_mm_per_prompt,
+    model = resolve_model(args.model)
+    llm = mmjax.load(model, dtype=args.dtype, limit_mm_per_prompt=args.limit_mm_per_prompt,
                      max_model_len=args.max_model_len, mesh=args.mesh)
     engine_fields = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
                      "kv_cache_bytes": args.kv_cache_bytes}
@@ -55,7 +55,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"mmjax serve: compiled {engine.warmup(prompt_logprobs=False)} programs ahead of time", flush=True)
     media = MediaLimits(fetch_timeout_s=args.image_fetch_timeout, max_image_bytes=args.max_image_bytes,
                         max_image_pixels=args.max_image_pixels, allowed_local_media_path=args.allowed_local_media_path)
-    config = ServerConfig(model_name=args.served_model_name or default_model_name(args.model),
+    config = ServerConfig(model_name=args.served_model_name or default_model_name(args.model or "mmjax-random-llava"),
                           chat_template=args.chat_template, media=media, max_request_bytes=args.max_request_bytes,
                           shutdown_drain_s=args.shutdown_drain)
     serve(llm, engine, config, host=args.host, port=args.port)
