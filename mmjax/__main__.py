@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_generation_args(commands.add_parser("demo", help="a photo and a prompt through LLaVA (no download)"))
     _add_generation_args(commands.add_parser("generate", help="generate text for a prompt with images"))
-    from mmjax.serving.cli import add_chat_args, add_serve_args, run_chat, run_serve
+    from mmjax.serving_cli import add_chat_args, add_serve_args, run_chat, run_serve
 
     chat = commands.add_parser("chat", help="a conversation through the checkpoint's chat template")
     _add_generation_args(chat)

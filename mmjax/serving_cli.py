@@ -1,4 +1,5 @@
-"""``mmjax serve`` and ``mmjax chat``: the server and a one-shot conversation from the command line."""
+"""``mmjax serve`` and ``mmjax chat``: the server and a one-shot conversation from the command line
+(above the serving layer: it loads through ``mmjax.load`` and the demo checkpoint)."""
 
 from __future__ import annotations
 
