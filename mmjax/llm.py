@@ -67,6 +67,7 @@ class LLM:
     input_registry: InputRegistry = INPUT_REGISTRY
     _engine: list = dataclasses.field(default_factory=list, repr=False)  # [LLMEngine] once built
     mesh: Any = None  # the jax.sharding.Mesh the weights are placed on (None: one device)
+    _mappers: dict = dataclasses.field(default_factory=dict, repr=False)  # threads -> PromptMapper
 
     def engine(self, config: Any = None) -> Any:
         """The continuous-batching engine (built on first use, rebuilt when ``config`` changes).
@@ -81,6 +82,18 @@ class LLM:
         if not self._engine or self._engine[0].config != config:
             self._engine[:] = [LLMEngine(self, config)]
         return self._engine[0]
+
+    def prompt_mapper(self, num_threads: int | None = None) -> Any:
+        """The worker threads that map this model's prompts off the step loop (kept for reuse).
+
+        ``num_threads``: default ``default_mapping_threads()``; 0 maps on the calling thread.
+        """
+        from mmjax.engine.prompt_mapper import PromptMapper, default_mapping_threads
+
+        num_threads = default_mapping_threads() if num_threads is None else num_threads
+        if num_threads not in self._mappers:
+            self._mappers[num_threads] = PromptMapper(self, num_threads)
+        return self._mappers[num_threads]
 
     @property
     def model(self) -> nnx.Module:

@@ -75,7 +75,7 @@ class LLMEngine:
         self._seed_rng = np.random.default_rng(agreed_seed(int(np.random.SeedSequence().entropy % 2**31)))
         self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0,
                       "prefill_step_s": 0.0, "decode_step_s": 0.0, "prefill_steps": 0, "decode_steps": 0,
-                      "encoder_calls": 0, "encoded_requests": 0,
+                      "encoder_calls": 0, "encoded_requests": 0, "input_wait_s": 0.0,
                       "tokens_per_replica": [0] * self.num_replicas}
 
     def _max_model_len(self) -> int:

@@ -7,10 +7,12 @@ from typing import Any
 
 
 class PromptError(ValueError):
-    """A prompt of a ``generate`` batch was refused before any work; ``index`` says which."""
+    """A prompt of a ``generate`` call was refused before it ran; ``index`` says which, ``error`` why
+    (``during``: what was being done, when not the mapping itself)."""
 
-    def __init__(self, index: int, error: Exception):
-        super().__init__(f"prompt {index}: {type(error).__name__}: {error}")
+    def __init__(self, index: int, error: Exception, during: str | None = None):
+        where = f"{during}: " if during else ""
+        super().__init__(f"prompt {index}: {where}{type(error).__name__}: {error}")
         self.index, self.error = index, error
 
 

@@ -1,16 +1,21 @@
-"""``mmjax.generate``: a batch of prompts with images in, one output per prompt out."""
+"""``mmjax.generate``: prompts with images in (a list, or a data set of any length), one output per
+prompt out."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any, TypeVar
 
 from mmjax.engine.config import EngineConfig
 from mmjax.engine.errors import PromptError, StepError
 from mmjax.engine.outputs import CompletionOutput, RequestOutput
+from mmjax.engine.progress import GenerateProgress
+from mmjax.engine.prompt_feed import PromptFeed
 from mmjax.engine.request import Request
 from mmjax.engine.sampling_params import SamplingParams
-from mmjax.registry import PromptInputs
+from mmjax.registry import ProcessedPrompt, PromptInputs
+
+T = TypeVar("T")
 
 
 def to_output(request: Request) -> RequestOutput:
@@ -31,89 +36,123 @@ def to_output(request: Request) -> RequestOutput:
 
 def generate(
     llm: Any,
-    prompts: PromptInputs | Sequence[PromptInputs],
-    sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    prompts: PromptInputs | Iterable[PromptInputs],
+    sampling_params: SamplingParams | Iterable[SamplingParams] | None = None,
     *,
     stream: bool = False,
+    as_completed: bool = False,
     use_tqdm: bool = True,
     engine_config: EngineConfig | None = None,
     errors: str = "raise",
-) -> list[RequestOutput] | Iterator[RequestOutput]:
+    mapping_threads: int | None = None,
+) -> list[RequestOutput] | Iterator[RequestOutput] | Iterator[tuple[int, RequestOutput]]:
     """Generate a completion for each prompt, with continuous batching over a paged KV cache.
+
+    Prompts are read and mapped (images decoded, resized, normalised, tiled; text tokenised)
+    only as the engine has room for them, on worker threads while the device runs steps, so a
+    generator or a lazily-loading data set of any length runs in memory bounded by the engine's
+    size: at most ``2 * max_num_seqs`` prompts (per data-parallel replica) are held at once.
 
     Args:
       llm: a model from ``mmjax.load``.
-      prompts: one prompt or a list: a string, ``{"prompt": str, "multi_modal_data": {...},
-        "mm_processor_kwargs": {...}}`` or ``{"prompt_token_ids": [...], ...}``.
-      sampling_params: one for all prompts, or one per prompt (default: ``SamplingParams()``).
+      prompts: one prompt, or any iterable of them (a list, a generator, a data set): a string,
+        ``{"prompt": str, "multi_modal_data": {...}, "mm_processor_kwargs": {...}}`` or
+        ``{"prompt_token_ids": [...], ...}``.
+      sampling_params: one for all prompts, or one per prompt: a sequence as long as the
+        prompts, or an iterable read alongside them (default: ``SamplingParams()``).
       stream: yield a ``RequestOutput`` each time a request gets new tokens, instead
         of returning the finished list.
-      use_tqdm: show a progress bar over prompts (only for batches, and not when streaming).
+      as_completed: yield ``(index, RequestOutput)`` as each prompt finishes (in finishing
+        order), so that a long run's results can be written out as they come.
+      use_tqdm: show a progress bar (prompts done of the total, output tokens/s, the share of
+        time the device waited for input); not when streaming, nor for one prompt.
       engine_config: batching and KV-cache settings (default: ``EngineConfig()``);
         the engine is built once per config and kept on ``llm``.
-      errors: "raise" (default): a bad prompt raises ``PromptError`` before any
-        work, and a request that fails while it runs raises ``StepError``; "return":
-        each bad or failed prompt gets an output with ``.error`` set and
+      errors: "raise" (default): a bad prompt raises ``PromptError``, and a request that fails
+        while it runs raises ``StepError``; the call's other requests are then aborted.
+        "return": each bad or failed prompt gets an output with ``.error`` set and
         ``finish_reason == "error"``, and the other prompts run normally.
+      mapping_threads: worker threads mapping prompts (default: the host's cores, at most 4;
+        0: map on the calling thread, between steps).
 
     Returns:
       One ``RequestOutput`` per prompt, in order (``.text``, ``.token_ids``,
-      ``.finish_reason``, ``.logprobs``, ``.prompt_logprobs``).
+      ``.finish_reason``, ``.logprobs``, ``.prompt_logprobs``); an iterator with
+      ``stream`` or ``as_completed``.
 
     Raises:
-      PromptError: a prompt or its parameters are invalid; raised before any
-        work starts, and no request of the call is left in the engine.
+      PromptError: a prompt or its parameters are invalid, or the prompts iterable raised
+        (``index``: the prompt it had reached). The first ``max_num_seqs`` prompts (per replica)
+        are all mapped before the first step, so in a call of that size it is raised before any
+        work; later, when the bad prompt is reached. No request of the call is left in the engine.
       StepError: with ``errors="raise"``, a request failed while it ran (its
         encoder, a step, sampling or detokenizing raised); the call's other
         requests are aborted, and the engine is left as a fresh one would be.
       KeyboardInterrupt: passed on after the call's requests are aborted.
     """
+    return generate_mapped(llm, _as_iterable(prompts), sampling_params, map_prompt=_process, stream=stream,
+                           as_completed=as_completed, use_tqdm=use_tqdm, engine_config=engine_config, errors=errors,
+                           mapping_threads=mapping_threads)
+
+
+def generate_mapped(
+    llm: Any,
+    items: Iterable[T],
+    sampling_params: SamplingParams | Iterable[SamplingParams] | None,
+    map_prompt: Callable[[Any, T], ProcessedPrompt],
+    *,
+    stream: bool = False,
+    as_completed: bool = False,
+    use_tqdm: bool = True,
+    engine_config: EngineConfig | None = None,
+    errors: str = "raise",
+    mapping_threads: int | None = None,
+) -> list[RequestOutput] | Iterator[RequestOutput] | Iterator[tuple[int, RequestOutput]]:
+    """``generate`` over items that ``map_prompt(llm, item)`` turns into prompts on the mapping workers
+    (``llm`` there is the worker's handle, with its own tokenizer); e.g. ``mmjax.chat``'s conversations,
+    rendered and their images loaded off the step loop. The options are ``generate``'s."""
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
-    prompts = _as_list(prompts)
-    params = _params_for(sampling_params, len(prompts))
+    if stream and as_completed:
+        raise ValueError("stream=True and as_completed=True are exclusive: stream yields every new token, "
+                         "as_completed each finished prompt")
+    total = len(items) if isinstance(items, Sized) else None
+    params = _params_for(sampling_params, total)
     engine = llm.engine(engine_config)
-    requests = _add_all(engine, prompts, params, keep_going=errors == "return")
-    live = [r for r in requests if isinstance(r, Request)]
-    keep_going = errors == "return"
+    mapper = llm.prompt_mapper(0 if total == 1 else mapping_threads)
+    room = engine.config.max_num_seqs * engine.num_replicas
+    feed = PromptFeed(engine, items, params, mapper, map_prompt, lookahead=room)
+    events = _run(engine, feed, room, keep_going=errors == "return")
     if stream:
-        return _stream(engine, live, keep_going)
-    _run(engine, live, progress=use_tqdm and len(live) > 1, keep_going=keep_going)
-    return [to_output(r) if isinstance(r, Request) else r for r in requests]
+        return _streamed(events)
+    finished = _finished(events, feed, total, enabled=use_tqdm and total != 1)
+    if as_completed:
+        return finished
+    outputs = dict(finished)
+    return [outputs[index] for index in range(len(outputs))]
 
 
-def _as_list(prompts: Any) -> list[PromptInputs]:
+def _process(llm: Any, prompt: PromptInputs) -> ProcessedPrompt:
+    return llm.process(prompt)
+
+
+def _as_iterable(prompts: Any) -> Iterable[PromptInputs]:
     if isinstance(prompts, (str, dict)):
         return [prompts]
-    if not isinstance(prompts, Sequence) or not prompts:
-        raise TypeError(f"prompts must be a prompt or a non-empty list of prompts, got {prompts!r:.80}")
-    return list(prompts)
+    if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, Iterable):
+        raise TypeError(f"prompts must be a prompt or an iterable of prompts, got {prompts!r:.80}")
+    return prompts
 
 
-def _params_for(sampling_params: Any, count: int) -> list[SamplingParams]:
+def _params_for(sampling_params: Any, total: int | None) -> SamplingParams | Iterable[SamplingParams]:
     if sampling_params is None or isinstance(sampling_params, SamplingParams):
-        return [sampling_params or SamplingParams()] * count
-    params = list(sampling_params)
-    if len(params) != count:
-        raise ValueError(f"got {len(params)} sampling params for {count} prompts; give one, or one per prompt")
-    return params
-
-
-def _add_all(engine: Any, prompts: list[PromptInputs], params: list[SamplingParams],
-             keep_going: bool) -> list[Request | RequestOutput]:
-    """Queue every prompt; a refused one raises (after unqueueing the others) or becomes an error output."""
-    requests: list[Request | RequestOutput] = []
-    for index, (prompt, p) in enumerate(zip(prompts, params)):
-        try:
-            requests.append(engine.add_request(prompt, p))
-        except (TypeError, ValueError, KeyError, FileNotFoundError) as error:
-            if keep_going:
-                requests.append(error_output(index, PromptError(index, error)))
-                continue
-            for request in requests:  # leave the engine as it was
-                engine.abort(request)
-            raise PromptError(index, error) from error
-    return requests
+        return sampling_params or SamplingParams()
+    if not isinstance(sampling_params, Iterable):
+        raise TypeError(f"sampling_params must be a SamplingParams or one per prompt, got {sampling_params!r:.80}")
+    if total is not None and isinstance(sampling_params, Sized) and len(sampling_params) != total:
+        raise ValueError(f"got {len(sampling_params)} sampling params for {total} prompts; give one, "
+                         f"or one per prompt")
+    return sampling_params
 
 
 def error_output(index: int, error: PromptError) -> RequestOutput:
@@ -124,18 +163,14 @@ def error_output(index: int, error: PromptError) -> RequestOutput:
                          outputs=[completion], finished=True, error=str(error))
 
 
-def _step(engine: Any, requests: list[Request], keep_going: bool) -> list[Request]:
-    """One engine step for a call's ``requests``; on a failure (or Ctrl-C) the call's other requests
-    are aborted unless ``keep_going`` (a failed request is then finished with its error)."""
+def _step(engine: Any, keep_going: bool) -> list[Request]:
+    """One engine step; a failed request is finished with its error and, with ``keep_going``, returned
+    as updated (else ``StepError`` propagates, and the caller aborts the call's other requests)."""
     try:
         return engine.step()
     except StepError as error:
         if keep_going:
             return list(error.requests)
-        _abort(engine, requests)
-        raise
-    except BaseException:
-        _abort(engine, requests)
         raise
 
 
@@ -145,25 +180,58 @@ def _abort(engine: Any, requests: list[Request]) -> None:
             engine.abort(request)
 
 
-def _run(engine: Any, requests: list[Request], progress: bool, keep_going: bool) -> None:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(requests), desc="generate", unit="prompt", disable=not progress)
-    done = 0
-    while not all(r.finished for r in requests):
-        _step(engine, requests, keep_going)
-        finished = sum(r.finished for r in requests)
-        bar.update(finished - done)
-        done = finished
-    bar.close()
-
-
-def _stream(engine: Any, requests: list[Request], keep_going: bool) -> Iterator[RequestOutput]:
-    mine = set(map(id, requests))
+def _run(engine: Any, feed: PromptFeed, room: int, keep_going: bool) -> Iterator[tuple[int, Request | RequestOutput]]:
+    """Step the engine over the feed's prompts, keeping ``room`` of them in it: yields ``(index,
+    request)`` for each request that got tokens or finished in a step, and ``(index, output)``
+    for a refused prompt. Whatever ends the run, nothing of the call stays in the engine."""
+    live: dict[int, tuple[int, Request]] = {}  # id(request) -> (its prompt's index, the request)
     try:
-        while not all(r.finished for r in requests):
-            for request in _step(engine, requests, keep_going):
-                if id(request) in mine:
-                    yield to_output(request)
-    finally:  # the consumer stopped early (or failed): nothing of this call stays in the engine
-        _abort(engine, requests)
+        while True:
+            while len(live) < room and feed.has_more():
+                try:
+                    index, request = feed.admit()
+                except PromptError as error:
+                    if not keep_going:
+                        raise
+                    yield error.index, error_output(error.index, error)
+                    continue
+                live[id(request)] = (index, request)
+            if not live:
+                return
+            updated = set(map(id, _step(engine, keep_going)))
+            for key, (index, request) in list(live.items()):
+                if key in updated or request.finished:
+                    if request.finished:
+                        del live[key]
+                    yield index, request
+    finally:  # done, failed, interrupted, or the consumer stopped early
+        feed.close()
+        _abort(engine, [r for _, r in live.values()])
+        engine.stats["input_wait_s"] += feed.wait_s
+
+
+def _output_of(item: Request | RequestOutput) -> RequestOutput:
+    return to_output(item) if isinstance(item, Request) else item
+
+
+def _streamed(events: Iterator[tuple[int, Request | RequestOutput]]) -> Iterator[RequestOutput]:
+    try:
+        for _, item in events:
+            yield _output_of(item)
+    finally:
+        events.close()
+
+
+def _finished(events: Iterator[tuple[int, Request | RequestOutput]], feed: PromptFeed, total: int | None,
+              enabled: bool) -> Iterator[tuple[int, RequestOutput]]:
+    """``(index, output)`` of each prompt as it finishes, counted on the progress bar."""
+    progress = GenerateProgress(total, feed, enabled)
+    try:
+        for index, item in events:
+            if isinstance(item, RequestOutput) or item.finished:
+                output = _output_of(item)
+                progress.finished(len(output.outputs[0].token_ids))
+                yield index, output
+    finally:
+        events.close()
+        progress.close()

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -50,7 +47,8 @@ class ServerConfig:
       chat_template: Jinja text or a file to use instead of the checkpoint's template.
       media: limits on image URLs: fetch timeout, bytes, pixels, the local directory allowed.
       max_request_bytes: most bytes of one request body (HTTP 413 beyond).
-      mapping_threads: worker threads that load images and map prompts while the engine steps.
+      mapping_threads: worker threads that load images and map prompts while the engine steps
+        (default: the host's cores, at most 4; at least 1, so that the event loop never maps).
       shutdown_drain_s: on shutdown, seconds in-flight requests may take to finish before they
         are aborted.
     """
@@ -59,8 +57,14 @@ class ServerConfig:
     chat_template: str | None = None
     media: MediaLimits = MediaLimits()
     max_request_bytes: int = 32 * 2**20
-    mapping_threads: int = 4
+    mapping_threads: int | None = None
     shutdown_drain_s: float = 30.0
+
+    def __post_init__(self):
+        if self.mapping_threads is not None and (not isinstance(self.mapping_threads, int)
+                                                 or self.mapping_threads < 1):
+            raise ValueError(f"mapping_threads must be an int >= 1 (the server maps prompts off its event "
+                             f"loop), got {self.mapping_threads!r}")
 
 
 class HTTPError(Exception):
@@ -90,20 +94,12 @@ class ServingState:
             if config.chat_template is not None:
                 raise
             self.chat_template, self.chat_template_error = None, str(err)
-        self._executor = ThreadPoolExecutor(config.mapping_threads, thread_name_prefix="mmjax-map")
-        self._local = threading.local()
-
-    def _thread_llm(self) -> Any:
-        """This mapping thread's own handle: the model shared, the tokenizer its own copy (a tokenizer
-        is not safe to use from several threads at once)."""
-        if not hasattr(self._local, "llm"):
-            self._local.llm = dataclasses.replace(self.llm, tokenizer=copy.deepcopy(self.llm.tokenizer))
-        return self._local.llm
+        self.mapper = llm.prompt_mapper(config.mapping_threads)
 
     async def map_off_loop(self, work: Callable[[Any], ProcessedPrompt]) -> ProcessedPrompt:
-        """Run ``work(llm)`` on a mapping thread; a refusal there becomes HTTP 400."""
+        """Run ``work(llm)`` on a mapping thread (with its own tokenizer); a refusal there becomes HTTP 400."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: work(self._thread_llm()))
+            return await asyncio.wrap_future(self.mapper.submit(work))
         except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
             raise bad_request(err) from err
 
@@ -117,7 +113,6 @@ class ServingState:
 
     def close(self) -> None:
         self.loop.shutdown(0.0)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def build_app(llm: Any, engine: Any, config: ServerConfig) -> FastAPI:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from mmjax.engine.errors import PromptError
-from mmjax.engine.generate import error_output, generate
+from mmjax.engine.generate import generate_mapped
 from mmjax.engine.outputs import RequestOutput
 from mmjax.engine.sampling_params import SamplingParams
-from mmjax.registry import PromptInputs
+from mmjax.registry import ProcessedPrompt, PromptInputs
 from mmjax.serving.chat_template import find_chat_template, render_chat
 from mmjax.serving.media import MediaLimits, load_image_url
 from mmjax.serving.messages import ImageRef, parse_messages
@@ -85,66 +84,59 @@ def load_images(refs: Sequence[ImageRef], media: MediaLimits) -> list[Any]:
 
 def chat(
     llm: Any,
-    messages: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
-    sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    messages: Sequence[Mapping[str, Any]] | Iterable[Sequence[Mapping[str, Any]]],
+    sampling_params: SamplingParams | Iterable[SamplingParams] | None = None,
     *,
     chat_template: str | None = None,
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     media: MediaLimits | None = None,
-    errors: str = "raise",
     **generate_kwargs: Any,
-) -> list[RequestOutput] | Iterator[RequestOutput]:
-    """Generate replies to one conversation or a list of them (vLLM's ``LLM.chat``).
+) -> list[RequestOutput] | Iterator[RequestOutput] | Iterator[tuple[int, RequestOutput]]:
+    """Generate replies to one conversation or many (vLLM's ``LLM.chat``).
+
+    Conversations are read, rendered and their images loaded only as the engine has room for
+    them, on ``generate``'s mapping workers, so any iterable of them (a data set) runs in
+    bounded memory.
 
     Args:
       llm: a model from ``mmjax.load``.
       messages: ``[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ...}},
         {"type": "text", "text": "What is this?"}]}]`` (content may also be a plain string; a
-        PIL image may be given as ``{"type": "image", "image": img}``), or a list of such conversations.
+        PIL image may be given as ``{"type": "image", "image": img}``), or an iterable of such
+        conversations.
       sampling_params: one for all conversations, or one each.
       chat_template: Jinja text or a file to use instead of the checkpoint's template.
       add_generation_prompt: end with the template's assistant prefix (the reply starts there).
       continue_final_message: continue the last (assistant) message instead of starting a new one.
       media: limits on fetching and decoding images given by URL.
-      errors, **generate_kwargs: as ``mmjax.generate`` (``stream``, ``use_tqdm``, ``engine_config``).
+      **generate_kwargs: as ``mmjax.generate`` (``errors``, ``stream``, ``as_completed``,
+        ``use_tqdm``, ``engine_config``, ``mapping_threads``).
 
     Returns:
       One ``RequestOutput`` per conversation, as ``mmjax.generate`` returns.
 
     Raises:
       PromptError: a conversation is malformed or its images cannot be loaded (its index is
-        named), before any work; with ``errors="return"`` it gets an error output instead.
+        named), as ``generate`` raises for a bad prompt; with ``errors="return"`` it gets an
+        error output instead.
     """
-    conversations = [messages] if _is_conversation(messages) else list(messages)
-    if not conversations:
-        raise ValueError("messages must be a conversation or a non-empty list of conversations")
-    prompts: list[PromptInputs | RequestOutput] = []
-    for index, conversation in enumerate(conversations):
-        try:
-            prompts.append(chat_prompt(llm, conversation, chat_template=chat_template, media=media,
-                                       add_generation_prompt=add_generation_prompt,
-                                       continue_final_message=continue_final_message))
-        except (TypeError, ValueError, FileNotFoundError) as error:
-            if errors != "return":
-                raise PromptError(index, error) from error
-            prompts.append(error_output(index, PromptError(index, error)))
-    good = [i for i, p in enumerate(prompts) if not isinstance(p, RequestOutput)]
-    params = sampling_params
-    if params is not None and not isinstance(params, SamplingParams):
-        params = list(params)
-        if len(params) != len(conversations):
-            raise ValueError(f"got {len(params)} sampling params for {len(conversations)} conversations")
-        params = [params[i] for i in good]
-    if not good:
-        return prompts  # type: ignore[return-value]  (every one refused, with errors="return")
-    outputs = generate(llm, [prompts[i] for i in good], params, errors=errors, **generate_kwargs)
-    if generate_kwargs.get("stream") or len(good) == len(prompts):
-        return outputs
-    merged = list(prompts)
-    for i, output in zip(good, outputs):
-        merged[i] = output
-    return merged  # type: ignore[return-value]
+    if _is_conversation(messages):
+        conversations: Iterable[Any] = [messages]
+    elif isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+        raise TypeError(f"messages must be a conversation (a list of message dicts) or an iterable of them, "
+                        f"got {messages!r:.80}")
+    else:
+        conversations = messages
+    chat_template_of(llm, chat_template)  # no template: refused before any work
+
+    def rendered(handle: Any, conversation: Sequence[Mapping[str, Any]]) -> ProcessedPrompt:
+        return handle.process(chat_prompt(handle, conversation, chat_template=chat_template, media=media,
+                                          add_generation_prompt=add_generation_prompt,
+                                          continue_final_message=continue_final_message,
+                                          tokenizer=handle.tokenizer))
+
+    return generate_mapped(llm, conversations, sampling_params, map_prompt=rendered, **generate_kwargs)
 
 
 def _is_conversation(messages: Any) -> bool:

@@ -71,6 +71,30 @@ def test_a_list_of_conversations_gives_one_output_each_in_order():
         assert output.token_ids == mmjax.chat(llm, conversation, GREEDY)[0].token_ids
 
 
+def test_a_generator_of_conversations_is_read_lazily_and_gives_the_same_outputs():
+    llm = load(LLAVA)
+    config = mmjax.EngineConfig(max_num_seqs=2, max_model_len=256)
+    conversations = [[{"role": "user", "content": [{"type": "image", "image": image(s)},
+                                                   {"type": "text", "text": f"What is shown in {s}?"}]}]
+                     for s in range(6)]
+    read = []
+
+    def data_set():
+        for i, conversation in enumerate(conversations):
+            read.append(i)
+            yield conversation
+
+    results = mmjax.chat(llm, data_set(), GREEDY, engine_config=config, as_completed=True)
+    first_index, first = next(results)
+    assert len(read) <= 2 * config.max_num_seqs < len(conversations)  # read only as the engine has room
+    got = dict([(first_index, first), *results])
+    assert sorted(got) == list(range(len(conversations)))
+    for i, conversation in enumerate(conversations):
+        assert got[i].token_ids == mmjax.chat(llm, conversation, GREEDY, engine_config=config)[0].token_ids
+    with pytest.raises(TypeError, match="messages must be a conversation .* or an iterable of them, got 'hi'"):
+        mmjax.chat(llm, "hi")
+
+
 def test_bos_in_the_template_is_not_doubled():
     llm = load(LLAVA)
     template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
