@@ -7,7 +7,11 @@ two of them, transformers' own greedy decoding.
 
 from __future__ import annotations
 
+import json
+import pathlib
+import re
 import threading
+import types
 
 import pytest
 
@@ -187,3 +191,24 @@ def test_the_progress_bar_counts_prompts_tokens_and_input_wait(llm, capsys):
     bar = capsys.readouterr().err
     assert "4/4" in bar and "tok/s" in bar and "input wait" in bar
     assert engine.stats["input_wait_s"] > waited  # inline mapping is all waiting
+
+
+def test_the_readme_data_set_example_runs_as_written(llm, tmp_path, monkeypatch):
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### A data set: any iterable, in bounded memory", 1)[1].split("\n### ", 1)[0]
+    [example] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    rows = []
+    for i in range(5):
+        picture(40, 30 + i, seed=i).save(tmp_path / f"{i}.png")
+        rows.append(types.SimpleNamespace(question=f"What is in picture {i}?", image_path=str(tmp_path / f"{i}.png")))
+    monkeypatch.chdir(tmp_path)
+    from PIL import Image
+
+    exec(example, {"mmjax": mmjax, "Image": Image, "llm": llm, "rows": rows})
+    lines = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert sorted(line["index"] for line in lines) == list(range(5))
+    for line in lines:
+        want = mmjax.generate(llm, {"prompt": f"USER: <image>\n{rows[line['index']].question} ASSISTANT:",
+                                    "multi_modal_data": {"image": Image.open(rows[line["index"]].image_path)}},
+                              mmjax.SamplingParams(max_tokens=64, temperature=0))[0]
+        assert line["text"] == want.text
