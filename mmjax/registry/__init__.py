@@ -17,6 +17,7 @@ global state; every lookup is a function of a ``ModelConfig``.
 from mmjax.registry.architectures import resolve_model_class
 from mmjax.registry.audio import AudioPlugin
 from mmjax.registry.config import InputContext, ModelConfig
+from mmjax.registry.content_hash import hash_item
 from mmjax.registry.hooks import ModelHooks, SupportsMultiModal, hooks_of, supports_multimodal
 from mmjax.registry.image import ImagePlugin
 from mmjax.registry.input_registry import INPUT_REGISTRY, DummyData, InputRegistry
@@ -64,6 +65,7 @@ __all__ = [
     "TextPrompt",
     "TokensPrompt",
     "UnknownModalityError",
+    "hash_item",
     "hooks_of",
     "process_prompt",
     "resolve_model_class",
