@@ -11,6 +11,7 @@ from mmjax.engine.errors import PromptError, StepError
 from mmjax.engine.outputs import CompletionOutput, RequestOutput
 from mmjax.engine.progress import GenerateProgress
 from mmjax.engine.prompt_feed import PromptFeed
+from mmjax.engine.prompt_mapper import check_mapping_threads
 from mmjax.engine.request import Request
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.registry import ProcessedPrompt, PromptInputs
@@ -116,10 +117,11 @@ def generate_mapped(
     if stream and as_completed:
         raise ValueError("stream=True and as_completed=True are exclusive: stream yields every new token, "
                          "as_completed each finished prompt")
+    check_mapping_threads(mapping_threads)
     total = len(items) if isinstance(items, Sized) else None
     params = _params_for(sampling_params, total)
-    engine = llm.engine(engine_config)
     mapper = llm.prompt_mapper(0 if total == 1 else mapping_threads)
+    engine = llm.engine(engine_config)
     room = engine.config.max_num_seqs * engine.num_replicas
     feed = PromptFeed(engine, items, params, mapper, map_prompt, lookahead=room)
     events = _run(engine, feed, room, keep_going=errors == "return")

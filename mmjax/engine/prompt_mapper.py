@@ -28,6 +28,13 @@ def default_mapping_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def check_mapping_threads(num_threads: int | None) -> None:
+    """Raises ValueError unless ``num_threads`` is None (the default) or an int >= 0."""
+    if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool)
+                                    or num_threads < 0):
+        raise ValueError(f"mapping_threads must be an int >= 0 (0: map on the calling thread), got {num_threads!r}")
+
+
 class PromptMapper:
     """Runs ``work(llm)`` on ``num_threads`` workers, each seeing ``llm`` with its own tokenizer.
 
@@ -36,8 +43,7 @@ class PromptMapper:
     """
 
     def __init__(self, llm: Any, num_threads: int):
-        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 0:
-            raise ValueError(f"mapping_threads must be an int >= 0 (0: map on the calling thread), got {num_threads!r}")
+        check_mapping_threads(num_threads)
         self.llm, self.num_threads = llm, num_threads
         self._local = threading.local()
         self._pool = (concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="mmjax-map")

@@ -179,6 +179,8 @@ def test_bad_arguments_are_refused_before_work(llm):
         mmjax.generate(llm, ["a"], sampling_params=0.5)
     with pytest.raises(ValueError, match=r"mapping_threads must be an int >= 0 .* got -1"):
         mmjax.generate(llm, ["a", "b"], mapping_threads=-1)
+    with pytest.raises(ValueError, match=r"mapping_threads must be an int >= 0 .* got 1.5"):
+        mmjax.generate(llm, "one prompt", mapping_threads=1.5)
     with pytest.raises(ValueError, match="stream=True and as_completed=True are exclusive"):
         mmjax.generate(llm, ["a"], stream=True, as_completed=True)
     assert mmjax.generate(llm, iter([]), engine_config=CONFIG) == []
