@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmjax.engine.outputs import RequestOutput
+from mmjax.engine.prompt_feed import PROMPT_ERRORS
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.registry import ProcessedPrompt
 from mmjax.serving import responses
@@ -100,7 +101,7 @@ class ServingState:
         """Run ``work(llm)`` on a mapping thread (with its own tokenizer); a refusal there becomes HTTP 400."""
         try:
             return await asyncio.wrap_future(self.mapper.submit(work))
-        except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        except PROMPT_ERRORS as err:
             raise bad_request(err) from err
 
     async def open(self, processed: ProcessedPrompt, params: SamplingParams) -> OutputStream:
