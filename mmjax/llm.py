@@ -26,9 +26,11 @@ from mmjax.registry import (
     ModelConfig,
     MultiModalRegistry,
     ProcessedPrompt,
+    ProcessorCache,
     PromptInputs,
     process_prompt,
 )
+from mmjax.registry.processor_cache import DEFAULT_PROCESSOR_CACHE_GB
 from mmjax.registry.architectures import resolve_loader
 from mmjax.sharding.multihost import fetch
 
@@ -56,6 +58,7 @@ class LLM:
       tokenizer: the checkpoint's tokenizer.
       dtype: the parameter dtype.
       mesh: the ``("data", "model")`` mesh of a sharded model, else None.
+      processor_cache: the mapped inputs of recent items, by content (``mm_processor_cache_gb``).
     """
 
     model_config: ModelConfig
@@ -68,6 +71,8 @@ class LLM:
     _engine: list = dataclasses.field(default_factory=list, repr=False)  # [LLMEngine] once built
     mesh: Any = None  # the jax.sharding.Mesh the weights are placed on (None: one device)
     _mappers: dict = dataclasses.field(default_factory=dict, repr=False)  # threads -> PromptMapper
+    processor_cache: ProcessorCache = dataclasses.field(
+        default_factory=lambda: ProcessorCache.from_gb(DEFAULT_PROCESSOR_CACHE_GB), repr=False)
 
     def engine(self, config: Any = None) -> Any:
         """The continuous-batching engine (built on first use, rebuilt when ``config`` changes).
@@ -108,7 +113,7 @@ class LLM:
         """Token ids (placeholders expanded), placeholder ranges and mm kwargs of one prompt."""
         return process_prompt(
             self.model_config, prompt, tokenizer=self.tokenizer,
-            mm_registry=self.mm_registry, input_registry=self.input_registry,
+            mm_registry=self.mm_registry, input_registry=self.input_registry, processor_cache=self.processor_cache,
         )
 
     def logits(self, prompt: PromptInputs) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +143,7 @@ def load(
     mm_processor_kwargs: Mapping[str, Any] | None = None,
     max_model_len: int | None = None,
     mesh: Any = None,
+    mm_processor_cache_gb: float = DEFAULT_PROCESSOR_CACHE_GB,
 ) -> LLM:
     """Load a Hugging Face checkpoint directory (e.g. a ``llava-hf/*`` download).
 
@@ -153,6 +159,9 @@ def load(
         ``("data", "model")``, a dict of axis sizes such as ``{"data": 2, "model": 4}``,
         or ``"auto"`` for the default shape of ``mmjax.sharding.make_mesh``.
         None (the default): everything on one device.
+      mm_processor_cache_gb: host memory for the mapped inputs of recent multimodal items
+        (kept by content, so a later prompt with the same image is not mapped again; LRU).
+        Default 1; 0 disables it.
 
     Raises:
       FileNotFoundError: a file the checkpoint needs is missing (named): ``config.json``,
@@ -164,6 +173,7 @@ def load(
       NotImplementedError: an unsupported config field.
     """
     dtype = _as_dtype(dtype)
+    processor_cache = ProcessorCache.from_gb(mm_processor_cache_gb)
     model_config = ModelConfig.from_pretrained(
         path,
         limit_mm_per_prompt=limit_mm_per_prompt or {},
@@ -189,7 +199,7 @@ def load(
         model, _ = loader(os.fspath(path), dtype, mesh=mesh)
     graphdef, state = nnx.split(model)
     return LLM(model_config=model_config, graphdef=graphdef, state=state, tokenizer=tokenizer, dtype=dtype,
-               mesh=mesh)
+               mesh=mesh, processor_cache=processor_cache)
 
 
 def _resolve_mesh(mesh: Any, hf_config: Any) -> Any:

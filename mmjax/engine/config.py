@@ -31,6 +31,11 @@ class EngineConfig:
       max_encoder_batch: most requests whose items one encoder call takes (those a step
         starts, with inputs of one shape, padded to a power of two). Default: 8 on GPU/TPU,
         1 on CPU, where batching measured slower (``mmjax.engine.defaults``).
+      enable_prefix_caching: keep full KV pages by content (token ids, and the image for
+        placeholder tokens) and let a new request reuse its longest cached prefix. On by default.
+      encoder_cache_tokens: arena rows (placeholder embeddings) kept for recently encoded items
+        beyond those of the running prompts, so that a later request with the same items does
+        not run the encoder. Default: 8 prompts at the model's limit; 0 disables it.
     """
 
     page_size: int = 16
@@ -42,6 +47,8 @@ class EngineConfig:
     max_model_len: int | None = None
     impl: str = "auto"
     max_encoder_batch: int | None = None
+    enable_prefix_caching: bool = True
+    encoder_cache_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self._fill_batch_sizes()
@@ -56,6 +63,11 @@ class EngineConfig:
                 f"EngineConfig.max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                 f"max_num_seqs ({self.max_num_seqs}): a decode step runs one token per sequence"
             )
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(f"EngineConfig.enable_prefix_caching must be True or False, got {self.enable_prefix_caching!r}")
+        cache = self.encoder_cache_tokens
+        if cache is not None and (isinstance(cache, bool) or not isinstance(cache, int) or cache < 0):
+            raise ValueError(f"EngineConfig.encoder_cache_tokens must be an int >= 0 (0: off) or None, got {cache!r}")
         if self.num_pages is not None and self.num_pages < 2:
             raise ValueError(f"EngineConfig.num_pages must be >= 2 (page 0 is reserved), got {self.num_pages}")
         if not 0 < self.memory_utilization <= 1:

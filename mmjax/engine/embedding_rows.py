@@ -1,17 +1,26 @@
-"""Host bookkeeping of the device's embedding arena: which rows hold whose placeholder embeddings.
+"""Host bookkeeping of the device's embedding arena: whose placeholder embeddings are in which rows,
+and the encoder cache that keeps them for later requests with the same items.
 
-The device runner keeps every request's placeholder embeddings in an arena of
-``StepShapes.embedding_rows`` rows per replica, so they never travel back to
-the host; a step gathers them on the device by row index. Here, on the host,
-a request is given arena rows (in blocks, like KV pages, so the arena never
-fragments) when its items are encoded, and gives them back when its prefill
-is done, when it is preempted, and when it finishes or is aborted. The arena
-holds ``max_num_seqs`` prompts at the limit per replica, so a running
-request's rows are always free to take.
+The device runner keeps placeholder embeddings in an arena of ``StepShapes.embedding_rows``
+rows per replica, so they never travel back to the host; a step gathers them on the
+device by row index. Here, on the host, a request is given arena rows (in blocks, like KV
+pages, so the arena never fragments) when its items must be encoded, and gives them back
+when its prefill is past its last placeholder, when it is preempted, and when it finishes
+or is aborted.
+
+Encoder cache: rows are kept per *entry*, the embeddings of one set of items (a request's
+items' keys, ``ProcessedPrompt.mm_keys``). A request whose items have a filled entry on its
+replica shares that entry's rows and runs no encoder. Entries are counted by reference;
+one no request holds stays, filled, until its rows are needed (least recently used
+first). The arena has room for ``max_num_seqs`` prompts at the limit besides the cache's
+budget, so the rows of every running request can always be found by evicting.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import itertools
 from collections.abc import Hashable
 
 import numpy as np
@@ -20,35 +29,111 @@ from mmjax.engine.shapes import EMBEDDING_BLOCK_ROWS, StepShapes
 from mmjax.kv_cache import PageAllocator
 
 
+@dataclasses.dataclass
+class _Entry:
+    replica: int
+    seq: int  # its sequence in the replica's block allocator
+    rows: np.ndarray
+    key: Hashable | None  # None: never shared
+    refs: int = 1
+    filled: bool = False
+
+
 class EmbeddingRows:
-    """Arena rows of each data replica, handed out per request."""
+    """Arena rows of each data replica, handed out per request and kept per item set.
+
+    Attributes:
+      rows_per_prompt: the most rows one prompt may take.
+      hits, misses: requests that found their items' embeddings cached, and those that did not.
+    """
 
     def __init__(self, shapes: StepShapes):
         blocks = shapes.embedding_rows // EMBEDDING_BLOCK_ROWS
-        self.rows_per_prompt = (blocks - 1) // shapes.max_num_seqs * EMBEDDING_BLOCK_ROWS if blocks else 0
+        self.rows_per_prompt = shapes.rows_per_prompt if blocks else 0
         self._allocators = [PageAllocator(blocks, EMBEDDING_BLOCK_ROWS) for _ in range(shapes.num_replicas)] \
             if blocks else []
-        self._replica_of: dict[Hashable, int] = {}
+        self._entry_of: dict[Hashable, _Entry] = {}  # request -> the entry it holds
+        self._by_key: dict[tuple[int, Hashable], _Entry] = {}  # (replica, key) -> entry
+        self._idle: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # unheld filled, LRU first
+        self._seqs = itertools.count()
+        self.hits = self.misses = 0
 
-    def assign(self, request_id: Hashable, replica: int, num_rows: int) -> np.ndarray:
-        """Rows for ``num_rows`` embeddings of ``request_id`` on ``replica``: i32 ``[num_rows]``.
+    def assign(self, request_id: Hashable, replica: int, num_rows: int, key: Hashable | None = None) -> tuple[np.ndarray, bool]:
+        """Rows for ``num_rows`` embeddings of ``request_id`` on ``replica``, and whether they are shared.
 
-        Raises:
-          OutOfPagesError: the arena is full (it cannot be while the rows of finished prefills are released).
+        ``key``: the request's items (None: never shared). Shared rows are a cache hit: the
+        request must not encode — they are filled, or being filled in this step by the request
+        that took them first. Unshared ones are the request's to encode into, then ``filled()``
+        (a shared entry never filled is dropped when its last holder releases it).
         """
-        if request_id in self._replica_of:
+        if request_id in self._entry_of:
             raise ValueError(f"request {request_id!r} already holds arena rows")
-        slots = self._allocators[replica].allocate(request_id, num_rows)
-        self._replica_of[request_id] = replica
-        return np.asarray(slots, np.int32)
+        entry = self._by_key.get((replica, key)) if key is not None else None
+        if entry is not None and len(entry.rows) >= num_rows:
+            if entry.refs == 0:
+                del self._idle[id(entry)]
+            entry.refs += 1
+            self._entry_of[request_id] = entry
+            self.hits += 1
+            return entry.rows[:num_rows], True
+        entry = _Entry(replica, *self._take(replica, num_rows), key)
+        if key is not None:
+            self._by_key[(replica, key)] = entry
+        self._entry_of[request_id] = entry
+        self.misses += 1
+        return entry.rows, False
+
+    def filled(self, request_id: Hashable) -> None:
+        """``request_id``'s rows now hold its embeddings (its encoder call returned)."""
+        self._entry_of[request_id].filled = True
 
     def release(self, request_id: Hashable) -> None:
-        """Give back ``request_id``'s rows, if it holds any."""
-        replica = self._replica_of.pop(request_id, None)
-        if replica is not None:
-            self._allocators[replica].free(request_id)
+        """Give back ``request_id``'s rows, if it holds any; a filled shared entry stays cached."""
+        entry = self._entry_of.pop(request_id, None)
+        if entry is None:
+            return
+        entry.refs -= 1
+        if entry.refs == 0:
+            if entry.filled and entry.key is not None:
+                self._idle[id(entry)] = entry
+            else:
+                self._drop(entry)
+
+    def reset(self) -> None:
+        """Forget every entry (the arena was zeroed, or the user asked): idle rows are freed now,
+        held ones when their requests release them; no later request shares them."""
+        for entry in list(self._idle.values()):
+            self._drop(entry)
+        self._idle.clear()
+        self._by_key.clear()
+        for entry in self._entry_of.values():
+            entry.filled = False
+
+    def _take(self, replica: int, num_rows: int) -> tuple[int, np.ndarray]:
+        """A new block sequence of ``num_rows`` rows on ``replica``, evicting idle entries for room."""
+        allocator, seq = self._allocators[replica], next(self._seqs)
+        needed = allocator.pages_needed(seq, num_rows)
+        while not allocator.can_allocate(needed):
+            victim = next((e for e in self._idle.values() if e.replica == replica), None)
+            if victim is None:
+                break  # allocate raises OutOfPagesError, which cannot happen while rows are released
+            del self._idle[id(victim)]
+            self._drop(victim)
+        return seq, np.asarray(allocator.allocate(seq, num_rows), np.int32)
+
+    def _drop(self, entry: _Entry) -> None:
+        if entry.key is not None and self._by_key.get((entry.replica, entry.key)) is entry:
+            del self._by_key[(entry.replica, entry.key)]
+        self._allocators[entry.replica].free(entry.seq)
 
     @property
     def num_held(self) -> int:
         """Requests holding rows (0 when every prefill is done)."""
-        return len(self._replica_of)
+        return len(self._entry_of)
+
+    def stats(self) -> dict[str, int | float]:
+        """Hits and misses of the encoder cache, its entries and the arena rows they hold."""
+        lookups = self.hits + self.misses
+        entries = {id(e): e for e in (*self._by_key.values(), *self._idle.values())}
+        return {"hits": self.hits, "misses": self.misses, "hit_rate": self.hits / lookups if lookups else 0.0,
+                "entries": len(entries), "rows": int(sum(len(e.rows) for e in entries.values()))}

@@ -23,7 +23,7 @@ from mmjax.engine.embedding_rows import EmbeddingRows
 from mmjax.engine.errors import StepError
 from mmjax.engine.logprobs import record_prompt_logprobs, record_sample
 from mmjax.engine.memory import plan_engine_memory
-from mmjax.engine.request import Request, placeholder_rows
+from mmjax.engine.request import Request, item_spans, placeholder_rows
 from mmjax.engine.runner import ModelRunner, model_text_config
 from mmjax.engine.sampler import SamplingTensors, SeenTokens
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
@@ -62,7 +62,8 @@ class LLMEngine:
         self.memory = plan_engine_memory(llm, self.config, self.shapes, placement)
         self.runner = ModelRunner(llm.graphdef, llm.state, shapes=self.shapes, placement=placement,
                                   num_pages=self.memory.num_pages, dtype=llm.dtype, impl=self.config.impl)
-        self.allocators = [PageAllocator(self.memory.num_pages, self.config.page_size)
+        self.allocators = [PageAllocator(self.memory.num_pages, self.config.page_size,
+                                         enable_caching=self.config.enable_prefix_caching)
                            for _ in range(self.num_replicas)]
         self.embedding_rows = EmbeddingRows(self.shapes)
         self.scheduler = Scheduler(self.allocators, max_num_seqs=self.config.max_num_seqs,
@@ -77,6 +78,7 @@ class LLMEngine:
                       "prefill_step_s": 0.0, "decode_step_s": 0.0, "prefill_steps": 0, "decode_steps": 0,
                       "encoder_calls": 0, "encoded_requests": 0, "input_wait_s": 0.0,
                       "tokens_per_replica": [0] * self.num_replicas}
+        self.stats["caches"] = self.cache_stats()
 
     def _max_model_len(self) -> int:
         limit = self.config.max_model_len or self.llm.model_config.context_length
@@ -107,15 +109,15 @@ class LLMEngine:
                              f"max_model_len is {self.max_model_len}, which leaves no room to generate")
         mm_rows = placeholder_rows(processed)
         num_placeholders = int((mm_rows >= 0).sum())
-        if num_placeholders > self.embedding_rows.rows_per_prompt:
+        if num_placeholders > self.shapes.rows_per_prompt:
             raise ValueError(f"the prompt has {num_placeholders} multimodal placeholder tokens; the model's "
-                             f"registered maximum per prompt allows {self.embedding_rows.rows_per_prompt}")
+                             f"registered maximum per prompt allows {self.shapes.rows_per_prompt}")
         seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**31 - 1))
         request = Request(
             request_id=str(next(self._ids)) if request_id is None else request_id, processed=processed,
             params=params, seed=seed, arrival=next(self._ids),
             detokenizer=IncrementalDetokenizer(self.llm.tokenizer, processed.token_ids, params),
-            mm_rows=mm_rows,
+            mm_rows=mm_rows, item_spans=item_spans(processed),
             logprobs=[] if params.logprobs is not None else None,
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
         )
@@ -182,6 +184,8 @@ class LLMEngine:
         survivors = [r for r in self._in_step if r not in failed and not r.finished]
         if self.runner.lost_device_state():  # a donated buffer never came back: nothing cached survives
             self.runner.reset()
+            self.scheduler.reset_prefix_cache()
+            self.embedding_rows.reset()
             survivors = [r for r in self.scheduler.running if r not in failed]
         for request in sorted(survivors, key=lambda r: r.arrival, reverse=True):  # oldest ends up first
             if request in self.scheduler.running:
@@ -199,8 +203,8 @@ class LLMEngine:
         self._last_step_was_decode = all(c.num_tokens == 1 for c in chunks)
         if not chunks:
             return []
-        self._encode([c.request for c in chunks
-                      if c.request.needs_mm_embeds and c.start < c.request.num_prompt_tokens])
+        self._encode([c.request for c in chunks  # not when cached pages hold every placeholder left
+                      if c.request.needs_mm_embeds and c.start < c.request.placeholder_end])
         want_prompt_logprobs = any(_wants_prompt_logprobs(c) for c in chunks)
         batch = build_step_batch(chunks, self.allocators, token_buckets=self.config.token_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
@@ -213,11 +217,13 @@ class LLMEngine:
             rows = tuple(range(len(chunks)))
         for chunk in chunks:
             chunk.request.num_computed_tokens = chunk.stop
-            if chunk.stop >= chunk.request.num_prompt_tokens:
+            self.scheduler.register_computed(chunk.request)  # its full pages, for later requests
+            if chunk.stop >= chunk.request.placeholder_end:
                 self._release_embeddings(chunk.request)  # every placeholder is in the KV cache now
             self.stats["decode_tokens" if chunk.num_tokens == 1 else "prefill_tokens"] += chunk.num_tokens
             self.stats["tokens_per_replica"][chunk.replica] += chunk.num_tokens
         self.stats["steps"] += 1
+        self.stats["caches"] = self.cache_stats()
         return self._sample(chunks, rows, logits)
 
     def _encode(self, requests: list[Request]) -> None:
@@ -229,10 +235,14 @@ class LLMEngine:
         by one, so that the failure is blamed on the request that caused it.
         """
         groups: dict[tuple, list[Request]] = {}
+        use_cache = self.config.encoder_cache_tokens != 0
         for request in requests:
             self._blame = request
             num_rows = int(request.mm_rows.max()) + 1
-            request.mm_slots = self.embedding_rows.assign(request.request_id, request.replica, num_rows)
+            request.mm_slots, cached = self.embedding_rows.assign(
+                request.request_id, request.replica, num_rows, request.encoder_key if use_cache else None)
+            if cached:
+                continue  # the encoder cache holds its items' embeddings (or another request of this step encodes them)
             key = (request.replica, self.runner.input_key(request.processed.mm_kwargs))
             groups.setdefault(key, []).append(request)
         size = self.config.max_encoder_batch
@@ -243,6 +253,7 @@ class LLMEngine:
                 for request in part:
                     self._blame = request
                     self.runner.encode(request.processed.mm_kwargs, replica, request.mm_slots)
+                    self.embedding_rows.filled(request.request_id)
                     self._count_encode(1)
         self._blame = None
 
@@ -256,12 +267,44 @@ class LLMEngine:
             if self.runner.lost_device_state():
                 raise
             return False
+        for request in requests:
+            self.embedding_rows.filled(request.request_id)
         self._count_encode(len(requests))
         return True
 
     def _count_encode(self, num_requests: int) -> None:
         self.stats["encoder_calls"] += 1
         self.stats["encoded_requests"] += num_requests
+
+    def reset_caches(self) -> None:
+        """Forget every cached KV page, encoder output and mapped input (vLLM's ``reset_prefix_cache``
+        and ``reset_mm_cache``); running requests keep what they hold. The counters stay."""
+        self.scheduler.reset_prefix_cache()
+        self.embedding_rows.reset()
+        processor = getattr(self.llm, "processor_cache", None)
+        if processor is not None:
+            processor.clear()
+
+    def cache_stats(self) -> dict[str, dict[str, int | float]]:
+        """Hit rates and sizes of the prefix cache, the encoder cache and the (shared) processor cache.
+
+        ``prefix_cache``: tokens of admitted requests looked up (``queries``) and found (``hits``),
+        full pages registered (``cached_pages``) and their bytes. ``encoder_cache``: requests whose
+        embeddings were found or not, entries, arena rows and bytes. ``processor_cache``: see
+        ``ProcessorCache.stats``.
+        """
+        queries, hits = self.scheduler.prefix_queries, self.scheduler.prefix_hits
+        pages = sum(a.num_cached_pages for a in self.allocators)
+        encoder = self.embedding_rows.stats()
+        row_bytes = self.runner.embedding_width * self.runner.dtype.itemsize
+        processor = getattr(self.llm, "processor_cache", None)
+        return {
+            "prefix_cache": {"enabled": self.config.enable_prefix_caching, "queries": queries, "hits": hits,
+                             "hit_rate": hits / queries if queries else 0.0, "cached_pages": pages,
+                             "bytes": pages * self.memory.page_bytes},
+            "encoder_cache": {**encoder, "bytes": encoder["rows"] * row_bytes},
+            "processor_cache": processor.stats() if processor is not None else {},
+        }
 
     def _release_embeddings(self, request: Request) -> None:
         self.embedding_rows.release(request.request_id)

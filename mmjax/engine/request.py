@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from typing import Any
 
 import numpy as np
 
+from mmjax.kv_cache.prefix_hash import ItemSpan, hash_pages
 from mmjax.registry import ProcessedPrompt
 
 
@@ -31,6 +33,17 @@ def placeholder_rows(processed: ProcessedPrompt) -> np.ndarray:
     return rows
 
 
+def item_spans(processed: ProcessedPrompt) -> tuple[ItemSpan, ...] | None:
+    """Each item's placeholder run with the item's key; None when an item has no key (never shared)."""
+    spans = []
+    for modality, ranges in processed.placeholders.items():
+        keys = processed.mm_keys.get(modality)
+        if keys is None or len(keys) != len(ranges):
+            return None
+        spans += [ItemSpan(r.offset, r.length, key) for r, key in zip(ranges, keys)]
+    return tuple(sorted(spans))
+
+
 @dataclasses.dataclass(eq=False)
 class Request:
     """One prompt being generated for. Mutable host bookkeeping; never enters ``jit``.
@@ -44,6 +57,7 @@ class Request:
       num_computed_tokens: tokens whose K/V are in the cache.
       replica: the data-parallel replica whose pages hold its K/V (None while waiting).
       error: why the request failed (``finish_reason == "error"``), else None.
+      item_spans: its items' placeholder runs and keys (``item_spans``); None: its pages are never shared.
     """
 
     request_id: str
@@ -65,6 +79,8 @@ class Request:
     num_preemptions: int = 0
     replica: int | None = None
     error: str | None = None
+    item_spans: tuple[ItemSpan, ...] | None = ()
+    _page_hashes: list[bytes] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def prompt_token_ids(self) -> np.ndarray:
@@ -86,6 +102,39 @@ class Request:
             return prompt[start:stop]
         output = np.asarray(self.output_token_ids, np.int32)
         return np.concatenate([prompt, output])[start:stop]
+
+    def page_hashes(self, num_pages: int, page_size: int) -> list[bytes]:
+        """The prefix-cache hashes of its first ``num_pages`` full pages (``prefix_hash.hash_pages``).
+
+        Computed once and extended as tokens come (generated tokens fill pages too).
+        """
+        have = len(self._page_hashes)
+        if num_pages > have:
+            tokens = self.token_ids(have * page_size, num_pages * page_size)
+            self._page_hashes += hash_pages(self._page_hashes[-1] if have else None, tokens, have * page_size,
+                                            page_size, self.item_spans or ())
+        return self._page_hashes[:num_pages]
+
+    @property
+    def shares_pages(self) -> bool:
+        """Whether its pages may be registered in the prefix cache (every item has a key)."""
+        return self.item_spans is not None
+
+    @property
+    def reuses_pages(self) -> bool:
+        """Whether it may start from cached pages: not when every prompt token's logits are wanted."""
+        return self.shares_pages and getattr(self.params, "prompt_logprobs", None) is None
+
+    @property
+    def encoder_key(self) -> tuple | None:
+        """What its placeholder embeddings depend on, for the encoder cache (None: not cached)."""
+        return tuple(sorted(self.processed.mm_keys.items())) if self.item_spans else None
+
+    @functools.cached_property
+    def placeholder_end(self) -> int:
+        """One past its last placeholder token (0 without any): the prefill needs embeddings before it."""
+        where = np.nonzero(self.mm_rows >= 0)[0]
+        return int(where[-1]) + 1 if where.size else 0
 
     @property
     def needs_mm_embeds(self) -> bool:

@@ -14,6 +14,11 @@ Data parallelism: with one ``PageAllocator`` per data replica (the mesh's
 replicas run in the same step. A waiting request is admitted to the replica
 with the fewest running requests that can take it, so the load spreads; a
 preempted request may come back on any replica.
+
+Prefix caching (allocators with ``enable_caching``): an admitted request starts
+from the longest chain of its full pages the replica has cached (at most all
+but its last token, whose logits it needs), and its first chunk begins there.
+A preempted request's pages stay cached, so coming back costs only what was evicted.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []  # admission order, all replicas
+        self.prefix_queries = 0  # tokens of admitted requests looked up in the prefix cache
+        self.prefix_hits = 0  # of those, tokens found cached
 
     @property
     def num_replicas(self) -> int:
@@ -122,16 +129,29 @@ class Scheduler:
             placed = self._place(request, budgets, closed)
             if placed is None:
                 break  # first come, first served: nobody overtakes the head of the queue
-            replica, n = placed
+            replica, n, cached = placed
             self.waiting.popleft()
-            self.allocators[replica].allocate(request.request_id, n)
-            request.status, request.replica = RequestStatus.RUNNING, replica
+            start = len(cached) * self.allocators[replica].page_size
+            self.allocators[replica].allocate(request.request_id, start + n, cached)
+            request.status, request.replica, request.num_computed_tokens = RequestStatus.RUNNING, replica, start
             self.running.append(request)
-            chunks.append(ScheduledChunk(request, 0, n, replica))
+            chunks.append(ScheduledChunk(request, start, start + n, replica))
             budgets[replica] -= n
+            if self.allocators[replica].enable_caching and request.reuses_pages:
+                self.prefix_queries += request.num_tokens
+                self.prefix_hits += start
 
-    def _place(self, request: Request, budgets: list[int], closed: set[int]) -> tuple[int, int] | None:
-        """``(replica, first chunk length)`` for a waiting request: the least busy replica that fits."""
+    def _cached_pages(self, request: Request, allocator: PageAllocator) -> list[int]:
+        """The replica's cached pages ``request`` may start from: its longest cached chain of full
+        pages, short of its last token (which must run, for its logits)."""
+        if not allocator.enable_caching or not request.reuses_pages:
+            return []
+        usable = (request.num_tokens - 1) // allocator.page_size
+        return allocator.cached_prefix(request.page_hashes(usable, allocator.page_size))
+
+    def _place(self, request: Request, budgets: list[int], closed: set[int]) -> tuple[int, int, list[int]] | None:
+        """``(replica, first chunk length, cached pages)`` for a waiting request: the least busy
+        replica that fits it."""
         counts = [0] * self.num_replicas
         for r in self.running:
             counts[r.replica] += 1
@@ -140,14 +160,28 @@ class Scheduler:
         for replica in order:
             if replica in closed or budgets[replica] == 0 or counts[replica] >= self.max_num_seqs:
                 continue
-            n = min(request.num_tokens, budgets[replica])
             allocator = self.allocators[replica]
-            if allocator.can_allocate(allocator.pages_needed(request.request_id, n)):
-                return replica, n
+            cached = self._cached_pages(request, allocator)
+            start = len(cached) * allocator.page_size
+            n = min(request.num_tokens - start, budgets[replica])
+            if allocator.can_allocate(-(-(start + n) // allocator.page_size) - len(cached), cached):
+                return replica, n, cached
         return None
 
+    def register_computed(self, request: Request) -> None:
+        """Register ``request``'s full pages whose K/V are now computed in its replica's prefix cache."""
+        allocator = self.allocators[request.replica]
+        if allocator.enable_caching and request.shares_pages:
+            full = request.num_computed_tokens // allocator.page_size
+            allocator.register(request.request_id, request.page_hashes(full, allocator.page_size))
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached page (the KV cache was rebuilt)."""
+        for allocator in self.allocators:
+            allocator.reset_cache()
+
     def preempt(self, request: Request) -> None:
-        """Free ``request``'s pages and queue it (first) for recomputation."""
+        """Free ``request``'s pages (those registered stay cached) and queue it (first) for recomputation."""
         self.allocators[request.replica].free(request.request_id)
         self.running.remove(request)
         request.num_computed_tokens = 0

@@ -16,6 +16,9 @@ from mmjax.engine.config import EngineConfig
 #: Rows of the embedding arena are handed out in blocks of this many (block 0 is reserved, as page 0 is).
 EMBEDDING_BLOCK_ROWS = 16
 
+#: The encoder cache's default budget, in prompts at the registered limit (``EngineConfig.encoder_cache_tokens``).
+DEFAULT_ENCODER_CACHE_PROMPTS = 8
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StepShapes:
@@ -28,7 +31,9 @@ class StepShapes:
       page_size: ``G``, tokens per KV page.
       pages_per_seq: ``W``, the block-table width (``max_model_len / G``, rounded up).
       max_model_len: the longest sequence, prompt plus output.
-      embedding_rows: rows of each replica's arena of placeholder embeddings (0: the model has no encoder).
+      embedding_rows: rows of each replica's arena of placeholder embeddings (0: the model has no encoder):
+        room for ``max_num_seqs`` prompts at the limit, the encoder cache's budget and the reserved block.
+      rows_per_prompt: arena rows one prompt may take (its placeholders, rounded up to blocks).
       encoder_batch_buckets: request counts one encoder call may take (``EngineConfig.encoder_batch_buckets``).
     """
 
@@ -39,19 +44,24 @@ class StepShapes:
     pages_per_seq: int
     max_model_len: int
     embedding_rows: int
+    rows_per_prompt: int = 0
     encoder_batch_buckets: tuple[int, ...] = (1,)
 
     @classmethod
     def build(cls, config: EngineConfig, *, max_model_len: int, num_replicas: int,
               max_mm_tokens_per_prompt: int) -> StepShapes:
-        """The shapes for ``config``; the arena holds the placeholders of ``max_num_seqs`` prompts at the limit."""
-        rows = 0
+        """The shapes for ``config``: the arena holds the placeholders of ``max_num_seqs`` prompts at
+        the limit, plus ``config.encoder_cache_tokens`` (default: 8 prompts at the limit) of cache."""
+        rows = per_prompt = 0
         if max_mm_tokens_per_prompt:
-            blocks = config.max_num_seqs * -(-max_mm_tokens_per_prompt // EMBEDDING_BLOCK_ROWS)
+            per_prompt = -(-max_mm_tokens_per_prompt // EMBEDDING_BLOCK_ROWS)
+            cache = config.encoder_cache_tokens
+            cache = DEFAULT_ENCODER_CACHE_PROMPTS * max_mm_tokens_per_prompt if cache is None else cache
+            blocks = config.max_num_seqs * per_prompt + -(-cache // EMBEDDING_BLOCK_ROWS)
             rows = (blocks + 1) * EMBEDDING_BLOCK_ROWS  # + the reserved block
         return cls(num_replicas=num_replicas, token_buckets=config.token_buckets, max_num_seqs=config.max_num_seqs,
                    page_size=config.page_size, pages_per_seq=-(-max_model_len // config.page_size),
-                   max_model_len=max_model_len, embedding_rows=rows,
+                   max_model_len=max_model_len, embedding_rows=rows, rows_per_prompt=per_prompt * EMBEDDING_BLOCK_ROWS,
                    encoder_batch_buckets=config.encoder_batch_buckets)
 
     @property

@@ -1,16 +1,26 @@
-"""Host-side page allocator: a free list, per-sequence block tables, plain Python.
+"""Host-side page allocator: a free list, per-sequence block tables, prefix caching. Plain Python.
 
 Page 0 is the null page: it is never handed out, so a zero in a padded block
 table (or a padding slot) can never alias a live sequence's data. Every
 operation that can fail checks first and mutates second, so a failed call
 leaves the allocator exactly as it was; the scheduler reacts to
 `OutOfPagesError` (or asks `can_append` first) by preempting, never by crashing.
+
+Prefix caching (``enable_caching=True``): a full page whose K/V are computed can be
+*registered* under a hash of everything its K/V depend on (``prefix_hash.hash_pages``:
+the previous page's hash, its tokens, its placeholders' items). A new sequence may start
+with the longest chain of registered pages its own hashes find (``cached_prefix``); the
+pages are shared, counted by reference, and never written again (only full pages are
+registered, and a sequence only writes past its last full one). A registered page that
+no sequence holds stays cached, and is reused for new data least recently freed first,
+only once the free list is empty: cached pages cost nothing until the pages run out.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 NULL_PAGE = 0
 
@@ -28,25 +38,40 @@ class OutOfPagesError(RuntimeError):
 class _Sequence:
     pages: list[int]
     num_tokens: int
+    num_registered: int = 0  # its first pages that were registered (or found) in the prefix cache
 
 
 class PageAllocator:
-    """Hands out pages of `page_size` tokens from a pool of `num_pages` (page 0 reserved)."""
+    """Hands out pages of `page_size` tokens from a pool of `num_pages` (page 0 reserved).
 
-    def __init__(self, num_pages: int, page_size: int):
+    ``enable_caching``: keep full pages by hash for later sequences (see the module docstring).
+    """
+
+    def __init__(self, num_pages: int, page_size: int, *, enable_caching: bool = False):
         if num_pages < 2:
             raise ValueError(f"num_pages must be >= 2 (page 0 is reserved), got {num_pages}")
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.num_pages = num_pages
         self.page_size = page_size
+        self.enable_caching = enable_caching
         # Popped from the end: low page ids are used first, freed pages are reused first.
         self._free: list[int] = list(range(num_pages - 1, NULL_PAGE, -1))
         self._seqs: dict[Hashable, _Sequence] = {}
+        self._refs = [0] * num_pages
+        self._hash_of: dict[int, bytes] = {}  # registered page -> its hash
+        self._page_of: dict[bytes, int] = {}  # hash -> registered page
+        self._evictable: collections.OrderedDict[int, None] = collections.OrderedDict()  # cached, unheld; LRU first
 
     @property
     def num_free_pages(self) -> int:
-        return len(self._free)
+        """Pages a new sequence can take: free ones and cached ones no sequence holds."""
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def num_cached_pages(self) -> int:
+        """Registered pages (held by a sequence or not)."""
+        return len(self._page_of)
 
     def __contains__(self, seq_id: Hashable) -> bool:
         return seq_id in self._seqs
@@ -67,19 +92,78 @@ class PageAllocator:
         total_pages = -(-(have_tokens + num_new_tokens) // self.page_size)
         return max(total_pages - have_pages, 0)
 
-    def can_allocate(self, num_pages: int) -> bool:
-        return num_pages <= len(self._free)
+    def can_allocate(self, num_pages: int, cached_pages: Sequence[int] = ()) -> bool:
+        """Whether ``num_pages`` new pages can be taken after ``cached_pages`` (shared) are."""
+        return num_pages <= self.num_free_pages - sum(1 for p in cached_pages if p in self._evictable)
 
     def can_append(self, seq_id: Hashable, num_new_tokens: int = 1) -> bool:
         return self.can_allocate(self.pages_needed(seq_id, num_new_tokens))
 
-    def allocate(self, seq_id: Hashable, num_tokens: int) -> list[int]:
-        """Starts a sequence holding `num_tokens` tokens; returns their slots."""
+    # -- prefix caching ------------------------------------------------------------------
+
+    def cached_prefix(self, page_hashes: Sequence[bytes]) -> list[int]:
+        """The registered pages of the longest prefix of ``page_hashes`` found, in order."""
+        pages = []
+        if self.enable_caching:
+            for page_hash in page_hashes:
+                page = self._page_of.get(page_hash)
+                if page is None:
+                    break
+                pages.append(page)
+        return pages
+
+    def register(self, seq_id: Hashable, page_hashes: Sequence[bytes]) -> None:
+        """Register ``seq_id``'s first ``len(page_hashes)`` pages (full, K/V computed) under these hashes.
+
+        Pages registered before are skipped; a hash that another page already holds leaves
+        this page unregistered (the same content twice: the first copy is the one found).
+        """
+        seq = self._get(seq_id)
+        if len(page_hashes) > len(seq.pages):
+            raise ValueError(f"{len(page_hashes)} page hashes for a sequence of {len(seq.pages)} pages")
+        if not self.enable_caching:
+            return
+        for index in range(seq.num_registered, len(page_hashes)):
+            page, page_hash = seq.pages[index], page_hashes[index]
+            if page_hash not in self._page_of and page not in self._hash_of:
+                self._page_of[page_hash] = page
+                self._hash_of[page] = page_hash
+        seq.num_registered = max(seq.num_registered, len(page_hashes))
+
+    def reset_cache(self) -> None:
+        """Forget every registered page (their K/V are gone); pages held by sequences stay held."""
+        self._free.extend(reversed(self._evictable))
+        self._evictable.clear()
+        self._page_of.clear()
+        self._hash_of.clear()
+        for seq in self._seqs.values():
+            seq.num_registered = 0
+
+    # -- sequences -----------------------------------------------------------------------
+
+    def allocate(self, seq_id: Hashable, num_tokens: int, cached_pages: Sequence[int] = ()) -> list[int]:
+        """Starts a sequence holding `num_tokens` tokens; returns the slots of those past ``cached_pages``.
+
+        ``cached_pages``: from ``cached_prefix``; the sequence's first ``len(cached_pages)`` full
+        pages, shared, whose tokens are already computed.
+        """
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} is already allocated")
-        self._reserve(seq_id, num_tokens)  # raises before any mutation
-        self._seqs[seq_id] = _Sequence(pages=[], num_tokens=0)
-        return self._append(seq_id, num_tokens)
+        if num_tokens < 0:
+            raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+        cached_tokens = len(cached_pages) * self.page_size
+        if num_tokens < cached_tokens:
+            raise ValueError(f"{num_tokens} tokens are fewer than the {cached_tokens} of the cached pages")
+        if any(self._hash_of.get(p) is None for p in cached_pages):
+            raise ValueError("cached_pages must be registered pages (from cached_prefix)")
+        needed = -(-num_tokens // self.page_size) - len(cached_pages)
+        if not self.can_allocate(needed, cached_pages):
+            raise OutOfPagesError(needed=needed, free=self.num_free_pages)
+        for page in cached_pages:
+            self._hold(page)
+        self._seqs[seq_id] = _Sequence(pages=list(cached_pages), num_tokens=cached_tokens,
+                                       num_registered=len(cached_pages))
+        return self._append(seq_id, num_tokens - cached_tokens)
 
     def append_slots(self, seq_id: Hashable, num_tokens: int = 1) -> list[int]:
         """Grows an existing sequence by `num_tokens`; returns the new tokens' slots."""
@@ -88,9 +172,15 @@ class PageAllocator:
         return self._append(seq_id, num_tokens)
 
     def free(self, seq_id: Hashable) -> None:
-        """Returns all pages of `seq_id` to the free list."""
+        """Releases all pages of `seq_id`: registered ones stay cached, the others go to the free list."""
         seq = self._seqs.pop(self._key(seq_id))
-        self._free.extend(reversed(seq.pages))
+        for page in reversed(seq.pages):  # the tail first: it is evicted first
+            self._refs[page] -= 1
+            if self._refs[page] == 0:
+                if page in self._hash_of:
+                    self._evictable[page] = None
+                else:
+                    self._free.append(page)
 
     def slots(self, seq_id: Hashable, start: int, stop: int) -> list[int]:
         """Flat slot ids (page * page_size + offset) of tokens [start, stop) of `seq_id`."""
@@ -100,17 +190,32 @@ class PageAllocator:
         g = self.page_size
         return [seq.pages[i // g] * g + i % g for i in range(start, stop)]
 
+    def _hold(self, page: int) -> None:
+        if self._refs[page] == 0:
+            self._evictable.pop(page, None)
+        self._refs[page] += 1
+
+    def _take_page(self) -> int:
+        """A page for new data: a free one, else the least recently freed cached one (now forgotten)."""
+        if self._free:
+            page = self._free.pop()
+        else:
+            page, _ = self._evictable.popitem(last=False)
+            del self._page_of[self._hash_of.pop(page)]
+        self._refs[page] = 1
+        return page
+
     def _reserve(self, seq_id: Hashable, num_tokens: int) -> None:
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
         needed = self.pages_needed(seq_id, num_tokens)
         if not self.can_allocate(needed):
-            raise OutOfPagesError(needed=needed, free=len(self._free))
+            raise OutOfPagesError(needed=needed, free=self.num_free_pages)
 
     def _append(self, seq_id: Hashable, num_tokens: int) -> list[int]:
         seq = self._seqs[seq_id]
         for _ in range(self.pages_needed(seq_id, num_tokens)):
-            seq.pages.append(self._free.pop())
+            seq.pages.append(self._take_page())
         start = seq.num_tokens
         seq.num_tokens += num_tokens
         return self.slots(seq_id, start, seq.num_tokens)

@@ -20,6 +20,7 @@ from mmjax.registry.config import InputContext, ModelConfig
 from mmjax.registry.content_hash import hash_item
 from mmjax.registry.hooks import ModelHooks, SupportsMultiModal, hooks_of, supports_multimodal
 from mmjax.registry.image import ImagePlugin
+from mmjax.registry.item_keys import item_key
 from mmjax.registry.input_registry import INPUT_REGISTRY, DummyData, InputRegistry
 from mmjax.registry.inputs import (
     BatchedTensorInputs,
@@ -37,6 +38,7 @@ from mmjax.registry.multimodal import (
 )
 from mmjax.registry.pipeline import ProcessedPrompt, process_prompt
 from mmjax.registry.plugin import MultiModalPlugin
+from mmjax.registry.processor_cache import ProcessorCache
 from mmjax.registry.prompts import DecoderOnlyInputs, PromptInputs, TextPrompt, TokensPrompt
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "NestedTensors",
     "PlaceholderRange",
     "ProcessedPrompt",
+    "ProcessorCache",
     "PromptInputs",
     "SupportsMultiModal",
     "TextPrompt",
@@ -67,6 +70,7 @@ __all__ = [
     "UnknownModalityError",
     "hash_item",
     "hooks_of",
+    "item_key",
     "process_prompt",
     "resolve_model_class",
     "supports_multimodal",

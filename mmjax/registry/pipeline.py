@@ -15,8 +15,11 @@ import numpy as np
 from mmjax.registry.config import InputContext, ModelConfig
 from mmjax.registry.input_registry import INPUT_REGISTRY, InputRegistry
 from mmjax.registry.inputs import MultiModalInputs, PlaceholderRange
+from mmjax.registry.item_keys import item_keys
 from mmjax.registry.multimodal import MULTIMODAL_REGISTRY, MultiModalRegistry
-from mmjax.registry.prompts import DecoderOnlyInputs, PromptInputs, parse_prompt
+from mmjax.registry.processor_cache import ProcessorCache
+from mmjax.registry.processor_kwargs import merge_kwargs
+from mmjax.registry.prompts import DecoderOnlyInputs, ParsedPrompt, PromptInputs, parse_prompt
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -28,12 +31,15 @@ class ProcessedPrompt:
       placeholders: modality → one ``PlaceholderRange`` per item, in order.
       mm_kwargs: the forward kwargs of the multimodal data (a PyTree of arrays).
       prompt: the prompt text, when the user gave text.
+      mm_keys: modality → one key per item, in order (``item_keys``): what the item's
+        inputs, embeddings and placeholder KV depend on, for the caches.
     """
 
     token_ids: np.ndarray
     placeholders: Mapping[str, tuple[PlaceholderRange, ...]]
     mm_kwargs: MultiModalInputs
     prompt: str | None = None
+    mm_keys: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_mm_tokens(self) -> int:
@@ -54,36 +60,99 @@ def process_prompt(
     tokenizer: Any | None = None,
     mm_registry: MultiModalRegistry = MULTIMODAL_REGISTRY,
     input_registry: InputRegistry = INPUT_REGISTRY,
+    processor_cache: ProcessorCache | None = None,
 ) -> ProcessedPrompt:
     """Turn one user prompt into token ids, placeholder ranges and multimodal kwargs.
 
+    ``processor_cache``: where the mapped inputs of earlier prompts' items are kept, and the
+    items sent with an id (``multi_modal_uuids``); a prompt whose items are all there is not
+    mapped again, and an item may then be given as None with its id.
+
     Raises:
       TypeError / ValueError: a malformed prompt, too many items, token ids outside
-        the vocabulary, a prompt longer than the context, or hook outputs that
-        disagree with the registered max tokens — each naming what was wrong.
+        the vocabulary, a prompt longer than the context, hook outputs that disagree
+        with the registered max tokens, or an id naming no cached item while the prompt
+        gives no data for it — each naming what was wrong.
     """
     parsed = parse_prompt(prompt)
     mm_registry.check_mm_limits(model_config, parsed.multi_modal_data)
+    mm_data, mm_keys = _resolve_items(model_config, parsed, processor_cache)
     token_ids = parsed.token_ids if parsed.token_ids is not None else tokenize(model_config, parsed.text, tokenizer)
     _check_vocab(model_config, token_ids)
     inputs = DecoderOnlyInputs(
         prompt_token_ids=token_ids,
         prompt=parsed.text,
-        multi_modal_data=parsed.multi_modal_data,
+        multi_modal_data=mm_data,
         mm_processor_kwargs=parsed.mm_processor_kwargs,
     )
     processed = input_registry.process_input(model_config, inputs, mm_registry)
     _check_length(model_config, processed)
-    mm_kwargs = (
-        mm_registry.map_input(model_config, processed.multi_modal_data, processed.mm_processor_kwargs)
+    mm_kwargs = _map_cached(model_config, processed, mm_keys, mm_registry, processor_cache) \
         if processed.multi_modal_data else MultiModalInputs()
-    )
     return ProcessedPrompt(
         token_ids=np.asarray(processed.prompt_token_ids, dtype=np.int32),
         placeholders=processed.multi_modal_placeholders,
         mm_kwargs=mm_kwargs,
         prompt=parsed.text,
+        mm_keys=mm_keys,
     )
+
+
+def _resolve_items(
+    model_config: ModelConfig, parsed: ParsedPrompt, cache: ProcessorCache | None,
+) -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
+    """The prompt's items (an item given as None taken from the cache by its id) and their keys.
+
+    Items that come with an id are kept in the cache under it, for later prompts that send the id alone.
+    """
+    kwargs = merge_kwargs(model_config.mm_processor_kwargs, parsed.mm_processor_kwargs)
+    data, keys = {}, {}
+    for modality, value in parsed.multi_modal_data.items():
+        items = list(value) if isinstance(value, list) else [value]
+        uuids = parsed.multi_modal_uuids.get(modality, (None,) * len(items))
+        for i, (item, uid) in enumerate(zip(items, uuids)):
+            where = f"multi_modal_data[{modality!r}]" + (f"[{i}]" if isinstance(value, list) else "")
+            if uid is None:
+                if item is None:
+                    raise ValueError(f"{where} is None and multi_modal_uuids gives it no id: give the item, "
+                                     f"or the id of an item sent before")
+                continue
+            slot = ("item", model_config.model, modality, uid)
+            if item is not None:
+                if cache is not None and cache.enabled:
+                    cache.put(slot, item)
+                continue
+            items[i] = cache.get(slot) if cache is not None and cache.enabled else None
+            if items[i] is None:
+                state = "is disabled (mm_processor_cache_gb=0)" if cache is None or not cache.enabled else \
+                    "does not hold it (never sent with this id, or evicted)"
+                raise ValueError(f"{where} is None and its id {uid!r} names no cached {modality} item: the "
+                                 f"processor cache {state}; send the item itself with the id")
+        data[modality] = items if isinstance(value, list) else items[0]
+        try:
+            keys[modality] = item_keys(modality, items, uuids, kwargs)
+        except TypeError:
+            pass  # content hash_item cannot read (a plugin's own type, or bad data the mapper will name): not cached
+    return data, keys
+
+
+def _map_cached(
+    model_config: ModelConfig, processed: DecoderOnlyInputs, mm_keys: Mapping[str, tuple[str, ...]],
+    mm_registry: MultiModalRegistry, cache: ProcessorCache | None,
+) -> MultiModalInputs:
+    """``map_input`` of the prompt's data, or the mapped inputs of the same items from the cache.
+
+    Kept per prompt's set of items (every modality, in order): one image per prompt, the
+    default, is one entry per image.
+    """
+    if cache is None or not cache.enabled or set(mm_keys) != set(processed.multi_modal_data):
+        return mm_registry.map_input(model_config, processed.multi_modal_data, processed.mm_processor_kwargs)
+    slot = ("mapped", model_config.model, tuple(sorted(mm_keys.items())))
+    mapped = cache.get(slot)
+    if mapped is None:
+        mapped = mm_registry.map_input(model_config, processed.multi_modal_data, processed.mm_processor_kwargs)
+        cache.put(slot, mapped)
+    return mapped
 
 
 def _check_vocab(model_config: ModelConfig, token_ids: tuple[int, ...]) -> None:

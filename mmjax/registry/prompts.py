@@ -18,6 +18,7 @@ class TextPrompt(TypedDict):
     prompt: str
     multi_modal_data: NotRequired[MultiModalDataDict]
     mm_processor_kwargs: NotRequired[dict[str, Any]]
+    multi_modal_uuids: NotRequired[dict[str, Union[str, None, list[Union[str, None]]]]]
 
 
 class TokensPrompt(TypedDict):
@@ -26,12 +27,14 @@ class TokensPrompt(TypedDict):
     prompt_token_ids: list[int]
     multi_modal_data: NotRequired[MultiModalDataDict]
     mm_processor_kwargs: NotRequired[dict[str, Any]]
+    multi_modal_uuids: NotRequired[dict[str, Union[str, None, list[Union[str, None]]]]]
 
 
 #: What a user passes as one prompt: a plain string, a ``TextPrompt`` or a ``TokensPrompt``.
 PromptInputs = Union[str, TextPrompt, TokensPrompt]
 
-_PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "multi_modal_data", "mm_processor_kwargs"})
+_PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "multi_modal_data", "mm_processor_kwargs",
+                          "multi_modal_uuids"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -88,6 +91,7 @@ class ParsedPrompt:
     token_ids: tuple[int, ...] | None
     multi_modal_data: Mapping[str, Any]
     mm_processor_kwargs: Mapping[str, Any]
+    multi_modal_uuids: Mapping[str, tuple[str | None, ...]] = dataclasses.field(default_factory=dict)
 
 
 def _check_text(text: str) -> str:
@@ -111,7 +115,7 @@ def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
         is not valid Unicode (a lone surrogate).
     """
     if isinstance(prompt, str):
-        return ParsedPrompt(_check_text(prompt), None, MappingProxyType({}), MappingProxyType({}))
+        return ParsedPrompt(_check_text(prompt), None, MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
     if not isinstance(prompt, Mapping):
         raise TypeError(
             f"a prompt must be a str, a {{'prompt': str, ...}} dict or a "
@@ -133,6 +137,38 @@ def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
         if not isinstance(value, Mapping):
             raise TypeError(f"'{name}' must be a dict, got {type(value).__name__}")
     token_ids = _as_token_ids(prompt["prompt_token_ids"], "prompt_token_ids") if has_ids else None
+    uuids = _parse_uuids(prompt.get("multi_modal_uuids") or {}, mm_data)
     return ParsedPrompt(
-        prompt.get("prompt"), token_ids, MappingProxyType(dict(mm_data)), MappingProxyType(dict(mm_kwargs))
+        prompt.get("prompt"), token_ids, MappingProxyType(dict(mm_data)), MappingProxyType(dict(mm_kwargs)),
+        MappingProxyType(uuids),
     )
+
+
+def _parse_uuids(uuids: object, mm_data: Mapping[str, Any]) -> dict[str, tuple[str | None, ...]]:
+    """``multi_modal_uuids`` as modality -> one id (or None: hash the item) per item of ``mm_data``.
+
+    Raises:
+      TypeError: not a dict, or an id that is not a non-empty str or None.
+      ValueError: a modality the data lacks, or a different number of ids than items.
+    """
+    if not isinstance(uuids, Mapping):
+        raise TypeError(f"'multi_modal_uuids' must be a dict such as {{'image': ['my-id']}}, "
+                        f"got {type(uuids).__name__}")
+    parsed = {}
+    for key, ids in uuids.items():
+        if key not in mm_data:
+            raise ValueError(f"multi_modal_uuids has {key!r} but multi_modal_data has no {key!r} key; give the "
+                             f"items (or None for an item already sent with its id) under the same key")
+        data = mm_data[key]
+        listed = isinstance(ids, list)
+        ids = ids if listed else [ids]
+        num_items = len(data) if isinstance(data, list) else 1
+        if listed != isinstance(data, list) or len(ids) != num_items:
+            raise ValueError(f"multi_modal_uuids[{key!r}] must give one id per {key} item: the data holds "
+                             f"{num_items} item(s){' as a list' if isinstance(data, list) else ''}, "
+                             f"the ids are {ids if listed else ids[0]!r}")
+        for i, uid in enumerate(ids):
+            if uid is not None and (not isinstance(uid, str) or not uid):
+                raise TypeError(f"multi_modal_uuids[{key!r}][{i}] must be a non-empty str or None, got {uid!r}")
+        parsed[key] = tuple(ids)
+    return parsed

@@ -82,8 +82,8 @@ def test_no_compilation_after_warmup_with_shared_calls():
     engine.warmup(prompt_logprobs=False)
     with count_compilations() as compiled:
         for shapes in ([(30, 30)] * 3, [(30, 30)] * 2, [(30, 30)]):
-            mmjax.generate(llm, image_prompts(shapes, seed=len(shapes)), PARAMS, engine_config=config,
-                           use_tqdm=False)
+            mmjax.generate(llm, image_prompts(shapes, seed=10 * len(shapes)), PARAMS, engine_config=config,
+                           use_tqdm=False)  # six distinct images: the encoder cache finds none of them
     assert engine.stats["encoder_calls"] == 3 and engine.stats["encoded_requests"] == 6
     assert compiled[0] == 0, f"{compiled[0]} programs compiled after warm-up"
 

@@ -91,6 +91,7 @@ STAGES = {
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_fault_fails_only_what_it_must_and_the_rest_finish(llm, fresh_tokens, monkeypatch, stage):
     engine = llm.engine(CONFIG)
+    engine.reset_caches()  # so that the earlier tests' images are encoded and prefilled again
     fired = STAGES[stage](monkeypatch, engine)
     outputs = mmjax.generate(llm, PROMPTS, PARAMS, engine_config=CONFIG, errors="return", use_tqdm=False)
     assert fired, f"the {stage} fault never fired"
@@ -113,6 +114,7 @@ def test_a_fault_fails_only_what_it_must_and_the_rest_finish(llm, fresh_tokens, 
 @pytest.mark.parametrize("stage", ["encode", "step_lost_pages", "sample"])
 def test_with_errors_raise_the_error_propagates_and_the_engine_is_clean(llm, fresh_tokens, monkeypatch, stage):
     engine = llm.engine(CONFIG)
+    engine.reset_caches()
     STAGES[stage](monkeypatch, engine)
     with pytest.raises(mmjax.StepError, match="Injected: injected fault") as caught:
         mmjax.generate(llm, PROMPTS, PARAMS, engine_config=CONFIG, use_tqdm=False)

@@ -3,6 +3,8 @@ and the host hands arena rows out and takes them back."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -81,7 +83,7 @@ def test_embedding_rows_never_overlap_and_come_back():
     shapes = StepShapes.build(CONFIG, max_model_len=128, num_replicas=2, max_mm_tokens_per_prompt=40)
     rows = EmbeddingRows(shapes)
     assert rows.rows_per_prompt == 48  # 40 rounded up to blocks of 16
-    taken = {r: rows.assign(f"a{r}", r % 2, 40 - r) for r in range(3)}
+    taken = {r: rows.assign(f"a{r}", r % 2, 40 - r)[0] for r in range(3)}
     for r in range(3):
         assert len(taken[r]) == 40 - r and (taken[r] >= EMBEDDING_BLOCK_ROWS).all()  # block 0 is reserved
     assert not set(taken[0]) & set(taken[2])  # both on replica 0
@@ -91,12 +93,13 @@ def test_embedding_rows_never_overlap_and_come_back():
     rows.release("a0")
     rows.release("a0")  # twice: nothing left to give back
     rows.release("never")
-    again = rows.assign("b", 0, 40)
-    assert set(again) == set(taken[0])  # freed rows are handed out again
+    again, shared = rows.assign("b", 0, 40)
+    assert set(again) == set(taken[0]) and not shared  # freed rows are handed out again
     rows.assign("c", 0, 48)  # replica 0 now holds a2, b and c: 3 prompts (max_num_seqs) at the limit
+    rows.assign("c2", 0, 8 * 40)  # and the encoder cache's budget (8 prompts of 40)
     with pytest.raises(OutOfPagesError):
         rows.assign("d", 0, 1)
-    assert len(rows.assign("d", 1, 48)) == 48  # replica 1 has its own rows
+    assert len(rows.assign("d", 1, 48)[0]) == 48  # replica 1 has its own rows
 
 
 def test_models_implement_the_engine_interface_and_others_are_refused_by_name(llm):
@@ -112,3 +115,25 @@ def test_models_implement_the_engine_interface_and_others_are_refused_by_name(ll
     graphdef, state = nnx.split(NotAModel())
     with pytest.raises(TypeError, match=r"does not implement mmjax.models.interface.EngineModel: missing \['text_config'"):
         model_text_config(graphdef, state)
+
+
+def test_the_encoder_cache_shares_filled_rows_and_evicts_idle_entries_first_in_first_out():
+    shapes = StepShapes.build(dataclasses.replace(CONFIG, encoder_cache_tokens=32), max_model_len=128,
+                              num_replicas=1, max_mm_tokens_per_prompt=16)
+    rows = EmbeddingRows(shapes)  # room for 3 running prompts of 16 rows + 2 cached entries
+    first, shared = rows.assign("a", 0, 16, key="image-a")
+    assert not shared
+    rows.filled("a")
+    rows.release("a")  # idle, kept
+    again, shared = rows.assign("b", 0, 16, key="image-a")
+    assert shared and list(again) == list(first)
+    rows.release("b")
+    unfilled, _ = rows.assign("c", 0, 16, key="image-c")
+    rows.release("c")  # never filled (its encoder call failed): dropped, not shared later
+    assert not rows.assign("d", 0, 16, key="image-c")[1]
+    rows.filled("d")
+    rows.release("d")
+    for name in ("e", "f", "g", "h"):  # four new prompts need the idle entries' rows: the oldest go first
+        rows.assign(name, 0, 16, key=name)
+    assert not rows.assign("x", 0, 16, key="image-a")[1]  # evicted
+    assert rows.stats()["hits"] == 1

@@ -122,6 +122,33 @@ def compare_generate(path: str, meshes, prompts=PROMPTS, details: bool = True, e
     return out
 
 
+def caching_prompts() -> list:
+    """The same image under two questions, and a shared instruction before different images."""
+    instruction = "USER: Look carefully, describe every object, its color and its place, then answer. "
+    return [{"prompt": f"USER: <image>\n{q} ASSISTANT:", "multi_modal_data": {"image": _image(7, (30, 30))}}
+            for q in ("What is it?", "What color is it?")] + \
+           [{"prompt": instruction + "<image>\nWhich? ASSISTANT:", "multi_modal_data": {"image": _image(s, (30, 30))}}
+            for s in (8, 9)]
+
+
+def compare_caching(path: str, shape, engine_config) -> dict:
+    """Greedy tokens of two calls over ``caching_prompts`` on ``shape`` with every cache on (the
+    defaults), and on one device with every cache off."""
+    params = mmjax.SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+    off = dataclasses.replace(engine_config, enable_prefix_caching=False, encoder_cache_tokens=0)
+    single = mmjax.load(path, mm_processor_cache_gb=0)
+    want = [list(o.token_ids) for o in mmjax.generate(single, caching_prompts(), params, engine_config=off)]
+    llm = mmjax.load(path, mesh=shape)
+    calls, encoder_calls, prefill = [], [], []
+    for _ in range(2):
+        outputs = mmjax.generate(llm, caching_prompts(), params, engine_config=engine_config)
+        calls.append([list(o.token_ids) for o in outputs])
+        encoder_calls.append(llm.engine().stats["encoder_calls"] - sum(encoder_calls))
+        prefill.append(llm.engine().stats["prefill_tokens"] - sum(prefill))
+    return {"off": want, "on": calls, "caches": llm.engine().cache_stats(), "encoder_calls": encoder_calls,
+            "prefill_tokens": prefill}
+
+
 def warm_then_generate(path: str, shape, prompts, params) -> dict:
     """Compilations of a mixed workload after ``warmup()`` on a mesh, and where images are encoded."""
     from mmjax.engine.warmup import count_compilations
@@ -237,6 +264,8 @@ def main(tmp: str) -> None:
     wide = {"prompt": "USER: <image>\nAnd this one? ASSISTANT:", "multi_modal_data": {"image": _image(4, (60, 23))}}
     results["generate_next"] = compare_generate(nxt, GENERATE_MESHES, [prompt, PROMPTS[1], wide, PROMPTS[3]],
                                                 details=False, engine_config=NEXT_ENGINE)
+    results["caching"] = {"llava": compare_caching(llava, {"data": 2, "model": 4}, ENGINE),
+                          "next": compare_caching(nxt, {"data": 2, "model": 4}, NEXT_ENGINE)}
     results["t_all"] = time.perf_counter() - t0
     print("RESULTS " + json.dumps(results))
 

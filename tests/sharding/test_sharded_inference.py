@@ -109,6 +109,16 @@ def test_sharded_generate_equals_single_device_greedy_tokens(results, model, mes
     assert all(n > 0 for n in generated[mesh]["tokens_per_replica"])  # every replica served a request
 
 
+@pytest.mark.parametrize("model", ["llava", "next"])
+def test_caches_on_a_mesh_give_the_tokens_of_one_device_without_caches(results, model):
+    found = results["caching"][model]
+    assert found["on"][0] == found["off"] and found["on"][1] == found["off"]
+    prefix = found["caches"]["prefix_cache"]
+    assert prefix["hits"] > 0 and prefix["cached_pages"] > 0
+    first, second = found["encoder_calls"], found["prefill_tokens"]
+    assert first[1] < first[0] and second[1] < second[0] / 2, found  # the second call reused the first's work
+
+
 def test_nothing_compiles_after_warmup_on_a_mesh(results):
     warm = results["generate"]["warm"]  # 2x4: steps over both replicas, each replica's image encoder
     assert warm["compilations"] == 0
