@@ -81,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         _join_hosts(args)
     if args.command == "chat":
         return run_chat(args)
-    from mmjax.demo import DEMO_PROMPT, run_demo
+    from mmjax.demo import DEMO_PROMPT, FOLLOW_UP_PROMPT, run_demo
 
     images = args.image or []
     prompt = args.prompt or ("USER: " + "<image>\n" * max(1, len(images)) + "What is shown? ASSISTANT:")
+    follow_up = None  # the same prompt again
     if args.command == "demo" and not args.prompt and not images:
-        prompt = DEMO_PROMPT
-    run_demo(args.model, images, prompt, args.dtype, args.max_tokens, args.temperature, args.seed, mesh=args.mesh)
+        prompt, follow_up = DEMO_PROMPT, FOLLOW_UP_PROMPT
+    run_demo(args.model, images, prompt, args.dtype, args.max_tokens, args.temperature, args.seed, mesh=args.mesh,
+             follow_up=follow_up)
     return 0
 
 

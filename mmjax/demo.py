@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 
 DEMO_PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
+#: The demo's second question about the same photo: it runs on the cached prefix (image included).
+FOLLOW_UP_PROMPT = "USER: <image>\nWhat colors are in this image? ASSISTANT:"
 
 
 def demo_photo() -> Image.Image:
@@ -68,8 +70,9 @@ def open_images(paths: list[str] | None) -> list[Image.Image]:
 
 def run_demo(model: str | None = None, images: list[str] | None = None, prompt: str = DEMO_PROMPT,
              dtype: str = "float32", max_tokens: int = 24, temperature: float = 0.0, seed: int | None = None,
-             stream: bool = True, mesh: Any = None) -> dict:
-    """Load, process, generate (streaming to stdout); print what happened and return it as a dict.
+             stream: bool = True, mesh: Any = None, follow_up: str | None = None) -> dict:
+    """Load, process, generate (streaming to stdout); ask ``follow_up`` (default: the prompt again)
+    about the same images, and show what the caches saved; print it all and return it as a dict.
 
     ``mesh``: shard the model (``mmjax.load``'s ``mesh=``: "auto", ``{"data": d, "model": m}``, a Mesh).
     """
@@ -108,4 +111,27 @@ def run_demo(model: str | None = None, images: list[str] | None = None, prompt: 
     }
     print(f"{'finished':>14}: {final.finish_reason} after {len(final.token_ids)} tokens; "
           f"load {summary['load_s']} s, first generate (compiles) {summary['generate_s']} s")
+    summary.update(ask_again(llm, {**request, "prompt": follow_up or prompt}, params))
     return summary
+
+
+def ask_again(llm: Any, request: dict, params: Any) -> dict:
+    """A second question about the same images; print its answer and what the caches saved."""
+    import mmjax
+
+    engine = llm.engine()
+    before = engine.cache_stats()
+    encoded, prefilled = engine.stats["encoded_requests"], engine.stats["prefill_tokens"]
+    start = time.perf_counter()
+    [output] = mmjax.generate(llm, request, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    after = engine.cache_stats()
+    reused = after["prefix_cache"]["hits"] - before["prefix_cache"]["hits"]
+    runs = engine.stats["encoded_requests"] - encoded
+    print(f"{'asked again':>14}: {request['prompt']!r} -> {output.text!r} ({seconds:.2f} s)")
+    print(f"{'caches':>14}: prefix cache reused {reused} of {len(output.prompt_token_ids)} prompt tokens "
+          f"(computed {engine.stats['prefill_tokens'] - prefilled}); vision tower ran {runs} time(s); "
+          f"processor cache {after['processor_cache'].get('hits', 0)} hit(s), "
+          f"{after['processor_cache'].get('bytes', 0) / 2**20:.1f} MiB held")
+    return {"again_text": output.text, "again_s": round(seconds, 2), "again_prefix_hits": reused,
+            "again_encoder_runs": runs}

@@ -19,6 +19,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, help="most requests in one step (default: backend-sized)")
     parser.add_argument("--max-num-batched-tokens", type=int, help="most tokens in one step (default: backend-sized)")
     parser.add_argument("--kv-cache-bytes", type=int, help="bytes for the KV cache (default: sized from memory)")
+    parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                        help="do not reuse cached KV pages of earlier requests (vLLM's flag; on by default)")
+    parser.add_argument("--encoder-cache-tokens", type=int,
+                        help="arena rows of cached image embeddings (default: 8 prompts at the image limit; 0: off)")
+    parser.add_argument("--mm-processor-cache-gb", type=float, default=1.0,
+                        help="host memory for mapped image inputs, by content (default 1; 0: off)")
     parser.add_argument("--allowed-local-media-path", help="directory under which file:// image URLs may be read")
     parser.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per http(s) image")
     parser.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="most bytes of one image")
@@ -47,9 +53,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     model = resolve_model(args.model)
     llm = mmjax.load(model, dtype=args.dtype, limit_mm_per_prompt=args.limit_mm_per_prompt,
-                     max_model_len=args.max_model_len, mesh=args.mesh)
+                     max_model_len=args.max_model_len, mesh=args.mesh, mm_processor_cache_gb=args.mm_processor_cache_gb)
     engine_fields = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
-                     "kv_cache_bytes": args.kv_cache_bytes}
+                     "kv_cache_bytes": args.kv_cache_bytes, "enable_prefix_caching": args.enable_prefix_caching,
+                     "encoder_cache_tokens": args.encoder_cache_tokens}
     engine = llm.engine(mmjax.EngineConfig(**{k: v for k, v in engine_fields.items() if v is not None}))
     print(f"mmjax serve: {engine.memory.describe()}", flush=True)
     if not args.no_warmup:

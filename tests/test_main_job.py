@@ -1,5 +1,7 @@
 """The README's main job (``mmjax demo``) and ``mmjax generate`` run end to end with no download."""
 
+import re
+
 import pytest
 
 from mmjax.__main__ import main
@@ -12,6 +14,11 @@ def test_demo_runs_end_to_end(capsys):
     assert "[image 0: 576 tokens at 4]" in out  # (336 / 14) ** 2 placeholders after "<s>USER: "
     assert "pixel_values: 1x3x336x336" in out
     assert "finished: length after 5 tokens" in out
+    # The second question about the same photo: its first page-aligned 576+ tokens (the image, after
+    # "<s>USER: ") come from the prefix cache, the rest of the image's embeddings from the encoder cache.
+    reused, total = map(int, re.search(r"prefix cache reused (\d+) of (\d+) prompt tokens", out).groups())
+    assert 576 <= reused < total and reused % 16 == 0
+    assert "vision tower ran 0 time(s)" in out and "processor cache 2 hit(s)" in out  # generate and the follow-up reuse the first mapping
 
 
 def test_generate_command_with_two_image_files(tmp_path, capsys):

@@ -33,6 +33,10 @@ def test_quickstart(tmp_path):
     assert "KV cache:" in text
     assert "error prompt 1: ValueError: image 0: precomputed image embeddings must be" in text
     assert "requests left in the engine: False" in text
+    reused = re.search(r"prompt tokens: (\d+) reused from the prefix cache: (\d+)", text)
+    assert reused and 576 <= int(reused.group(2)) < int(reused.group(1))  # the photo's pages were reused
+    assert "vision tower runs for it: 0" in text
+    assert re.search(r"processor_cache: hit rate 0\.[1-9]", text)
     assert "image/png" in str([c.get("outputs") for c in notebook.cells])  # the photo was shown
 
 

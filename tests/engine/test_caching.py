@@ -172,3 +172,29 @@ def test_caches_are_emptied_when_the_device_state_is_lost(monkeypatch):
     monkeypatch.setattr(engine.runner, "execute", real)
     fresh = run(load(LLAVA, mm_processor_cache_gb=0), OFF, [[prompt]])
     assert run(llm, ON, [[prompt]]) == fresh  # recomputed from scratch, not read from lost pages
+
+
+def _readme_blocks(section: str) -> list[str]:
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    body = readme.split(section, 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+def test_the_readme_cache_examples_run_as_written():
+    stats_block, ids_block = _readme_blocks("### Caches: the same image, the same prefix, computed once")
+    llm = load(LLAVA)
+    llm.engine(ON)
+    namespace = {"llm": llm, "image": picture(30, 31, seed=13), "print": lambda *a: None}
+    exec(stats_block, namespace)
+    assert namespace["engine"].cache_stats()["prefix_cache"]["cached_pages"] == 0  # reset_caches() ran
+    exec(ids_block, namespace)
+    first, later = namespace["first"], namespace["later"]
+    by_id = run(llm, ON, [[first], [later]])
+    hashed = {**later, "multi_modal_data": {"image": namespace["image"]}}
+    hashed.pop("multi_modal_uuids")
+    assert by_id == run(load(LLAVA, mm_processor_cache_gb=0), OFF, [[first], [hashed]])
+    with pytest.raises(mmjax.PromptError, match="its id 'photo-17' names no cached image item"):
+        mmjax.generate(load(LLAVA), [later], PARAMS, engine_config=ON, use_tqdm=False)
