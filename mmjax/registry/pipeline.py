@@ -131,8 +131,8 @@ def _resolve_items(
         data[modality] = items if isinstance(value, list) else items[0]
         try:
             keys[modality] = item_keys(modality, items, uuids, kwargs)
-        except TypeError:
-            pass  # content hash_item cannot read (a plugin's own type, or bad data the mapper will name): not cached
+        except (TypeError, OSError, SyntaxError, ValueError):
+            pass  # content hash_item cannot read (a plugin's own type; corrupt data the mapper will name): not cached
     return data, keys
 
 

@@ -198,3 +198,25 @@ def test_the_readme_cache_examples_run_as_written():
     assert by_id == run(load(LLAVA, mm_processor_cache_gb=0), OFF, [[first], [hashed]])
     with pytest.raises(mmjax.PromptError, match="its id 'photo-17' names no cached image item"):
         mmjax.generate(load(LLAVA), [later], PARAMS, engine_config=ON, use_tqdm=False)
+
+
+def test_precomputed_embeddings_are_keyed_by_their_values():
+    # vLLM once hit 0 % with precomputed embeddings; here an array is hashed by dtype, shape and values.
+    import jax.numpy as jnp
+
+    llm = load(LLAVA)
+    engine = llm.engine(ON)
+    pixels = llm.process(vqa(14, "?")).mm_kwargs["pixel_values"]
+    embeds = np.asarray(llm.model.image_features(jnp.asarray(pixels))[0])  # [P, D]
+    prompt = {"prompt": INSTRUCTION + "<image>\nWhat is it? ASSISTANT:", "multi_modal_data": {"image": embeds}}
+    other = {**prompt, "multi_modal_data": {"image": embeds + 1.0}}
+    first = run(llm, ON, [[prompt]])
+    hits = engine.scheduler.prefix_hits
+    again = run(llm, ON, [[{**prompt, "multi_modal_data": {"image": embeds.copy()}}]])
+    length = len(llm.process(prompt).token_ids)
+    assert engine.scheduler.prefix_hits - hits == (length - 1) // ON.page_size * ON.page_size
+    hits = engine.scheduler.prefix_hits
+    changed = run(llm, ON, [[other]])
+    assert engine.scheduler.prefix_hits - hits == _placeholder_offset(llm, other) // ON.page_size * ON.page_size
+    fresh = load(LLAVA, mm_processor_cache_gb=0)
+    assert first == again == run(fresh, OFF, [[prompt]]) and changed == run(fresh, OFF, [[other]])
