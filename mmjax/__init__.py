@@ -2,7 +2,7 @@
 
 ``llm = mmjax.load(path)`` loads a Hugging Face checkpoint; ``llm.logits(prompt)``
 runs it; ``mmjax.generate(llm, prompts)`` and ``mmjax.chat(llm, messages)`` batch
-prompts and conversations through the engine. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
+prompts and conversations through the engine; ``mmjax.train(llm, examples)`` fine-tunes it with optax. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
 most used names are re-exported here.
 """
 
@@ -25,6 +25,7 @@ from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.llm import LLM, load
 from mmjax.serving.chat import chat
+from mmjax.training import LoraConfig, TrainExample, TrainResult, save_pretrained, train
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "EngineConfig",
     "INPUT_REGISTRY",
     "LLM",
+    "LoraConfig",
     "Logprob",
     "MULTIMODAL_REGISTRY",
     "ModelConfig",
@@ -45,8 +47,12 @@ __all__ = [
     "SupportsMultiModal",
     "TextPrompt",
     "TokensPrompt",
+    "TrainExample",
+    "TrainResult",
     "chat",
     "generate",
     "load",
     "process_prompt",
+    "save_pretrained",
+    "train",
 ]

@@ -1,0 +1,17 @@
+"""Fine-tuning from the same pure functions inference uses: examples, the loss, optax steps, LoRA, saving.
+
+    result = mmjax.train(llm, [mmjax.TrainExample(prompt, " red"), ...], steps=200)
+    mmjax.save_pretrained(result.llm, "my-checkpoint")   # mmjax.load and transformers read it
+"""
+
+from mmjax.training.checkpoint import save_pretrained
+from mmjax.training.examples import TrainBatch, TrainExample, collate, target_ids
+from mmjax.training.lora import LoraConfig
+from mmjax.training.loss import batch_loss, target_loss
+from mmjax.training.params import TRAINABLE, ParamSplit
+from mmjax.training.trainer import TrainResult, make_train_step, objective, train
+
+__all__ = [
+    "LoraConfig", "ParamSplit", "TRAINABLE", "TrainBatch", "TrainExample", "TrainResult", "batch_loss", "collate",
+    "make_train_step", "objective", "save_pretrained", "target_ids", "target_loss", "train",
+]

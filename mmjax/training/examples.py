@@ -1,0 +1,110 @@
+"""Training examples and their batches: a prompt (with images), the target text after it.
+
+``collate`` runs each prompt through the same ``llm.process`` the engine uses (so the
+placeholders and pixel values are exactly what inference sees), appends the target's
+token ids and end of sequence, and pads the batch to fixed shapes (``T`` a multiple of
+``length_bucket``, ``B`` the batch size), so a training loop compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from mmjax.registry import PromptInputs
+
+#: The multimodal kwargs whose per-prompt arrays concatenate into a batch (items in placeholder order).
+BATCHABLE_KWARGS = frozenset({"pixel_values", "image_embeds"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainExample:
+    """One example: ``prompt`` (text, or a dict with ``multi_modal_data``) and the ``target`` text
+    the model should continue it with. Only the target's tokens (and the end of sequence) are scored.
+
+    The target is tokenized as given, without special tokens: include a leading space if the
+    tokenizer expects one after the prompt (``" red"`` after ``"ASSISTANT:"`` for LLaVA's).
+    """
+
+    prompt: PromptInputs
+    target: str
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainBatch:
+    """A padded batch (a PyTree, an argument of ``jit``).
+
+    Attributes:
+      input_ids: i32 ``[B, T]``: prompt, target, end of sequence, then padding (0).
+      positions: i32 ``[B, T]``: 0, 1, ... for real tokens, -1 for padding.
+      labels: i32 ``[B, T]``: the token at each target position (scored from the logits one
+        position earlier), -1 elsewhere.
+      mm_kwargs: the model's multimodal kwargs of all prompts, items in placeholder order.
+    """
+
+    input_ids: np.ndarray
+    positions: np.ndarray
+    labels: np.ndarray
+    mm_kwargs: dict[str, Any]
+
+    @property
+    def num_target_tokens(self) -> int:
+        return int((np.asarray(self.labels) >= 0).sum())
+
+
+def target_ids(tokenizer: Any, target: str) -> list[int]:
+    """The target's token ids (no special tokens) followed by the tokenizer's end of sequence."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"a training target must be a non-empty str, got {target!r}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id: the target's end cannot be scored")
+    return list(tokenizer(target, add_special_tokens=False).input_ids) + [int(eos)]
+
+
+def collate(llm: Any, examples: Sequence[TrainExample], *, batch_size: int | None = None,
+            length_bucket: int = 64) -> TrainBatch:
+    """Process, tokenize and pad ``examples`` into one ``TrainBatch`` of ``batch_size`` rows.
+
+    Rows past ``len(examples)`` are padding (no tokens, nothing scored).
+
+    Raises:
+      TypeError: an example that is not a ``TrainExample``.
+      ValueError: a bad prompt or target (named by index), more examples than ``batch_size``.
+      NotImplementedError: a model whose multimodal kwargs do not concatenate over prompts.
+    """
+    batch_size = len(examples) if batch_size is None else batch_size
+    if not examples or len(examples) > batch_size:
+        raise ValueError(f"collate takes 1 to batch_size={batch_size} examples, got {len(examples)}")
+    rows, mm = [], {}
+    for i, example in enumerate(examples):
+        if not isinstance(example, TrainExample):
+            raise TypeError(f"example {i} must be a TrainExample(prompt, target), got {type(example).__name__}")
+        try:
+            processed = llm.process(example.prompt)
+            target = target_ids(llm.tokenizer, example.target)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"example {i}: {err}") from err
+        rows.append((np.asarray(processed.token_ids), target))
+        unsupported = sorted(set(processed.mm_kwargs) - BATCHABLE_KWARGS)
+        if unsupported:
+            raise NotImplementedError(f"training batches concatenate {sorted(BATCHABLE_KWARGS)} over prompts; "
+                                      f"this model's inputs also have {unsupported} (LLaVA-NeXT's tiles)")
+        for key, value in processed.mm_kwargs.items():
+            mm.setdefault(key, []).append(np.asarray(value))
+    longest = max(len(p) + len(t) for p, t in rows)
+    length = -(-longest // length_bucket) * length_bucket
+    input_ids = np.zeros((batch_size, length), np.int32)
+    positions = np.full((batch_size, length), -1, np.int32)
+    labels = np.full((batch_size, length), -1, np.int32)
+    for b, (prompt, target) in enumerate(rows):
+        n = len(prompt) + len(target)
+        input_ids[b, :n] = np.concatenate([prompt, target])
+        positions[b, :n] = np.arange(n)
+        labels[b, len(prompt):n] = target
+    return TrainBatch(input_ids, positions, labels, {k: np.concatenate(v) for k, v in mm.items()})

@@ -1,0 +1,64 @@
+"""Which parameters train: the projector, LoRA adapters on the decoder, or everything.
+
+The model state is flattened once into leaves with their paths; a ``ParamSplit`` says which
+leaves train, so a train step differentiates with respect to those alone (the frozen vision
+tower is not even differentiated through when only the projector trains).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+
+#: What ``trainable=`` accepts.
+TRAINABLE = ("projector", "lora", "all")
+
+
+def leaf_paths(state: nnx.State) -> list[str]:
+    """The path of every leaf of ``state``, in ``jax.tree.leaves`` order, as ``language_model/layers/0/...``."""
+    paths = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]:
+        parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        paths.append("/".join(p for p in parts if p != "value"))
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSplit:
+    """The model state's leaves, split into those that train and those that stay."""
+
+    treedef: Any
+    paths: tuple[str, ...]
+    trained: tuple[int, ...]  # indices of the trained leaves
+
+    @classmethod
+    def build(cls, state: nnx.State, trainable: str) -> ParamSplit:
+        if trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+        paths = tuple(leaf_paths(state))
+        if trainable == "all":
+            trained = tuple(range(len(paths)))
+        elif trainable == "projector":
+            trained = tuple(i for i, p in enumerate(paths) if p.startswith("multi_modal_projector/"))
+        else:
+            trained = ()
+        if trainable == "projector" and not trained:
+            raise ValueError("the model has no multi_modal_projector parameters to train")
+        return cls(jax.tree.structure(state), paths, trained)
+
+    def split(self, state: nnx.State) -> tuple[list[Any], list[Any]]:
+        """``(trained leaves, frozen leaves)`` of ``state``."""
+        leaves = jax.tree.leaves(state)
+        trained = set(self.trained)
+        return ([leaves[i] for i in self.trained], [x for i, x in enumerate(leaves) if i not in trained])
+
+    def merge(self, trained: Sequence[Any], frozen: Sequence[Any]) -> nnx.State:
+        """The state with these leaves (the inverse of ``split``)."""
+        trained_set, t, f, leaves = set(self.trained), iter(trained), iter(frozen), []
+        for i in range(len(self.paths)):
+            leaves.append(next(t) if i in trained_set else next(f))
+        return jax.tree.unflatten(self.treedef, leaves)
