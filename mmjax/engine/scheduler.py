@@ -171,9 +171,9 @@ class Scheduler:
     def register_computed(self, request: Request) -> None:
         """Register ``request``'s full pages whose K/V are now computed in its replica's prefix cache."""
         allocator = self.allocators[request.replica]
-        if allocator.enable_caching and request.shares_pages:
-            full = request.num_computed_tokens // allocator.page_size
-            allocator.register(request.request_id, request.page_hashes(full, allocator.page_size))
+        full = request.num_computed_tokens // allocator.page_size
+        if allocator.enable_caching and request.shares_pages and full > allocator.num_registered(request.request_id):
+            allocator.register(request.request_id, request.page_hashes(full, allocator.page_size))  # a page filled
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached page (the KV cache was rebuilt)."""

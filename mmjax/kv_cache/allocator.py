@@ -112,6 +112,10 @@ class PageAllocator:
                 pages.append(page)
         return pages
 
+    def num_registered(self, seq_id: Hashable) -> int:
+        """How many of ``seq_id``'s first pages were registered (or found) in the prefix cache."""
+        return self._get(seq_id).num_registered
+
     def register(self, seq_id: Hashable, page_hashes: Sequence[bytes]) -> None:
         """Register ``seq_id``'s first ``len(page_hashes)`` pages (full, K/V computed) under these hashes.
 

@@ -42,13 +42,13 @@ def hash_pages(parent: bytes | None, token_ids: np.ndarray, first_token: int, pa
     token_ids = np.ascontiguousarray(token_ids, dtype=np.int32)
     if len(token_ids) % page_size or first_token % page_size:
         raise ValueError(f"full pages only: {len(token_ids)} tokens from {first_token}, page size {page_size}")
-    hashes = []
+    hashes, spans = [], sorted(spans)
     for index in range(len(token_ids) // page_size):
         start = first_token + index * page_size
         hasher = blake3.blake3()
         _field(hasher, parent or b"")
         _field(hasher, token_ids[index * page_size:(index + 1) * page_size].tobytes())
-        for span in sorted(spans):
+        for span in spans:
             lo, hi = max(span.offset, start), min(span.offset + span.length, start + page_size)
             if lo < hi:
                 _field(hasher, span.key.encode())

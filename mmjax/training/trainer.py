@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -107,7 +108,7 @@ def train(
         scale = lora.scale
     else:
         params, frozen = split.split(llm.state)
-        params, scale = [jax.numpy.array(x, copy=True) for x in params], None  # donated: keep llm's own
+        params, scale = [jnp.array(x, copy=True) for x in params], None  # donated: keep llm's own
     step = make_train_step(objective(llm.graphdef, split, scale), optimizer)
     opt_state = optimizer.init(params)
     batches = _batches(examples, batch_size, steps, shuffle, seed)
