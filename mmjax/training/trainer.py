@@ -8,6 +8,8 @@ loader placed them.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import itertools
 import random
@@ -111,12 +113,11 @@ def train(
         params, scale = [jnp.array(x, copy=True) for x in params], None  # donated: keep llm's own
     step = make_train_step(objective(llm.graphdef, split, scale), optimizer)
     opt_state = optimizer.init(params)
-    batches = _batches(examples, batch_size, steps, shuffle, seed)
+    chunks = _batches(examples, batch_size, steps, shuffle, seed)
     losses, start = [], time.perf_counter()
     bar = tqdm(total=steps, desc="train", disable=not use_tqdm, unit="step")
-    for chunk in batches:
-        batch = _place(collate(llm, chunk, batch_size=batch_size, length_bucket=length_bucket), llm.mesh)
-        params, opt_state, loss = step(params, opt_state, frozen, batch)
+    for batch in _collated(llm, chunks, batch_size, length_bucket):
+        params, opt_state, loss = step(params, opt_state, frozen, _place(batch, llm.mesh))
         losses.append(float(loss))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -158,6 +159,20 @@ def _batches(examples: Iterable[TrainExample], batch_size: int, steps: int | Non
             return
         yield chunk
         count += 1
+
+
+def _collated(llm: Any, chunks: Iterable[list[TrainExample]], batch_size: int, length_bucket: int,
+              ahead: int = 2) -> Iterator[TrainBatch]:
+    """``collate`` of each chunk, on a worker thread up to ``ahead`` batches before the step that
+    takes it, so that image processing overlaps the device's work (a bad example raises here)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmjax-collate") as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.submit(collate, llm, chunk, batch_size=batch_size, length_bucket=length_bucket))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _place(batch: TrainBatch, mesh: Any) -> TrainBatch:
