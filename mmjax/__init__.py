@@ -2,7 +2,8 @@
 
 ``llm = mmjax.load(path)`` loads a Hugging Face checkpoint; ``llm.logits(prompt)``
 runs it; ``mmjax.generate(llm, prompts)`` and ``mmjax.chat(llm, messages)`` batch
-prompts and conversations through the engine; ``mmjax.train(llm, examples)`` fine-tunes it with optax. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
+prompts and conversations through the engine; ``mmjax.train(llm, examples)`` fine-tunes it with optax;
+``mmjax.demo_checkpoint()`` is the small trained model that ships with mmjax. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
 most used names are re-exported here.
 """
 
@@ -18,6 +19,7 @@ from mmjax.registry import (
     process_prompt,
 )
 
+from mmjax.assets import demo_checkpoint
 from mmjax.engine.config import EngineConfig
 from mmjax.engine.errors import PromptError, StepError
 from mmjax.engine.generate import generate
@@ -50,6 +52,7 @@ __all__ = [
     "TrainExample",
     "TrainResult",
     "chat",
+    "demo_checkpoint",
     "generate",
     "load",
     "process_prompt",

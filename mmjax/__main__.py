@@ -1,6 +1,6 @@
 """``mmjax`` / ``python -m mmjax``: the command line.
 
-    mmjax demo                                  # random LLaVA-1.5, the shipped photo, no download
+    mmjax demo                                  # the shipped demo model answers questions about a new drawing
     mmjax generate --model DIR --image a.jpg --prompt "USER: <image>\\nWhat is this? ASSISTANT:"
     mmjax generate --model DIR --mesh data=2,model=4          # sharded over 8 devices
     mmjax generate --model DIR --mesh auto --distributed      # on every host of a TPU pod slice
@@ -15,7 +15,7 @@ import sys
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="a llava-hf checkpoint directory (default: a small random one)")
+    parser.add_argument("--model", help="a llava-hf checkpoint directory (default: the shipped demo model)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--mesh", type=_mesh, help='shard over a device mesh: "auto" or "data=D,model=M"')
     parser.add_argument("--chat-template", help="Jinja text or a file to use instead of the checkpoint's template")
@@ -64,7 +64,12 @@ def _join_hosts(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmjax", description="mmjax: multimodal LLM inference in JAX")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_generation_args(commands.add_parser("demo", help="a photo and a prompt through LLaVA (no download)"))
+    demo = commands.add_parser("demo", help="the demo model answers questions about a new drawing (no download)")
+    _add_generation_args(demo)
+    demo.add_argument("--scene", default=None,
+                      help="where to save the drawn scene (default: ./mmjax-demo-scene.png); --seed fixes the scene")
+    demo.add_argument("--question", action="append",
+                      help='with --image: ask the demo model this (repeat for several; default "How many shapes are there?")')
     _add_generation_args(commands.add_parser("generate", help="generate text for a prompt with images"))
     from mmjax.serving_cli import add_chat_args, add_serve_args, run_chat, run_serve
 
@@ -84,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     from mmjax.demo import DEMO_PROMPT, FOLLOW_UP_PROMPT, run_demo
 
     images = args.image or []
+    if args.command == "demo" and args.question and (args.model or args.prompt or not images):
+        parser.error("--question asks the demo model about --image files: give --image, and no --model or --prompt")
+    if args.command == "demo" and not (args.model or args.prompt):
+        from mmjax.shapes_demo import DEFAULT_SCENE_PATH, ask_about_images, run_shapes_demo
+
+        if images:
+            ask_about_images(images, args.question or [], dtype=args.dtype, mesh=args.mesh)
+        else:
+            run_shapes_demo(args.seed, args.scene or DEFAULT_SCENE_PATH, dtype=args.dtype, mesh=args.mesh)
+        return 0
     prompt = args.prompt or ("USER: " + "<image>\n" * max(1, len(images)) + "What is shown? ASSISTANT:")
     follow_up = None  # the same prompt again
     if args.command == "demo" and not args.prompt and not images:

@@ -1,16 +1,17 @@
-"""The README's main job: a real photo and a prompt through LLaVA, end to end, with no download.
+"""The README's main job, end to end, with no download.
 
-Without a model it writes a small random LLaVA-1.5 checkpoint (the real
-336x336 / 14x14 geometry, tiny widths; random weights, and it says so) and uses
-the photo that ships with mmjax. With a model directory it loads a real
-llava-hf checkpoint the same way.
+With no model and no image it loads the demo model that ships with mmjax (a tiny
+LLaVA-1.5 trained by mmjax on the shapes task), draws a new scene, saves it where
+the user can open it, asks the task's three kinds of question through the engine,
+and prints each answer next to the truth (``run_shapes_demo``). With a model
+directory or images it runs a prompt about them (``run_demo``): a real llava-hf
+checkpoint loads the same way.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from importlib import resources
 from typing import Any
@@ -44,14 +45,14 @@ def describe_layout(token_ids: np.ndarray, placeholders, tokenizer) -> str:
 
 
 def resolve_model(model: str | None) -> str:
-    """``model``, or a freshly written random checkpoint (announced on stdout) when it is None."""
+    """``model``, or the demo model that ships with mmjax (announced on stdout) when it is None."""
     if model is not None:
         return model
-    from mmjax.testing.random_llava import make_random_llava_checkpoint
+    from mmjax.assets import demo_checkpoint
 
-    print("No --model given: using a small random LLaVA-1.5 checkpoint (random weights, so the text\n"
-          "below is noise; pass --model DIR for a real llava-hf checkpoint).")
-    return make_random_llava_checkpoint(tempfile.mkdtemp(prefix="mmjax-demo-"))
+    print("No --model given: using the demo model (a tiny LLaVA-1.5 trained by mmjax to answer questions\n"
+          "about drawn shapes; pass --model DIR for a real llava-hf checkpoint).")
+    return demo_checkpoint()
 
 
 def open_images(paths: list[str] | None) -> list[Image.Image]:

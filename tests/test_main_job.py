@@ -2,23 +2,51 @@
 
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
+from skimage import measure
 
 from mmjax.__main__ import main
 
 
-def test_demo_runs_end_to_end(capsys):
-    assert main(["demo", "--max-tokens", "5"]) == 0
+def test_demo_answers_questions_about_a_new_scene(tmp_path, capsys):
+    scene_file = tmp_path / "scene.png"
+    assert main(["demo", "--seed", "5", "--scene", str(scene_file)]) == 0
     out = capsys.readouterr().out
-    assert "random weights" in out  # says plainly that the default checkpoint is random
-    assert "[image 0: 576 tokens at 4]" in out  # (336 / 14) ** 2 placeholders after "<s>USER: "
-    assert "pixel_values: 1x3x336x336" in out
-    assert "finished: length after 5 tokens" in out
-    # The second question about the same photo: its first page-aligned 576+ tokens (the image, after
-    # "<s>USER: ") come from the prefix cache, the rest of the image's embeddings from the encoder cache.
-    reused, total = map(int, re.search(r"prefix cache reused (\d+) of (\d+) prompt tokens", out).groups())
-    assert 576 <= reused < total and reused % 16 == 0
-    assert "vision tower ran 0 time(s)" in out and "processor cache 2 hit(s)" in out  # generate and the follow-up reuse the first mapping
+    assert "the demo model" in out and str(scene_file) in out
+    assert "[image 0: 64 tokens at 4]" in out  # (96 / 12) ** 2 placeholders after "<s>USER: "
+    rows = re.findall(r"^  (How many shapes are there\?|What color is the \w+\?|What shape is the \w+ object\?)"
+                      r" +(\S+) +(\S+) +(right|WRONG)$", out, flags=re.M)
+    assert [row[0].split()[1] for row in rows] == ["many", "color", "shape"]  # one question of each kind
+    assert all(answer == truth for _, answer, truth, _ in rows), rows  # the shipped model knows this scene
+    assert "3 of 3 right" in out
+    assert "the vision tower ran 1 time(s) for 3 questions" in out
+    # The truth column is the scene's: measure the saved image (its shapes' colours) independently.
+    pixels = np.asarray(Image.open(scene_file).convert("RGB")).astype(int)
+    assert pixels.shape == (336, 336, 3)
+    coloured = (pixels.max(-1) - pixels.min(-1)) > 40
+    count = int(rows[0][2])
+    assert measure.label(coloured).max() == count
+
+
+def test_demo_answers_questions_about_your_own_drawing(tmp_path, capsys):
+    from mmjax.testing.shape_scenes import Item, render  # the second renderer, not the training one
+
+    drawing = tmp_path / "mine.png"
+    render((Item("triangle", "blue", 90, 100, 90), Item("circle", "orange", 220, 210, 100)), 300, 255).save(drawing)
+    assert main(["demo", "--image", str(drawing), "--question", "How many shapes are there?",
+                 "--question", "What color is the triangle?", "--question", "What shape is the orange object?"]) == 0
+    out = capsys.readouterr().out
+    assert f"{drawing}: How many shapes are there? 2" in out
+    assert f"{drawing}: What color is the triangle? blue" in out
+    assert f"{drawing}: What shape is the orange object? circle" in out
+
+
+def test_demo_question_goes_with_an_image(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--question", "How many shapes are there?"])
+    assert "--question asks the demo model about --image files" in capsys.readouterr().err
 
 
 def test_generate_command_with_two_image_files(tmp_path, capsys):
@@ -30,8 +58,8 @@ def test_generate_command_with_two_image_files(tmp_path, capsys):
     assert main(["generate", "--image", str(first), "--image", str(second), "--max-tokens", "3",
                  "--temperature", "0.7", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert "[image 0: 576 tokens" in out and "[image 1: 576 tokens" in out
-    assert "finished: length after 3 tokens" in out
+    assert "[image 0: 64 tokens" in out and "[image 1: 64 tokens" in out  # the demo model: 96 / 12 = 8 x 8 patches
+    assert re.search(r"finished: (length after 3|stop after [123]) tokens", out)  # the demo model answers in a word
 
 
 def test_generate_command_refuses_an_unreadable_image(tmp_path):
@@ -45,7 +73,7 @@ def test_generate_on_a_mesh_and_a_bad_mesh_flag(capsys):
     assert main(["generate", "--mesh", "data=1,model=1", "--max-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "mesh: {'data': 1, 'model': 1} over 1 cpu devices, 1 process(es)" in out
-    assert "finished: length after 2 tokens" in out
+    assert re.search(r"finished: (length|stop) after [12] tokens", out)
     with pytest.raises(SystemExit):
         main(["generate", "--mesh", "data:2"])
     assert 'expected "auto" or axis sizes like "data=2,model=4"' in capsys.readouterr().err

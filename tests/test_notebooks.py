@@ -51,3 +51,16 @@ def test_sharding_notebook(tmp_path):
     per_replica = re.search(r"tokens computed per data replica: \[(\d+), (\d+)\]", text)
     assert per_replica and all(int(n) > 0 for n in per_replica.groups())  # both replicas served requests
     assert "identical greedy tokens: True" in text
+
+
+def test_finetune_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMJAX_NOTEBOOK_STEPS", "40")  # the kernel inherits it: a shortened run
+    notebook = run("03_finetune.ipynb", tmp_path)
+    text = text_of(notebook)
+    first, last = map(float, re.search(r"loss ([\d.]+) \(first 10 steps\) -> ([\d.]+) \(last 10\)", text).groups())
+    assert text.count("40 steps in") == 1 and last < 0.5 * first
+    assert "reloaded answers equal: True" in text
+    rows = re.findall(r"^(.+?) +truth (\S+) +fine-tuned here '(.*?)' +shipped '(\S*)'$", text, flags=re.M)
+    assert len(rows) >= 2 and all(truth == shipped for _, truth, _, shipped in rows)  # the shipped model knows this scene
+    outputs = str([c.get("outputs") for c in notebook.cells])
+    assert outputs.count("image/png") >= 3  # training scenes, the loss curve, the new scene

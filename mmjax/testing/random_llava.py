@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from flax import nnx
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 from transformers import LlavaConfig as HFLlavaConfig
 
 from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration
@@ -36,14 +36,18 @@ def make_random_llava_checkpoint(
     max_shard_bytes: int = 2**30,
     text_config: dict | None = None,
     vision_config: dict | None = None,
+    llava_config: dict | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> str:
     """Write a random LLaVA-1.5 checkpoint in the llava-hf layout to ``path``; return ``path``.
 
     ``text_config`` / ``vision_config`` override fields of the Llama / CLIP configs
-    (e.g. ``{"num_attention_heads": 8}``).
+    (e.g. ``{"num_attention_heads": 8}``), ``llava_config`` those of the LLaVA config
+    (e.g. ``{"vision_feature_layer": -1}``); ``tokenizer`` replaces the default tiny one
+    (its ids must be below ``vocab_size``).
     """
     path = os.fspath(path)
-    tokenizer = make_tiny_tokenizer(vocab_size)
+    tokenizer = make_tiny_tokenizer(vocab_size) if tokenizer is None else tokenizer
     vision = dict(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=num_layers,
                   num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden)
     text = dict(vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=2 * text_hidden + 8,
@@ -55,6 +59,7 @@ def make_random_llava_checkpoint(
         text_config=LlamaConfig(**{**text, **(text_config or {})}),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         architectures=["LlavaForConditionalGeneration"],
+        **(llava_config or {}),
     )
     model = LlavaForConditionalGeneration(LlavaConfig.from_hf(hf_config), rngs=nnx.Rngs(seed))
     save_llava(model, hf_config, path, max_shard_bytes=max_shard_bytes)

@@ -52,7 +52,7 @@ The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9
 
 
 def make_tiny_tokenizer(
-    vocab_size: int = 384, chat_template: str = LLAVA_CHAT_TEMPLATE
+    vocab_size: int = 384, chat_template: str = LLAVA_CHAT_TEMPLATE, corpus: list[str] | None = None
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer with ``<image>`` as a single special token.
 
@@ -60,6 +60,7 @@ def make_tiny_tokenizer(
       vocab_size: total vocabulary including the special tokens and ``<image>``;
         must be at least 262 (256 byte symbols + 5 specials + 1 merge).
       chat_template: saved as the checkpoint's ``chat_template.jinja`` (default: llava-hf's LLaVA-1.5 one).
+      corpus: lines to learn the merges from (default: a few generic lines about pictures).
 
     Returns:
       A tokenizer whose ids are all ``< vocab_size``. ``<image>`` is the last id.
@@ -75,7 +76,7 @@ def make_tiny_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer.train_from_iterator((_CORPUS if corpus is None else list(corpus)) * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="<unk>",

@@ -238,6 +238,23 @@ def scan_collectives(hlo: str, num_pages: set[int]) -> dict:
     return found
 
 
+def compare_training(path: str, shape: dict) -> dict:
+    """Three optax steps on ``shape`` (the batch split over "data") and on one device: losses and
+    the trained weights."""
+    from mmjax.training.shapes_task import training_examples
+
+    examples = [e for _, e in zip(range(24), training_examples(4, sides=(30, 60)))]
+    runs = [mmjax.train(mmjax.load(path, mesh=mesh), examples, steps=3, batch_size=8, trainable="all",
+                        shuffle=False, use_tqdm=False) for mesh in (shape, None)]
+    sharded, single = runs
+    weights = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(sharded.llm.state)]
+    reference = [np.asarray(x) for x in jax.tree.leaves(single.llm.state)]
+    return {"losses": sharded.losses, "single_losses": single.losses,
+            "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(weights, reference)),
+            "moved": max(float(np.abs(a - np.asarray(b)).max()) for a, b in
+                         zip(reference, jax.tree.leaves(mmjax.load(path).state)))}
+
+
 def main(tmp: str) -> None:
     import time
     t0 = time.perf_counter()
@@ -266,6 +283,7 @@ def main(tmp: str) -> None:
                                                 details=False, engine_config=NEXT_ENGINE)
     results["caching"] = {"llava": compare_caching(llava, {"data": 2, "model": 4}, ENGINE),
                           "next": compare_caching(nxt, {"data": 2, "model": 4}, NEXT_ENGINE)}
+    results["training"] = compare_training(llava, {"data": 4, "model": 2})
     results["t_all"] = time.perf_counter() - t0
     print("RESULTS " + json.dumps(results))
 

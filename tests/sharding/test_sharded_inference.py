@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
@@ -186,3 +187,9 @@ def test_the_collective_scan_sees_a_kv_all_gather():
            "  %all-reduce = f32[1,16,40]{2,1,0} all-reduce(%x), to_apply=%add\n")
     found = worker.scan_collectives(hlo, num_pages={37})
     assert found["all_gathers"] == 1 and found["collectives"] == 2 and len(found["kv_collectives"]) == 1
+
+
+def test_data_parallel_training_equals_one_device(results):
+    r = results["training"]  # 3 optax steps, batch 8 split over data=4 (model=2), against one device
+    np.testing.assert_allclose(r["losses"], r["single_losses"], rtol=1e-5)
+    assert r["max_weight_diff"] <= 1e-5 and r["moved"] > 1e-4  # the same update, and a real one
