@@ -190,6 +190,6 @@ def test_the_collective_scan_sees_a_kv_all_gather():
 
 
 def test_data_parallel_training_equals_one_device(results):
-    r = results["training"]  # 3 optax steps, batch 8 split over data=4 (model=2), against one device
+    r = results["training"]  # 3 SGD steps, batch 8 split over data=4 (model=2), against one device
     np.testing.assert_allclose(r["losses"], r["single_losses"], rtol=1e-5)
     assert r["max_weight_diff"] <= 1e-5 and r["moved"] > 1e-4  # the same update, and a real one
