@@ -29,14 +29,9 @@ def demo_scene(rng: np.random.Generator) -> Any:
 
 def one_question_of_each_kind(rng: np.random.Generator, scene: Any) -> list[Any]:
     """A count question, a colour question and a shape question about ``scene``, in that order."""
-    from mmjax.training.shapes_task import questions
+    from mmjax.training.shapes_task import random_question
 
-    asked = questions(scene)
-    picked = []
-    for kind in ("count", "color", "shape"):
-        of_kind = [q for q in asked if q.kind == kind]
-        picked.append(of_kind[int(rng.integers(len(of_kind)))])
-    return picked
+    return [random_question(rng, scene, kind) for kind in ("count", "color", "shape")]
 
 
 def describe_scene(scene: Any) -> str:
