@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import optax
 
-from mmjax.training.shapes_task import COLORS, PROMPT_TEMPLATE, SHAPES, questions, random_scene
+from mmjax.training.examples import TrainExample
+from mmjax.training.shapes_task import COLORS, PROMPT_TEMPLATE, SHAPES, questions, random_scene, training_examples
 from mmjax.training.trainer import TrainResult, train
 
 
@@ -24,9 +26,14 @@ class DemoModelRecipe:
 
     The processor resizes any image to ``image_size`` (``image_size // patch_size`` squared
     image tokens per image); the rest are the Llama decoder's and CLIP tower's widths. The
-    first ``single_shape_steps`` steps see scenes of one shape only (a curriculum); then each
-    ``(steps, peak learning rate)`` of ``refine`` restarts the schedule for that many more steps
-    on new scenes (the stream of ``seed + i`` for the i-th).
+    first ``single_shape_steps`` steps see scenes of one shape only (a curriculum); then scenes
+    of one, two or three shapes at the odds ``shape_counts``. Each scene is a conversation of
+    ``turns`` different questions, their kinds (colour, shape, count) drawn at the odds
+    ``kind_weights``: the hard parts of the task are which of several shapes a question names
+    and counting crowded scenes, so two- and three-shape scenes get most of the steps and
+    shape and count questions 4.5 times the odds of colour ones. Each
+    ``(steps, peak learning rate)`` of ``refine`` restarts the schedule for that many more
+    steps on new scenes (the stream of ``seed + i`` for the i-th).
     """
 
     image_size: int = 64
@@ -37,14 +44,23 @@ class DemoModelRecipe:
     text_hidden: int = 128
     text_layers: int = 3
     vocab_size: int = 448
-    steps: int = 5000
+    steps: int = 4000
     batch_size: int = 32
     peak_learning_rate: float = 1e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
     single_shape_steps: int = 900
-    refine: tuple[tuple[int, float], ...] = ((3000, 7e-4), (1500, 5e-4))
+    shape_counts: tuple[float, float, float] = (0.1, 0.4, 0.5)
+    kind_weights: tuple[float, float, float] = (0.1, 0.45, 0.45)
+    turns: int = 3
+    refine: tuple[tuple[int, float], ...] = ((1500, 5e-4),)
     seed: int = 0
+
+    def examples(self, phase: int = 0) -> Iterator[TrainExample]:
+        """The training stream of ``phase`` (0 the first, with the curriculum; i the i-th of ``refine``)."""
+        first = self.single_shape_steps * self.batch_size if phase == 0 else 0
+        return training_examples(self.seed + phase, single_shape_first=first, shape_counts=self.shape_counts,
+                                 kind_weights=self.kind_weights, turns=self.turns)
 
     def optimizer(self, phase: int = 0) -> optax.GradientTransformation:
         """AdamW with a linear warm-up, cosine decay to zero, and gradients clipped at norm 1, for
@@ -97,7 +113,6 @@ def train_demo_model(recipe: DemoModelRecipe = DemoModelRecipe(), *, use_tqdm: b
     run the rest alone.
     """
     from mmjax.llm import load
-    from mmjax.training.shapes_task import training_examples
 
     settings = dict(batch_size=recipe.batch_size, trainable="all", seed=recipe.seed, use_tqdm=use_tqdm,
                     length_bucket=16)
@@ -105,13 +120,12 @@ def train_demo_model(recipe: DemoModelRecipe = DemoModelRecipe(), *, use_tqdm: b
     if start is None:
         base = make_demo_base_checkpoint(tempfile.mkdtemp(prefix="mmjax-demo-base-"), recipe)
         llm = load(base, mm_processor_cache_gb=0)  # every scene is new: caching them would only cost
-        examples = training_examples(recipe.seed, single_shape_first=recipe.single_shape_steps * recipe.batch_size)
-        results.append(train(llm, examples, steps=recipe.steps, optimizer=recipe.optimizer(), **settings))
+        results.append(train(llm, recipe.examples(), steps=recipe.steps, optimizer=recipe.optimizer(), **settings))
         llm, start_phase = results[-1].llm, 1
     else:
         llm = load(start, mm_processor_cache_gb=0)
     for phase in range(max(start_phase, 1), len(recipe.refine) + 1):
-        results.append(train(llm, training_examples(recipe.seed + phase), steps=recipe.refine[phase - 1][0],
+        results.append(train(llm, recipe.examples(phase), steps=recipe.refine[phase - 1][0],
                              optimizer=recipe.optimizer(phase), **settings))
         llm = results[-1].llm
     return TrainResult(llm, [x for r in results for x in r.losses], sum(r.seconds for r in results))

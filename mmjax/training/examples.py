@@ -1,9 +1,11 @@
-"""Training examples and their batches: a prompt (with images), the target text after it.
+"""Training examples and their batches: a prompt (with images), the target text after it,
+and optionally more turns of the same conversation.
 
 ``collate`` runs each prompt through the same ``llm.process`` the engine uses (so the
 placeholders and pixel values are exactly what inference sees), appends the target's
-token ids and end of sequence, and pads the batch to fixed shapes (``T`` a multiple of
-``length_bucket``, ``B`` the batch size), so a training loop compiles once per bucket.
+token ids and end of sequence (then each follow-up turn's text and target), and pads the
+batch to fixed shapes (``T`` a multiple of ``length_bucket``, ``B`` the batch size), so a
+training loop compiles once per bucket.
 """
 
 from __future__ import annotations
@@ -28,10 +30,17 @@ class TrainExample:
 
     The target is tokenized as given, without special tokens: include a leading space if the
     tokenizer expects one after the prompt (``" red"`` after ``"ASSISTANT:"`` for LLaVA's).
+
+    ``follow_ups``: more turns about the same images, each ``(text, target)``: the text (say
+    ``"USER: What shape is it? ASSISTANT:"``) follows the previous target's end of sequence,
+    unscored, and its target is scored like the first. A conversation's turns share one pass
+    of the vision tower and of the image tokens; the first turn's loss is exactly that of the
+    example without them (attention is causal).
     """
 
     prompt: PromptInputs
     target: str
+    follow_ups: tuple[tuple[str, str], ...] = ()
 
 
 @jax.tree_util.register_dataclass
@@ -67,6 +76,21 @@ def target_ids(tokenizer: Any, target: str) -> list[int]:
     return list(tokenizer(target, add_special_tokens=False).input_ids) + [int(eos)]
 
 
+def follow_up_segments(tokenizer: Any, follow_ups: Any) -> list[tuple[list[int], bool]]:
+    """``(token ids, scored)`` of each follow-up turn: its text unscored, its target and end of
+    sequence scored."""
+    if not isinstance(follow_ups, (tuple, list)) or not all(
+            isinstance(turn, (tuple, list)) and len(turn) == 2 for turn in follow_ups):
+        raise ValueError(f"follow_ups must be a sequence of (text, target) pairs, got {follow_ups!r}")
+    segments = []
+    for text, target in follow_ups:
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"a follow-up turn's text must be a non-empty str, got {text!r}")
+        segments += [(list(tokenizer(text, add_special_tokens=False).input_ids), False),
+                     (target_ids(tokenizer, target), True)]
+    return segments
+
+
 def collate(llm: Any, examples: Sequence[TrainExample], *, batch_size: int | None = None,
             length_bucket: int = 64) -> TrainBatch:
     """Process, tokenize and pad ``examples`` into one ``TrainBatch`` of ``batch_size`` rows.
@@ -87,24 +111,28 @@ def collate(llm: Any, examples: Sequence[TrainExample], *, batch_size: int | Non
             raise TypeError(f"example {i} must be a TrainExample(prompt, target), got {type(example).__name__}")
         try:
             processed = llm.process(example.prompt)
-            target = target_ids(llm.tokenizer, example.target)
+            segments = [(list(processed.token_ids), False), (target_ids(llm.tokenizer, example.target), True)]
+            segments += follow_up_segments(llm.tokenizer, example.follow_ups)
         except (TypeError, ValueError) as err:
             raise type(err)(f"example {i}: {err}") from err
-        rows.append((np.asarray(processed.token_ids), target))
+        rows.append(segments)
         unsupported = sorted(set(processed.mm_kwargs) - BATCHABLE_KWARGS)
         if unsupported:
             raise NotImplementedError(f"training batches concatenate {sorted(BATCHABLE_KWARGS)} over prompts; "
                                       f"this model's inputs also have {unsupported} (LLaVA-NeXT's tiles)")
         for key, value in processed.mm_kwargs.items():
             mm.setdefault(key, []).append(np.asarray(value))
-    longest = max(len(p) + len(t) for p, t in rows)
+    longest = max(sum(len(ids) for ids, _ in segments) for segments in rows)
     length = -(-longest // length_bucket) * length_bucket
     input_ids = np.zeros((batch_size, length), np.int32)
     positions = np.full((batch_size, length), -1, np.int32)
     labels = np.full((batch_size, length), -1, np.int32)
-    for b, (prompt, target) in enumerate(rows):
-        n = len(prompt) + len(target)
-        input_ids[b, :n] = np.concatenate([prompt, target])
+    for b, segments in enumerate(rows):
+        n = 0
+        for ids, scored in segments:
+            input_ids[b, n:n + len(ids)] = ids
+            if scored:
+                labels[b, n:n + len(ids)] = ids
+            n += len(ids)
         positions[b, :n] = np.arange(n)
-        labels[b, len(prompt):n] = target
     return TrainBatch(input_ids, positions, labels, {k: np.concatenate(v) for k, v in mm.items()})

@@ -40,6 +40,8 @@ MIN_SIZE, MAX_SIZE = 0.2, 0.4
 #: Background grey levels: white (255) down to light grey.
 LIGHTEST_BACKGROUND, DARKEST_BACKGROUND = 255, 200
 PROMPT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+#: A later turn of a conversation about the same image (it follows the last answer's end of sequence).
+FOLLOW_UP_TEMPLATE = "USER: {question} ASSISTANT:"
 QUESTION_KINDS = ("color", "shape", "count")
 
 
@@ -143,17 +145,42 @@ def random_question(rng: np.random.Generator, scene: Scene, kind: str | None = N
     return of_kind[int(rng.integers(len(of_kind)))]
 
 
-def training_examples(seed: int, sides: tuple[int, int] = (224, 448),
-                      single_shape_first: int = 0) -> Iterator[TrainExample]:
+def random_questions(rng: np.random.Generator, scene: Scene, count: int,
+                     kind_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[Question]:
+    """Up to ``count`` different questions about ``scene``: each draws a kind among those left,
+    in proportion to ``kind_weights`` (colour, shape, count: the order of ``QUESTION_KINDS``),
+    then a question of that kind."""
+    left, picked = questions(scene), []
+    weight = dict(zip(QUESTION_KINDS, kind_weights))
+    while left and len(picked) < count:
+        kinds = sorted({q.kind for q in left})
+        p = np.array([weight[k] for k in kinds], float)
+        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+        of_kind = [q for q in left if q.kind == kind]
+        picked.append(of_kind[int(rng.integers(len(of_kind)))])
+        left.remove(picked[-1])
+    return picked
+
+
+def training_examples(seed: int, sides: tuple[int, int] = (224, 448), single_shape_first: int = 0,
+                      shape_counts: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      kind_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      turns: int = 1) -> Iterator[TrainExample]:
     """An endless stream of ``TrainExample``: a new scene each, drawn at a side in ``sides``
-    (inclusive), and one question about it with its answer as the target (``" red"``).
+    (inclusive), and questions about it with their answers as targets (``" red"``).
 
     ``single_shape_first``: that many scenes of one shape first (a curriculum: what a shape
-    looks like is learnt before which shape a question is about), then one to three.
+    looks like is learnt before which shape a question is about). ``shape_counts``: the odds
+    of one, two and three shapes after that. ``kind_weights``: the odds of a colour, shape and
+    count question (``random_questions``). ``turns``: questions per scene, the first as the
+    prompt and the others as follow-up turns of the conversation (``USER: ... ASSISTANT:``).
     """
     rng = np.random.default_rng(seed)
+    odds = np.asarray(shape_counts, float) / sum(shape_counts)
     for index in itertools.count():
-        scene = random_scene(rng, count=1 if index < single_shape_first else None)
-        question = random_question(rng, scene)
+        count = 1 if index < single_shape_first else int(rng.choice(3, p=odds)) + 1
+        scene = random_scene(rng, count=count)
+        first, *more = random_questions(rng, scene, turns, kind_weights)
         image = draw_scene(scene, int(rng.integers(sides[0], sides[1] + 1)))
-        yield TrainExample({"prompt": question.prompt, "multi_modal_data": {"image": image}}, " " + question.answer)
+        yield TrainExample({"prompt": first.prompt, "multi_modal_data": {"image": image}}, " " + first.answer,
+                           tuple((FOLLOW_UP_TEMPLATE.format(question=q.text), " " + q.answer) for q in more))

@@ -110,3 +110,47 @@ def test_training_examples_are_seeded():
     assert np.array_equal(np.asarray(first[0].prompt["multi_modal_data"]["image"]),
                           np.asarray(first[1].prompt["multi_modal_data"]["image"]))
     assert first[0].target.startswith(" ") and first[0].target.strip() in (*STATED_COLORS, *shapes_task.SHAPES, "1", "2", "3")
+
+
+def answer_from_picture(question: str, found: list[dict]) -> str:
+    """The answer to ``question`` read off the measured blobs."""
+    pairs = [(nearest_color(b["color"]), kind_from_fill(b["fill"])) for b in found]
+    if question == "How many shapes are there?":
+        return str(len(pairs))
+    if question.startswith("What color is the "):
+        [color] = [c for c, k in pairs if k == question.removeprefix("What color is the ").removesuffix("?")]
+        return color
+    [kind] = [k for c, k in pairs if c == question.removeprefix("What shape is the ").removesuffix(" object?")]
+    return kind
+
+
+def test_conversations_ask_different_questions_and_answer_them_right():
+    stream = shapes_task.training_examples(5, sides=(224, 260), single_shape_first=4, shape_counts=(0, 1, 1),
+                                           kind_weights=(0.45, 0.45, 0.1), turns=3)
+    for index, example in zip(range(16), stream):
+        found = blobs(np.asarray(example.prompt["multi_modal_data"]["image"]))
+        assert len(found) == 1 if index < 4 else len(found) in (2, 3)  # the curriculum, then no single shapes
+        first = example.prompt["prompt"].removeprefix("USER: <image>\n").removesuffix(" ASSISTANT:")
+        asked = [(first, example.target)]
+        for text, target in example.follow_ups:
+            assert text.startswith("USER: ") and text.endswith(" ASSISTANT:") and "<image>" not in text
+            asked.append((text.removeprefix("USER: ").removesuffix(" ASSISTANT:"), target))
+        pairs = [(nearest_color(b["color"]), kind_from_fill(b["fill"])) for b in found]
+        askable = 1 + sum([k for _, k in pairs].count(k) == 1 for _, k in pairs) + sum(
+            [c for c, _ in pairs].count(c) == 1 for c, _ in pairs)
+        assert len(asked) == min(3, askable) and len({q for q, _ in asked}) == len(asked)
+        for question, target in asked:
+            assert target == " " + answer_from_picture(question, found), (question, target)
+
+
+def test_question_kinds_follow_their_weights():
+    rng = np.random.default_rng(0)
+    scene = shapes_task.Scene((shapes_task.Shape("circle", "red", 0.1, 0.1, 0.3),
+                               shapes_task.Shape("square", "blue", 0.6, 0.1, 0.3)))
+    assert shapes_task.QUESTION_KINDS == ("color", "shape", "count")  # the weights' order
+    only_shapes = [shapes_task.random_questions(rng, scene, 1, (0, 1, 0))[0].kind for _ in range(20)]
+    assert only_shapes == ["shape"] * 20
+    firsts = [shapes_task.random_questions(rng, scene, 1, (2, 1, 1))[0].kind for _ in range(4000)]
+    assert abs(firsts.count("color") / 4000 - 0.5) < 0.03 and abs(firsts.count("count") / 4000 - 0.25) < 0.03
+    everything = shapes_task.random_questions(rng, scene, 9)
+    assert sorted(q.text for q in everything) == sorted(q.text for q in shapes_task.questions(scene))  # 5, no repeats

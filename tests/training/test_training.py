@@ -3,6 +3,7 @@ LoRA starts from the base model, and a saved checkpoint reads back in mmjax and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import tempfile
 
@@ -84,6 +85,32 @@ def test_the_prompt_is_not_scored_and_padding_changes_nothing():
         float(batch_loss(llm.graphdef, llm.state, padded)), rel=1e-6)
 
 
+def test_follow_up_turns_are_scored_after_their_text():
+    llm = mmjax.load(checkpoint())
+    turns = (("USER: And the size? ASSISTANT:", " small"), ("USER: Sure? ASSISTANT:", " yes"))
+    conversation = TrainExample(example("red").prompt, " red", turns)
+    batch = collate(llm, [conversation, example("blue")], length_bucket=16)
+    ids, labels = np.asarray(batch.input_ids[0]), np.asarray(batch.labels[0])
+    n = int((np.asarray(batch.positions[0]) >= 0).sum())
+    eos = llm.tokenizer.eos_token_id
+    prompt_ids = list(llm.process(conversation.prompt).token_ids)
+    tokens = lambda text: list(llm.tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    want = prompt_ids + tokens(" red") + [eos] + tokens(turns[0][0]) + tokens(" small") + [eos] \
+        + tokens(turns[1][0]) + tokens(" yes") + [eos]
+    assert ids[:n].tolist() == want and ids[n:].tolist() == [0] * (len(ids) - n)
+    scored = [t for t, label in zip(ids, labels) if label >= 0]
+    assert scored == tokens(" red") + [eos] + tokens(" small") + [eos] + tokens(" yes") + [eos]
+    assert np.array_equal(labels[labels >= 0], np.asarray(scored))
+    loss = float(batch_loss(llm.graphdef, llm.state, batch))
+    assert loss == pytest.approx(torch_loss_and_grads(batch)[0], rel=1e-5)
+    # attention is causal: the first turn's loss is that of the example without the follow-ups
+    first_only = np.where(np.arange(len(labels)) < len(prompt_ids) + len(tokens(" red")) + 1, labels, -1)
+    single = collate(llm, [example("red")], length_bucket=len(ids))
+    only_first = dataclasses.replace(batch, labels=np.stack([first_only, np.full_like(labels, -1)]))
+    assert float(batch_loss(llm.graphdef, llm.state, only_first)) == pytest.approx(
+        float(batch_loss(llm.graphdef, llm.state, single)), rel=1e-5)
+
+
 @pytest.mark.parametrize("trainable", ["projector", "lora", "all"])
 def test_training_lowers_the_loss_well_below_its_start(trainable):
     llm = mmjax.load(checkpoint())
@@ -130,6 +157,10 @@ def test_bad_arguments_are_named_before_any_step():
         collate(llm, [example("red"), ("prompt", "target")])
     with pytest.raises(ValueError, match="example 0: a training target must be a non-empty str"):
         collate(llm, [TrainExample("USER: Hi. ASSISTANT:", "")])
+    with pytest.raises(ValueError, match=r"example 1: follow_ups must be a sequence of \(text, target\) pairs"):
+        collate(llm, [example("red"), TrainExample("USER: Hi. ASSISTANT:", " hi", ("USER: Bye?",))])
+    with pytest.raises(ValueError, match="example 0: a follow-up turn's text must be a non-empty str"):
+        collate(llm, [TrainExample("USER: Hi. ASSISTANT:", " hi", (("", " bye"),))])
     with pytest.raises(ValueError, match=r"trainable must be one of \('projector', 'lora', 'all'\)"):
         mmjax.train(llm, [example("red")], trainable="vision")
     with pytest.raises(ValueError, match="a LoraConfig was given but trainable='projector'"):
