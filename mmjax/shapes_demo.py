@@ -36,7 +36,7 @@ def one_question_of_each_kind(rng: np.random.Generator, scene: Any) -> list[Any]
 
 def describe_scene(scene: Any) -> str:
     """``"a red circle, a blue square"``."""
-    return ", ".join(f"a {s.color} {s.kind}" for s in scene.shapes)
+    return ", ".join(f"{'an' if s.color[0] in 'aeiou' else 'a'} {s.color} {s.kind}" for s in scene.shapes)
 
 
 def ask_about_images(paths: list[str], asked: list[str], dtype: str = "float32", mesh: Any = None) -> list[str]:

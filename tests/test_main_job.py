@@ -30,6 +30,14 @@ def test_demo_answers_questions_about_a_new_scene(tmp_path, capsys):
     assert measure.label(coloured).max() == count
 
 
+def test_the_scene_is_described_in_english():
+    from mmjax.shapes_demo import describe_scene
+    from mmjax.training.shapes_task import Scene, Shape
+
+    scene = Scene((Shape("circle", "orange", 0.1, 0.1, 0.3), Shape("square", "red", 0.6, 0.6, 0.3)))
+    assert describe_scene(scene) == "an orange circle, a red square"
+
+
 def test_demo_answers_questions_about_your_own_drawing(tmp_path, capsys):
     from mmjax.testing.shape_scenes import Item, render  # the second renderer, not the training one
 
