@@ -55,13 +55,24 @@ def make_checkpoint(path: str) -> str:
     )
 
 
-def prompts(batch: int) -> list[dict]:
+def prompts(batch: int, variant: int = 0) -> list[dict]:
+    """``batch`` prompts of a photo and a question each. Every prompt's photo differs from the
+    others' in a pixel, and each ``variant`` changes another: new content to mmjax's caches
+    (content hashes, encoder cache, prefix pages), so a timed run does all the work of a batch
+    of new images, as transformers does every time."""
+    import numpy as np
     from PIL import Image
     from skimage import data
 
     photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
-    return [{"prompt": f"USER: <image>\n{QUESTIONS[i % len(QUESTIONS)]} ASSISTANT:",
-             "multi_modal_data": {"image": Image.fromarray(photos[i % len(photos)])}} for i in range(batch)]
+    out = []
+    for i in range(batch):
+        pixels = np.array(photos[i % len(photos)])
+        pixels[0, 0, 0] = (int(pixels[0, 0, 0]) + variant) % 256
+        pixels[0, 1, 0] = (int(pixels[0, 1, 0]) + i) % 256
+        out.append({"prompt": f"USER: <image>\n{QUESTIONS[i % len(QUESTIONS)]} ASSISTANT:",
+                    "multi_modal_data": {"image": Image.fromarray(pixels)}})
+    return out
 
 
 # -- the work, counted -----------------------------------------------------------------
@@ -135,15 +146,18 @@ def machine_limits(batch: int) -> dict[str, float]:
 # -- the two sides ---------------------------------------------------------------------
 
 
-def run_mmjax(path: str, batch: list[dict], new_tokens: int, repeats: int) -> dict:
+def run_mmjax(path: str, size: int, new_tokens: int, repeats: int) -> dict:
+    """The defaults, warmed up on one batch, then timed on ``repeats`` batches it has not seen
+    (``prompts`` variants 1..repeats; the last one's outputs are returned)."""
     import mmjax
 
     llm = mmjax.load(path)
     params = mmjax.SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
-    mmjax.generate(llm, batch, params, use_tqdm=False)  # compiles what the workload needs
+    mmjax.generate(llm, prompts(size), params, use_tqdm=False)  # compiles what the workload needs
     engine = llm.engine()
     runs = []
-    for _ in range(repeats):
+    for variant in range(1, repeats + 1):
+        batch = prompts(size, variant)
         for key in ("prefill_step_s", "decode_step_s", "prefill_steps", "decode_steps"):
             engine.stats[key] = 0
         start = time.perf_counter()
@@ -177,12 +191,15 @@ def _hf_processor(path: str):
                                      num_additional_image_tokens=1)
 
 
-def run_transformers(path: str, batch: list[dict], new_tokens: int, repeats: int) -> dict:
+def run_transformers(path: str, size: int, new_tokens: int, repeats: int) -> dict:
+    """transformers' ``generate`` on the batch mmjax's last timed run saw (it caches nothing
+    across calls, so the same batch again costs the same)."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
     tokenizer, processor = _hf_processor(path)
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    batch = prompts(size, repeats)
     inputs = processor(text=[p["prompt"] for p in batch], images=[p["multi_modal_data"]["image"] for p in batch],
                        return_tensors="pt", padding=True)
     kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -251,9 +268,8 @@ def main() -> None:
              "mmjax_warm_cache": first_call_in_fresh_process("mmjax", path, args, cache),
              "transformers": first_call_in_fresh_process("transformers", path, args, {})}
     limits = machine_limits(args.batch)
-    batch = prompts(args.batch)
-    ours = run_mmjax(path, batch, args.new_tokens, args.repeats)
-    theirs = run_transformers(path, batch, args.new_tokens, args.repeats)
+    ours = run_mmjax(path, args.batch, args.new_tokens, args.repeats)
+    theirs = run_transformers(path, args.batch, args.new_tokens, args.repeats)
     same = sum(a == b for a, b in zip(ours.pop("token_ids"), theirs.pop("token_ids")))
 
     work = prefill_flop(ours["prompt_lens"])
