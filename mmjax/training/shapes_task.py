@@ -137,11 +137,9 @@ def questions(scene: Scene) -> list[Question]:
     return asked
 
 
-def random_question(rng: np.random.Generator, scene: Scene, kind: str | None = None) -> Question:
-    """A question about ``scene`` of ``kind`` (default: a kind drawn evenly among those it can ask)."""
-    asked = questions(scene)
-    kind = rng.choice(sorted({q.kind for q in asked})) if kind is None else kind
-    of_kind = [q for q in asked if q.kind == kind]
+def random_question(rng: np.random.Generator, scene: Scene, kind: str) -> Question:
+    """One of the questions of ``kind`` (in ``QUESTION_KINDS``) the task asks about ``scene``."""
+    of_kind = [q for q in questions(scene) if q.kind == kind]
     return of_kind[int(rng.integers(len(of_kind)))]
 
 
