@@ -137,7 +137,7 @@ def sample(
     logits = logits.astype(jnp.float32)
     adjusted = logits if seen is None else apply_penalties(logits, tensors, seen)
     greedy = tensors.temperature < GREEDY_EPS
-    argmax = jnp.argmax(adjusted, axis=-1).astype(jnp.int32)
+    argmax = first_argmax(adjusted)
     # The sort over V is the costly part; an all-greedy step (the common case) skips it at run time.
     tokens = jax.lax.cond(
         jnp.all(greedy), lambda: argmax, lambda: jnp.where(greedy, argmax, _sample_random(adjusted, tensors))
@@ -191,6 +191,15 @@ def _sample_random(logits: Float[Array, "B V"], tensors: SamplingTensors) -> Int
     keys = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(tensors.seeds, tensors.steps)
     picked = jax.vmap(jax.random.categorical)(keys, sorted_logits)
     return jnp.take_along_axis(order, picked[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def first_argmax(x: Float[Array, "B V"]) -> Int[Array, "B"]:
+    """``jnp.argmax(x, axis=-1)`` (the first maximum; the first NaN if a row has one), as two plain
+    reductions: XLA's CPU argmax is a variadic reduce that does not vectorize. Measured on the 2-core
+    host for ``[16, 32064]`` logits: 0.29 ms against jnp.argmax's 1.16 ms, a step of the benchmark's decode."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    ids = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where((x == top) | jnp.isnan(x), ids, x.shape[-1]), axis=-1)
 
 
 def _token_logprobs(logits: Float[Array, "T V"], tokens: Int[Array, "T"]) -> tuple[Float[Array, "T"], Int[Array, "T"]]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmjax.engine.sampler import SamplingTensors, SeenTokens, prompt_logprobs, sample
+from mmjax.engine.sampler import SamplingTensors, SeenTokens, first_argmax, prompt_logprobs, sample
 from mmjax.engine.sampling_params import SamplingParams
 
 V = 37  # vocabulary: prime, distinct from every batch size below
@@ -45,6 +45,20 @@ def test_greedy_rows_take_argmax_and_padding_rows_are_greedy():
     out = draw(logits, params, pad_to=7)
     np.testing.assert_array_equal(out.tokens, logits.argmax(-1))
     assert out.tokens.dtype == np.int32 and out.tokens.shape == (7,)
+
+
+def test_first_argmax_is_numpys_argmax_on_ties_infinities_and_nan():
+    rng = np.random.default_rng(3)
+    rows = [
+        rng.integers(0, 3, size=V).astype(np.float32),  # many ties: the first maximum wins
+        np.full(V, -np.inf, np.float32),  # a fully masked row: index 0
+        np.where(np.arange(V) % 5 == 0, np.inf, 0.0).astype(np.float32),  # several +inf
+        np.where(np.arange(V) == 11, np.nan, rng.normal(size=V)).astype(np.float32),  # NaN counts as the max
+        np.where(np.isin(np.arange(V), [4, 20]), np.nan, np.inf).astype(np.float32),  # the first NaN
+        random_logits(1, seed=9)[0],
+    ]
+    logits = np.stack(rows)
+    np.testing.assert_array_equal(np.asarray(first_argmax(logits)), np.argmax(logits, axis=-1))
 
 
 def test_logprobs_are_raw_log_softmax_whatever_the_temperature():
