@@ -95,6 +95,11 @@ class Request:
         """Prompt plus generated tokens: what a (re)computation must cover."""
         return self.num_prompt_tokens + len(self.output_token_ids)
 
+    @property
+    def max_num_tokens(self) -> int:
+        """The longest this request may grow: its prompt and ``max_tokens`` (the prompt alone without params)."""
+        return self.num_prompt_tokens + getattr(self.params, "max_tokens", 0)
+
     def token_ids(self, start: int, stop: int) -> np.ndarray:
         """Tokens ``[start, stop)`` of prompt + output."""
         prompt = self.processed.token_ids

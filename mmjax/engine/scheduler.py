@@ -132,7 +132,9 @@ class Scheduler:
             replica, n, cached = placed
             self.waiting.popleft()
             start = len(cached) * self.allocators[replica].page_size
-            self.allocators[replica].allocate(request.request_id, start + n, cached)
+            # Its pages reserved as one run up to its longest length: consecutive pages are one stream to attention.
+            self.allocators[replica].allocate(request.request_id, start + n, cached,
+                                              expected_tokens=request.max_num_tokens)
             request.status, request.replica, request.num_computed_tokens = RequestStatus.RUNNING, replica, start
             self.running.append(request)
             chunks.append(ScheduledChunk(request, start, start + n, replica))

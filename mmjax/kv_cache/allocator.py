@@ -14,6 +14,20 @@ pages are shared, counted by reference, and never written again (only full pages
 registered, and a sequence only writes past its last full one). A registered page that
 no sequence holds stays cached, and is reused for new data least recently freed first,
 only once the free list is empty: cached pages cost nothing until the pages run out.
+
+Contiguous sequences: a sequence started with ``expected_tokens`` (its prompt plus the
+tokens it may generate) gets a *reservation*: a run of consecutive pages it takes its
+new pages from, in order, as it grows. Pages never handed out yet are taken in order
+from a frontier, so a reservation is one run; once they are spent, a reservation comes
+from the recycled pages in ascending order (consecutive where they are). Other sequences
+take reserved pages only when nothing else is free (from the far end of a reservation),
+so reserving never makes an allocation fail. Why: attention on a CPU copies each
+sequence's pages out of the cache every step, and consecutive pages are read as one
+stream. Measured on the 2-core host, a decode step's attention over eight 630-token
+sequences (one layer, a 1,024-page cache) took 1.9 ms with each sequence's pages
+consecutive, 3.5 ms with pages interleaved as lockstep growth from a free list leaves
+them, 3.7 ms with pages in random order. Kernels on GPU/TPU read pages by DMA and do
+not care; the reservation costs them nothing.
 """
 
 from __future__ import annotations
@@ -55,8 +69,11 @@ class PageAllocator:
         self.num_pages = num_pages
         self.page_size = page_size
         self.enable_caching = enable_caching
-        # Popped from the end: low page ids are used first, freed pages are reused first.
-        self._free: list[int] = list(range(num_pages - 1, NULL_PAGE, -1))
+        # Pages [frontier, num_pages) were never handed out: taken in order, reservations carved from them.
+        self._frontier = NULL_PAGE + 1
+        self._free: list[int] = []  # recycled free pages; popped from the end: freed pages are reused first
+        self._reserved: dict[Hashable, collections.deque[int]] = {}  # a sequence's next pages, in order
+        self._num_reserved = 0
         self._seqs: dict[Hashable, _Sequence] = {}
         self._refs = [0] * num_pages
         self._hash_of: dict[int, bytes] = {}  # registered page -> its hash
@@ -65,8 +82,21 @@ class PageAllocator:
 
     @property
     def num_free_pages(self) -> int:
-        """Pages a new sequence can take: free ones and cached ones no sequence holds."""
-        return len(self._free) + len(self._evictable)
+        """Pages a new sequence can take: free ones (reserved or not) and cached ones no sequence holds."""
+        return len(self._free) + self._num_fresh + self._num_reserved + len(self._evictable)
+
+    @property
+    def _num_fresh(self) -> int:
+        return self.num_pages - self._frontier
+
+    def free_page_ids(self) -> set[int]:
+        """Pages holding nothing: never used, freed, or reserved but not yet taken (not the cached ones)."""
+        reserved = {p for pages in self._reserved.values() for p in pages}
+        return set(self._free) | set(range(self._frontier, self.num_pages)) | reserved
+
+    def reserved_pages(self, seq_id: Hashable) -> tuple[int, ...]:
+        """The pages ``seq_id`` will take next as it grows, in order (empty: it has no reservation)."""
+        return tuple(self._reserved.get(seq_id, ()))
 
     @property
     def num_cached_pages(self) -> int:
@@ -145,11 +175,14 @@ class PageAllocator:
 
     # -- sequences -----------------------------------------------------------------------
 
-    def allocate(self, seq_id: Hashable, num_tokens: int, cached_pages: Sequence[int] = ()) -> list[int]:
+    def allocate(self, seq_id: Hashable, num_tokens: int, cached_pages: Sequence[int] = (), *,
+                 expected_tokens: int | None = None) -> list[int]:
         """Starts a sequence holding `num_tokens` tokens; returns the slots of those past ``cached_pages``.
 
         ``cached_pages``: from ``cached_prefix``; the sequence's first ``len(cached_pages)`` full
         pages, shared, whose tokens are already computed.
+        ``expected_tokens``: the length the sequence may grow to; its pages are then reserved
+        as one run where free pages allow (see the module docstring). Never makes it fail.
         """
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} is already allocated")
@@ -167,6 +200,8 @@ class PageAllocator:
             self._hold(page)
         self._seqs[seq_id] = _Sequence(pages=list(cached_pages), num_tokens=cached_tokens,
                                        num_registered=len(cached_pages))
+        if expected_tokens is not None:
+            self._reserve_run(seq_id, -(-max(expected_tokens, num_tokens) // self.page_size) - len(cached_pages))
         return self._append(seq_id, num_tokens - cached_tokens)
 
     def append_slots(self, seq_id: Hashable, num_tokens: int = 1) -> list[int]:
@@ -178,6 +213,7 @@ class PageAllocator:
     def free(self, seq_id: Hashable) -> None:
         """Releases all pages of `seq_id`: registered ones stay cached, the others go to the free list."""
         seq = self._seqs.pop(self._key(seq_id))
+        self._release_reservation(seq_id)
         for page in reversed(seq.pages):  # the tail first: it is evicted first
             self._refs[page] -= 1
             if self._refs[page] == 0:
@@ -199,15 +235,56 @@ class PageAllocator:
             self._evictable.pop(page, None)
         self._refs[page] += 1
 
-    def _take_page(self) -> int:
-        """A page for new data: a free one, else the least recently freed cached one (now forgotten)."""
-        if self._free:
+    def _take_page(self, seq_id: Hashable) -> int:
+        """A page for new data of ``seq_id``: the next of its reservation, else a recycled one, else a
+        never used one, else one reserved by another sequence (from the far end of the longest
+        reservation), else the least recently freed cached one (now forgotten)."""
+        own = self._reserved.get(seq_id)
+        if own:
+            page = own.popleft()
+            self._num_reserved -= 1
+        elif self._free:
             page = self._free.pop()
+        elif self._num_fresh:
+            page = self._frontier
+            self._frontier += 1
+        elif self._num_reserved:
+            page = max(self._reserved.values(), key=len).pop()
+            self._num_reserved -= 1
         else:
             page, _ = self._evictable.popitem(last=False)
             del self._page_of[self._hash_of.pop(page)]
         self._refs[page] = 1
         return page
+
+    def _reserve_run(self, seq_id: Hashable, num_pages: int) -> None:
+        """Reserve up to ``num_pages`` consecutive free pages for ``seq_id`` (fewer where fewer are free
+        without touching other reservations or cached pages): never used ones if enough are left, else
+        the recycled ones in ascending order."""
+        if num_pages <= 0:
+            return
+        if self._num_fresh >= num_pages:
+            run = range(self._frontier, self._frontier + num_pages)
+            self._frontier += num_pages
+        else:
+            fresh = range(self._frontier, self.num_pages)
+            self._frontier = self.num_pages
+            self._free.extend(fresh)
+            self._free.sort(reverse=True)  # popped from the end: ascending
+            run = [self._free.pop() for _ in range(min(num_pages, len(self._free)))]
+        if run:
+            self._reserved[seq_id] = collections.deque(run)
+            self._num_reserved += len(run)
+
+    def _release_reservation(self, seq_id: Hashable) -> None:
+        """Give back the pages ``seq_id`` reserved and did not take; the run's tail goes back to the frontier."""
+        pages = self._reserved.pop(seq_id, None)
+        if not pages:
+            return
+        self._num_reserved -= len(pages)
+        while pages and pages[-1] == self._frontier - 1:
+            self._frontier = pages.pop()
+        self._free.extend(reversed(pages))
 
     def _reserve(self, seq_id: Hashable, num_tokens: int) -> None:
         if num_tokens < 0:
@@ -219,7 +296,7 @@ class PageAllocator:
     def _append(self, seq_id: Hashable, num_tokens: int) -> list[int]:
         seq = self._seqs[seq_id]
         for _ in range(self.pages_needed(seq_id, num_tokens)):
-            seq.pages.append(self._take_page())
+            seq.pages.append(self._take_page(seq_id))
         start = seq.num_tokens
         seq.num_tokens += num_tokens
         return self.slots(seq_id, start, seq.num_tokens)

@@ -11,16 +11,20 @@ from mmjax.kv_cache import NULL_PAGE, OutOfPagesError, PageAllocator
 
 
 def _snapshot(alloc: PageAllocator):
-    return (alloc.num_free_pages, {s: (alloc.block_table(s), alloc.num_tokens(s)) for s in alloc.sequences()},
-            copy.copy(alloc._free))
+    return (alloc.num_free_pages, {s: (alloc.block_table(s), alloc.num_tokens(s), alloc.reserved_pages(s))
+                                   for s in alloc.sequences()}, alloc.free_page_ids(), copy.copy(alloc._free))
 
 
 def _check_invariants(alloc: PageAllocator) -> None:
     owned = [p for s in alloc.sequences() for p in alloc.block_table(s)]
     assert len(owned) == len(set(owned)), "a page is owned twice"
     assert NULL_PAGE not in owned, "the null page was handed out"
-    assert set(owned).isdisjoint(alloc._free), "a page is both owned and free"
-    assert len(owned) + alloc.num_free_pages == alloc.num_pages - 1
+    free = alloc.free_page_ids()
+    assert set(owned).isdisjoint(free), "a page is both owned and free"
+    assert NULL_PAGE not in free
+    assert len(owned) + alloc.num_free_pages == alloc.num_pages - 1 == len(owned) + len(free)
+    reserved = [p for s in alloc.sequences() for p in alloc.reserved_pages(s)]
+    assert len(reserved) == len(set(reserved)) and set(reserved) <= free, "a reserved page is owned or reserved twice"
     for s in alloc.sequences():
         assert len(alloc.block_table(s)) == -(-alloc.num_tokens(s) // alloc.page_size)
 
@@ -80,7 +84,9 @@ def test_random_operation_sequence_keeps_invariants():
             if op < 0.3 or not live:
                 before = _snapshot(alloc)
                 try:
-                    alloc.allocate(next_id, rng.randint(0, 12))
+                    n = rng.randint(0, 12)
+                    expected = rng.choice([None, n, n + rng.randint(0, 20)])  # reservations, some stolen from
+                    alloc.allocate(next_id, n, expected_tokens=expected)
                     next_id += 1
                 except OutOfPagesError:
                     failures += 1
@@ -103,3 +109,50 @@ def test_random_operation_sequence_keeps_invariants():
     for seq in alloc.sequences():
         alloc.free(seq)
     assert alloc.num_free_pages == alloc.num_pages - 1
+
+
+def lockstep(alloc: PageAllocator, prompt: int, steps: int, expected: int | None) -> list[tuple[int, ...]]:
+    """Four sequences admitted together, then grown one token each per step (a decode batch)."""
+    for seq in range(4):
+        alloc.allocate(seq, prompt, expected_tokens=expected)
+    for _ in range(steps):
+        for seq in range(4):
+            alloc.append_slots(seq)
+    return [alloc.block_table(seq) for seq in range(4)]
+
+
+def is_one_run(table: tuple[int, ...]) -> bool:
+    return all(b == a + 1 for a, b in zip(table, table[1:]))
+
+
+def test_sequences_with_an_expected_length_grow_in_consecutive_pages():
+    grown = lockstep(PageAllocator(num_pages=64, page_size=4), prompt=10, steps=20, expected=30)
+    assert all(len(t) == 8 and is_one_run(t) for t in grown)
+    # Without one, lockstep growth interleaves the sequences' pages (what the reservation is for).
+    interleaved = lockstep(PageAllocator(num_pages=64, page_size=4), prompt=10, steps=20, expected=None)
+    assert not any(is_one_run(t) for t in interleaved)
+
+
+def test_a_reservation_never_makes_another_allocation_fail_and_is_given_back():
+    alloc = PageAllocator(num_pages=11, page_size=2)  # 10 usable pages
+    alloc.allocate("long", 2, expected_tokens=20)  # reserves all 10 pages, holds 1
+    assert alloc.num_free_pages == 9 and len(alloc.reserved_pages("long")) == 9
+    alloc.allocate("other", 12)  # 6 pages: taken from the far end of the reservation
+    assert alloc.block_table("other") == (10, 9, 8, 7, 6, 5)
+    assert alloc.reserved_pages("long") == (2, 3, 4)  # its next pages are still its own, in order
+    assert alloc.append_slots("long", 3) and alloc.block_table("long") == (1, 2, 3)
+    alloc.free("long")
+    alloc.free("other")
+    assert alloc.num_free_pages == 10 and alloc.free_page_ids() == set(range(1, 11))
+    alloc.allocate("again", 4, expected_tokens=20)  # the recycled pages, in ascending order: one run again
+    assert alloc.block_table("again") == (1, 2) and alloc.reserved_pages("again") == tuple(range(3, 11))
+
+
+def test_reservations_come_from_recycled_pages_in_ascending_order_once_the_fresh_ones_are_spent():
+    alloc = PageAllocator(num_pages=9, page_size=1)
+    for seq in range(8):
+        alloc.allocate(seq, 1)  # every page handed out once
+    for seq in (6, 2, 3, 7):
+        alloc.free(seq)  # pages 3, 4, 7, 8 are free, in that disorder on the free list
+    alloc.allocate("new", 2, expected_tokens=4)
+    assert alloc.block_table("new") == (3, 4) and alloc.reserved_pages("new") == (7, 8)

@@ -86,11 +86,11 @@ def test_the_same_content_twice_keeps_the_first_copy_and_a_reset_forgets_everyth
     assert alloc.cached_prefix(_hashes(1)) == list(alloc.block_table("a")) and alloc.num_cached_pages == 1
     b_page = alloc.block_table("b")[0]
     alloc.free("b")
-    assert b_page in alloc._free  # the duplicate was never registered: it is simply free
+    assert b_page in alloc.free_page_ids()  # the duplicate was never registered: it is simply free
     alloc.reset_cache()
     assert alloc.cached_prefix(_hashes(1)) == [] and alloc.num_cached_pages == 0
     alloc.free("a")
-    assert alloc.num_free_pages == 7 and len(alloc._free) == 7
+    assert alloc.num_free_pages == 7 and len(alloc.free_page_ids()) == 7
 
 
 def test_without_caching_nothing_is_found_and_misuse_is_refused():
@@ -139,8 +139,8 @@ def test_random_operations_keep_every_page_accounted_for():
         assert NULL_PAGE not in refs
         assert all(alloc._refs[p] == n for p, n in refs.items())
         unheld = set(range(1, 12)) - set(refs)
-        assert set(alloc._free) | set(alloc._evictable) == unheld  # every page held, free or cached
-        assert not set(alloc._free) & set(alloc._evictable)
+        assert alloc.free_page_ids() | set(alloc._evictable) == unheld  # every page held, free or cached
+        assert not alloc.free_page_ids() & set(alloc._evictable)
         assert alloc.num_free_pages == len(unheld)
         for page_hash, page in alloc._page_of.items():  # a found page is never shared with other content
             assert alloc._hash_of[page] == page_hash
