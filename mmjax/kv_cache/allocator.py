@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 NULL_PAGE = 0
 
@@ -72,6 +72,7 @@ class PageAllocator:
         # Pages [frontier, num_pages) were never handed out: taken in order, reservations carved from them.
         self._frontier = NULL_PAGE + 1
         self._free: list[int] = []  # recycled free pages; popped from the end: freed pages are reused first
+        self._free_descending = True  # _free is sorted high to low (reservations pop ascending runs from it)
         self._reserved: dict[Hashable, collections.deque[int]] = {}  # a sequence's next pages, in order
         self._num_reserved = 0
         self._seqs: dict[Hashable, _Sequence] = {}
@@ -166,7 +167,7 @@ class PageAllocator:
 
     def reset_cache(self) -> None:
         """Forget every registered page (their K/V are gone); pages held by sequences stay held."""
-        self._free.extend(reversed(self._evictable))
+        self._recycle(reversed(self._evictable))
         self._evictable.clear()
         self._page_of.clear()
         self._hash_of.clear()
@@ -220,7 +221,7 @@ class PageAllocator:
                 if page in self._hash_of:
                     self._evictable[page] = None
                 else:
-                    self._free.append(page)
+                    self._recycle((page,))
 
     def slots(self, seq_id: Hashable, start: int, stop: int) -> list[int]:
         """Flat slot ids (page * page_size + offset) of tokens [start, stop) of `seq_id`."""
@@ -267,10 +268,11 @@ class PageAllocator:
             run = range(self._frontier, self._frontier + num_pages)
             self._frontier += num_pages
         else:
-            fresh = range(self._frontier, self.num_pages)
+            self._recycle(range(self._frontier, self.num_pages))
             self._frontier = self.num_pages
-            self._free.extend(fresh)
-            self._free.sort(reverse=True)  # popped from the end: ascending
+            if not self._free_descending:  # sorted once after the free list changed, not every admission
+                self._free.sort(reverse=True)
+                self._free_descending = True
             run = [self._free.pop() for _ in range(min(num_pages, len(self._free)))]
         if run:
             self._reserved[seq_id] = collections.deque(run)
@@ -284,7 +286,14 @@ class PageAllocator:
         self._num_reserved -= len(pages)
         while pages and pages[-1] == self._frontier - 1:
             self._frontier = pages.pop()
-        self._free.extend(reversed(pages))
+        self._recycle(reversed(pages))
+
+    def _recycle(self, pages: Iterable[int]) -> None:
+        """Put pages holding nothing on the free list."""
+        size = len(self._free)
+        self._free.extend(pages)
+        if len(self._free) > size:
+            self._free_descending = False
 
     def _reserve(self, seq_id: Hashable, num_tokens: int) -> None:
         if num_tokens < 0:

@@ -108,7 +108,7 @@ class CheckpointReader:
             if canonical in self._raw_name:
                 raise ValueError(f"tensors {self._raw_name[canonical]!r} and {raw!r} are the same parameter")
             self._raw_name[canonical] = raw
-        self._handles: dict[tuple[str, str], object] = {}
+        self._handles: dict[str, object] = {}
 
     def _tensor_files(self) -> dict[str, str]:
         index = os.path.join(self.directory, INDEX_FILE)
@@ -121,7 +121,7 @@ class CheckpointReader:
         single = os.path.join(self.directory, SINGLE_FILE)
         if not os.path.exists(single):
             raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {self.directory}")
-        with open_safetensors(single, framework="flax") as f:
+        with open_safetensors(single) as f:
             return {name: SINGLE_FILE for name in f.keys()}
 
     def canonical(self, raw: str) -> str:
@@ -156,11 +156,12 @@ class CheckpointReader:
             return raw_prefix + canonical[len(canon_prefix):]
         return canonical
 
-    def _open(self, raw: str, framework: str = "flax"):
+    def _open(self, raw: str):
+        """The file holding ``raw``, opened once (tensors come out as host arrays)."""
         file = self._files[raw]
-        if (file, framework) not in self._handles:
-            self._handles[file, framework] = open_safetensors(os.path.join(self.directory, file), framework)
-        handle = self._handles[file, framework]
+        if file not in self._handles:
+            self._handles[file] = open_safetensors(os.path.join(self.directory, file))
+        handle = self._handles[file]
         if raw not in handle.keys():
             raise KeyError(f"tensor {raw!r} is listed in {INDEX_FILE} under {file}, which does not contain it")
         return handle
@@ -172,7 +173,7 @@ class CheckpointReader:
     def read(self, canonical: str) -> np.ndarray:
         """The whole tensor, as a host array in the checkpoint's layout."""
         raw = self._raw_name[canonical]
-        return self._open(raw, "numpy").get_tensor(raw)
+        return self._open(raw).get_tensor(raw)
 
     def read_slice(self, canonical: str, index: tuple[slice, ...], permutation: tuple[int, ...] | None) -> np.ndarray:
         """One block of a tensor, as a host array in our layout: ``index`` is in our axes,
@@ -182,7 +183,7 @@ class CheckpointReader:
         hf_index = [slice(None)] * len(index)
         for ours, theirs in enumerate(perm):
             hf_index[theirs] = index[ours]
-        block = self._open(raw, "numpy").get_slice(raw)[tuple(hf_index)]
+        block = self._open(raw).get_slice(raw)[tuple(hf_index)]
         return np.transpose(block, perm) if permutation is not None else block
 
     def close(self) -> None:
@@ -209,14 +210,14 @@ def _read_weight_map(index: str) -> dict[str, str]:
     return weight_map
 
 
-def open_safetensors(file: str, framework: str = "flax"):
-    """``safe_open(file)``, or a ``ValueError`` naming the file and saying how it is broken.
+def open_safetensors(file: str):
+    """``safe_open(file)`` (tensors as numpy arrays), or a ``ValueError`` naming the file and saying how it is broken.
 
     safetensors checks at open that the header parses and that its tensors'
     byte ranges lie inside the file, so truncation anywhere is caught here.
     """
     try:
-        return safe_open(file, framework=framework)
+        return safe_open(file, framework="numpy")
     except SafetensorError as err:
         raise ValueError(f"{file} {describe_broken_safetensors(file)} (safetensors: {err})") from err
 
