@@ -263,7 +263,9 @@ def main() -> None:
         print(json.dumps({"first_call_s": first_call(args.first_call, args.checkpoint, args.batch, args.new_tokens)}))
         return
     path = make_checkpoint(tempfile.mkdtemp(prefix="mmjax-bench-"))
-    cache = {"MMJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-xla-cache-")}
+    # A new user's first process (it builds the CPU kernel and compiles every program), then a second one.
+    cache = {"MMJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-xla-cache-"),
+             "MMJAX_KERNEL_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-kernels-")}
     first = {"mmjax_empty_cache": first_call_in_fresh_process("mmjax", path, args, cache),
              "mmjax_warm_cache": first_call_in_fresh_process("mmjax", path, args, cache),
              "transformers": first_call_in_fresh_process("transformers", path, args, {})}

@@ -1,10 +1,11 @@
 """Attention over the paged KV cache: one home for the dispatch, the decoder's seam and the sharded wrapper.
 
-Above ``kernels_pallas`` (arrays in, arrays out) and ``kv_cache`` (pages,
-allocator, metadata), below the models and the engine:
+Above ``kernels_pallas`` and ``kernels_cpu`` (arrays in, arrays out) and
+``kv_cache`` (pages, allocator, metadata), below the models and the engine:
 
-- ``paged_attention`` / ``write_and_attend``: the kernel, the XLA path or the
-  reference for one layer's pages (``resolve_impl`` picks by backend);
+- ``paged_attention`` / ``write_and_attend``: a Pallas kernel, the native CPU
+  kernel, the XLA path or the reference for one layer's pages (``resolve_impl``
+  picks by backend);
 - ``PagedAttend``: the decoder's ``Attend`` over the cache, pages in and out;
 - ``sharded_write_and_attend``: the same per device under ``shard_map`` on a mesh.
 """

@@ -1,17 +1,20 @@
-"""`paged_attention`: the Pallas kernel on GPU/TPU, plain XLA on CPU, over one layer's pages.
+"""`paged_attention`: the Pallas kernel on GPU/TPU, the native kernel on CPU, over one layer's pages.
 
 It takes the layer's `KVPages` and the step's `AttentionMetadata` and hands
-their arrays to a kernel (`mmjax.kernels_pallas`, which sees only arrays).
+their arrays to a kernel (`mmjax.kernels_pallas`, `mmjax.kernels_cpu`: they see only arrays).
 `write_and_attend` is the whole step of a layer (store this step's K/V, then
 attend), returning the new pages.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Literal
 
 import jax
 
+from mmjax.kernels_cpu import kernel_unavailable, ragged_paged_attention_cpu
 from mmjax.kernels_pallas.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
@@ -21,21 +24,28 @@ from mmjax.kernels_pallas.ragged_paged_attention_tiled import (
 from mmjax.kv_cache import AttentionMetadata, KVPages, write_kv_to_pages
 from mmjax.types import Array, Float, shape_checked
 
-Impl = Literal["auto", "pallas", "xla", "reference"]
-IMPLS = ("auto", "pallas", "xla", "reference")
+Impl = Literal["auto", "pallas", "cpu", "xla", "reference"]
+IMPLS = ("auto", "pallas", "cpu", "xla", "reference")
+_log = logging.getLogger(__name__)
 
 
 def resolve_impl(impl: Impl) -> str:
-    """"auto" -> "pallas" on GPU/TPU, "xla" elsewhere.
+    """"auto" -> "pallas" on GPU/TPU, "cpu" (the native CPU kernel) elsewhere.
 
-    "xla" is the plain-XLA path for hosts without a kernel (``ragged_paged_attention_tiled``):
-    its loop over K/V blocks stops at the step's real context, as the kernels do.
+    "xla" is the plain-XLA path (``ragged_paged_attention_tiled``): its loop over
+    K/V blocks stops at the step's real context, as the kernels do. "auto" falls
+    back to it where the CPU kernel cannot be built (no C++ compiler).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "cpu"
     return impl
+
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    _log.warning("mmjax: the CPU attention kernel is not used (%s); attention runs as plain XLA, slower", reason)
 
 
 @shape_checked
@@ -55,7 +65,15 @@ def paged_attention(
     """
     args = (q, pages.k, pages.v, metadata.kv_lens, metadata.block_tables, metadata.cu_q_lens,
             metadata.num_seqs)
-    impl = resolve_impl(impl)
+    requested, impl = impl, resolve_impl(impl)
+    if impl == "cpu":
+        reason = kernel_unavailable(q.shape[2], q.dtype)
+        if reason is None:
+            return ragged_paged_attention_cpu(*args, sm_scale=sm_scale)
+        if requested == "cpu":
+            raise ValueError(f"impl='cpu': the CPU attention kernel cannot run: {reason}")
+        _warn_fallback(reason)
+        impl = "xla"
     if impl == "xla":  # decode steps: one-token tiles, one per sequence
         decode = metadata.max_q_len == 1
         return ragged_paged_attention_tiled(*args, sm_scale=sm_scale, block_q=1 if decode else DEFAULT_BLOCK_Q,

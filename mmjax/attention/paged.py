@@ -30,7 +30,7 @@ class PagedAttend:
 
     Attributes:
       metadata: the step's attention metadata (fields with a leading ``R``).
-      impl: "auto", "pallas", "xla" or "reference" (``mmjax.attention.resolve_impl``).
+      impl: "auto", "pallas", "cpu", "xla" or "reference" (``mmjax.attention.resolve_impl``).
       mesh: the pages are split over its "data" (pages) and "model" (KV heads)
         axes; each device attends with its own replica's tokens and its own
         heads (``mmjax.attention.sharded``). None on one device.

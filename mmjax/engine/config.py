@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmjax.attention.dispatch import IMPLS
 from mmjax.engine.defaults import default_batch_sizes, default_encoder_batch
 
 
@@ -26,8 +27,8 @@ class EngineConfig:
       kv_cache_bytes: bytes of KV cache per device (overrides the memory plan).
       memory_utilization: share of an accelerator's memory the engine may use.
       max_model_len: longest sequence (prompt + output); default: the model's context.
-      impl: attention implementation: "auto" (Pallas on GPU/TPU, plain XLA on CPU),
-        "pallas", "xla" or "reference".
+      impl: attention implementation: "auto" (Pallas on GPU/TPU, the native kernel on CPU,
+        plain XLA where it cannot be built), "pallas", "cpu", "xla" or "reference".
       max_encoder_batch: most requests whose items one encoder call takes (those a step
         starts, with inputs of one shape, padded to a power of two). Default: 8 on GPU/TPU,
         1 on CPU, where batching measured slower (``mmjax.engine.defaults``).
@@ -72,8 +73,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.num_pages must be >= 2 (page 0 is reserved), got {self.num_pages}")
         if not 0 < self.memory_utilization <= 1:
             raise ValueError(f"EngineConfig.memory_utilization must be in (0, 1], got {self.memory_utilization}")
-        if self.impl not in ("auto", "pallas", "xla", "reference"):
-            raise ValueError(f"EngineConfig.impl must be 'auto', 'pallas', 'xla' or 'reference', got {self.impl!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"EngineConfig.impl must be one of {IMPLS}, got {self.impl!r}")
 
     def _fill_batch_sizes(self) -> None:
         """Unset batch sizes take the backend's defaults (a budget set alone bounds the sequences)."""

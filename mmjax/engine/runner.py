@@ -39,7 +39,7 @@ class ModelRunner:
       placement: where the arrays go (one device or the mesh).
       num_pages: KV pages of each replica (from the memory plan).
       dtype: the KV cache's and the arena's dtype (the parameters').
-      impl: the attention implementation ("auto", "pallas", "xla", "reference").
+      impl: the attention implementation ("auto", "pallas", "cpu", "xla", "reference").
     """
 
     def __init__(self, graphdef: nnx.GraphDef, state: nnx.State, *, shapes: StepShapes, placement: Placement,

@@ -82,7 +82,7 @@ def validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_s
 _ARRAY_ARGS = ("q", "k_pages", "v_pages", "kv_lens", "block_tables", "cu_q_lens", "num_seqs")
 
 
-def _validated(fn):
+def with_validated_inputs(fn):
     """``fn`` that first runs ``validate_inputs`` on its array arguments.
 
     It sits outside ``shape_checked``, so a bad input raises the ValueError that
@@ -100,7 +100,7 @@ def _validated(fn):
 
 
 @functools.partial(jax.jit, static_argnames=("sm_scale", "max_q_len"))
-@_validated
+@with_validated_inputs
 @shape_checked
 def ragged_paged_attention_reference(
     q: Float[Array, "T N H"],
@@ -170,7 +170,7 @@ def _default_backend(interpret) -> str:
     jax.jit,
     static_argnames=("sm_scale", "backend", "block_q", "pages_per_block", "max_q_len", "interpret"),
 )
-@_validated
+@with_validated_inputs
 @shape_checked
 def ragged_paged_attention(
     q: Float[Array, "T N H"],

@@ -12,9 +12,10 @@ from mmjax.kv_cache import KVPages, PageAllocator, build_attention_metadata, ini
 from paged_cases import dense_attention, make_case
 
 
-def test_auto_is_the_xla_path_on_cpu():
-    assert resolve_impl("auto") == "xla"
+def test_auto_is_the_native_kernel_on_cpu():
+    assert resolve_impl("auto") == "cpu"
     assert resolve_impl("pallas") == "pallas" and resolve_impl("reference") == "reference"
+    assert resolve_impl("xla") == "xla"
     with pytest.raises(ValueError, match="impl: expected one of"):
         resolve_impl("triton")
 
@@ -24,11 +25,12 @@ def test_impls_agree():
     case = make_case(rng, [(10, 3), (4, 1)], num_kv_heads=2, group=2, head_dim=16, page_size=4)
     q, k_pages, v_pages, *_ = case.args()
     pages = KVPages(k_pages, v_pages)
-    auto = paged_attention(q, pages, case.metadata)  # a prefill step: the tiled XLA path
+    auto = paged_attention(q, pages, case.metadata)  # the native CPU kernel
     reference = paged_attention(q, pages, case.metadata, impl="reference")
+    xla = paged_attention(q, pages, case.metadata, impl="xla")
     pallas = paged_attention(q, pages, case.metadata, impl="pallas", backend="gpu")
     np.testing.assert_allclose(np.asarray(auto[:4]), dense_attention(case)[:4], rtol=2e-5, atol=2e-5)
-    for other in (reference, pallas):
+    for other in (reference, xla, pallas):
         np.testing.assert_allclose(np.asarray(other), np.asarray(auto), rtol=2e-5, atol=2e-5)
 
 

@@ -1,0 +1,115 @@
+"""Builds a C++ kernel into a shared library once per machine, and keeps it in the user's cache.
+
+The library is compiled on first use with the host's C++ compiler, against the
+XLA FFI headers that ship with jaxlib (``jax.ffi.include_dir()``), for this
+CPU (``-march=native``), and stored under ``$XDG_CACHE_HOME/mmjax/kernels``
+(or ``~/.cache/mmjax/kernels``; ``MMJAX_KERNEL_CACHE`` names another
+directory). Its file name is a hash of everything the binary depends on: the
+source, the flags, the compiler's version, jaxlib's version and the CPU's
+model and feature flags, so a home directory shared by different machines
+keeps one build per kind of CPU and a changed source is rebuilt. A build is
+written to a temporary file and renamed into place, so processes building
+at once never load a half-written library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+
+#: Optimisation flags; -march=native is dropped if the compiler refuses it.
+OPT_FLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+BASE_FLAGS = ("-std=c++17", "-shared", "-fPIC")
+
+
+class KernelBuildError(RuntimeError):
+    """No C++ compiler, or the compiler failed; the message says which and how."""
+
+
+def kernel_cache_dir() -> Path:
+    setting = os.environ.get("MMJAX_KERNEL_CACHE")
+    if setting:
+        return Path(setting).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mmjax" / "kernels"
+
+
+def find_compiler() -> list[str]:
+    """The C++ compiler command: ``$CXX``, else Python's own, else c++ / g++ / clang++ on PATH."""
+    for candidate in (os.environ.get("CXX"), sysconfig.get_config_var("CXX")):
+        if candidate:
+            command = shlex.split(candidate)
+            if shutil.which(command[0]):
+                return command
+    for name in ("c++", "g++", "clang++"):
+        if shutil.which(name):
+            return [name]
+    raise KernelBuildError(
+        "no C++ compiler found (set CXX, or install g++ or clang++) to build mmjax's CPU attention kernel")
+
+
+def _cpu_identity() -> str:
+    """Model name and feature flags: what -march=native compiles for."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")]
+    return "\n".join(sorted(set(keep)))
+
+
+def _compiler_version(compiler: list[str]) -> str:
+    try:
+        return subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise KernelBuildError(f"the C++ compiler {compiler[0]!r} does not run: {error}") from error
+
+
+def _compile(compiler: list[str], flags: list[str], source: Path, target: Path) -> subprocess.CompletedProcess:
+    command = [*compiler, *flags, "-I", jax.ffi.include_dir(), str(source), "-o", str(target)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def build_library(source: Path, defines: dict[str, int | str]) -> Path:
+    """Path of the shared library of ``source`` with ``-D`` `defines`, built now if not cached.
+
+    Raises KernelBuildError (with the compiler's message) if it cannot be built.
+    """
+    compiler = find_compiler()
+    define_flags = [f"-D{name}={value}" for name, value in sorted(defines.items())]
+    opt_flags = list(OPT_FLAGS)
+    identity = "\n".join([source.read_text(), " ".join(compiler), " ".join(define_flags + opt_flags),
+                          _compiler_version(compiler), jaxlib.__version__, platform.machine(), _cpu_identity()])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
+    directory = kernel_cache_dir()
+    target = directory / f"{source.stem}-{digest}.so"
+    if target.exists():
+        return target
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=directory, prefix=f".{source.stem}-", suffix=".so")
+        os.close(handle)
+    except OSError as error:
+        raise KernelBuildError(f"cannot write the kernel cache {directory}: {error} (set MMJAX_KERNEL_CACHE)") from error
+    try:
+        result = _compile(compiler, [*BASE_FLAGS, *opt_flags, *define_flags], source, Path(partial))
+        if result.returncode and "-march=native" in opt_flags:  # a compiler that does not know this CPU
+            opt_flags.remove("-march=native")
+            result = _compile(compiler, [*BASE_FLAGS, *opt_flags, *define_flags], source, Path(partial))
+        if result.returncode:
+            raise KernelBuildError(f"{' '.join(compiler)} failed to build {source.name}:\n{result.stderr[-4000:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target

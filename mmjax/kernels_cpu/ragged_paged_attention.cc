@@ -1,0 +1,359 @@
+// Ragged paged attention for CPUs: an XLA FFI custom call that reads K/V pages in place.
+//
+// Same contract as mmjax.kernels_pallas.ragged_paged_attention_reference:
+//   q [T, N, H], k_pages / v_pages [K, A, G, H] (KV heads, pages, page size, head dim),
+//   kv_lens [B], block_tables [B, W], cu_q_lens [B+1], num_seqs [1]  ->  out [T, N, H].
+// Sequence b's query tokens are q[cu_q_lens[b]:cu_q_lens[b+1]], its last tokens,
+// attending causally over its first kv_lens[b] keys; query head n reads KV head
+// n / (N / K). Tokens of no live sequence come out as zeros. float32 or bfloat16
+// in and out; logits, softmax and the running sums are float32.
+//
+// Why a custom call: XLA's CPU backend copies every gathered page out of the
+// cache before it multiplies (a gather fusion at ~10 GB/s, three quarters of
+// the plain-XLA path's attention time in a decode step). Here each K/V page of
+// a KV head is a contiguous [G, H] tile that is read where it lies.
+//
+// Work items are (sequence, KV head, tile of up to kTileTokens query tokens),
+// spread over XLA's intra-op thread pool. A tile's rows are (token, query head of
+// the group); it walks its keys in blocks of kBlockKeys up to its last query
+// (causal), with one online-softmax update per block:
+//   S = Q_tile K_block^T (K transposed into a small buffer so the inner loop runs
+//   over keys), masked, then acc = alpha * acc + P V_block (V rows read in place).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#ifndef MMJAX_HEAD_DIM  // one build per head dim (mmjax.kernels_cpu.build passes it)
+#error "compile with -DMMJAX_HEAD_DIM=<head dim>"
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kBlockKeys = 64;   // keys per online-softmax update
+constexpr int kTileTokens = 64;  // query tokens per work item (prefill)
+constexpr int kRowBlock = 4;     // query rows per register block
+constexpr int kManyRows = 8;     // from this many rows a tile transposes its K blocks
+constexpr float kMaskValue = -0.7f * 3.4028234663852886e38f;  // finite: exp(mask - mask) never NaN
+
+// ---- element types ---------------------------------------------------------
+
+struct BF16 {
+  uint16_t bits;
+};
+
+inline float ToFloat(float x) { return x; }
+inline float ToFloat(BF16 x) {
+  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline void FromFloat(float x, float* out) { *out = x; }
+inline void FromFloat(float x, BF16* out) {  // round to nearest even; NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    out->bits = static_cast<uint16_t>((u >> 16) | 0x40u);
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  out->bits = static_cast<uint16_t>(u >> 16);
+}
+
+// exp(x) for x <= 0 (every argument here is a logit minus its running max),
+// written so the compiler vectorizes it (libm's expf does not). Cody-Waite
+// range reduction and a degree-6 polynomial: relative error < 2e-7; exp(x) for
+// x < -87 flushes to 0.
+inline float ExpNonPositive(float x) {
+  x = std::max(x, -87.0f);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// ---- the problem -----------------------------------------------------------
+
+template <typename T>
+struct Problem {
+  const T* q;
+  const T* k_pages;
+  const T* v_pages;
+  const int32_t* kv_lens;
+  const int32_t* block_tables;
+  const int32_t* cu_q_lens;
+  T* out;
+  int64_t num_tokens, num_heads, num_kv_heads, num_pages, page_size, pages_per_seq;
+  float sm_scale;
+
+  // Key `key` of sequence `seq`, KV head `kv_head`: a row of H elements inside its page.
+  const T* KeyRow(const T* pages, int64_t seq, int64_t kv_head, int64_t key, int64_t head_dim) const {
+    int64_t page = block_tables[seq * pages_per_seq + key / page_size];
+    page = std::min<int64_t>(std::max<int64_t>(page, 0), num_pages - 1);  // as XLA's gather clamps
+    return pages + ((kv_head * num_pages + page) * page_size + key % page_size) * head_dim;
+  }
+};
+
+struct WorkItem {
+  int32_t seq, kv_head, first_token, num_tokens;  // tokens: offsets into the sequence's query tokens
+};
+
+// Logits of rows [0, num_rows) against one block of keys, s[r * kBlockKeys + j]. Few rows
+// (decode): one dot product per (row, key) straight from the page. Many rows (prefill):
+// the block is transposed once into kt [H, kBlockKeys] so the inner loop runs over keys,
+// kRowBlock rows at a time, and the transpose is paid once for all rows.
+template <typename T, int H>
+void BlockLogits(const Problem<T>& pr, const WorkItem& item, int64_t key0, int block, const float* qs,
+                 int num_rows, float* kt, float* s) {
+  if (num_rows < kManyRows) {
+    for (int j = 0; j < block; ++j) {
+      const T* k = pr.KeyRow(pr.k_pages, item.seq, item.kv_head, key0 + j, H);
+      for (int r = 0; r < num_rows; ++r) {
+        const float* qr = qs + r * H;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < H; ++d) dot += qr[d] * ToFloat(k[d]);
+        s[r * kBlockKeys + j] = dot;
+      }
+    }
+    return;
+  }
+  for (int j = 0; j < block; ++j) {
+    const T* k = pr.KeyRow(pr.k_pages, item.seq, item.kv_head, key0 + j, H);
+    for (int d = 0; d < H; ++d) kt[d * kBlockKeys + j] = ToFloat(k[d]);
+  }
+  for (int j = block; j < kBlockKeys; ++j)
+    for (int d = 0; d < H; ++d) kt[d * kBlockKeys + j] = 0.0f;
+  for (int r0 = 0; r0 < num_rows; r0 += kRowBlock) {  // rows are padded to whole row blocks
+    float acc[kRowBlock][kBlockKeys] = {};
+    for (int d = 0; d < H; ++d) {
+      const float* kd = kt + d * kBlockKeys;
+      for (int i = 0; i < kRowBlock; ++i) {
+        const float qv = qs[(r0 + i) * H + d];
+#pragma omp simd
+        for (int j = 0; j < kBlockKeys; ++j) acc[i][j] += qv * kd[j];
+      }
+    }
+    std::memcpy(s + r0 * kBlockKeys, acc, sizeof acc);
+  }
+}
+
+// acc[r] += sum_j p[r, j] V[key0 + j], V rows read in place; kRowBlock rows of acc stay in registers.
+template <typename T, int H>
+void AccumulateValues(const Problem<T>& pr, const WorkItem& item, int64_t key0, int block, const float* p,
+                      int num_rows, float* acc) {
+  for (int r0 = 0; r0 < num_rows; r0 += kRowBlock) {
+    const int rows = std::min(kRowBlock, num_rows - r0);
+    float a[kRowBlock][H];
+    for (int i = 0; i < rows; ++i) std::memcpy(a[i], acc + (r0 + i) * H, sizeof a[i]);
+    for (int j = 0; j < block; ++j) {
+      const T* v = pr.KeyRow(pr.v_pages, item.seq, item.kv_head, key0 + j, H);
+      if (rows == kRowBlock) {
+        for (int i = 0; i < kRowBlock; ++i) {
+          const float pj = p[(r0 + i) * kBlockKeys + j];
+#pragma omp simd
+          for (int d = 0; d < H; ++d) a[i][d] += pj * ToFloat(v[d]);
+        }
+      } else {
+        for (int i = 0; i < rows; ++i) {
+          const float pj = p[(r0 + i) * kBlockKeys + j];
+#pragma omp simd
+          for (int d = 0; d < H; ++d) a[i][d] += pj * ToFloat(v[d]);
+        }
+      }
+    }
+    for (int i = 0; i < rows; ++i) std::memcpy(acc + (r0 + i) * H, a[i], sizeof a[i]);
+  }
+}
+
+// One work item: rows r = token * group + g for its tokens and the KV head's group.
+template <typename T, int H>
+void AttendTile(const Problem<T>& pr, const WorkItem& item) {
+  const int64_t group = pr.num_heads / pr.num_kv_heads;
+  const int64_t q_begin = pr.cu_q_lens[item.seq];
+  const int64_t q_len = pr.cu_q_lens[item.seq + 1] - q_begin;
+  const int64_t kv_len = std::min<int64_t>(pr.kv_lens[item.seq], pr.pages_per_seq * pr.page_size);
+  const int64_t pos0 = kv_len - q_len + item.first_token;  // position of the tile's first token
+  const int num_rows = static_cast<int>(item.num_tokens * group);
+  const int padded_rows = num_rows < kManyRows ? num_rows : (num_rows + kRowBlock - 1) / kRowBlock * kRowBlock;
+
+  std::vector<float> qs(padded_rows * H, 0.0f), acc(padded_rows * H, 0.0f);
+  std::vector<float> m(padded_rows, kMaskValue), l(padded_rows, 0.0f), row_pos(padded_rows, -1.0f);
+  std::vector<float> s(padded_rows * kBlockKeys), kt(num_rows < kManyRows ? 0 : H * kBlockKeys);
+  for (int r = 0; r < num_rows; ++r) {
+    const int64_t token = q_begin + item.first_token + r / group;
+    const int64_t head = item.kv_head * group + r % group;
+    const T* src = pr.q + (token * pr.num_heads + head) * H;
+    for (int d = 0; d < H; ++d) qs[r * H + d] = ToFloat(src[d]) * pr.sm_scale;
+    row_pos[r] = static_cast<float>(pos0 + r / group);
+  }
+  const int64_t num_keys = std::min<int64_t>(pos0 + item.num_tokens, kv_len);  // up to the last query
+
+  for (int64_t key0 = 0; key0 < num_keys; key0 += kBlockKeys) {
+    const int block = static_cast<int>(std::min<int64_t>(kBlockKeys, num_keys - key0));
+    BlockLogits<T, H>(pr, item, key0, block, qs.data(), padded_rows, kt.data(), s.data());
+    for (int r = 0; r < num_rows; ++r) {  // online softmax; s becomes p in place
+      float* sr = s.data() + r * kBlockKeys;
+      // Key key0 + j is visible iff it is in the block and at or before the row's position.
+      const float limit = std::min(row_pos[r] - static_cast<float>(key0), static_cast<float>(block - 1));
+      float block_max = kMaskValue;
+#pragma omp simd reduction(max : block_max)
+      for (int j = 0; j < kBlockKeys; ++j) {
+        if (static_cast<float>(j) <= limit) block_max = std::max(block_max, sr[j]);
+      }
+      const float m_new = std::max(m[r], block_max);
+      const float alpha = ExpNonPositive(m[r] - m_new);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < kBlockKeys; ++j) {
+        sr[j] = static_cast<float>(j) <= limit ? ExpNonPositive(sr[j] - m_new) : 0.0f;
+        sum += sr[j];
+      }
+      l[r] = alpha * l[r] + sum;
+      m[r] = m_new;
+      float* ar = acc.data() + r * H;
+#pragma omp simd
+      for (int d = 0; d < H; ++d) ar[d] *= alpha;
+    }
+    AccumulateValues<T, H>(pr, item, key0, block, s.data(), num_rows, acc.data());
+  }
+
+  for (int r = 0; r < num_rows; ++r) {
+    const int64_t token = q_begin + item.first_token + r / group;
+    const int64_t head = item.kv_head * group + r % group;
+    T* dst = pr.out + (token * pr.num_heads + head) * H;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    for (int d = 0; d < H; ++d) FromFloat(acc[r * H + d] * inv, dst + d);
+  }
+}
+
+// ---- parallel loop over work items -----------------------------------------
+
+struct SharedCounter {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable all_done;
+};
+
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t num_items, Fn fn) {
+  auto state = std::make_shared<SharedCounter>();
+  auto work = [state, num_items, fn]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < num_items;) {
+      fn(i);
+      if (state->done.fetch_add(1) + 1 == num_items) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->all_done.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_items) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
+  work();  // the calling thread takes items too; helpers that start late find none left
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->all_done.wait(lock, [&] { return state->done.load() == num_items; });
+}
+
+template <typename T, int H>
+void Run(ffi::ThreadPool& pool, const Problem<T>& pr, int64_t num_seqs) {
+  std::memset(pr.out, 0, pr.num_tokens * pr.num_heads * H * sizeof(T));
+  std::vector<WorkItem> items;
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    const int32_t q_len = pr.cu_q_lens[b + 1] - pr.cu_q_lens[b];
+    for (int32_t t0 = 0; t0 < q_len; t0 += kTileTokens)
+      for (int32_t kh = 0; kh < pr.num_kv_heads; ++kh)
+        items.push_back({static_cast<int32_t>(b), kh, t0, std::min(kTileTokens, q_len - t0)});
+  }
+  // Longest contexts first: the last items to finish are the cheap ones.
+  std::stable_sort(items.begin(), items.end(), [&](const WorkItem& a, const WorkItem& b) {
+    return pr.kv_lens[a.seq] - (pr.cu_q_lens[a.seq + 1] - pr.cu_q_lens[a.seq]) + a.first_token >
+           pr.kv_lens[b.seq] - (pr.cu_q_lens[b.seq + 1] - pr.cu_q_lens[b.seq]) + b.first_token;
+  });
+  ParallelFor(pool, static_cast<int64_t>(items.size()), [&](int64_t i) { AttendTile<T, H>(pr, items[i]); });
+}
+
+template <typename T>
+Problem<T> MakeProblem(ffi::AnyBuffer q, ffi::AnyBuffer k_pages, ffi::AnyBuffer v_pages,
+                       ffi::Buffer<ffi::S32> kv_lens, ffi::Buffer<ffi::S32> block_tables,
+                       ffi::Buffer<ffi::S32> cu_q_lens, float sm_scale, ffi::Result<ffi::AnyBuffer> out) {
+  auto qd = q.dimensions();
+  auto kd = k_pages.dimensions();
+  return Problem<T>{static_cast<const T*>(q.untyped_data()),
+                    static_cast<const T*>(k_pages.untyped_data()),
+                    static_cast<const T*>(v_pages.untyped_data()),
+                    kv_lens.typed_data(), block_tables.typed_data(), cu_q_lens.typed_data(),
+                    static_cast<T*>(out->untyped_data()),
+                    qd[0], qd[1], kd[0], kd[1], kd[2], block_tables.dimensions()[1], sm_scale};
+}
+
+ffi::Error RaggedPagedAttention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k_pages,
+                                ffi::AnyBuffer v_pages, ffi::Buffer<ffi::S32> kv_lens,
+                                ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> cu_q_lens,
+                                ffi::Buffer<ffi::S32> num_seqs, float sm_scale,
+                                ffi::Result<ffi::AnyBuffer> out) {
+  if (q.dimensions().size() != 3 || k_pages.dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("expected q [T, N, H] and pages [K, A, G, H]");
+  if (q.dimensions()[2] != MMJAX_HEAD_DIM || k_pages.dimensions()[3] != MMJAX_HEAD_DIM)
+    return ffi::Error::InvalidArgument("this build of the kernel is for head dim " +
+                                       std::to_string(MMJAX_HEAD_DIM));
+  const int64_t num_batch = kv_lens.dimensions()[0];
+  const int64_t live = std::min<int64_t>(std::max<int32_t>(num_seqs.typed_data()[0], 0), num_batch);
+  // Only sequences whose tokens lie inside q: a malformed cu_q_lens must not read or write past it.
+  const int32_t* cu = cu_q_lens.typed_data();
+  int64_t live_checked = 0;
+  while (live_checked < live && cu[live_checked] >= 0 && cu[live_checked + 1] >= cu[live_checked] &&
+         cu[live_checked + 1] <= q.dimensions()[0])
+    ++live_checked;
+  switch (q.element_type()) {
+    case ffi::DataType::F32:
+      Run<float, MMJAX_HEAD_DIM>(
+          pool, MakeProblem<float>(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, sm_scale, out), live_checked);
+      return ffi::Error::Success();
+    case ffi::DataType::BF16:
+      Run<BF16, MMJAX_HEAD_DIM>(
+          pool, MakeProblem<BF16>(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, sm_scale, out), live_checked);
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("dtype must be float32 or bfloat16");
+  }
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxRaggedPagedAttention, RaggedPagedAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()          // q
+                                  .Arg<ffi::AnyBuffer>()          // k_pages
+                                  .Arg<ffi::AnyBuffer>()          // v_pages
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // kv_lens
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // block_tables
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // cu_q_lens
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // num_seqs
+                                  .Attr<float>("sm_scale")
+                                  .Ret<ffi::AnyBuffer>());        // out

@@ -1,0 +1,135 @@
+"""The native CPU kernel (``mmjax.kernels_cpu``) against the independent dense attention, and its build.
+
+Cases as the reference's (NaN in every slot no live sequence owns), plus the
+shapes the kernel's own structure has edges at: query tiles of 64 tokens, key
+blocks of 64, the 8-row switch between its two logits loops, bfloat16.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax.attention import paged_attention
+from mmjax.kernels_cpu import KernelBuildError, kernel_unavailable, ragged_paged_attention_cpu
+from mmjax.kernels_cpu import build as kernel_build
+from mmjax.kernels_pallas.ragged_paged_attention_tiled import ragged_paged_attention_tiled
+from mmjax.kv_cache import KVPages
+from paged_cases import dense_attention, make_case
+from test_ragged_paged_attention_reference import CASES
+
+EDGE_CASES = [  # (seqs [(kv_len, q_len)], K, group, H, page size)
+    ([(200, 200), (130, 65), (64, 64), (65, 1)], 2, 1, 32, 16),  # tiles of 64 + rest; blocks of 64 + rest
+    ([(150, 7), (90, 2), (300, 1)], 2, 4, 32, 8),  # 28 / 8 / 4 rows: both logits loops, rows not x4
+    ([(129, 129), (5, 5)], 1, 3, 32, 4),  # group 3: rows of a tile cross tokens
+]
+
+
+def assert_matches_dense(case, out, *, tol=2e-5):
+    total = sum(case.q_lens)
+    assert np.isfinite(out).all(), "read an unused (NaN) slot"
+    np.testing.assert_allclose(out[:total], dense_attention(case)[:total], rtol=tol, atol=tol)
+    assert not np.any(out[total:]), "padding tokens must come out as zeros"
+
+
+@pytest.mark.parametrize("seqs,num_kv_heads,group,head_dim,page_size", CASES + EDGE_CASES)
+def test_cpu_kernel_matches_dense(seqs, num_kv_heads, group, head_dim, page_size):
+    rng = np.random.default_rng(len(seqs) * 13 + head_dim + group)
+    case = make_case(rng, seqs, num_kv_heads=num_kv_heads, group=group, head_dim=head_dim, page_size=page_size)
+    assert_matches_dense(case, np.asarray(ragged_paged_attention_cpu(*case.args())))
+
+
+def test_sm_scale_and_sequences_past_num_seqs():
+    rng = np.random.default_rng(3)
+    case = make_case(rng, [(40, 6), (70, 1)], num_kv_heads=2, group=2, head_dim=32, page_size=8)
+    out = np.asarray(ragged_paged_attention_cpu(*case.args(), sm_scale=0.3))
+    np.testing.assert_allclose(out[:7], dense_attention(case, sm_scale=0.3)[:7], rtol=2e-5, atol=2e-5)
+    q, k, v, kv_lens, tables, cu, _ = case.args()
+    one = np.asarray(ragged_paged_attention_cpu(q, k, v, kv_lens, tables, cu, jnp.asarray([1], jnp.int32)))
+    np.testing.assert_allclose(one[:6], dense_attention(case)[:6], rtol=2e-5, atol=2e-5)
+    assert not np.any(one[6:]), "a sequence past num_seqs is padding"
+
+
+def test_bfloat16_matches_dense_of_the_rounded_inputs():
+    rng = np.random.default_rng(4)
+    case = make_case(rng, [(100, 100), (77, 1)], num_kv_heads=2, group=2, head_dim=32, page_size=16)
+    for name in ("q", "k_pages", "v_pages"):  # the reference sees exactly the bf16 values the kernel does
+        setattr(case, name, np.asarray(jnp.asarray(getattr(case, name), jnp.bfloat16).astype(jnp.float32)))
+    case.keys = [np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in case.keys]
+    case.values = [np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in case.values]
+    out = ragged_paged_attention_cpu(*case.args(jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
+    assert_matches_dense(case, np.asarray(out.astype(jnp.float32)), tol=1e-2)  # bf16 output rounding
+
+
+def test_agrees_with_the_xla_path_on_wide_block_tables():
+    """An engine's tables are max_model_len wide and padded with the null page."""
+    rng = np.random.default_rng(5)
+    case = make_case(rng, [(21, 1), (3, 1), (90, 12)], num_kv_heads=2, group=2, head_dim=32, page_size=4,
+                     page_buckets=[128])
+    assert case.metadata.block_tables.shape[1] == 128
+    ours = np.asarray(ragged_paged_attention_cpu(*case.args()))
+    xla = np.asarray(ragged_paged_attention_tiled(*case.args(), block_q=8, block_kv=16))
+    np.testing.assert_allclose(ours, xla, rtol=2e-5, atol=2e-5)
+
+
+def test_bad_inputs_are_named_before_the_call():
+    rng = np.random.default_rng(6)
+    case = make_case(rng, [(9, 2)], num_kv_heads=1, group=2, head_dim=32, page_size=4)
+    q, k, v, kv_lens, tables, cu, num_seqs = case.args()
+    with pytest.raises(ValueError, match="kv_lens: expected dtype int32"):
+        ragged_paged_attention_cpu(q, k, v, kv_lens.astype(jnp.float32), tables, cu, num_seqs)
+    with pytest.raises(ValueError, match="float16.*float32 or bfloat16"):
+        ragged_paged_attention_cpu(*case.args(jnp.float16))
+
+
+def test_auto_falls_back_to_xla_where_the_kernel_cannot_run(caplog, monkeypatch):
+    rng = np.random.default_rng(7)
+    case = make_case(rng, [(20, 3), (9, 1)], num_kv_heads=1, group=2, head_dim=32, page_size=4)
+    q, k, v = case.args(jnp.float16)[:3]
+    with caplog.at_level(logging.WARNING, logger="mmjax.attention.dispatch"):
+        out = paged_attention(q, KVPages(k, v), case.metadata)  # float16: not a kernel dtype
+    assert "float16" in caplog.text
+    np.testing.assert_allclose(np.asarray(out[:4], np.float32), dense_attention(case)[:4], rtol=5e-3, atol=5e-3)
+    with pytest.raises(ValueError, match="impl='cpu'.*float16"):
+        paged_attention(q, KVPages(k, v), case.metadata, impl="cpu")
+    monkeypatch.setenv("MMJAX_CPU_KERNEL", "0")
+    assert "MMJAX_CPU_KERNEL=0" in kernel_unavailable(32, jnp.float32)
+
+
+def test_no_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(kernel_build.sysconfig, "get_config_var", lambda name: None)
+    monkeypatch.setattr(kernel_build.shutil, "which", lambda name: None)
+    with pytest.raises(KernelBuildError, match="no C.. compiler found"):
+        kernel_build.find_compiler()
+
+
+def test_a_build_is_cached_by_content(tmp_path, monkeypatch):
+    """Built once; found again without the compiler; a changed define builds a new library."""
+    monkeypatch.setenv("MMJAX_KERNEL_CACHE", str(tmp_path))
+    source = tmp_path / "tiny.cc"
+    source.write_text('extern "C" int mmjax_tiny() { return TINY; }\n')
+    first = kernel_build.build_library(source, {"TINY": 1})
+    assert first.parent == tmp_path and first.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary file left"
+    monkeypatch.setattr(kernel_build, "_compile", lambda *args: pytest.fail("a cached library was rebuilt"))
+    assert kernel_build.build_library(source, {"TINY": 1}) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("MMJAX_KERNEL_CACHE", str(tmp_path))
+    second = kernel_build.build_library(source, {"TINY": 2})
+    assert second != first
+    import ctypes
+    assert ctypes.CDLL(str(first)).mmjax_tiny() == 1 and ctypes.CDLL(str(second)).mmjax_tiny() == 2
+
+
+def test_a_failed_build_says_what_the_compiler_said(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMJAX_KERNEL_CACHE", str(tmp_path))
+    source = tmp_path / "broken.cc"
+    source.write_text("this is not C++\n")
+    with pytest.raises(KernelBuildError, match="failed to build broken.cc"):
+        kernel_build.build_library(source, {})
+    assert list(tmp_path.glob("*.so")) == [] and list(tmp_path.glob(".*")) == []
