@@ -62,10 +62,15 @@ def build_step_batch(
     token_buckets: Sequence[int],
     max_num_seqs: int,
     pages_per_seq: int,
+    decode_buckets: Sequence[int] = (),
     all_logits: bool = False,
     with_embeddings: bool = False,
 ) -> StepBatch:
     """Pack the chunks' tokens, block tables and placeholder-embedding rows into one step.
+
+    The token axis is the smallest of ``token_buckets`` that holds every replica's tokens;
+    for a pure decode step (every chunk one token, no prompt logprobs) the smallest of
+    ``decode_buckets``, when given.
 
     ``allocators[r]`` holds replica ``r``'s pages; ``chunk.replica`` says whose a chunk is.
     ``with_embeddings``: the model has multimodal embeddings, so every step carries
@@ -73,8 +78,9 @@ def build_step_batch(
     """
     num_replicas = len(allocators)
     groups = [[c for c in chunks if c.replica == r] for r in range(num_replicas)]
-    num_tokens = bucket(max(sum(c.num_tokens for c in g) for g in groups), token_buckets)
     prefill = any(c.num_tokens > 1 for c in chunks)
+    buckets = decode_buckets if decode_buckets and not prefill and not all_logits else token_buckets
+    num_tokens = bucket(max(sum(c.num_tokens for c in g) for g in groups), buckets)
     metadata = [_replica_metadata(g, allocators[r], num_tokens, max_num_seqs, pages_per_seq)
                 for r, g in enumerate(groups)]
     metadata = AttentionMetadata(

@@ -98,6 +98,17 @@ class EngineConfig:
         return tuple(sorted(sizes))
 
     @property
+    def decode_buckets(self) -> tuple[int, ...]:
+        """Token-axis sizes of a pure decode step (one token per sequence): powers of two, and
+        ``max_num_seqs``. A step of n sequences takes the smallest that holds n, so decoding one
+        sequence multiplies one row through the weights, not ``max_num_seqs`` rows."""
+        sizes, size = {self.max_num_seqs}, 1
+        while size < self.max_num_seqs:
+            sizes.add(size)
+            size *= 2
+        return tuple(sorted(sizes))
+
+    @property
     def token_buckets(self) -> tuple[int, ...]:
         """Token-axis sizes a step may have: the decode size, powers of two, the budget."""
         sizes = {self.max_num_seqs, self.max_num_batched_tokens}

@@ -207,6 +207,7 @@ class LLMEngine:
                       if c.request.needs_mm_embeds and c.start < c.request.placeholder_end])
         want_prompt_logprobs = any(_wants_prompt_logprobs(c) for c in chunks)
         batch = build_step_batch(chunks, self.allocators, token_buckets=self.config.token_buckets,
+                                 decode_buckets=self.config.decode_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
                                  all_logits=want_prompt_logprobs, with_embeddings=bool(self.runner.embedding_width))
         logits = self.runner.execute(batch)

@@ -26,17 +26,14 @@ def step_variants(shapes: StepShapes, with_prompt_logprobs: bool = True) -> list
     """``(num_tokens, decode, all_logits)`` of every step program a workload can run.
 
     Every token bucket as a prefill step (and, with prompt logprobs, one that
-    returns every token's logits); the buckets a pure decode step can have as decode steps.
+    returns every token's logits); every decode bucket as a decode step.
     """
     variants = []
-    decode_sizes = shapes.decode_buckets()
     for tokens in shapes.token_buckets:
         variants.append((tokens, False, False))
         if with_prompt_logprobs:
             variants.append((tokens, False, True))
-        if tokens in decode_sizes:
-            variants.append((tokens, True, False))
-    return variants
+    return variants + [(tokens, True, False) for tokens in shapes.decode_buckets]
 
 
 def abstract_step_args(

@@ -26,7 +26,8 @@ class StepShapes:
 
     Attributes:
       num_replicas: ``R``, the data replicas (the mesh's "data" axis; 1 on one device).
-      token_buckets: sizes of the packed token axis ``T``.
+      token_buckets: sizes of the packed token axis ``T`` of a step with a prefill chunk.
+      decode_buckets: sizes of ``T`` for a pure decode step (``EngineConfig.decode_buckets``).
       max_num_seqs: the sequence axis ``B`` of every step, per replica.
       page_size: ``G``, tokens per KV page.
       pages_per_seq: ``W``, the block-table width (``max_model_len / G``, rounded up).
@@ -39,6 +40,7 @@ class StepShapes:
 
     num_replicas: int
     token_buckets: tuple[int, ...]
+    decode_buckets: tuple[int, ...]
     max_num_seqs: int
     page_size: int
     pages_per_seq: int
@@ -59,7 +61,8 @@ class StepShapes:
             cache = DEFAULT_ENCODER_CACHE_PROMPTS * max_mm_tokens_per_prompt if cache is None else cache
             blocks = config.max_num_seqs * per_prompt + -(-cache // EMBEDDING_BLOCK_ROWS)
             rows = (blocks + 1) * EMBEDDING_BLOCK_ROWS  # + the reserved block
-        return cls(num_replicas=num_replicas, token_buckets=config.token_buckets, max_num_seqs=config.max_num_seqs,
+        return cls(num_replicas=num_replicas, token_buckets=config.token_buckets,
+                   decode_buckets=config.decode_buckets, max_num_seqs=config.max_num_seqs,
                    page_size=config.page_size, pages_per_seq=-(-max_model_len // config.page_size),
                    max_model_len=max_model_len, embedding_rows=rows, rows_per_prompt=per_prompt * EMBEDDING_BLOCK_ROWS,
                    encoder_batch_buckets=config.encoder_batch_buckets)
@@ -68,7 +71,3 @@ class StepShapes:
     def sample_rows(self) -> int:
         """Rows of a step's logits ``[R * B, V]``: one per sequence slot of every replica."""
         return self.num_replicas * self.max_num_seqs
-
-    def decode_buckets(self) -> set[int]:
-        """Token buckets a pure decode step (1 token per sequence) can have."""
-        return {min(b for b in self.token_buckets if b >= n) for n in range(1, self.max_num_seqs + 1)}

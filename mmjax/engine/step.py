@@ -124,10 +124,17 @@ def paged_step(
         embeds = jnp.where((embedding_slots >= 0)[:, :, None], gathered.astype(embeds.dtype), embeds)
     attend = PagedAttend(metadata, impl=impl, mesh=getattr(kv_sharding, "mesh", None))
     hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages)
-    rows = jnp.take_along_axis(hidden, logits_indices[:, :, None], axis=1)
     if kv_sharding is not None:
         pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
-    return model.logits(rows.reshape(-1, rows.shape[-1])), pages
+    # A step of T tokens holds at most T sequences: only the first min(T, B) rows of each replica can be
+    # real, so only they go through the LM head (a 1-token decode step multiplies 1 row, not B).
+    num_replicas, num_tokens = input_ids.shape
+    num_rows = logits_indices.shape[1]
+    real = min(num_tokens, num_rows)
+    rows = jnp.take_along_axis(hidden, logits_indices[:, :real, None], axis=1)  # [R, real, D]
+    logits = model.logits(rows.reshape(-1, rows.shape[-1])).reshape(num_replicas, real, -1)
+    logits = jnp.pad(logits, ((0, 0), (0, num_rows - real), (0, 0)))
+    return logits.reshape(num_replicas * num_rows, -1), pages
 
 
 @functools.lru_cache(maxsize=8)

@@ -64,6 +64,30 @@ def test_step_inputs_are_indices_and_the_arena_holds_transformers_image_features
     np.testing.assert_allclose(gathered, features.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_decode_step_is_as_wide_as_its_sequences(llm, monkeypatch):
+    """Decode steps take the smallest decode bucket that holds their sequences (1, 2, then
+    max_num_seqs 3 here), not max_num_seqs; prefill steps keep the token buckets."""
+    config = dataclasses.replace(CONFIG, max_num_batched_tokens=64)
+    assert config.decode_buckets == (1, 2, 3)
+    engine = llm.engine(config)
+    runner, widths = engine.runner, []
+    execute = runner.execute
+
+    def recording(batch):
+        live = int(batch.metadata.num_seqs[0, 0])
+        widths.append((batch.metadata.max_q_len == 1, live, batch.num_tokens))
+        return execute(batch)
+
+    monkeypatch.setattr(runner, "execute", recording)
+    prompts = ["Hi", "A longer prompt than the first.", "Three"]
+    params = [mmjax.SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (2, 4, 6)]
+    mmjax.generate(llm, prompts, params, engine_config=config)
+    decode = [(live, width) for is_decode, live, width in widths if is_decode]
+    assert {live for live, _ in decode} == {1, 2, 3}, "three, then two, then one sequence decoding"
+    assert all(width == {1: 1, 2: 2, 3: 3}[live] for live, width in decode), decode
+    assert all(width in config.token_buckets for is_decode, _, width in widths if not is_decode)
+
+
 def test_rows_and_pages_all_come_back_after_generate_with_preemption():
     llm = load(NEXT)
     config = mmjax.EngineConfig(page_size=8, max_num_seqs=2, max_num_batched_tokens=64, max_model_len=256,

@@ -94,3 +94,5 @@ def test_engine_config_validation(kwargs, message):
 
 def test_token_buckets():
     assert EngineConfig(max_num_seqs=8, max_num_batched_tokens=100).token_buckets == (8, 16, 32, 64, 100)
+    assert EngineConfig(max_num_seqs=16).decode_buckets == (1, 2, 4, 8, 16)
+    assert EngineConfig(max_num_seqs=12).decode_buckets == (1, 2, 4, 8, 12)
