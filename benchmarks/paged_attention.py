@@ -5,7 +5,10 @@ test oracle) against a dense-attention baseline over the same K/V laid out
 contiguously, same process, as ratios; and the CPU ("xla") path,
 `ragged_paged_attention_tiled`, on one decode step of 8 sequences of 600
 tokens in block tables 1k, 4k and 16k tokens wide (an engine's
-``max_model_len``) beside the reference: its time must not grow with the width. On GPU/TPU also: the Pallas kernel's
+``max_model_len``) beside the reference: its time must not grow with the width. On CPU also: the
+native CPU kernel (``mmjax.kernels_cpu``, the default there) beside the XLA path and a dense
+attention over contiguous K/V, for decode steps and a prefill step, with the kernel's K/V bytes
+per second. On GPU/TPU also: the Pallas kernel's
 achieved HBM bandwidth for decode (batch 1-64, context 512-32k) as a fraction of
 the device's peak, beside `jax.experimental.pallas.ops` paged attention on the
 same pages. What cannot run here is listed under "skipped" with the reason.
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.kernels_cpu import kernel_unavailable, ragged_paged_attention_cpu
 from mmjax.kernels_pallas import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
@@ -111,6 +115,38 @@ def xla_path_vs_table_width(widths_tokens: list[int], dtype, batch: int = 8, con
     return rows
 
 
+def prefill_inputs(batch: int, prompt: int, dtype, seed: int = 0):
+    """A prefill step: `batch` new prompts of `prompt` tokens each, packed."""
+    q, k_pages, v_pages, _, tables, _, num_seqs = decode_inputs(batch, prompt, dtype, seed)
+    q = jax.random.normal(jax.random.key(seed + 7), (batch * prompt, NUM_KV_HEADS * GROUP, HEAD_DIM), dtype)
+    kv_lens = jnp.full((batch,), prompt, jnp.int32)
+    cu_q_lens = jnp.arange(batch + 1, dtype=jnp.int32) * prompt
+    return q, k_pages, v_pages, kv_lens, tables, cu_q_lens, num_seqs
+
+
+def cpu_kernel_vs_xla(decode_shapes: list[tuple[int, int]], prefill: tuple[int, int], dtype) -> list[dict]:
+    """The native CPU kernel beside the plain-XLA path on the same pages (and dense attention for decode)."""
+    rows = []
+    cases = [("decode", b, c, decode_inputs(b, c, dtype)) for b, c in decode_shapes]
+    cases.append(("prefill", *prefill, prefill_inputs(*prefill, dtype)))
+    for kind, batch, context, args in cases:
+        q, k_pages, v_pages, kv_lens, tables = args[:5]
+        block_q = 1 if kind == "decode" else 128
+        t_kernel = timeit(ragged_paged_attention_cpu, *args)
+        t_xla = timeit(lambda *a: ragged_paged_attention_tiled(*a, block_q=block_q), *args)
+        err = float(jnp.max(jnp.abs(ragged_paged_attention_cpu(*args).astype(jnp.float32)
+                                    - ragged_paged_attention_tiled(*args, block_q=block_q).astype(jnp.float32))))
+        kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(dtype).itemsize
+        row = dict(step=kind, batch=batch, context=context, cpu_kernel_ms=1e3 * t_kernel, xla_path_ms=1e3 * t_xla,
+                   xla_over_kernel=t_xla / t_kernel, kernel_kv_gb_per_s=kv_bytes / t_kernel / 1e9, max_abs_diff=err)
+        if kind == "decode":
+            contiguous = lambda p: p[:, tables].reshape(NUM_KV_HEADS, batch, -1, HEAD_DIM).transpose(1, 2, 0, 3)
+            k, v = contiguous(k_pages), contiguous(v_pages)
+            row["dense_contiguous_ms"] = 1e3 * timeit(dense_decode, q, k, v, kv_lens)
+        rows.append(row)
+    return rows
+
+
 def jax_peer(backend: str) -> Callable:
     """`jax.experimental.pallas.ops` paged attention on the same ``[K, A, G, H]`` pages."""
     if backend == "gpu":
@@ -158,6 +194,12 @@ def main() -> None:
     report["xla_path_decode_vs_table_width"] = xla_path_vs_table_width(
         [1024, 4096] if flags.quick else [1024, 4096, 16384], jnp.float32)
     if on_cpu:
+        reason = kernel_unavailable(HEAD_DIM, jnp.float32)
+        if reason is None:
+            report["cpu_kernel_vs_xla_path"] = cpu_kernel_vs_xla(
+                [(1, 512), (8, 600)] if flags.quick else [(1, 512), (8, 600), (8, 2048)], (4, 512), jnp.float32)
+        else:
+            report["skipped"]["cpu_kernel"] = reason
         report["skipped"]["kernel_bandwidth"] = (
             f"no GPU/TPU (jax.default_backend() == {backend!r}); the kernels run here only in "
             "interpret mode, whose timings say nothing about the hardware")

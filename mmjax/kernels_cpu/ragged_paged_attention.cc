@@ -44,6 +44,7 @@ namespace {
 constexpr int kBlockKeys = 64;   // keys per online-softmax update
 constexpr int kTileTokens = 64;  // query tokens per work item (prefill)
 constexpr int kRowBlock = 4;     // query rows per register block
+constexpr int kPrefetchKeys = 16;  // how far ahead rows are prefetched (a page of 16 tokens)
 constexpr int kManyRows = 8;     // from this many rows a tile transposes its K blocks
 constexpr float kMaskValue = -0.7f * 3.4028234663852886e38f;  // finite: exp(mask - mask) never NaN
 
@@ -118,6 +119,15 @@ struct Problem {
   }
 };
 
+// Asks for a key's row of the next page while this one is worked on: a sequence's pages may lie anywhere.
+template <typename T, int H>
+inline void PrefetchRow(const Problem<T>& pr, const T* pages, int64_t seq, int64_t kv_head, int64_t key,
+                        int64_t num_keys) {
+  if (key >= num_keys) return;
+  const char* row = reinterpret_cast<const char*>(pr.KeyRow(pages, seq, kv_head, key, H));
+  for (size_t offset = 0; offset < H * sizeof(T); offset += 64) __builtin_prefetch(row + offset);
+}
+
 struct WorkItem {
   int32_t seq, kv_head, first_token, num_tokens;  // tokens: offsets into the sequence's query tokens
 };
@@ -127,11 +137,12 @@ struct WorkItem {
 // the block is transposed once into kt [H, kBlockKeys] so the inner loop runs over keys,
 // kRowBlock rows at a time, and the transpose is paid once for all rows.
 template <typename T, int H>
-void BlockLogits(const Problem<T>& pr, const WorkItem& item, int64_t key0, int block, const float* qs,
-                 int num_rows, float* kt, float* s) {
+void BlockLogits(const Problem<T>& pr, const WorkItem& item, int64_t key0, int block, int64_t num_keys,
+                 const float* qs, int num_rows, float* kt, float* s) {
   if (num_rows < kManyRows) {
     for (int j = 0; j < block; ++j) {
       const T* k = pr.KeyRow(pr.k_pages, item.seq, item.kv_head, key0 + j, H);
+      PrefetchRow<T, H>(pr, pr.k_pages, item.seq, item.kv_head, key0 + j + kPrefetchKeys, num_keys);
       for (int r = 0; r < num_rows; ++r) {
         const float* qr = qs + r * H;
         float dot = 0.0f;
@@ -162,18 +173,20 @@ void BlockLogits(const Problem<T>& pr, const WorkItem& item, int64_t key0, int b
   }
 }
 
-// acc[r] += sum_j p[r, j] V[key0 + j], V rows read in place; kRowBlock rows of acc stay in registers.
+// acc[r] += sum_j p[r, j] V[key0 + j], V rows read in place; a few rows of acc stay in registers.
 template <typename T, int H>
-void AccumulateValues(const Problem<T>& pr, const WorkItem& item, int64_t key0, int block, const float* p,
-                      int num_rows, float* acc) {
-  for (int r0 = 0; r0 < num_rows; r0 += kRowBlock) {
-    const int rows = std::min(kRowBlock, num_rows - r0);
-    float a[kRowBlock][H];
+void AccumulateValues(const Problem<T>& pr, const WorkItem& item, int64_t key0, int block, int64_t num_keys,
+                      const float* p, int num_rows, float* acc) {
+  constexpr int kRows = H <= 64 ? 4 : H <= 128 ? 2 : 1;  // kRows x H accumulators: 16 vector registers
+  for (int r0 = 0; r0 < num_rows; r0 += kRows) {
+    const int rows = std::min(kRows, num_rows - r0);
+    float a[kRows][H];
     for (int i = 0; i < rows; ++i) std::memcpy(a[i], acc + (r0 + i) * H, sizeof a[i]);
     for (int j = 0; j < block; ++j) {
       const T* v = pr.KeyRow(pr.v_pages, item.seq, item.kv_head, key0 + j, H);
-      if (rows == kRowBlock) {
-        for (int i = 0; i < kRowBlock; ++i) {
+      if (r0 == 0) PrefetchRow<T, H>(pr, pr.v_pages, item.seq, item.kv_head, key0 + j + kPrefetchKeys, num_keys);
+      if (rows == kRows) {
+        for (int i = 0; i < kRows; ++i) {
           const float pj = p[(r0 + i) * kBlockKeys + j];
 #pragma omp simd
           for (int d = 0; d < H; ++d) a[i][d] += pj * ToFloat(v[d]);
@@ -215,7 +228,7 @@ void AttendTile(const Problem<T>& pr, const WorkItem& item) {
 
   for (int64_t key0 = 0; key0 < num_keys; key0 += kBlockKeys) {
     const int block = static_cast<int>(std::min<int64_t>(kBlockKeys, num_keys - key0));
-    BlockLogits<T, H>(pr, item, key0, block, qs.data(), padded_rows, kt.data(), s.data());
+    BlockLogits<T, H>(pr, item, key0, block, num_keys, qs.data(), padded_rows, kt.data(), s.data());
     for (int r = 0; r < num_rows; ++r) {  // online softmax; s becomes p in place
       float* sr = s.data() + r * kBlockKeys;
       // Key key0 + j is visible iff it is in the block and at or before the row's position.
@@ -239,7 +252,7 @@ void AttendTile(const Problem<T>& pr, const WorkItem& item) {
 #pragma omp simd
       for (int d = 0; d < H; ++d) ar[d] *= alpha;
     }
-    AccumulateValues<T, H>(pr, item, key0, block, s.data(), num_rows, acc.data());
+    AccumulateValues<T, H>(pr, item, key0, block, num_keys, s.data(), num_rows, acc.data());
   }
 
   for (int r = 0; r < num_rows; ++r) {
