@@ -72,6 +72,8 @@ def kernel_unavailable(head_dim: int, dtype) -> str | None:
     """None if the kernel serves this head dim and dtype here (building it now if needed), else why not."""
     if disabled():
         return "switched off by MMJAX_CPU_KERNEL=0"
+    if jax.default_backend() != "cpu":
+        return f"the default backend is {jax.default_backend()!r}, and the kernel runs on CPU only"
     if jnp.dtype(dtype) not in DTYPES:
         return f"dtype {jnp.dtype(dtype)} (the kernel takes float32 or bfloat16)"
     if not 0 < head_dim <= MAX_HEAD_DIM:
