@@ -6,6 +6,11 @@ kernel cannot be built (``kernel_unavailable`` says why).
 """
 
 from mmjax.kernels_cpu.build import KernelBuildError, kernel_cache_dir
-from mmjax.kernels_cpu.ragged_paged_attention import kernel_unavailable, ragged_paged_attention_cpu
+from mmjax.kernels_cpu.ragged_paged_attention import (
+    build_in_background,
+    kernel_unavailable,
+    ragged_paged_attention_cpu,
+)
 
-__all__ = ["KernelBuildError", "kernel_cache_dir", "kernel_unavailable", "ragged_paged_attention_cpu"]
+__all__ = ["KernelBuildError", "build_in_background", "kernel_cache_dir", "kernel_unavailable",
+           "ragged_paged_attention_cpu"]

@@ -23,6 +23,7 @@ import ctypes
 import functools
 import math
 import os
+import threading
 from pathlib import Path
 
 import jax
@@ -38,6 +39,8 @@ DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 #: Head dims the kernel is built for (one library each; a stack tile holds 4 rows of H floats).
 MAX_HEAD_DIM = 512
 _libraries: dict[int, ctypes.CDLL] = {}  # kept alive: XLA calls into them
+_outcomes: dict[int, str | None] = {}  # head dim -> None (registered) or why the build failed
+_build_lock = threading.Lock()  # one build at a time: a caller waits for a build already under way
 
 
 def target_name(head_dim: int) -> str:
@@ -49,23 +52,29 @@ def disabled() -> bool:
     return os.environ.get("MMJAX_CPU_KERNEL", "").lower() in ("0", "false", "off", "no")
 
 
-@functools.cache
-def _register(head_dim: int) -> str:
-    """Builds (or finds in the cache) and registers the library for `head_dim`; returns its XLA target."""
-    library = ctypes.CDLL(str(build_library(SOURCE, {"MMJAX_HEAD_DIM": head_dim})))
-    _libraries[head_dim] = library
-    name = target_name(head_dim)
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(library.MmjaxRaggedPagedAttention), platform="cpu")
-    return name
-
-
-@functools.cache
 def _build_error(head_dim: int) -> str | None:
-    try:
-        _register(head_dim)
-    except (KernelBuildError, OSError) as error:
-        return str(error)
-    return None
+    """Builds (or finds on disk) and registers the library for `head_dim` once; None, or why it failed."""
+    with _build_lock:
+        if head_dim not in _outcomes:
+            try:
+                library = ctypes.CDLL(str(build_library(SOURCE, {"MMJAX_HEAD_DIM": head_dim})))
+                jax.ffi.register_ffi_target(target_name(head_dim),
+                                            jax.ffi.pycapsule(library.MmjaxRaggedPagedAttention), platform="cpu")
+                _libraries[head_dim] = library
+                _outcomes[head_dim] = None
+            except (KernelBuildError, OSError) as error:
+                _outcomes[head_dim] = str(error)
+        return _outcomes[head_dim]
+
+
+def build_in_background(head_dim: int) -> threading.Thread | None:
+    """Starts building the kernel for `head_dim` on a thread, so the ~3 s of a first build overlap other
+    work (``mmjax.load`` calls it before reading the weights). None where the kernel is not used here."""
+    if disabled() or jax.default_backend() != "cpu" or not 0 < head_dim <= MAX_HEAD_DIM or head_dim in _outcomes:
+        return None
+    thread = threading.Thread(target=_build_error, args=(head_dim,), name="mmjax-cpu-kernel-build")
+    thread.start()
+    return thread
 
 
 def kernel_unavailable(head_dim: int, dtype) -> str | None:

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 
 from mmjax.attention import paged_attention
-from mmjax.kernels_cpu import KernelBuildError, kernel_unavailable, ragged_paged_attention_cpu
+import mmjax
+import mmjax.kernels_cpu
+from mmjax.kernels_cpu import KernelBuildError, build_in_background, kernel_unavailable, ragged_paged_attention_cpu
 from mmjax.kernels_cpu import build as kernel_build
 from mmjax.kernels_pallas.ragged_paged_attention_tiled import ragged_paged_attention_tiled
 from mmjax.kv_cache import KVPages
+from mmjax.testing.checkpoints import make_tiny_llava_checkpoint
 from paged_cases import dense_attention, make_case
 from test_ragged_paged_attention_reference import CASES
 
@@ -133,3 +136,22 @@ def test_a_failed_build_says_what_the_compiler_said(tmp_path, monkeypatch):
     with pytest.raises(KernelBuildError, match="failed to build broken.cc"):
         kernel_build.build_library(source, {})
     assert list(tmp_path.glob("*.so")) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_a_build_started_in_the_background_is_waited_for_and_done_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMJAX_KERNEL_CACHE", str(tmp_path))
+    thread = build_in_background(48)  # a head dim no other test builds
+    assert thread is not None
+    assert kernel_unavailable(48, jnp.float32) is None  # waits for the build under way, then uses it
+    thread.join()
+    assert len(list(tmp_path.glob("*.so"))) == 1, "built once"
+    assert build_in_background(48) is None, "nothing left to build"
+
+
+def test_load_builds_the_kernel_for_the_models_head_dim_while_reading_weights(monkeypatch, tmp_path):
+    path = make_tiny_llava_checkpoint(tmp_path)
+    asked = []
+    monkeypatch.setattr(mmjax.kernels_cpu, "build_in_background", asked.append)
+    llm = mmjax.load(path, limit_mm_per_prompt={"image": 0})
+    text = llm.model_config.hf_config.text_config
+    assert asked == [getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads]
