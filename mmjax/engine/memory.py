@@ -11,6 +11,11 @@ prompt may carry. XLA's memory analysis of those compiled programs gives their
 temporary memory without running them, on any backend. The embedding arena
 (placeholder embeddings of ``max_num_seqs`` prompts per replica) is counted too.
 
+The worst case is estimated only where the budget depends on it: a device that
+reports its memory (GPU, TPU) and no size set by the user. On CPU the budget is
+a fixed host share, so the two programs are not compiled there (in a first
+process that was seconds of compilation for a figure nothing used).
+
 Planning takes the model, the config, the step shapes and the placement as
 arguments: it runs before the device runner exists, which is then built with
 the plan's page count.
@@ -19,6 +24,7 @@ the plan's page count.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,7 +54,7 @@ class MemoryPlan:
 
     device_bytes: int | None
     weights_bytes: int
-    activation_bytes: int
+    activation_bytes: int | None  # None: not estimated, as the budget does not depend on it
     kv_cache_bytes: int
     page_bytes: int
     num_pages: int
@@ -66,9 +72,11 @@ class MemoryPlan:
         gib = lambda n: f"{n / 2**30:.3f} GiB"  # noqa: E731
         device = gib(self.device_bytes) if self.device_bytes else "unknown (host)"
         replicas = f" per replica x {self.num_replicas} data replicas" if self.num_replicas > 1 else ""
+        activations = ("not estimated (the budget does not depend on them)" if self.activation_bytes is None
+                       else gib(self.activation_bytes))
         return (f"KV cache: {self.num_pages} pages x {self.page_size} tokens = {self.max_cached_tokens} tokens"
                 f"{replicas}, {gib(self.kv_cache_bytes)} per device ({self.source}); device {device}, "
-                f"weights {gib(self.weights_bytes)} per device, worst-case activations {gib(self.activation_bytes)}, "
+                f"weights {gib(self.weights_bytes)} per device, worst-case activations {activations}, "
                 f"embedding arena {gib(self.embedding_bytes)}")
 
 
@@ -95,7 +103,7 @@ def device_memory_bytes() -> int | None:
 
 def plan_kv_cache(
     *, num_layers: int, num_kv_heads: int, head_dim: int, dtype, page_size: int, weights_bytes: int,
-    activation_bytes: int, min_pages: int, max_useful_pages: int, num_pages: int | None = None,
+    activation_bytes: int | Callable[[], int], min_pages: int, max_useful_pages: int, num_pages: int | None = None,
     kv_cache_bytes: int | None = None, memory_utilization: float = 0.9, num_replicas: int = 1,
     embedding_bytes: int = 0,
 ) -> MemoryPlan:
@@ -103,7 +111,8 @@ def plan_kv_cache(
 
     ``num_kv_heads`` is the KV heads one device holds, ``weights_bytes`` its share
     of the weights, ``embedding_bytes`` its embedding arena and ``kv_cache_bytes``
-    its budget; ``num_pages`` is per replica.
+    its budget; ``num_pages`` is per replica. ``activation_bytes`` may be a function
+    that estimates them: it is called only if the budget comes from device memory.
 
     A budget from memory is capped at ``max_useful_pages`` (every sequence slot
     at full length): more pages could never be used.
@@ -119,10 +128,13 @@ def plan_kv_cache(
     elif kv_cache_bytes is not None:
         num_pages, source = kv_cache_bytes // page_bytes, "kv_cache_bytes set by the user"
     elif device is not None:
+        activation_bytes = activation_bytes() if callable(activation_bytes) else activation_bytes
         free = int(device * memory_utilization) - weights_bytes - activation_bytes - embedding_bytes
         num_pages, source = max(free, 0) // page_bytes, f"{memory_utilization:.0%} of device memory"
     else:
         num_pages, source = DEFAULT_HOST_KV_BYTES // page_bytes, "default host budget"
+    if callable(activation_bytes):  # not needed: the budget came from elsewhere
+        activation_bytes = None
     if not source.endswith("by the user") and num_pages > max_useful_pages:
         num_pages, source = max_useful_pages, source + ", capped at max_num_seqs x max_model_len"
     plan = MemoryPlan(device, weights_bytes, activation_bytes, num_pages * page_bytes, page_bytes,
@@ -143,7 +155,7 @@ def plan_engine_memory(llm: Any, config: EngineConfig, shapes: StepShapes, place
         num_layers=text.num_layers, num_kv_heads=kv_head_layout(text.num_kv_heads, model_axis).heads_per_device,
         head_dim=text.head_dim, dtype=llm.dtype, page_size=config.page_size,
         weights_bytes=per_device_bytes(llm.state),
-        activation_bytes=worst_case_activation_bytes(llm, config, shapes, placement),
+        activation_bytes=lambda: worst_case_activation_bytes(llm, config, shapes, placement),
         embedding_bytes=shapes.embedding_rows * width * np.dtype(llm.dtype).itemsize,
         min_pages=shapes.pages_per_seq + 1, max_useful_pages=config.max_num_seqs * shapes.pages_per_seq + 1,
         num_pages=config.num_pages, kv_cache_bytes=config.kv_cache_bytes,

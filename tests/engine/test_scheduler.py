@@ -80,6 +80,25 @@ def test_memory_plan_formula_and_clear_error():
     assert capped.num_pages == 33 and "capped" in capped.source
 
 
+def test_the_worst_case_is_estimated_only_where_the_budget_depends_on_it(monkeypatch):
+    """On CPU (no memory statistics) the budget is the host share: the estimate (two compiled programs
+    in the engine) is not run; on a device that reports its memory it is, and it is subtracted."""
+    from mmjax.engine import memory
+
+    def must_not_run():
+        raise AssertionError("estimated a figure the budget does not use")
+
+    kwargs = dict(num_layers=4, num_kv_heads=2, head_dim=16, dtype="float32", page_size=8,
+                  weights_bytes=1000, min_pages=10, max_useful_pages=10**6)
+    page_bytes = 4 * 2 * 2 * 8 * 16 * 4
+    host = plan_kv_cache(activation_bytes=must_not_run, **kwargs)
+    assert host.activation_bytes is None and "not estimated" in host.describe()
+    assert plan_kv_cache(activation_bytes=must_not_run, num_pages=12, **kwargs).num_pages == 12
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda: 1000 + 500 + 40 * page_bytes)
+    device = plan_kv_cache(activation_bytes=lambda: 500, memory_utilization=1.0, **kwargs)
+    assert device.activation_bytes == 500 and device.num_pages == 40
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(page_size=0), "page_size must be an int >= 1"),
     (dict(max_num_seqs=16, max_num_batched_tokens=8), "must be >= max_num_seqs"),
