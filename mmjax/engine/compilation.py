@@ -27,6 +27,13 @@ from jax.experimental.compilation_cache import compilation_cache
 _COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
 
+#: Programs that compile faster than this are not stored: the small helpers (5-40 ms each on CPU) cost
+#: about as much to fetch. Measured on the 2-core host, the benchmark's first generate in a second
+#: process: with 0.5 s most of the engine's step programs (0.44-0.65 s each with the CPU attention kernel)
+#: were compiled again, 2.1 s of compilation and 6.8 s in all; with 0.1 s, 0.36 s and 4.6-4.8 s.
+MIN_CACHED_COMPILE_SECONDS = 0.1
+
+
 def compiler_options() -> dict[str, str]:
     """Options for the engine's ``jax.jit`` calls on the default backend."""
     return dict(_COMPILER_OPTIONS.get(jax.default_backend(), {}))
@@ -46,8 +53,7 @@ def compilation_cache_dir() -> Path | None:
 def enable_compilation_cache() -> Path | None:
     """Turn on JAX's persistent compilation cache (idempotent); returns the directory in use, or None.
 
-    Programs that compile in over 0.5 s are stored (the engine's steps and
-    encoder; not the small helpers, whose lookup would cost what compiling does).
+    Programs that compile in over ``MIN_CACHED_COMPILE_SECONDS`` are stored (see there).
     """
     configured = jax.config.jax_compilation_cache_dir
     if configured:  # the user's own choice wins
@@ -60,6 +66,6 @@ def enable_compilation_cache() -> Path | None:
     except OSError:  # a read-only home: run without the cache rather than fail
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_SECONDS)
     compilation_cache.reset_cache()  # a compile before now found no directory: look again
     return path
