@@ -55,14 +55,18 @@ def timeit(fn: Callable, *args, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def decode_inputs(batch: int, context: int, dtype, seed: int = 0, table_width: int | None = None):
+def decode_inputs(batch: int, context: int, dtype, seed: int = 0, table_width: int | None = None,
+                  consecutive: bool = False):
     """A decode step: every sequence has `context` tokens, its last one is the query.
 
-    ``table_width``: pages per block table (null-padded past the context; default: just enough)."""
+    ``table_width``: pages per block table (null-padded past the context; default: just enough).
+    ``consecutive``: each sequence's pages in order, as the engine's allocator reserves them (default:
+    every page anywhere in the cache)."""
     rng = np.random.default_rng(seed)
     pages_per_seq = -(-context // PAGE_SIZE)
     num_pages = 1 + batch * pages_per_seq
-    tables = (1 + rng.permutation(batch * pages_per_seq)).reshape(batch, pages_per_seq).astype(np.int32)
+    order = np.arange(batch * pages_per_seq) if consecutive else rng.permutation(batch * pages_per_seq)
+    tables = (1 + order).reshape(batch, pages_per_seq).astype(np.int32)
     if table_width is not None:
         tables = np.pad(tables, ((0, 0), (0, table_width - pages_per_seq)))
     key = jax.random.key(seed)
@@ -117,7 +121,7 @@ def xla_path_vs_table_width(widths_tokens: list[int], dtype, batch: int = 8, con
 
 def prefill_inputs(batch: int, prompt: int, dtype, seed: int = 0):
     """A prefill step: `batch` new prompts of `prompt` tokens each, packed."""
-    q, k_pages, v_pages, _, tables, _, num_seqs = decode_inputs(batch, prompt, dtype, seed)
+    q, k_pages, v_pages, _, tables, _, num_seqs = decode_inputs(batch, prompt, dtype, seed, consecutive=True)
     q = jax.random.normal(jax.random.key(seed + 7), (batch * prompt, NUM_KV_HEADS * GROUP, HEAD_DIM), dtype)
     kv_lens = jnp.full((batch,), prompt, jnp.int32)
     cu_q_lens = jnp.arange(batch + 1, dtype=jnp.int32) * prompt
@@ -125,11 +129,13 @@ def prefill_inputs(batch: int, prompt: int, dtype, seed: int = 0):
 
 
 def cpu_kernel_vs_xla(decode_shapes: list[tuple[int, int]], prefill: tuple[int, int], dtype) -> list[dict]:
-    """The native CPU kernel beside the plain-XLA path on the same pages (and dense attention for decode)."""
+    """The native CPU kernel beside the plain-XLA path on the same pages (and dense attention for decode);
+    decode with each sequence's pages in order (as the allocator reserves them) and in random order."""
     rows = []
-    cases = [("decode", b, c, decode_inputs(b, c, dtype)) for b, c in decode_shapes]
-    cases.append(("prefill", *prefill, prefill_inputs(*prefill, dtype)))
-    for kind, batch, context, args in cases:
+    cases = [("decode", order, b, c, decode_inputs(b, c, dtype, consecutive=order == "consecutive"))
+             for b, c in decode_shapes for order in ("consecutive", "random")]
+    cases.append(("prefill", "consecutive", *prefill, prefill_inputs(*prefill, dtype)))
+    for kind, order, batch, context, args in cases:
         q, k_pages, v_pages, kv_lens, tables = args[:5]
         block_q = 1 if kind == "decode" else 128
         t_kernel = timeit(ragged_paged_attention_cpu, *args)
@@ -137,7 +143,8 @@ def cpu_kernel_vs_xla(decode_shapes: list[tuple[int, int]], prefill: tuple[int, 
         err = float(jnp.max(jnp.abs(ragged_paged_attention_cpu(*args).astype(jnp.float32)
                                     - ragged_paged_attention_tiled(*args, block_q=block_q).astype(jnp.float32))))
         kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(dtype).itemsize
-        row = dict(step=kind, batch=batch, context=context, cpu_kernel_ms=1e3 * t_kernel, xla_path_ms=1e3 * t_xla,
+        row = dict(step=kind, pages=order, batch=batch, context=context, cpu_kernel_ms=1e3 * t_kernel,
+                   xla_path_ms=1e3 * t_xla,
                    xla_over_kernel=t_xla / t_kernel, kernel_kv_gb_per_s=kv_bytes / t_kernel / 1e9, max_abs_diff=err)
         if kind == "decode":
             contiguous = lambda p: p[:, tables].reshape(NUM_KV_HEADS, batch, -1, HEAD_DIM).transpose(1, 2, 0, 3)
