@@ -17,8 +17,11 @@
 // spread over XLA's intra-op thread pool. A tile's rows are (token, query head of
 // the group); it walks its keys in blocks of kBlockKeys up to its last query
 // (causal), with one online-softmax update per block:
-//   S = Q_tile K_block^T (K transposed into a small buffer so the inner loop runs
-//   over keys), masked, then acc = alpha * acc + P V_block (V rows read in place).
+//   S = Q_tile K_block^T, masked, then acc = alpha * acc + P V_block (V rows read in
+//   place). Tiles of fewer than kManyRows rows (decode) take one dot product per
+//   (row, key) straight from the page; bigger ones (prefill) transpose the K block
+//   once into a small buffer so the inner loop runs over keys for every row.
+// Pages may lie anywhere, so the rows of the next page are prefetched.
 
 #include <algorithm>
 #include <atomic>
@@ -41,11 +44,11 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kBlockKeys = 64;   // keys per online-softmax update
-constexpr int kTileTokens = 64;  // query tokens per work item (prefill)
-constexpr int kRowBlock = 4;     // query rows per register block
+constexpr int kBlockKeys = 64;     // keys per online-softmax update
+constexpr int kTileTokens = 64;    // query tokens per work item (prefill)
+constexpr int kRowBlock = 4;       // query rows per register block of the logits
 constexpr int kPrefetchKeys = 16;  // how far ahead rows are prefetched (a page of 16 tokens)
-constexpr int kManyRows = 8;     // from this many rows a tile transposes its K blocks
+constexpr int kManyRows = 8;       // from this many rows a tile transposes its K blocks
 constexpr float kMaskValue = -0.7f * 3.4028234663852886e38f;  // finite: exp(mask - mask) never NaN
 
 // ---- element types ---------------------------------------------------------

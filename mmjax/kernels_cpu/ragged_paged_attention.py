@@ -12,9 +12,10 @@ prints the current figures): a decode step over eight ~630-token contexts
 step of four ~600-token prompts 14-16 ms against 29-35 ms.
 
 The library is built on first use for each head dim (``mmjax.kernels_cpu.build``,
-~3 s, then cached on disk) and registered with XLA under a name per head dim.
-``kernel_unavailable()`` says why it cannot be used here (no compiler, a
-failed build, ``MMJAX_CPU_KERNEL=0``), so callers can fall back to plain XLA.
+~3 s, then cached on disk; ``mmjax.load`` starts it on a thread) and registered
+with XLA under a name per head dim. ``kernel_unavailable()`` says why it cannot
+be used here (no compiler, a failed build, ``MMJAX_CPU_KERNEL=0``, a float16
+input, a GPU/TPU backend), so callers can fall back to plain XLA.
 """
 
 from __future__ import annotations
