@@ -23,6 +23,8 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from mmjax.user_cache import user_cache_dir
+
 #: XLA options of the engine's programs on each backend (none elsewhere).
 _COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
@@ -46,8 +48,7 @@ def compilation_cache_dir() -> Path | None:
         return None
     if setting:
         return Path(setting).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mmjax" / "xla"
+    return user_cache_dir("xla")
 
 
 def enable_compilation_cache() -> Path | None:

@@ -91,29 +91,26 @@ class EngineConfig:
     @property
     def encoder_batch_buckets(self) -> tuple[int, ...]:
         """Request counts an encoder call may take: powers of two below ``max_encoder_batch``, and it."""
-        sizes, size = {self.max_encoder_batch}, 1
-        while size < self.max_encoder_batch:
-            sizes.add(size)
-            size *= 2
-        return tuple(sorted(sizes))
+        return _buckets_up_to(self.max_encoder_batch)
 
     @property
     def decode_buckets(self) -> tuple[int, ...]:
         """Token-axis sizes of a pure decode step (one token per sequence): powers of two, and
         ``max_num_seqs``. A step of n sequences takes the smallest that holds n, so decoding one
         sequence multiplies one row through the weights, not ``max_num_seqs`` rows."""
-        sizes, size = {self.max_num_seqs}, 1
-        while size < self.max_num_seqs:
-            sizes.add(size)
-            size *= 2
-        return tuple(sorted(sizes))
+        return _buckets_up_to(self.max_num_seqs)
 
     @property
     def token_buckets(self) -> tuple[int, ...]:
-        """Token-axis sizes a step may have: the decode size, powers of two, the budget."""
-        sizes = {self.max_num_seqs, self.max_num_batched_tokens}
-        size = 16
-        while size < self.max_num_batched_tokens:
-            sizes.add(size)
-            size *= 2
-        return tuple(sorted(s for s in sizes if s <= self.max_num_batched_tokens))
+        """Token-axis sizes a step may have: the decode size, powers of two from 16, the budget."""
+        sizes = _buckets_up_to(self.max_num_batched_tokens, smallest=16) + (self.max_num_seqs,)
+        return tuple(sorted({s for s in sizes if s <= self.max_num_batched_tokens}))
+
+
+def _buckets_up_to(limit: int, smallest: int = 1) -> tuple[int, ...]:
+    """Powers of two from `smallest` below `limit`, and `limit` itself, ascending."""
+    sizes, size = {limit}, smallest
+    while size < limit:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))

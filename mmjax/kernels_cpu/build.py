@@ -27,6 +27,8 @@ from pathlib import Path
 import jax
 import jaxlib
 
+from mmjax.user_cache import user_cache_dir
+
 #: Optimisation flags; -march=native is dropped if the compiler refuses it.
 OPT_FLAGS = ("-O3", "-march=native", "-fopenmp-simd")
 BASE_FLAGS = ("-std=c++17", "-shared", "-fPIC")
@@ -40,8 +42,7 @@ def kernel_cache_dir() -> Path:
     setting = os.environ.get("MMJAX_KERNEL_CACHE")
     if setting:
         return Path(setting).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mmjax" / "kernels"
+    return user_cache_dir("kernels")
 
 
 def find_compiler() -> list[str]:
