@@ -12,8 +12,8 @@ decode ms/step, and the first call (load + first generate) in a fresh process
 first process wrote. The machine's limits are measured in the same run (a
 float32 ``[2048x512]·[512x1376]`` matmul in XLA and in PyTorch; a streaming
 read of 256 MiB; the rate a decode-shaped ``[batch, 512]·[512, 32064]`` product
-streams its weights) and each side's prefill GFLOP/s and decode GB/s are given
-as fractions of them. Greedy outputs must be identical, token for token.
+streams its weights in XLA, in PyTorch and on mmjax's CPU matmul kernel) and
+each side's prefill GFLOP/s and decode GB/s are given as fractions of them. Greedy outputs must be identical, token for token.
 
     python benchmarks/generate_vs_transformers.py [--batch 8] [--new-tokens 64] [--repeats 2]
 """
@@ -106,7 +106,8 @@ def decode_bytes_per_step(contexts: list[int], bytes_per_value: int = 4) -> floa
 def machine_limits(batch: int) -> dict[str, float]:
     """This host's limits, measured now (float32): the matmul rate (XLA and PyTorch), the streaming-read
     bandwidth, and the rate at which a decode-shaped product streams its weights: ``[batch, 512]`` times
-    the LM head's ``[512, 32064]`` (66 MB, past the caches), in XLA with the engine's options and in PyTorch."""
+    the LM head's ``[512, 32064]`` (66 MB, past the caches), in XLA with the engine's options, in
+    PyTorch, and on mmjax's CPU matmul kernel (what the engine's decode steps use on CPU)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -137,10 +138,16 @@ def machine_limits(batch: int) -> dict[str, float]:
     skinny_xla_s = best(lambda: skinny(x, head).block_until_ready())
     tx, thead = torch.ones(batch, TEXT["hidden"]), torch.ones(TEXT["vocab"], TEXT["hidden"])
     skinny_torch_s = best(lambda: torch.nn.functional.linear(tx, thead))
+    from mmjax.kernels_cpu import matmul_unavailable, skinny_matmul_cpu
+
+    skinny_kernel = jax.jit(skinny_matmul_cpu)
+    skinny_kernel_s = (best(lambda: skinny_kernel(x, head).block_until_ready())
+                       if matmul_unavailable(jnp.float32) is None else float("inf"))
     return {"matmul_gflops_xla": 2 * m * k * n / xla_s / 1e9, "matmul_gflops_torch": 2 * m * k * n / torch_s / 1e9,
             "read_gb_per_s": big.nbytes / read_s / 1e9,
             "decode_matmul_gb_per_s_xla": head.nbytes / skinny_xla_s / 1e9,
-            "decode_matmul_gb_per_s_torch": head.nbytes / skinny_torch_s / 1e9}
+            "decode_matmul_gb_per_s_torch": head.nbytes / skinny_torch_s / 1e9,
+            "decode_matmul_gb_per_s_mmjax_kernel": head.nbytes / skinny_kernel_s / 1e9}
 
 
 # -- the two sides ---------------------------------------------------------------------
@@ -283,9 +290,10 @@ def main() -> None:
         side["decode_gb_per_s"] = step_bytes / (side["decode_ms_per_step"] / 1e3) / 1e9
         side["decode_fraction_of_bandwidth"] = side["decode_gb_per_s"] / limits["read_gb_per_s"]
         side["decode_step_over_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / limits["read_gb_per_s"])
-        # Against what this host's skinny matmuls stream (the faster of XLA's and PyTorch's): a decode
-        # step cannot read its bytes faster than its products do.
-        skinny = max(limits["decode_matmul_gb_per_s_xla"], limits["decode_matmul_gb_per_s_torch"])
+        # Against what this host's skinny matmuls stream (the fastest of XLA's, PyTorch's and mmjax's
+        # kernel): a decode step cannot read its bytes faster than its products do.
+        skinny = max(limits["decode_matmul_gb_per_s_xla"], limits["decode_matmul_gb_per_s_torch"],
+                     limits["decode_matmul_gb_per_s_mmjax_kernel"])
         side["decode_step_over_skinny_matmul_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / skinny)
     rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
     report = {

@@ -191,7 +191,7 @@ def load(
                 f"{err}; it is needed for image prompts (to load for text only, pass "
                 f"limit_mm_per_prompt={{'image': 0}})"
             ) from err
-    _build_attention_kernel_meanwhile(model_config.hf_config)
+    _build_cpu_kernels_meanwhile(model_config.hf_config)
     loader = resolve_loader(model_config.hf_config)
     if mesh is None:
         model, _ = loader(os.fspath(path), dtype)
@@ -203,16 +203,17 @@ def load(
                mesh=mesh, processor_cache=processor_cache)
 
 
-def _build_attention_kernel_meanwhile(hf_config: Any) -> None:
-    """On CPU, the paged-attention kernel for this model's head dim builds (first time on this machine)
-    or loads while the weights are read."""
-    from mmjax.kernels_cpu import build_in_background
+def _build_cpu_kernels_meanwhile(hf_config: Any) -> None:
+    """On CPU, the paged-attention kernel for this model's head dim and the few-row matmul kernel build
+    (first time on this machine) or load while the weights are read."""
+    from mmjax.kernels_cpu import build_in_background, build_matmul_in_background
 
     text = getattr(hf_config, "text_config", hf_config)
     heads = getattr(text, "num_attention_heads", None)
     head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
     if isinstance(head_dim, int):
         build_in_background(head_dim)
+    build_matmul_in_background()
 
 
 def _resolve_mesh(mesh: Any, hf_config: Any) -> Any:

@@ -119,6 +119,7 @@ class LLMEngine:
             detokenizer=IncrementalDetokenizer(self.llm.tokenizer, processed.token_ids, params),
             mm_rows=mm_rows, item_spans=item_spans(processed),
             logprobs=[] if params.logprobs is not None else None,
+            cumulative_logprob=0.0 if params.logprobs is not None else None,  # as vLLM: tracked with logprobs
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
         )
         self.scheduler.add(request)
@@ -337,7 +338,8 @@ class LLMEngine:
             seen = SeenTokens.build([c.request.output_token_ids for c, _ in sampling],
                                     [c.request.prompt_token_ids for c, _ in sampling], [row for _, row in sampling],
                                     self.text_config.vocab_size, pad_to=num_rows)
-        num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else 0
+        # Logprobs cost a log-softmax over the vocabulary: computed only in steps where a request asked.
+        num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else None
         out = self.runner.sample(logits, tensors, seen, num_logprobs)
         for chunk, row in sampling:
             self._blame = chunk.request

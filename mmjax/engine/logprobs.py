@@ -15,11 +15,11 @@ def _decoder(tokenizer: Any):
 
 
 def record_sample(request: Request, row: int, out: Any, tokenizer: Any) -> None:
-    """Add the sampled token's raw logprob (and the top ones when asked) to ``request``."""
-    token, logprob = int(out.tokens[row]), float(out.logprobs[row])
-    request.cumulative_logprob += logprob
+    """Add the sampled token's raw logprob, and the top ones, to ``request`` if it asked for logprobs."""
     if request.logprobs is None:
         return
+    token, logprob = int(out.tokens[row]), float(out.logprobs[row])
+    request.cumulative_logprob += logprob
     n = request.params.logprobs
     request.logprobs.append(logprobs_dict(token, logprob, int(out.ranks[row]), out.top_ids[row, :n],
                                           out.top_logprobs[row, :n], _decoder(tokenizer)))

@@ -42,7 +42,8 @@ class CompletionOutput:
       index: the completion's index (always 0: n=1).
       text: the generated text so far (stop string removed unless asked for).
       token_ids: the generated token ids.
-      cumulative_logprob: sum of the generated tokens' logprobs (``None`` if not tracked).
+      cumulative_logprob: sum of the generated tokens' logprobs; ``None`` unless the request asked for
+        ``logprobs`` (as vLLM: they are computed only then).
       logprobs: per generated token, when ``SamplingParams.logprobs`` is set.
       finish_reason: ``"stop"`` (EOS, stop token or string), ``"length"``, or ``None`` while running.
       stop_reason: the stop string or stop token id that ended it; ``None`` for EOS or length.

@@ -72,7 +72,7 @@ class Request:
     mm_slots: np.ndarray | None = None
     status: RequestStatus = RequestStatus.WAITING
     logprobs: list[dict] | None = None
-    cumulative_logprob: float = 0.0
+    cumulative_logprob: float | None = None  # 0.0 to start with when the request asked for logprobs
     prompt_logprobs: list[dict | None] | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None

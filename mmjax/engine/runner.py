@@ -196,8 +196,8 @@ class ModelRunner:
         return logits[jax.device_put(index)]
 
     def sample(self, logits: jax.Array, tensors: SamplingTensors, seen: SeenTokens | None,
-               num_logprobs: int) -> SamplerOutput:
-        """Sample every row of ``logits`` ``[R * B, V]``; the result on the host."""
+               num_logprobs: int | None) -> SamplerOutput:
+        """Sample every row of ``logits`` ``[R * B, V]``; the result on the host (``num_logprobs``: ``sample``'s)."""
         return fetch(sample(logits, tensors, seen, num_logprobs=num_logprobs))
 
     def prompt_logprobs(self, logits: jax.Array, next_tokens: np.ndarray, num_logprobs: int) -> Any:

@@ -115,8 +115,8 @@ class SamplerOutput:
 
     Attributes:
       tokens: the sampled token of each row.
-      logprobs: its log-softmax under the raw logits.
-      ranks: its 1-based rank under the raw logits (1 = most likely).
+      logprobs: its log-softmax under the raw logits (zeros when ``sample`` was asked for none).
+      ranks: its 1-based rank under the raw logits (1 = most likely; zeros when asked for none).
       top_ids, top_logprobs: the ``J = num_logprobs`` most likely tokens, descending.
     """
 
@@ -130,10 +130,13 @@ class SamplerOutput:
 @functools.partial(jax.jit, static_argnames=("num_logprobs",))
 @shape_checked
 def sample(
-    logits: Float[Array, "B V"], tensors: SamplingTensors, seen: SeenTokens | None = None, *, num_logprobs: int = 0
+    logits: Float[Array, "B V"], tensors: SamplingTensors, seen: SeenTokens | None = None, *,
+    num_logprobs: int | None = 0,
 ) -> SamplerOutput:
     """Sample one token per row: penalties (when ``seen`` is given), then argmax for greedy rows,
-    else temperature, top-k, top-p, min-p, categorical. Logprobs are of the raw logits."""
+    else temperature, top-k, top-p, min-p, categorical. Logprobs are of the raw logits: the sampled
+    token's and its rank, and the top ``num_logprobs``; ``num_logprobs=None``: none at all (a log-softmax
+    over the vocabulary saved, ~1.5 ms of the benchmark's 18 ms decode step)."""
     logits = logits.astype(jnp.float32)
     adjusted = logits if seen is None else apply_penalties(logits, tensors, seen)
     greedy = tensors.temperature < GREEDY_EPS
@@ -142,6 +145,10 @@ def sample(
     tokens = jax.lax.cond(
         jnp.all(greedy), lambda: argmax, lambda: jnp.where(greedy, argmax, _sample_random(adjusted, tensors))
     )
+    if num_logprobs is None:
+        rows = logits.shape[0]
+        return SamplerOutput(tokens, jnp.zeros(rows, jnp.float32), jnp.zeros(rows, jnp.int32),
+                             *_top_logprobs(logits, 0))
     logprobs, ranks = _token_logprobs(logits, tokens)
     top_ids, top_logprobs = _top_logprobs(logits, num_logprobs)
     return SamplerOutput(tokens, logprobs, ranks, top_ids, top_logprobs)

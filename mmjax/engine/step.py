@@ -30,6 +30,7 @@ from flax import nnx
 
 from mmjax.attention import PagedAttend
 from mmjax.engine.compilation import compiler_options
+from mmjax.kernels_cpu import few_rows_dot_general
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
 from mmjax.models.llama import DecoderConfig
@@ -84,6 +85,15 @@ def encode_into_arena(
     return arena
 
 
+def send_few_row_products_to_cpu_kernel(model: nnx.Module) -> None:
+    """Every linear layer of `model` (merged inside the step's trace) multiplies 2-32 rows (a decode step's
+    tokens, the LM head's rows) on the native CPU kernel, and more rows with XLA's dot as before
+    (``mmjax.kernels_cpu.few_rows_dot_general``; plain XLA where the kernel cannot be built)."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Linear):
+            module.dot_general = few_rows_dot_general
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl", "kv_sharding"), donate_argnames=("kv_pages",))
 def paged_step(
     graphdef: nnx.GraphDef,
@@ -113,11 +123,15 @@ def paged_step(
       kv_sharding: on a mesh, where the pages live (``mmjax.sharding.kv_pages_sharding``):
         attention runs per device (``shard_map``) and the new pages are pinned
         there, so the donated buffers are reused and the next step sees the same sharding.
+      impl: the attention implementation; with "auto" or "cpu" on one CPU device, the linear layers'
+        few-row products (decode) run on the native CPU kernel too (``send_few_row_products_to_cpu_kernel``).
 
     Returns:
       ``(logits f32[R * B, V], new kv_pages)``: replica ``r``'s rows are ``r * B:(r + 1) * B``.
     """
     model = nnx.merge(graphdef, state)
+    if kv_sharding is None and impl in ("auto", "cpu") and jax.default_backend() == "cpu":
+        send_few_row_products_to_cpu_kernel(model)
     embeds = model.embed_text(input_ids)
     if embeddings is not None:
         gathered = jax.vmap(lambda arena, rows: arena[rows])(embeddings, jnp.maximum(embedding_slots, 0))

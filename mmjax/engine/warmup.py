@@ -90,6 +90,6 @@ def _warm_sampler(runner: ModelRunner) -> None:
     tensors = SamplingTensors.build([SamplingParams()], seeds=[0], steps=[0], pad_to=rows)
     logits = jnp.zeros((rows, vocab), jnp.float32)
     seen = SeenTokens.build([], [], [], vocab, pad_to=rows)  # the variant for requests with penalties
-    for num_logprobs in (0, MAX_LOGPROBS):
+    for num_logprobs in (None, MAX_LOGPROBS):  # what the engine asks for: none, or every request's top ones
         for penalties in (None, seen):
             runner.sample(logits, tensors, penalties, num_logprobs)

@@ -2,7 +2,10 @@
 
 ``mmjax.attention`` uses ``ragged_paged_attention_cpu`` on CPU by default and
 plain XLA (``mmjax.kernels_pallas.ragged_paged_attention_tiled``) where the
-kernel cannot be built (``kernel_unavailable`` says why).
+kernel cannot be built (``kernel_unavailable`` says why). The engine's step
+programs on CPU send the decoder's few-row products (decode) to
+``skinny_matmul_cpu`` through ``few_rows_dot_general`` (``matmul_unavailable``
+says why not, where not).
 """
 
 from mmjax.kernels_cpu.build import KernelBuildError, kernel_cache_dir
@@ -11,6 +14,9 @@ from mmjax.kernels_cpu.ragged_paged_attention import (
     kernel_unavailable,
     ragged_paged_attention_cpu,
 )
+from mmjax.kernels_cpu.skinny_matmul import few_rows_dot_general, matmul_unavailable, skinny_matmul_cpu
+from mmjax.kernels_cpu.skinny_matmul import build_in_background as build_matmul_in_background
 
-__all__ = ["KernelBuildError", "build_in_background", "kernel_cache_dir", "kernel_unavailable",
-           "ragged_paged_attention_cpu"]
+__all__ = ["KernelBuildError", "build_in_background", "build_matmul_in_background", "few_rows_dot_general",
+           "kernel_cache_dir", "kernel_unavailable", "matmul_unavailable", "ragged_paged_attention_cpu",
+           "skinny_matmul_cpu"]

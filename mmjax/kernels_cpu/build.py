@@ -7,7 +7,7 @@ CPU (``-march=native``), and stored under ``$XDG_CACHE_HOME/mmjax/kernels``
 directory). Its file name is a hash of everything the binary depends on: the
 source, the flags, the compiler's version, jaxlib's version and the CPU's
 model and feature flags, so a home directory shared by different machines
-keeps one build per kind of CPU and a changed source is rebuilt. A build is
+keeps one build per kind of CPU and a changed source (or a header beside it) is rebuilt. A build is
 written to a temporary file and renamed into place, so processes building
 at once never load a half-written library.
 """
@@ -56,7 +56,7 @@ def find_compiler() -> list[str]:
         if shutil.which(name):
             return [name]
     raise KernelBuildError(
-        "no C++ compiler found (set CXX, or install g++ or clang++) to build mmjax's CPU attention kernel")
+        "no C++ compiler found (set CXX, or install g++ or clang++) to build mmjax's CPU kernels")
 
 
 def _cpu_identity() -> str:
@@ -77,7 +77,7 @@ def _compiler_version(compiler: list[str]) -> str:
 
 
 def _compile(compiler: list[str], flags: list[str], source: Path, target: Path) -> subprocess.CompletedProcess:
-    command = [*compiler, *flags, "-I", jax.ffi.include_dir(), str(source), "-o", str(target)]
+    command = [*compiler, *flags, "-I", str(source.parent), "-I", jax.ffi.include_dir(), str(source), "-o", str(target)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
@@ -89,7 +89,8 @@ def build_library(source: Path, defines: dict[str, int | str]) -> Path:
     compiler = find_compiler()
     define_flags = [f"-D{name}={value}" for name, value in sorted(defines.items())]
     opt_flags = list(OPT_FLAGS)
-    identity = "\n".join([source.read_text(), " ".join(compiler), " ".join(define_flags + opt_flags),
+    headers = [header.read_text() for header in sorted(source.parent.glob("*.h"))]  # what the source includes
+    identity = "\n".join([source.read_text(), *headers, " ".join(compiler), " ".join(define_flags + opt_flags),
                           _compiler_version(compiler), jaxlib.__version__, platform.machine(), _cpu_identity()])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
     directory = kernel_cache_dir()

@@ -24,16 +24,13 @@
 // Pages may lie anywhere, so the rows of the next page are prefetched.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "kernel_common.h"
 #include "xla/ffi/api/ffi.h"
 
 #ifndef MMJAX_HEAD_DIM  // one build per head dim (mmjax.kernels_cpu.build passes it)
@@ -44,38 +41,17 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+using mmjax_cpu::BF16;
+using mmjax_cpu::FromFloat;
+using mmjax_cpu::ParallelFor;
+using mmjax_cpu::ToFloat;
+
 constexpr int kBlockKeys = 64;     // keys per online-softmax update
 constexpr int kTileTokens = 64;    // query tokens per work item (prefill)
 constexpr int kRowBlock = 4;       // query rows per register block of the logits
 constexpr int kPrefetchKeys = 16;  // how far ahead rows are prefetched (a page of 16 tokens)
 constexpr int kManyRows = 8;       // from this many rows a tile transposes its K blocks
 constexpr float kMaskValue = -0.7f * 3.4028234663852886e38f;  // finite: exp(mask - mask) never NaN
-
-// ---- element types ---------------------------------------------------------
-
-struct BF16 {
-  uint16_t bits;
-};
-
-inline float ToFloat(float x) { return x; }
-inline float ToFloat(BF16 x) {
-  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline void FromFloat(float x, float* out) { *out = x; }
-inline void FromFloat(float x, BF16* out) {  // round to nearest even; NaN stays NaN
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    out->bits = static_cast<uint16_t>((u >> 16) | 0x40u);
-    return;
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  out->bits = static_cast<uint16_t>(u >> 16);
-}
 
 // exp(x) for x <= 0 (every argument here is a logit minus its running max),
 // written so the compiler vectorizes it (libm's expf does not). Cody-Waite
@@ -265,34 +241,6 @@ void AttendTile(const Problem<T>& pr, const WorkItem& item) {
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int d = 0; d < H; ++d) FromFloat(acc[r * H + d] * inv, dst + d);
   }
-}
-
-// ---- parallel loop over work items -----------------------------------------
-
-struct SharedCounter {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mutex;
-  std::condition_variable all_done;
-};
-
-template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t num_items, Fn fn) {
-  auto state = std::make_shared<SharedCounter>();
-  auto work = [state, num_items, fn]() {
-    for (int64_t i; (i = state->next.fetch_add(1)) < num_items;) {
-      fn(i);
-      if (state->done.fetch_add(1) + 1 == num_items) {
-        std::lock_guard<std::mutex> lock(state->mutex);
-        state->all_done.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_items) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
-  work();  // the calling thread takes items too; helpers that start late find none left
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->all_done.wait(lock, [&] { return state->done.load() == num_items; });
 }
 
 template <typename T, int H>

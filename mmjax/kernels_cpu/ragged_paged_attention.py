@@ -20,10 +20,8 @@ input, a GPU/TPU backend), so callers can fall back to plain XLA.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
-import os
 import threading
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.kernels_cpu.build import KernelBuildError, build_library
+from mmjax.kernels_cpu.registration import register, register_in_background, runs_here
 from mmjax.kernels_pallas.ragged_paged_attention import with_validated_inputs
 from mmjax.types import Array, Float, Int, shape_checked
 
@@ -39,56 +37,35 @@ SOURCE = Path(__file__).with_name("ragged_paged_attention.cc")
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 #: Head dims the kernel is built for (one library each; a stack tile holds 4 rows of H floats).
 MAX_HEAD_DIM = 512
-_libraries: dict[int, ctypes.CDLL] = {}  # kept alive: XLA calls into them
-_outcomes: dict[int, str | None] = {}  # head dim -> None (registered) or why the build failed
-_build_lock = threading.Lock()  # one build at a time: a caller waits for a build already under way
 
 
 def target_name(head_dim: int) -> str:
     return f"mmjax_ragged_paged_attention_h{head_dim}"
 
 
-def disabled() -> bool:
-    """``MMJAX_CPU_KERNEL=0`` (or false/off/no) switches the kernel off: plain XLA is used instead."""
-    return os.environ.get("MMJAX_CPU_KERNEL", "").lower() in ("0", "false", "off", "no")
-
-
-def _build_error(head_dim: int) -> str | None:
-    """Builds (or finds on disk) and registers the library for `head_dim` once; None, or why it failed."""
-    with _build_lock:
-        if head_dim not in _outcomes:
-            try:
-                library = ctypes.CDLL(str(build_library(SOURCE, {"MMJAX_HEAD_DIM": head_dim})))
-                jax.ffi.register_ffi_target(target_name(head_dim),
-                                            jax.ffi.pycapsule(library.MmjaxRaggedPagedAttention), platform="cpu")
-                _libraries[head_dim] = library
-                _outcomes[head_dim] = None
-            except (KernelBuildError, OSError) as error:
-                _outcomes[head_dim] = str(error)
-        return _outcomes[head_dim]
+def _register(head_dim: int) -> str | None:
+    return register(target_name(head_dim), SOURCE, "MmjaxRaggedPagedAttention", {"MMJAX_HEAD_DIM": head_dim})
 
 
 def build_in_background(head_dim: int) -> threading.Thread | None:
     """Starts building the kernel for `head_dim` on a thread, so the ~3 s of a first build overlap other
     work (``mmjax.load`` calls it before reading the weights). None where the kernel is not used here."""
-    if disabled() or jax.default_backend() != "cpu" or not 0 < head_dim <= MAX_HEAD_DIM or head_dim in _outcomes:
+    if not 0 < head_dim <= MAX_HEAD_DIM:
         return None
-    thread = threading.Thread(target=_build_error, args=(head_dim,), name="mmjax-cpu-kernel-build")
-    thread.start()
-    return thread
+    return register_in_background(target_name(head_dim), SOURCE, "MmjaxRaggedPagedAttention",
+                                  {"MMJAX_HEAD_DIM": head_dim})
 
 
 def kernel_unavailable(head_dim: int, dtype) -> str | None:
     """None if the kernel serves this head dim and dtype here (building it now if needed), else why not."""
-    if disabled():
-        return "switched off by MMJAX_CPU_KERNEL=0"
-    if jax.default_backend() != "cpu":
-        return f"the default backend is {jax.default_backend()!r}, and the kernel runs on CPU only"
+    reason = runs_here()
+    if reason is not None:
+        return reason
     if jnp.dtype(dtype) not in DTYPES:
         return f"dtype {jnp.dtype(dtype)} (the kernel takes float32 or bfloat16)"
     if not 0 < head_dim <= MAX_HEAD_DIM:
         return f"head dim {head_dim} (the kernel takes 1 to {MAX_HEAD_DIM})"
-    return _build_error(head_dim)
+    return _register(head_dim)
 
 
 @functools.partial(jax.jit, static_argnames=("sm_scale",))

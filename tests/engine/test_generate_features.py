@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -51,6 +53,10 @@ def test_logprobs_and_prompt_logprobs_equal_transformers(llm):
         assert entry[token].rank == 1  # greedy picks the top token
     assert abs(out.outputs[0].cumulative_logprob - sum(reference[prompt_len - 1 + i, t]
                                                         for i, t in enumerate(out.token_ids))) < 1e-3
+    [plain] = mmjax.generate(llm, IMAGE_PROMPT, dataclasses.replace(params, logprobs=None, prompt_logprobs=None),
+                             engine_config=CONFIG)
+    assert plain.token_ids == out.token_ids  # as vLLM: without logprobs asked, none are computed or summed
+    assert plain.outputs[0].logprobs is None and plain.outputs[0].cumulative_logprob is None
 
 
 def test_penalties_steer_greedy_decoding_as_the_formula_says(llm):

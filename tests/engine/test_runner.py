@@ -88,6 +88,19 @@ def test_a_decode_step_is_as_wide_as_its_sequences(llm, monkeypatch):
     assert all(width in config.token_buckets for is_decode, _, width in widths if not is_decode)
 
 
+def test_decode_steps_multiply_their_rows_on_the_cpu_kernel(llm):
+    """On one CPU device the default step program sends the decoder's few-row products (decode) to the
+    native matmul kernel; impl="xla" (the plain-XLA path) keeps XLA's dot. Both are checked against
+    transformers by the greedy tests, which run the default."""
+    from mmjax.kernels_cpu.skinny_matmul import TARGET
+
+    default = llm.engine(CONFIG).runner.lower_step(2, decode=True).as_text()
+    plain = llm.engine(dataclasses.replace(CONFIG, impl="xla")).runner.lower_step(2, decode=True).as_text()
+    layers = llm.hf_config.text_config.num_hidden_layers
+    assert default.count(TARGET) >= 7 * layers  # q, k, v, o, gate, up, down of every layer
+    assert TARGET not in plain
+
+
 def test_rows_and_pages_all_come_back_after_generate_with_preemption():
     llm = load(NEXT)
     config = mmjax.EngineConfig(page_size=8, max_num_seqs=2, max_num_batched_tokens=64, max_model_len=256,

@@ -75,6 +75,9 @@ def test_logprobs_are_raw_log_softmax_whatever_the_temperature():
     want_ranks = 1 + (ref > ref[rows, np.asarray(out.tokens)][:, None]).sum(-1)
     np.testing.assert_array_equal(out.ranks, want_ranks)
     assert draw(logits, params, num_logprobs=0).top_ids.shape == (11, 0)
+    without = draw(logits, params, num_logprobs=None)  # none asked: the same tokens, no log-softmax
+    np.testing.assert_array_equal(without.tokens, out.tokens)
+    assert not np.any(without.logprobs) and without.top_ids.shape == (11, 0)
 
 
 def test_top_k_never_samples_outside_the_top_k():

@@ -148,10 +148,11 @@ def test_a_build_started_in_the_background_is_waited_for_and_done_once(tmp_path,
     assert build_in_background(48) is None, "nothing left to build"
 
 
-def test_load_builds_the_kernel_for_the_models_head_dim_while_reading_weights(monkeypatch, tmp_path):
+def test_load_builds_the_kernels_for_the_models_head_dim_while_reading_weights(monkeypatch, tmp_path):
     path = make_tiny_llava_checkpoint(tmp_path)
     asked = []
     monkeypatch.setattr(mmjax.kernels_cpu, "build_in_background", asked.append)
+    monkeypatch.setattr(mmjax.kernels_cpu, "build_matmul_in_background", lambda: asked.append("matmul"))
     llm = mmjax.load(path, limit_mm_per_prompt={"image": 0})
     text = llm.model_config.hf_config.text_config
-    assert asked == [getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads]
+    assert asked == [getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads, "matmul"]

@@ -1,0 +1,80 @@
+// What mmjax's CPU kernels share: the element types they read and write, and a parallel loop
+// over XLA's intra-op thread pool. Included by each kernel's .cc (mmjax.kernels_cpu.build
+// hashes every header beside a source into the library's name, so a change here rebuilds them).
+
+#ifndef MMJAX_KERNELS_CPU_KERNEL_COMMON_H_
+#define MMJAX_KERNELS_CPU_KERNEL_COMMON_H_
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace mmjax_cpu {
+
+namespace ffi = xla::ffi;
+
+// ---- element types ---------------------------------------------------------
+
+struct BF16 {
+  uint16_t bits;
+};
+
+inline float ToFloat(float x) { return x; }
+inline float ToFloat(BF16 x) {
+  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline void FromFloat(float x, float* out) { *out = x; }
+inline void FromFloat(float x, BF16* out) {  // round to nearest even; NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    out->bits = static_cast<uint16_t>((u >> 16) | 0x40u);
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  out->bits = static_cast<uint16_t>(u >> 16);
+}
+
+// ---- parallel loop over work items -----------------------------------------
+
+struct SharedCounter {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable all_done;
+};
+
+// fn(i) for i in [0, num_items), spread over the pool's threads and the calling thread.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t num_items, Fn fn) {
+  if (num_items <= 0) return;
+  auto state = std::make_shared<SharedCounter>();
+  auto work = [state, num_items, fn]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < num_items;) {
+      fn(i);
+      if (state->done.fetch_add(1) + 1 == num_items) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->all_done.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_items) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
+  work();  // the calling thread takes items too; helpers that start late find none left
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->all_done.wait(lock, [&] { return state->done.load() == num_items; });
+}
+
+}  // namespace mmjax_cpu
+
+#endif  // MMJAX_KERNELS_CPU_KERNEL_COMMON_H_

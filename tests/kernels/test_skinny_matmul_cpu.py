@@ -1,0 +1,118 @@
+"""The few-row matmul kernel (``mmjax.kernels_cpu.skinny_matmul_cpu``) against float64 numpy, its
+``dot_general`` for linear layers, its gradients, and its inputs refused by name.
+
+Shapes cross the kernel's edges: rows in passes of 8, w's rows in blocks of 8
+(K not a multiple), columns in vectors of 16 and chunks of at most 512 (N not
+a multiple, several chunks), one thread's chunk or many.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmjax.engine.step import send_few_row_products_to_cpu_kernel
+from mmjax.kernels_cpu import few_rows_dot_general, matmul_unavailable, skinny_matmul_cpu
+from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS, MIN_ROWS, TARGET
+
+SHAPES = [  # (M, K, N)
+    (1, 8, 16), (2, 13, 5), (7, 64, 33), (8, 512, 512), (9, 37, 600), (16, 24, 1030), (17, 100, 1376), (32, 16, 48),
+]
+
+
+def operands(shape, dtype=jnp.float32, seed=0):
+    m, k, n = shape
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal((m, k)), dtype), jnp.asarray(rng.standard_normal((k, n)), dtype))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_float64_numpy(shape):
+    x, w = operands(shape)
+    expected = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    out = jax.jit(skinny_matmul_cpu)(x, w)
+    assert out.shape == expected.shape and out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5 * np.sqrt(shape[1]))
+
+
+def test_bfloat16_accumulates_in_float32_and_rounds_once():
+    x, w = operands((8, 256, 600), jnp.bfloat16, seed=1)
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)  # of the bfloat16 inputs, exactly
+    out = skinny_matmul_cpu(x, w)
+    assert out.dtype == jnp.bfloat16
+    # one rounding to bfloat16 (8 bits of mantissa) of a float32 sum: within half an ulp of the exact sum,
+    # and equal to the exact sum rounded wherever the float32 sum's own error does not cross a rounding edge
+    got = np.asarray(out, np.float64)
+    np.testing.assert_allclose(got, exact, rtol=2 ** -8, atol=1e-3)
+    assert np.mean(got == np.asarray(jnp.asarray(exact, jnp.bfloat16), np.float64)) > 0.95
+
+
+def test_gradients_are_those_of_the_plain_product():
+    x, w = operands((4, 24, 40), seed=2)
+    g = jnp.asarray(np.random.default_rng(3).standard_normal((4, 40)), jnp.float32)
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * g)  # noqa: E731
+    ours = jax.grad(loss(skinny_matmul_cpu), argnums=(0, 1))(x, w)
+    plain = jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, w)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_are_named_before_the_call():
+    x, w = operands((4, 8, 16))
+    with pytest.raises(ValueError, match=r"expected x \[M, K\] and w \[K, N\].*\(4, 8\) and \(16, 8\)"):
+        skinny_matmul_cpu(x, w.T)
+    with pytest.raises(ValueError, match="one dtype.*float32 and bfloat16"):
+        skinny_matmul_cpu(x, w.astype(jnp.bfloat16))
+    with pytest.raises(ValueError, match="cannot run: dtype float16"):
+        skinny_matmul_cpu(x.astype(jnp.float16), w.astype(jnp.float16))
+    assert "float16" in matmul_unavailable(jnp.float16)
+
+
+def custom_calls(fn, *args) -> list[str]:
+    text = jax.jit(fn).lower(*args).as_text()
+    return [line for line in text.splitlines() if TARGET in line]
+
+
+@pytest.mark.parametrize("rows", [1, MIN_ROWS, 8, MAX_ROWS, MAX_ROWS + 1])
+def test_dot_general_sends_only_few_rows_to_the_kernel(rows):
+    """[B, T, K] . [K, N] as nnx.Linear calls it: the kernel for MIN_ROWS..MAX_ROWS rows, XLA otherwise;
+    the same values either way."""
+    x, w = operands((rows, 24, 40), seed=4)
+    x3 = x.reshape(1, rows, 24)
+    numbers = (((2,), (0,)), ((), ()))
+    out = few_rows_dot_general(x3, w, numbers)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(jax.lax.dot_general(x3, w, numbers)), rtol=1e-5, atol=1e-5)
+    used = bool(custom_calls(lambda a, b: few_rows_dot_general(a, b, numbers), x3, w))
+    assert used == (MIN_ROWS <= rows <= MAX_ROWS)
+
+
+def test_dot_general_leaves_other_products_to_xla(monkeypatch):
+    x, w = operands((4, 24, 40))
+    numbers = (((1,), (0,)), ((), ()))
+    assert not custom_calls(lambda a, b: few_rows_dot_general(a, b, numbers, preferred_element_type=jnp.bfloat16), x, w)
+    assert not custom_calls(lambda a, b: few_rows_dot_general(a.T, b.T, (((0,), (1,)), ((), ()))), x, w)  # other axes
+    monkeypatch.setenv("MMJAX_CPU_KERNEL", "0")
+    assert not custom_calls(lambda a, b: few_rows_dot_general(a, b, numbers), x + 0, w)
+    assert "MMJAX_CPU_KERNEL=0" in matmul_unavailable(jnp.float32)
+
+
+def test_linear_layers_of_a_merged_model_use_it():
+    """What the engine's step does to its model: every nnx.Linear multiplies few rows on the kernel,
+    with the values of the unchanged layers."""
+    model = nnx.Sequential(nnx.Linear(24, 48, rngs=nnx.Rngs(0)), nnx.Linear(48, 16, use_bias=False, rngs=nnx.Rngs(1)))
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 4, 24)), jnp.float32)
+
+    def run(state, x, native):
+        merged = nnx.merge(graphdef, state)
+        if native:
+            send_few_row_products_to_cpu_kernel(merged)
+        return merged(x)
+
+    assert len(custom_calls(lambda s, x: run(s, x, True), state, x)) >= 2
+    assert not custom_calls(lambda s, x: run(s, x, False), state, x)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda s, x: run(s, x, True))(state, x)), np.asarray(model(x)),
+                               rtol=1e-5, atol=1e-5)
