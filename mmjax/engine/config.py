@@ -28,7 +28,9 @@ class EngineConfig:
       memory_utilization: share of an accelerator's memory the engine may use.
       max_model_len: longest sequence (prompt + output); default: the model's context.
       impl: attention implementation: "auto" (Pallas on GPU/TPU, the native kernel on CPU,
-        plain XLA where it cannot be built), "pallas", "cpu", "xla" or "reference".
+        plain XLA where it cannot be built), "pallas", "cpu", "xla" or "reference". With
+        "auto" or "cpu" on one CPU device, decode's few-row products run on the native
+        matmul kernel too; "xla" and "reference" keep every product in XLA.
       max_encoder_batch: most requests whose items one encoder call takes (those a step
         starts, with inputs of one shape, padded to a power of two). Default: 8 on GPU/TPU,
         1 on CPU, where batching measured slower (``mmjax.engine.defaults``).
