@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -47,6 +48,19 @@ inline void FromFloat(float x, BF16* out) {  // round to nearest even; NaN stays
 
 // ---- parallel loop over work items -----------------------------------------
 
+// How long the calling thread spins for the helpers' last items before it sleeps: a decode step's
+// products take 30-100 us each, and waking a sleeping thread costs a good part of that. Measured on
+// a chain of the benchmark decoder's products (2-core host): 5.6-6.0 ms with the spin, 6.1-7.3 without.
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 struct SharedCounter {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
@@ -71,6 +85,11 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t num_items, Fn fn) {
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_items) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
   work();  // the calling thread takes items too; helpers that start late find none left
+  const auto spin_until = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+  for (int spins = 0; state->done.load(std::memory_order_acquire) != num_items; ++spins) {
+    if (spins % 64 == 0 && std::chrono::steady_clock::now() > spin_until) break;
+    CpuRelax();
+  }
   std::unique_lock<std::mutex> lock(state->mutex);
   state->all_done.wait(lock, [&] { return state->done.load() == num_items; });
 }
