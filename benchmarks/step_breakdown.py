@@ -1,5 +1,6 @@
 """Where the default path's time goes on the speed benchmark's workload: encoder, prefill steps, decode
-steps, sampler, host; and how much of each step is attention.
+steps, sampler (or, when every request is plain greedy, fetching the tokens the step computed), host;
+and how much of each step is attention.
 
 The workload is ``generate_vs_transformers.py``'s (its random LLaVA-1.5, 8 prompts of a new photo each,
 64 new tokens, greedy, ``mmjax.load`` + ``mmjax.generate`` with no engine config). Each device call is
@@ -62,6 +63,7 @@ def timed_parts(path: str, without_attention: bool) -> dict[str, dict[str, float
     runner.execute = timed(step_kind, runner.execute)
     runner.encode = timed("encoder", runner.encode)
     runner.sample = timed("sampler", runner.sample)
+    runner.fetch_greedy_tokens = timed("greedy_tokens", runner.fetch_greedy_tokens)
     engine._step = timed("whole_step", engine._step)
     mmjax.generate(llm, prompts(8, variant=1), params, use_tqdm=False)
     return {name: {"calls": len(t), "seconds": round(sum(t), 3), "median_ms": round(1e3 * float(np.median(t)), 2)}

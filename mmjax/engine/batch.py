@@ -40,6 +40,7 @@ class StepBatch:
         every other token; None for a model without multimodal embeddings.
       sample_rows: for each chunk, its row in the returned logits ``[R * B, V]`` (or ``[R * T, V]``).
       chunk_offsets: for each chunk, the row of its first token in the flattened ``[R * T]`` tokens.
+      all_logits: the logits of every token are returned (prompt logprobs), not one row per sequence.
     """
 
     input_ids: np.ndarray
@@ -48,6 +49,7 @@ class StepBatch:
     embedding_slots: np.ndarray | None
     sample_rows: tuple[int, ...]
     chunk_offsets: tuple[int, ...]
+    all_logits: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -106,7 +108,7 @@ def build_step_batch(
         chunk_offsets.append(r * num_tokens + offset)
         sample_rows.append(r * num_tokens + offset + chunk.num_tokens - 1 if all_logits else r * max_num_seqs + j)
     slots = _embedding_slots(chunks, chunk_offsets, num_replicas, num_tokens) if with_embeddings else None
-    return StepBatch(input_ids, metadata, logits_indices, slots, tuple(sample_rows), tuple(chunk_offsets))
+    return StepBatch(input_ids, metadata, logits_indices, slots, tuple(sample_rows), tuple(chunk_offsets), all_logits)
 
 
 _ARRAY_FIELDS = ("block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions")
@@ -152,4 +154,4 @@ def empty_step_batch(
     rows = num_tokens if all_logits else max_num_seqs
     slots = np.full((num_replicas, num_tokens), -1, np.int32) if with_embeddings else None
     return StepBatch(np.zeros((num_replicas, num_tokens), np.int32), metadata,
-                     np.zeros((num_replicas, rows), np.int32), slots, (), ())
+                     np.zeros((num_replicas, rows), np.int32), slots, (), (), all_logits)

@@ -24,7 +24,7 @@ from mmjax.engine.errors import StepError
 from mmjax.engine.logprobs import record_prompt_logprobs, record_sample
 from mmjax.engine.memory import plan_engine_memory
 from mmjax.engine.request import Request, item_spans, placeholder_rows
-from mmjax.engine.runner import ModelRunner, model_text_config
+from mmjax.engine.runner import ModelRunner, StepOutput, model_text_config
 from mmjax.engine.sampler import SamplingTensors, SeenTokens
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.scheduler import ScheduledChunk, Scheduler
@@ -211,11 +211,11 @@ class LLMEngine:
                                  decode_buckets=self.config.decode_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
                                  all_logits=want_prompt_logprobs, with_embeddings=bool(self.runner.embedding_width))
-        logits = self.runner.execute(batch)
+        step = self.runner.execute(batch)
         rows = batch.sample_rows
         if want_prompt_logprobs:  # logits of every token: keep each chunk's last, in chunk order
-            self._prompt_logprobs(chunks, batch, logits)
-            logits = self.runner.take_rows(logits, rows)
+            self._prompt_logprobs(chunks, batch, step.logits)
+            step = StepOutput(self.runner.take_rows(step.logits, rows), None)
             rows = tuple(range(len(chunks)))
         for chunk in chunks:
             chunk.request.num_computed_tokens = chunk.stop
@@ -226,7 +226,7 @@ class LLMEngine:
             self.stats["tokens_per_replica"][chunk.replica] += chunk.num_tokens
         self.stats["steps"] += 1
         self.stats["caches"] = self.cache_stats()
-        return self._sample(chunks, rows, logits)
+        return self._sample(chunks, rows, step)
 
     def _encode(self, requests: list[Request]) -> None:
         """Put these requests' placeholder embeddings in arena rows of their replicas (computed by
@@ -322,11 +322,24 @@ class LLMEngine:
             if _wants_prompt_logprobs(chunk):
                 record_prompt_logprobs(chunk, offset, result, self.llm.tokenizer)
 
-    def _sample(self, chunks: tuple[ScheduledChunk, ...], rows: tuple[int, ...], logits) -> list[Request]:
+    def _sample(self, chunks: tuple[ScheduledChunk, ...], rows: tuple[int, ...], step: StepOutput) -> list[Request]:
         """Sample the chunks that end at their request's last token; ``rows[i]``: chunk ``i``'s logits row."""
         sampling = [(c, row) for c, row in zip(chunks, rows) if c.samples]
         if not sampling:
             return []
+        if step.greedy_tokens is not None and all(_plain_greedy(c.request.params) for c, _ in sampling):
+            # Every row is greedy without penalties or logprobs: the step computed its tokens already.
+            out = self.runner.fetch_greedy_tokens(step)
+        else:
+            out = self._run_sampler(sampling, step.logits)
+        for chunk, row in sampling:
+            self._blame = chunk.request
+            self._append(chunk.request, row, out)
+        self._blame = None
+        return [c.request for c, _ in sampling]
+
+    def _run_sampler(self, sampling: list[tuple[ScheduledChunk, int]], logits: Any) -> Any:
+        """The sampler over the step's logits for the sampling chunks (``(chunk, row)``); on the host."""
         num_rows = self.shapes.sample_rows
         params, seeds, steps = [SamplingParams(temperature=0.0)] * num_rows, [0] * num_rows, [0] * num_rows
         for chunk, row in sampling:
@@ -340,12 +353,7 @@ class LLMEngine:
                                     self.text_config.vocab_size, pad_to=num_rows)
         # Logprobs cost a log-softmax over the vocabulary: computed only in steps where a request asked.
         num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else None
-        out = self.runner.sample(logits, tensors, seen, num_logprobs)
-        for chunk, row in sampling:
-            self._blame = chunk.request
-            self._append(chunk.request, row, out)
-        self._blame = None
-        return [c.request for c, _ in sampling]
+        return self.runner.sample(logits, tensors, seen, num_logprobs)
 
     def _append(self, request: Request, row: int, out: Any) -> None:
         token = int(out.tokens[row])
@@ -372,6 +380,11 @@ class LLMEngine:
         encoder_inputs = model.encoder_input_variants(InputContext(self.llm.model_config), self.llm.mm_registry) \
             if self.runner.embedding_width else []
         return warm_up(self.runner, encoder_inputs, prompt_logprobs)
+
+
+def _plain_greedy(params: SamplingParams) -> bool:
+    """Greedy, without penalties or logprobs: the step's own greedy token is the sample."""
+    return params.is_greedy and not params.has_penalties and params.logprobs is None
 
 
 def _wants_prompt_logprobs(chunk: ScheduledChunk) -> bool:

@@ -67,7 +67,7 @@ def lower_step(
                               embedding_width=embedding_width, dtype=dtype)
     leaves, state_def = jax.tree.flatten(state)
     program = step_program(graphdef, state_def, impl=impl, kv_sharding=placement.kv_sharding)
-    return program.lower(leaves, abstract_kv_pages(kv_pages, placement), *args)
+    return program.lower(leaves, abstract_kv_pages(kv_pages, placement), *args, greedy=not all_logits)
 
 
 def encoder_output_rows(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Any]) -> int:

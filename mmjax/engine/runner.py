@@ -11,6 +11,8 @@ through the public methods below. The model is reached only through
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +30,21 @@ from mmjax.kv_cache import KVPages, init_kv_pages
 from mmjax.models.interface import EngineModel
 from mmjax.sharding.multihost import fetch
 from mmjax.sharding.placement import Placement
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["logits", "greedy_tokens"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class StepOutput:
+    """A step's results, on the device.
+
+    Attributes:
+      logits: f32 ``[R * B, V]`` (``[R * T, V]`` when the step returns every token's logits).
+      greedy_tokens: i32 ``[R * B]``, each row's greedy token (``first_argmax`` of its logits, as the
+        sampler's greedy rows without penalties); None when the step returns every token's logits.
+    """
+
+    logits: jax.Array
+    greedy_tokens: jax.Array | None
 
 
 class ModelRunner:
@@ -161,17 +178,16 @@ class ModelRunner:
 
     # -- steps -------------------------------------------------------------------------
 
-    def execute(self, batch: StepBatch) -> jax.Array:
-        """Run one step and keep its new pages; returns the logits ``[R * B, V]`` (``[R * T, V]`` with
-        every token's logits), on the device."""
+    def execute(self, batch: StepBatch) -> StepOutput:
+        """Run one step and keep its new pages; returns its logits and greedy tokens, on the device."""
         put = self.placement.put
         embeddings = ()
         if batch.embedding_slots is not None:
             embeddings = (self.embeddings(), put(batch.embedding_slots))
-        logits, self.kv_pages = self._step(
+        logits, greedy, self.kv_pages = self._step(
             self._state_leaves, self.kv_pages, put(batch.input_ids), jax.tree.map(put, batch.metadata),
-            put(batch.logits_indices), *embeddings)
-        return logits
+            put(batch.logits_indices), *embeddings, greedy=not batch.all_logits)
+        return StepOutput(logits, None if batch.all_logits else greedy)
 
     def empty_batch(self, num_tokens: int, *, decode: bool, all_logits: bool = False) -> StepBatch:
         """A step of this runner's shapes that schedules no sequence (writes nothing): for warm-up."""
@@ -194,6 +210,14 @@ class ModelRunner:
         rows = list(rows)
         index[: len(rows)] = rows
         return logits[jax.device_put(index)]
+
+    def fetch_greedy_tokens(self, step: StepOutput) -> SamplerOutput:
+        """The step's greedy tokens on the host, as a ``SamplerOutput`` without logprobs (what
+        ``sample`` returns for rows that are greedy, without penalties, asking for no logprobs)."""
+        tokens = np.asarray(fetch(step.greedy_tokens))
+        rows = tokens.shape[0]
+        return SamplerOutput(tokens, np.zeros(rows, np.float32), np.zeros(rows, np.int32),
+                             np.zeros((rows, 0), np.int32), np.zeros((rows, 0), np.float32))
 
     def sample(self, logits: jax.Array, tensors: SamplingTensors, seen: SeenTokens | None,
                num_logprobs: int | None) -> SamplerOutput:

@@ -30,6 +30,7 @@ from flax import nnx
 
 from mmjax.attention import PagedAttend
 from mmjax.engine.compilation import compiler_options
+from mmjax.engine.sampler import first_argmax
 from mmjax.kernels_cpu import few_rows_dot_general
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
@@ -157,15 +158,20 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
     """``paged_step`` for one model, jitted with the backend's ``compiler_options``.
 
     Call it as ``program(state_leaves, kv_pages, input_ids, metadata, logits_indices[, embeddings,
-    embedding_slots])``, ``state_leaves`` being ``jax.tree.flatten(state)[0]`` for ``state_def``;
-    ``kv_pages`` are donated. One program per model and settings (cached), so memory planning and
-    the runner lower the same one.
+    embedding_slots], greedy=...)``, ``state_leaves`` being ``jax.tree.flatten(state)[0]`` for
+    ``state_def``; ``kv_pages`` are donated. Returns ``(logits [R * B, V], greedy tokens [R * B],
+    new kv_pages)``: each row's greedy token (``first_argmax``, as the sampler's) is computed in the
+    step, so a step whose requests are all plain greedy needs no sampler call; ``greedy=False``
+    (a step returning every token's logits) returns an empty ``[0]`` instead. One program per model
+    and settings (cached), so memory planning and the runner lower the same one.
     """
-    def run(state_leaves, kv_pages, *args):
+    def run(state_leaves, kv_pages, *args, greedy: bool = True):
         state = jax.tree.unflatten(state_def, state_leaves)
-        return paged_step.__wrapped__(graphdef, state, kv_pages, *args, impl=impl, kv_sharding=kv_sharding)
+        logits, pages = paged_step.__wrapped__(graphdef, state, kv_pages, *args, impl=impl, kv_sharding=kv_sharding)
+        tokens = first_argmax(logits) if greedy else jnp.zeros((0,), jnp.int32)
+        return logits, tokens, pages
 
-    return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())
+    return jax.jit(run, donate_argnums=(1,), static_argnames=("greedy",), compiler_options=compiler_options())
 
 
 @functools.lru_cache(maxsize=16)

@@ -76,7 +76,8 @@ def _warm_encoder(runner: ModelRunner, encoder_inputs: Sequence[Mapping[str, np.
 
 def _warm_steps(runner: ModelRunner, with_prompt_logprobs: bool) -> None:
     for tokens, decode, all_logits in step_variants(runner.shapes, with_prompt_logprobs):
-        logits = runner.execute(runner.empty_batch(tokens, decode=decode, all_logits=all_logits))
+        step = runner.execute(runner.empty_batch(tokens, decode=decode, all_logits=all_logits))
+        logits = step.logits
         if all_logits:
             runner.prompt_logprobs(logits, np.zeros(runner.shapes.num_replicas * tokens, np.int32), MAX_LOGPROBS)
             runner.take_rows(logits, []).block_until_ready()

@@ -9,6 +9,8 @@ the others finish with a fresh engine's tokens; with ``errors="raise"`` a
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -19,7 +21,10 @@ from engine_fixtures import LLAVA, load, picture
 from mmjax.engine.detokenizer import IncrementalDetokenizer
 
 CONFIG = mmjax.EngineConfig(page_size=8, max_num_seqs=2, max_num_batched_tokens=64, max_model_len=128)
-PARAMS = mmjax.SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+GREEDY = mmjax.SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+# The second request asks for logprobs: steps holding it run the sampler, the others fetch the tokens
+# their step computed (``runner.fetch_greedy_tokens``); a fault is injected in each.
+PARAMS = [GREEDY, dataclasses.replace(GREEDY, logprobs=1), GREEDY]
 PROMPTS = [
     {"prompt": "USER: <image>\nWhat is this? ASSISTANT:", "multi_modal_data": {"image": picture(40, 50, seed=1)}},
     "USER: Tell me a story. ASSISTANT:",
@@ -83,6 +88,7 @@ STAGES = {
     "step": lambda mp, engine: fail_once(mp, engine.runner, "execute"),
     "step_lost_pages": lambda mp, engine: fail_once(mp, engine.runner, "execute", before=delete_kv_pages(engine)),
     "sample": lambda mp, engine: fail_once(mp, engine.runner, "sample"),
+    "greedy_tokens": lambda mp, engine: fail_once(mp, engine.runner, "fetch_greedy_tokens"),
     "detokenize": lambda mp, engine: fail_once(mp, IncrementalDetokenizer, "append",
                                                when=lambda self, token: "story" in self.tokenizer.decode(self._ids)),
 }
@@ -111,7 +117,7 @@ def test_a_fault_fails_only_what_it_must_and_the_rest_finish(llm, fresh_tokens, 
     assert_clean(engine)
 
 
-@pytest.mark.parametrize("stage", ["encode", "step_lost_pages", "sample"])
+@pytest.mark.parametrize("stage", ["encode", "step_lost_pages", "sample", "greedy_tokens"])
 def test_with_errors_raise_the_error_propagates_and_the_engine_is_clean(llm, fresh_tokens, monkeypatch, stage):
     engine = llm.engine(CONFIG)
     engine.reset_caches()
@@ -156,11 +162,11 @@ def test_bad_precomputed_embeddings_and_broken_text_are_refused_before_work(llm)
     for embeds, message in cases:
         with pytest.raises(mmjax.PromptError, match=message):
             mmjax.generate(llm, {"prompt": "USER: <image>\nHi ASSISTANT:", "multi_modal_data": {"image": embeds}},
-                           PARAMS, engine_config=CONFIG)
+                           GREEDY, engine_config=CONFIG)
     with pytest.raises(mmjax.PromptError, match=r"not valid Unicode: '\\udcff' at character 3"):
-        mmjax.generate(llm, "Hi \udcff there", PARAMS, engine_config=CONFIG)
+        mmjax.generate(llm, "Hi \udcff there", GREEDY, engine_config=CONFIG)
     assert_clean(engine)
     good = np.zeros((per_image, width), np.float32)
     [out] = mmjax.generate(llm, {"prompt": "USER: <image>\nHi ASSISTANT:", "multi_modal_data": {"image": good}},
-                           PARAMS, engine_config=CONFIG)
-    assert len(out.token_ids) == PARAMS.max_tokens
+                           GREEDY, engine_config=CONFIG)
+    assert len(out.token_ids) == GREEDY.max_tokens

@@ -197,3 +197,17 @@ def test_stats_count_prefill_and_decode_steps(llm):
     assert delta["prefill_steps"] == 1 and delta["decode_steps"] == 5
     assert delta["steps"] == delta["prefill_steps"] + delta["decode_steps"]
     assert delta["prefill_tokens"] == len(out.prompt_token_ids) and delta["decode_tokens"] == 5
+
+
+def test_plain_greedy_steps_take_the_steps_own_tokens_and_others_the_sampler(llm, monkeypatch):
+    """All-greedy steps without penalties or logprobs read the greedy tokens the step program computed
+    (no sampler call); a request asking for logprobs goes through the sampler, with the same tokens."""
+    engine = llm.engine(CONFIG)
+    calls, sample = [], engine.runner.sample
+    monkeypatch.setattr(engine.runner, "sample", lambda *args: calls.append(args) or sample(*args))
+    greedy = mmjax.SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    [plain] = mmjax.generate(llm, IMAGE_PROMPT, greedy, engine_config=CONFIG)
+    assert calls == [], "no sampler call for plain greedy requests"
+    [logged] = mmjax.generate(llm, IMAGE_PROMPT, dataclasses.replace(greedy, logprobs=1), engine_config=CONFIG)
+    assert len(calls) == 4 and logged.token_ids == plain.token_ids
+    assert all(entry[token].rank == 1 for token, entry in zip(logged.token_ids, logged.outputs[0].logprobs))
