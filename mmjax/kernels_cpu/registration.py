@@ -1,9 +1,9 @@
 """Registers a native kernel with XLA once per process: build (or find on disk), load, register its handler.
 
-Every CPU kernel goes through here, so a process builds one library at a time
-(a caller waits for a build already under way, e.g. one ``mmjax.load`` started
-on a thread) and remembers, for each XLA target, whether it is registered or
-why it could not be.
+Every CPU kernel goes through here, so a process builds each library once (a
+caller waits for a build of the same target already under way, e.g. one
+``mmjax.load`` started on a thread; different targets build at the same time)
+and remembers, for each XLA target, whether it is registered or why it could not be.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from mmjax.kernels_cpu.build import KernelBuildError, build_library
 
 _libraries: dict[str, ctypes.CDLL] = {}  # kept alive: XLA calls into them
 _outcomes: dict[str, str | None] = {}  # target -> None (registered) or why the build failed
-_build_lock = threading.Lock()
+_locks: dict[str, threading.Lock] = {}  # one per target
+_locks_lock = threading.Lock()
+
+
+def _target_lock(target: str) -> threading.Lock:
+    with _locks_lock:
+        return _locks.setdefault(target, threading.Lock())
 
 
 def disabled() -> bool:
@@ -40,7 +46,7 @@ def runs_here() -> str | None:
 def register(target: str, source: Path, symbol: str, defines: Mapping[str, int | str] | None = None) -> str | None:
     """Builds `source` with `defines` (or finds it built) and registers its FFI handler `symbol` as the CPU
     target `target`, once per process. Returns None, or why it failed (the same answer every time)."""
-    with _build_lock:
+    with _target_lock(target):
         if target not in _outcomes:
             try:
                 library = ctypes.CDLL(str(build_library(source, dict(defines or {}))))

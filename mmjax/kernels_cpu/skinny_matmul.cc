@@ -88,20 +88,26 @@ void Chunk(const T* x, int64_t K, const T* w, int64_t N, int64_t c0, int64_t c1,
     for (int64_t c = 0; c < width; ++c) FromFloat(acc[r][c], y + r * N + c0 + c);
 }
 
+// Rows in passes of 8, then 4, 2 and 1 (four bodies per dtype, not eight: half the build time; the
+// engine's decode steps have power-of-two rows, and a pass of fewer rows rereads the chunk from cache).
 template <typename T>
 void Columns(int64_t M, const T* x, int64_t K, const T* w, int64_t N, int64_t c0, int64_t c1, T* y) {
-  for (int64_t r0 = 0; r0 < M; r0 += kRowsPerPass) {
+  for (int64_t r0 = 0; r0 < M;) {
+    const int64_t left = M - r0;
     const T* xr = x + r0 * K;
     T* yr = y + r0 * N;
-    switch (std::min<int64_t>(kRowsPerPass, M - r0)) {
-      case 1: Chunk<T, 1>(xr, K, w, N, c0, c1, yr); break;
-      case 2: Chunk<T, 2>(xr, K, w, N, c0, c1, yr); break;
-      case 3: Chunk<T, 3>(xr, K, w, N, c0, c1, yr); break;
-      case 4: Chunk<T, 4>(xr, K, w, N, c0, c1, yr); break;
-      case 5: Chunk<T, 5>(xr, K, w, N, c0, c1, yr); break;
-      case 6: Chunk<T, 6>(xr, K, w, N, c0, c1, yr); break;
-      case 7: Chunk<T, 7>(xr, K, w, N, c0, c1, yr); break;
-      default: Chunk<T, 8>(xr, K, w, N, c0, c1, yr); break;
+    if (left >= kRowsPerPass) {
+      Chunk<T, kRowsPerPass>(xr, K, w, N, c0, c1, yr);
+      r0 += kRowsPerPass;
+    } else if (left >= 4) {
+      Chunk<T, 4>(xr, K, w, N, c0, c1, yr);
+      r0 += 4;
+    } else if (left >= 2) {
+      Chunk<T, 2>(xr, K, w, N, c0, c1, yr);
+      r0 += 2;
+    } else {
+      Chunk<T, 1>(xr, K, w, N, c0, c1, yr);
+      r0 += 1;
     }
   }
 }
