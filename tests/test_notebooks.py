@@ -11,7 +11,9 @@ NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 
 def run(name: str, tmp_path) -> nbformat.NotebookNode:
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(notebook, timeout=900, kernel_name="python3",
+    # coalesce_streams: one print may reach the client in pieces (the kernel flushes its stdout on a
+    # timer and when other threads write), which would otherwise be separate outputs.
+    NotebookClient(notebook, timeout=900, kernel_name="python3", coalesce_streams=True,
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     return notebook
 
