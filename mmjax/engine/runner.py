@@ -214,10 +214,7 @@ class ModelRunner:
     def fetch_greedy_tokens(self, step: StepOutput) -> SamplerOutput:
         """The step's greedy tokens on the host, as a ``SamplerOutput`` without logprobs (what
         ``sample`` returns for rows that are greedy, without penalties, asking for no logprobs)."""
-        tokens = np.asarray(fetch(step.greedy_tokens))
-        rows = tokens.shape[0]
-        return SamplerOutput(tokens, np.zeros(rows, np.float32), np.zeros(rows, np.int32),
-                             np.zeros((rows, 0), np.int32), np.zeros((rows, 0), np.float32))
+        return SamplerOutput.without_logprobs(np.asarray(fetch(step.greedy_tokens)), xp=np)
 
     def sample(self, logits: jax.Array, tensors: SamplingTensors, seen: SeenTokens | None,
                num_logprobs: int | None) -> SamplerOutput:

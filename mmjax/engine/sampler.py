@@ -126,6 +126,13 @@ class SamplerOutput:
     top_ids: Int[ArrayLike, "B J"]
     top_logprobs: Float[ArrayLike, "B J"]
 
+    @classmethod
+    def without_logprobs(cls, tokens: Int[ArrayLike, "B"], xp=jnp) -> SamplerOutput:
+        """``tokens`` with zero logprobs and ranks and no top ones (``xp``: numpy on the host, jnp inside jit)."""
+        rows = tokens.shape[0]
+        return cls(tokens, xp.zeros(rows, xp.float32), xp.zeros(rows, xp.int32),
+                   xp.zeros((rows, 0), xp.int32), xp.zeros((rows, 0), xp.float32))
+
 
 @functools.partial(jax.jit, static_argnames=("num_logprobs",))
 @shape_checked
@@ -146,9 +153,7 @@ def sample(
         jnp.all(greedy), lambda: argmax, lambda: jnp.where(greedy, argmax, _sample_random(adjusted, tensors))
     )
     if num_logprobs is None:
-        rows = logits.shape[0]
-        return SamplerOutput(tokens, jnp.zeros(rows, jnp.float32), jnp.zeros(rows, jnp.int32),
-                             *_top_logprobs(logits, 0))
+        return SamplerOutput.without_logprobs(tokens)
     logprobs, ranks = _token_logprobs(logits, tokens)
     top_ids, top_logprobs = _top_logprobs(logits, num_logprobs)
     return SamplerOutput(tokens, logprobs, ranks, top_ids, top_logprobs)

@@ -46,6 +46,21 @@ inline void FromFloat(float x, BF16* out) {  // round to nearest even; NaN stays
   out->bits = static_cast<uint16_t>(u >> 16);
 }
 
+// fn(float{}) or fn(BF16{}) for a buffer's element type (fn runs the kernel for that type), else an error.
+template <typename Fn>
+ffi::Error ForElementType(ffi::DataType type, Fn fn) {
+  switch (type) {
+    case ffi::DataType::F32:
+      fn(float{});
+      return ffi::Error::Success();
+    case ffi::DataType::BF16:
+      fn(BF16{});
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("dtype must be float32 or bfloat16");
+  }
+}
+
 // ---- parallel loop over work items -----------------------------------------
 
 // How long the calling thread spins for the helpers' last items before it sleeps: a decode step's

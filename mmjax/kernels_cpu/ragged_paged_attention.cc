@@ -42,6 +42,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using mmjax_cpu::BF16;
+using mmjax_cpu::ForElementType;
 using mmjax_cpu::FromFloat;
 using mmjax_cpu::ParallelFor;
 using mmjax_cpu::ToFloat;
@@ -293,18 +294,11 @@ ffi::Error RaggedPagedAttention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::Any
   while (live_checked < live && cu[live_checked] >= 0 && cu[live_checked + 1] >= cu[live_checked] &&
          cu[live_checked + 1] <= q.dimensions()[0])
     ++live_checked;
-  switch (q.element_type()) {
-    case ffi::DataType::F32:
-      Run<float, MMJAX_HEAD_DIM>(
-          pool, MakeProblem<float>(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, sm_scale, out), live_checked);
-      return ffi::Error::Success();
-    case ffi::DataType::BF16:
-      Run<BF16, MMJAX_HEAD_DIM>(
-          pool, MakeProblem<BF16>(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, sm_scale, out), live_checked);
-      return ffi::Error::Success();
-    default:
-      return ffi::Error::InvalidArgument("dtype must be float32 or bfloat16");
-  }
+  return ForElementType(q.element_type(), [&](auto element) {
+    using T = decltype(element);
+    Run<T, MMJAX_HEAD_DIM>(
+        pool, MakeProblem<T>(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, sm_scale, out), live_checked);
+  });
 }
 
 }  // namespace

@@ -23,6 +23,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using mmjax_cpu::BF16;
+using mmjax_cpu::ForElementType;
 using mmjax_cpu::FromFloat;
 using mmjax_cpu::ParallelFor;
 using mmjax_cpu::ToFloat;
@@ -131,18 +132,11 @@ ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w
     return ffi::Error::InvalidArgument("expected x [M, K], w [K, N] and y [M, N]");
   if (x.element_type() != w.element_type() || y->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("x, w and y must have one dtype");
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      Run<float>(pool, xd[0], xd[1], wd[1], static_cast<const float*>(x.untyped_data()),
-                 static_cast<const float*>(w.untyped_data()), static_cast<float*>(y->untyped_data()));
-      return ffi::Error::Success();
-    case ffi::DataType::BF16:
-      Run<BF16>(pool, xd[0], xd[1], wd[1], static_cast<const BF16*>(x.untyped_data()),
-                static_cast<const BF16*>(w.untyped_data()), static_cast<BF16*>(y->untyped_data()));
-      return ffi::Error::Success();
-    default:
-      return ffi::Error::InvalidArgument("dtype must be float32 or bfloat16");
-  }
+  return ForElementType(x.element_type(), [&](auto element) {
+    using T = decltype(element);
+    Run<T>(pool, xd[0], xd[1], wd[1], static_cast<const T*>(x.untyped_data()),
+           static_cast<const T*>(w.untyped_data()), static_cast<T*>(y->untyped_data()));
+  });
 }
 
 }  // namespace
