@@ -13,7 +13,8 @@ first process wrote. The machine's limits are measured in the same run (a
 float32 ``[2048x512]·[512x1376]`` matmul in XLA and in PyTorch; a streaming
 read of 256 MiB; the rate a decode-shaped ``[batch, 512]·[512, 32064]`` product
 streams its weights in XLA, in PyTorch and on mmjax's CPU matmul kernel) and
-each side's prefill GFLOP/s and decode GB/s are given as fractions of them. Greedy outputs must be identical, token for token.
+each side's prefill GFLOP/s and decode GB/s are given as fractions of them. Greedy outputs must be identical,
+token for token.
 
     python benchmarks/generate_vs_transformers.py [--batch 8] [--new-tokens 64] [--repeats 2]
 """
@@ -309,7 +310,8 @@ def main() -> None:
     print(json.dumps({"mmjax_tokens_per_s": round(ours["tokens_per_s"], 2),
                       "transformers_tokens_per_s": round(theirs["tokens_per_s"], 2),
                       "ratio": round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3),
-                      "second_process_first_call_ratio": round(first["mmjax_warm_cache"] / first["mmjax_empty_cache"], 3),
+                      "second_process_first_call_ratio":
+                          round(first["mmjax_warm_cache"] / first["mmjax_empty_cache"], 3),
                       "identical_greedy_outputs": f"{same}/{args.batch}"}))
 
 

@@ -175,7 +175,8 @@ def kernel_bandwidth(backend: str, batches, contexts, dtype) -> tuple[list[dict]
             q, k_pages, v_pages, kv_lens, tables = args[:5]
             kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(dtype).itemsize
             row = dict(batch=batch, context=context, kv_bytes=kv_bytes)
-            for name, fn, fargs in (("mmjax", ours, args), ("jax_pallas_ops", peer, (q, k_pages, v_pages, kv_lens, tables))):
+            peer_args = (q, k_pages, v_pages, kv_lens, tables)
+            for name, fn, fargs in (("mmjax", ours, args), ("jax_pallas_ops", peer, peer_args)):
                 try:
                     seconds = timeit(fn, *fargs)
                     row[f"{name}_ms"] = 1e3 * seconds

@@ -58,7 +58,8 @@ def _messages(url: str, i: int) -> list[dict]:
 def _ask(base: str, messages: list[dict], max_tokens: int) -> dict:
     """One streamed chat request; seconds to the first content chunk and to the end."""
     body = json.dumps({"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                       "ignore_eos": True, "stream": True, "logprobs": True, "stream_options": {"include_usage": True}}).encode()
+                       "ignore_eos": True, "stream": True, "logprobs": True,
+                       "stream_options": {"include_usage": True}}).encode()
     request = urllib.request.Request(base + "/v1/chat/completions", data=body,
                                      headers={"Content-Type": "application/json"})
     start = time.perf_counter()

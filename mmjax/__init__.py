@@ -3,8 +3,8 @@
 ``llm = mmjax.load(path)`` loads a Hugging Face checkpoint; ``llm.logits(prompt)``
 runs it; ``mmjax.generate(llm, prompts)`` and ``mmjax.chat(llm, messages)`` batch
 prompts and conversations through the engine; ``mmjax.train(llm, examples)`` fine-tunes it with optax;
-``mmjax.demo_checkpoint()`` is the small trained model that ships with mmjax. The multimodal registry (vLLM's names) lives in ``mmjax.registry``; the
-most used names are re-exported here.
+``mmjax.demo_checkpoint()`` is the small trained model that ships with mmjax. The multimodal registry
+(vLLM's names) lives in ``mmjax.registry``; the most used names are re-exported here.
 """
 
 from mmjax.registry import (

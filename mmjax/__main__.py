@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--scene", default=None,
                       help="where to save the drawn scene (default: ./mmjax-demo-scene.png); --seed fixes the scene")
     demo.add_argument("--question", action="append",
-                      help='with --image: ask the demo model this (repeat for several; default "How many shapes are there?")')
+                      help='with --image: ask the demo model this '
+                           '(repeat for several; default "How many shapes are there?")')
     _add_generation_args(commands.add_parser("generate", help="generate text for a prompt with images"))
     from mmjax.serving_cli import add_chat_args, add_serve_args, run_chat, run_serve
 

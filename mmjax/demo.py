@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 from PIL import Image
+from mmjax.engine.loaded_model import LoadedModel
 
 DEMO_PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
 #: The demo's second question about the same photo: it runs on the cached prefix (image included).
@@ -116,7 +117,7 @@ def run_demo(model: str | None = None, images: list[str] | None = None, prompt: 
     return summary
 
 
-def ask_again(llm: Any, request: dict, params: Any) -> dict:
+def ask_again(llm: LoadedModel, request: dict, params: Any) -> dict:
     """A second question about the same images; print its answer and what the caches saved."""
     import mmjax
 

@@ -31,7 +31,8 @@ from mmjax.registry import (
     process_prompt,
 )
 from mmjax.registry.processor_cache import DEFAULT_PROCESSOR_CACHE_GB
-from mmjax.registry.architectures import resolve_loader
+from mmjax.models.architectures import family_for
+from mmjax.models.common.family import load_checkpoint
 from mmjax.sharding.multihost import fetch
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -192,12 +193,10 @@ def load(
                 f"limit_mm_per_prompt={{'image': 0}})"
             ) from err
     _build_cpu_kernels_meanwhile(model_config.hf_config)
-    loader = resolve_loader(model_config.hf_config)
-    if mesh is None:
-        model, _ = loader(os.fspath(path), dtype)
-    else:
-        mesh = _resolve_mesh(mesh, model_config.hf_config)
-        model, _ = loader(os.fspath(path), dtype, mesh=mesh)
+    family = family_for(model_config.hf_config)
+    if mesh is not None:
+        mesh = _resolve_mesh(mesh, family.text_config(family.config_from_hf(model_config.hf_config)))
+    model, _ = load_checkpoint(family, os.fspath(path), dtype, mesh=mesh)
     graphdef, state = nnx.split(model)
     return LLM(model_config=model_config, graphdef=graphdef, state=state, tokenizer=tokenizer, dtype=dtype,
                mesh=mesh, processor_cache=processor_cache)
@@ -216,10 +215,10 @@ def _build_cpu_kernels_meanwhile(hf_config: Any) -> None:
     build_matmul_in_background()
 
 
-def _resolve_mesh(mesh: Any, hf_config: Any) -> Any:
+def _resolve_mesh(mesh: Any, text_config: Any) -> Any:
     from mmjax.sharding import ShardedDims, make_mesh
 
-    dims = ShardedDims.from_hf(hf_config.text_config)
+    dims = ShardedDims.of(text_config)
     return make_mesh(None if isinstance(mesh, str) and mesh == "auto" else mesh, dims=dims)
 
 

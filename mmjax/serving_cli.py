@@ -63,7 +63,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"mmjax serve: compiled {engine.warmup(prompt_logprobs=False)} programs ahead of time", flush=True)
     media = MediaLimits(fetch_timeout_s=args.image_fetch_timeout, max_image_bytes=args.max_image_bytes,
                         max_image_pixels=args.max_image_pixels, allowed_local_media_path=args.allowed_local_media_path)
-    config = ServerConfig(model_name=args.served_model_name or default_model_name(args.model or "mmjax-demo-shapes-llava"),
+    model_name = args.served_model_name or default_model_name(args.model or "mmjax-demo-shapes-llava")
+    config = ServerConfig(model_name=model_name,
                           chat_template=args.chat_template, media=media, max_request_bytes=args.max_request_bytes,
                           shutdown_drain_s=args.shutdown_drain)
     serve(llm, engine, config, host=args.host, port=args.port)

@@ -63,6 +63,7 @@ def test_finetune_notebook(tmp_path, monkeypatch):
     assert text.count("40 steps in") == 1 and last < 0.5 * first
     assert "reloaded answers equal: True" in text
     rows = re.findall(r"^(.+?) +truth (\S+) +fine-tuned here '(.*?)' +shipped '(\S*)'$", text, flags=re.M)
-    assert len(rows) >= 2 and all(truth == shipped for _, truth, _, shipped in rows)  # the shipped model knows this scene
+    # the shipped model knows this scene
+    assert len(rows) >= 2 and all(truth == shipped for _, truth, _, shipped in rows)
     outputs = str([c.get("outputs") for c in notebook.cells])
     assert outputs.count("image/png") >= 3  # training scenes, the loss curve, the new scene

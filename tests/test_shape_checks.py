@@ -18,7 +18,7 @@ from mmjax.engine.sampling_params import SamplingParams
 from mmjax.kernels_pallas import ragged_paged_attention, ragged_paged_attention_reference, ragged_paged_attention_tiled
 from mmjax.kv_cache import build_attention_metadata, init_kv_pages, write_kv_to_pages
 from mmjax.models import dense_causal_attention
-from mmjax.models.llama import apply_rope
+from mmjax.models.common.rotary import apply_rope
 from mmjax.models.llava import merge_image_features
 from mmjax.models.llava_next import merge_anyres_features
 

@@ -1,6 +1,6 @@
 """``PagedAttend``: the decoder's attention over the paged KV cache, for one traced step.
 
-It plugs into the decoder's ``Attend`` seam (``mmjax.models.attend``): each
+It plugs into the decoder's ``Attend`` seam (``mmjax.models.common.attend``): each
 layer hands it rotated ``q, k, v`` and its own ``KVPages``; it writes ``k, v``
 into those pages, attends over them (``paged_attention``: the Pallas kernel
 on GPU/TPU, plain XLA on CPU) and returns the output with the new pages. It

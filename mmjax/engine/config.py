@@ -67,7 +67,8 @@ class EngineConfig:
                 f"max_num_seqs ({self.max_num_seqs}): a decode step runs one token per sequence"
             )
         if not isinstance(self.enable_prefix_caching, bool):
-            raise ValueError(f"EngineConfig.enable_prefix_caching must be True or False, got {self.enable_prefix_caching!r}")
+            raise ValueError(f"EngineConfig.enable_prefix_caching must be True or False, "
+                             f"got {self.enable_prefix_caching!r}")
         cache = self.encoder_cache_tokens
         if cache is not None and (isinstance(cache, bool) or not isinstance(cache, int) or cache < 0):
             raise ValueError(f"EngineConfig.encoder_cache_tokens must be an int >= 0 (0: off) or None, got {cache!r}")

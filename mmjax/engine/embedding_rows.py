@@ -58,7 +58,9 @@ class EmbeddingRows:
         self._seqs = itertools.count()
         self.hits = self.misses = 0
 
-    def assign(self, request_id: Hashable, replica: int, num_rows: int, key: Hashable | None = None) -> tuple[np.ndarray, bool]:
+    def assign(
+        self, request_id: Hashable, replica: int, num_rows: int, key: Hashable | None = None
+    ) -> tuple[np.ndarray, bool]:
         """Rows for ``num_rows`` embeddings of ``request_id`` on ``replica``, and whether they are shared.
 
         ``key``: the request's items (None: never shared). Shared rows are a cache hit: the

@@ -35,6 +35,7 @@ from mmjax.kv_cache import PageAllocator
 from mmjax.registry import InputContext, ProcessedPrompt, PromptInputs
 from mmjax.sharding.multihost import agreed_seed
 from mmjax.sharding.placement import Placement
+from mmjax.engine.loaded_model import LoadedModel
 
 
 class LLMEngine:
@@ -46,7 +47,7 @@ class LLMEngine:
       scheduler: the host-side queue and page allocators.
     """
 
-    def __init__(self, llm: Any, config: EngineConfig | None = None):
+    def __init__(self, llm: LoadedModel, config: EngineConfig | None = None):
         self.llm = llm
         self.config = config or EngineConfig()
         enable_compilation_cache()  # before the first program compiles (MMJAX_COMPILATION_CACHE=0: off)

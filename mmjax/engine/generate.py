@@ -15,6 +15,7 @@ from mmjax.engine.prompt_mapper import check_mapping_threads
 from mmjax.engine.request import Request
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.registry import ProcessedPrompt, PromptInputs
+from mmjax.engine.loaded_model import LoadedModel
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ def to_output(request: Request) -> RequestOutput:
 
 
 def generate(
-    llm: Any,
+    llm: LoadedModel,
     prompts: PromptInputs | Iterable[PromptInputs],
     sampling_params: SamplingParams | Iterable[SamplingParams] | None = None,
     *,
@@ -97,7 +98,7 @@ def generate(
 
 
 def generate_mapped(
-    llm: Any,
+    llm: LoadedModel,
     items: Iterable[T],
     sampling_params: SamplingParams | Iterable[SamplingParams] | None,
     map_prompt: Callable[[Any, T], ProcessedPrompt],
@@ -134,7 +135,7 @@ def generate_mapped(
     return [outputs[index] for index in range(len(outputs))]
 
 
-def _process(llm: Any, prompt: PromptInputs) -> ProcessedPrompt:
+def _process(llm: LoadedModel, prompt: PromptInputs) -> ProcessedPrompt:
     return llm.process(prompt)
 
 

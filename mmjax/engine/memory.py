@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
@@ -39,6 +38,7 @@ from mmjax.sharding.axes import MODEL
 from mmjax.sharding.kv_heads import kv_head_layout
 from mmjax.sharding.multihost import agreed_min
 from mmjax.sharding.placement import Placement
+from mmjax.engine.loaded_model import LoadedModel
 
 #: The KV budget on a host without memory statistics (CPU), unless the user sets one.
 DEFAULT_HOST_KV_BYTES = 1 << 30
@@ -145,7 +145,7 @@ def plan_kv_cache(
     return plan
 
 
-def plan_engine_memory(llm: Any, config: EngineConfig, shapes: StepShapes, placement: Placement) -> MemoryPlan:
+def plan_engine_memory(llm: LoadedModel, config: EngineConfig, shapes: StepShapes, placement: Placement) -> MemoryPlan:
     """Pages per replica for ``llm`` (a loaded ``mmjax.LLM``) served with ``config``, from one device's
     memory (every device holds the same share)."""
     text = llm.model.text_config
@@ -168,7 +168,9 @@ def plan_engine_memory(llm: Any, config: EngineConfig, shapes: StepShapes, place
                                source=plan.source + ", the least of all hosts")
 
 
-def worst_case_activation_bytes(llm: Any, config: EngineConfig, shapes: StepShapes, placement: Placement) -> int:
+def worst_case_activation_bytes(
+    llm: LoadedModel, config: EngineConfig, shapes: StepShapes, placement: Placement
+) -> int:
     """Temporary memory of the largest step and of encoding the dummy data's items (compiled, not run)."""
     text = llm.model.text_config
     width = text.hidden_size if shapes.embedding_rows else 0

@@ -80,7 +80,8 @@ def lower_encoder(
     graphdef: nnx.GraphDef, placement: Placement, mm_kwargs: Mapping[str, np.ndarray], *, embedding_rows: int,
     embedding_width: int, dtype: Any,
 ) -> jax.stages.Lowered:
-    """The runner's encoder program (``encoder_program``) lowered for ``mm_kwargs`` on the first replica this process holds."""
+    """The runner's encoder program (``encoder_program``) lowered for ``mm_kwargs`` on the first replica
+    this process holds."""
     replica = placement.owned_replicas()[0]
     sharding = placement.replica_sharding(replica)
     state = placement.replica_state(replica)

@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+from mmjax.engine.loaded_model import LoadedModel
 
 T = TypeVar("T")
 
@@ -42,7 +43,7 @@ class PromptMapper:
     (the future comes back done): the same results, with no overlap.
     """
 
-    def __init__(self, llm: Any, num_threads: int):
+    def __init__(self, llm: LoadedModel, num_threads: int):
         check_mapping_threads(num_threads)
         self.llm, self.num_threads = llm, num_threads
         self._local = threading.local()

@@ -6,7 +6,7 @@ step's inputs on the mesh and the jitted programs: encoder, step, sampler.
 The engine (``mmjax.engine.engine``) keeps the host side — requests,
 scheduling, page allocation, detokenization, stats — and calls the runner
 through the public methods below. The model is reached only through
-``mmjax.models.interface.EngineModel``.
+``mmjax.models.common.interface.EngineModel``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, pro
 from mmjax.engine.shapes import StepShapes
 from mmjax.engine.step import encoder_program, step_program
 from mmjax.kv_cache import KVPages, init_kv_pages
-from mmjax.models.interface import EngineModel
+from mmjax.models.common.interface import EngineModel
 from mmjax.sharding.multihost import fetch
 from mmjax.sharding.placement import Placement
 
@@ -232,6 +232,6 @@ def model_text_config(graphdef: nnx.GraphDef, state: nnx.State) -> Any:
     if not isinstance(model, EngineModel):
         missing = [m for m in ("text_config", "embed_text", "decoder_hidden_states", "logits",
                                "multimodal_embeddings", "encoder_input_variants") if not hasattr(model, m)]
-        raise TypeError(f"{type(model).__name__} does not implement mmjax.models.interface.EngineModel: "
+        raise TypeError(f"{type(model).__name__} does not implement mmjax.models.common.interface.EngineModel: "
                         f"missing {missing} (see docs/adding_a_multimodal_model.md)")
     return model.text_config

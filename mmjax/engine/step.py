@@ -9,7 +9,7 @@ image. Only the rows named by ``logits_indices`` reach the LM head. The KV
 pages are donated, so XLA updates them in place; each decoder layer takes its
 pages and returns the new ones.
 
-The model is called only through ``mmjax.models.interface.EngineModel``.
+The model is called only through ``mmjax.models.common.interface.EngineModel``.
 
 ``step_program`` and ``encoder_program`` are the same functions bound to one
 model, as the device runner calls them every step: the graph and the structure
@@ -34,7 +34,7 @@ from mmjax.engine.sampler import first_argmax
 from mmjax.kernels_cpu import few_rows_dot_general
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
-from mmjax.models.llama import DecoderConfig
+from mmjax.models.common.decoder_config import DecoderConfig
 from mmjax.types import Array, Float, Int
 
 

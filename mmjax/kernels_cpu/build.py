@@ -102,7 +102,8 @@ def build_library(source: Path, defines: dict[str, int | str]) -> Path:
         handle, partial = tempfile.mkstemp(dir=directory, prefix=f".{source.stem}-", suffix=".so")
         os.close(handle)
     except OSError as error:
-        raise KernelBuildError(f"cannot write the kernel cache {directory}: {error} (set MMJAX_KERNEL_CACHE)") from error
+        raise KernelBuildError(
+            f"cannot write the kernel cache {directory}: {error} (set MMJAX_KERNEL_CACHE)") from error
     try:
         result = _compile(compiler, [*BASE_FLAGS, *opt_flags, *define_flags], source, Path(partial))
         if result.returncode and "-march=native" in opt_flags:  # a compiler that does not know this CPU

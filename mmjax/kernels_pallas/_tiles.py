@@ -95,7 +95,7 @@ def scatter_output_tiles(
 
 class SoftmaxState(NamedTuple):
     m: Float[Array, "tile_rows 1"]  # running max of the logits
-    l: Float[Array, "tile_rows 1"]  # running sum of exp(logits - m)
+    l: Float[Array, "tile_rows 1"]  # running sum of exp(logits - m)  # noqa: E741 (the flash-attention name)
     acc: Float[Array, "tile_rows H"]  # running sum of exp(logits - m) @ v
 
 

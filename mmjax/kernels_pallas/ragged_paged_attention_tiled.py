@@ -14,7 +14,8 @@ reference; ``_tiles.attend_block``, the kernels' own step, once per KV head)
 over ``[K, block_q * Q, block_kv]`` logits that stay in cache. Measured on the
 2-core CPU for one layer of a 2048-token prefill step (8 heads of 64, four
 ~600-token prompts), this takes 52 ms where one batched einsum over every tile
-took 225 ms: its large intermediates cost more than their FLOPs. Decode steps use tiles of one token (``block_q=1``), prefill ones of
+took 225 ms: its large intermediates cost more than their FLOPs. Decode steps use tiles of one token
+(``block_q=1``), prefill ones of
 ``DEFAULT_BLOCK_Q``. The loops are ``while_loop``s: forward-only, like every
 paged path (training differentiates the dense model).
 """

@@ -14,7 +14,7 @@ The decorators attach a frozen hooks value to the class instead of writing to
 global state; every lookup is a function of a ``ModelConfig``.
 """
 
-from mmjax.registry.architectures import resolve_model_class
+from mmjax.registry.model_registry import ModelRegistry, resolve_model_class
 from mmjax.registry.audio import AudioPlugin
 from mmjax.registry.config import InputContext, ModelConfig
 from mmjax.registry.content_hash import hash_item
@@ -37,6 +37,7 @@ from mmjax.registry.multimodal import (
     UnknownModalityError,
 )
 from mmjax.registry.pipeline import ProcessedPrompt, process_prompt
+from mmjax.registry.positions import SupportsMRoPE, supports_mrope
 from mmjax.registry.plugin import MultiModalPlugin
 from mmjax.registry.processor_cache import ProcessorCache
 from mmjax.registry.prompts import DecoderOnlyInputs, PromptInputs, TextPrompt, TokensPrompt
@@ -64,6 +65,7 @@ __all__ = [
     "ProcessedPrompt",
     "ProcessorCache",
     "PromptInputs",
+    "SupportsMRoPE",
     "SupportsMultiModal",
     "TextPrompt",
     "TokensPrompt",
@@ -72,6 +74,8 @@ __all__ = [
     "hooks_of",
     "item_key",
     "process_prompt",
+    "ModelRegistry",
     "resolve_model_class",
+    "supports_mrope",
     "supports_multimodal",
 ]

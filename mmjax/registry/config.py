@@ -154,7 +154,7 @@ class ModelConfig:
         object.__setattr__(self, "limit_mm_per_prompt", _frozen_mapping(self.limit_mm_per_prompt))
         object.__setattr__(self, "mm_processor_kwargs", _frozen_mapping(self.mm_processor_kwargs))
         if self.model_cls is None:
-            from mmjax.registry.architectures import resolve_model_class
+            from mmjax.registry.model_registry import resolve_model_class
 
             object.__setattr__(self, "model_cls", resolve_model_class(self.hf_config))
 

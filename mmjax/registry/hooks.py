@@ -45,6 +45,10 @@ class _Default:
 DEFAULT = _Default()
 
 
+def _empty() -> Mapping:
+    return MappingProxyType({})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelHooks:
     """Everything registered for one model class. Never mutated: see ``with_hooks``.
@@ -56,8 +60,8 @@ class ModelHooks:
       input_processor: ``(ctx, inputs, **kw) -> DecoderOnlyInputs`` or None.
     """
 
-    input_mappers: Mapping[str, Callable[..., Any] | _Default] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-    max_mm_tokens: Mapping[str, int | Callable[..., int] | _Default] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    input_mappers: Mapping[str, Callable[..., Any] | _Default] = dataclasses.field(default_factory=_empty)
+    max_mm_tokens: Mapping[str, int | Callable[..., int] | _Default] = dataclasses.field(default_factory=_empty)
     dummy_data_factory: Callable[..., Any] | None = None
     input_processor: Callable[..., Any] | None = None
 

@@ -37,7 +37,8 @@ class DummyData:
 
     prompt_token_ids: tuple[int, ...]
     multi_modal_data: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-    multi_modal_placeholders: Mapping[str, Sequence[PlaceholderRange]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    multi_modal_placeholders: Mapping[str, Sequence[PlaceholderRange]] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_token_ids", tuple(int(t) for t in self.prompt_token_ids))

@@ -17,6 +17,7 @@ from mmjax.registry.input_registry import INPUT_REGISTRY, InputRegistry
 from mmjax.registry.inputs import MultiModalInputs, PlaceholderRange
 from mmjax.registry.item_keys import item_keys
 from mmjax.registry.multimodal import MULTIMODAL_REGISTRY, MultiModalRegistry
+from mmjax.registry.positions import prompt_rope_positions
 from mmjax.registry.processor_cache import ProcessorCache
 from mmjax.registry.processor_kwargs import merge_kwargs
 from mmjax.registry.prompts import DecoderOnlyInputs, ParsedPrompt, PromptInputs, parse_prompt
@@ -33,6 +34,9 @@ class ProcessedPrompt:
       prompt: the prompt text, when the user gave text.
       mm_keys: modality → one key per item, in order (``item_keys``): what the item's
         inputs, embeddings and placeholder KV depend on, for the caches.
+      rope_positions: i32 ``[P, L]``, the rotary positions of a model that declares
+        ``SupportsMRoPE`` (Qwen-VL: ``P = 3``); None: each token's index.
+      rope_delta: what a token at index ``i >= L`` (generated) adds to ``i`` on every axis.
     """
 
     token_ids: np.ndarray
@@ -40,6 +44,8 @@ class ProcessedPrompt:
     mm_kwargs: MultiModalInputs
     prompt: str | None = None
     mm_keys: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    rope_positions: np.ndarray | None = None
+    rope_delta: int = 0
 
     @property
     def num_mm_tokens(self) -> int:
@@ -89,12 +95,17 @@ def process_prompt(
     _check_length(model_config, processed)
     mm_kwargs = _map_cached(model_config, processed, mm_keys, mm_registry, processor_cache) \
         if processed.multi_modal_data else MultiModalInputs()
+    token_ids = np.asarray(processed.prompt_token_ids, dtype=np.int32)
+    placeholders = processed.multi_modal_placeholders
+    rope_positions, rope_delta = prompt_rope_positions(InputContext(model_config), processed)
     return ProcessedPrompt(
-        token_ids=np.asarray(processed.prompt_token_ids, dtype=np.int32),
-        placeholders=processed.multi_modal_placeholders,
+        token_ids=token_ids,
+        placeholders=placeholders,
         mm_kwargs=mm_kwargs,
         prompt=parsed.text,
         mm_keys=mm_keys,
+        rope_positions=rope_positions,
+        rope_delta=rope_delta,
     )
 
 

@@ -56,7 +56,8 @@ class DecoderOnlyInputs:
     prompt: str | None = None
     multi_modal_data: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     mm_processor_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-    multi_modal_placeholders: Mapping[str, tuple[PlaceholderRange, ...]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    multi_modal_placeholders: Mapping[str, tuple[PlaceholderRange, ...]] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_token_ids", _as_token_ids(self.prompt_token_ids, "prompt_token_ids"))

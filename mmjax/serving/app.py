@@ -37,6 +37,7 @@ from mmjax.serving.protocol import (
     RequestRefused,
     describe_validation_error,
 )
+from mmjax.engine.loaded_model import LoadedModel
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,7 +85,7 @@ def bad_request(error: Exception) -> HTTPError:
 class ServingState:
     """What the routes share: the model, the engine loop, the chat template, the mapping threads."""
 
-    def __init__(self, llm: Any, engine: Any, config: ServerConfig):
+    def __init__(self, llm: LoadedModel, engine: Any, config: ServerConfig):
         self.llm, self.engine, self.config = llm, engine, config
         self.loop = EngineLoop(engine)
         self.created = int(time.time())
@@ -116,7 +117,7 @@ class ServingState:
         self.loop.shutdown(0.0)
 
 
-def build_app(llm: Any, engine: Any, config: ServerConfig) -> FastAPI:
+def build_app(llm: LoadedModel, engine: Any, config: ServerConfig) -> FastAPI:
     """The FastAPI app serving ``engine`` (an ``LLMEngine`` of ``llm``); its lifespan starts and stops
     the engine loop (``app.state.serving``)."""
     state = ServingState(llm, engine, config)

@@ -12,9 +12,10 @@ from mmjax.registry import ProcessedPrompt, PromptInputs
 from mmjax.serving.chat_template import find_chat_template, render_chat
 from mmjax.serving.media import MediaLimits, load_image_url
 from mmjax.serving.messages import ImageRef, parse_messages
+from mmjax.engine.loaded_model import LoadedModel
 
 
-def image_placeholder(llm: Any) -> str:
+def image_placeholder(llm: LoadedModel) -> str:
     """The text of the model's image placeholder token (``"<image>"`` for llava-hf checkpoints)."""
     config = llm.hf_config
     token_id = getattr(config, "image_token_index", None)
@@ -24,18 +25,18 @@ def image_placeholder(llm: Any) -> str:
     return llm.tokenizer.convert_ids_to_tokens(int(token_id))
 
 
-def image_limit(llm: Any) -> int:
+def image_limit(llm: LoadedModel) -> int:
     """Most images one prompt may hold (``limit_mm_per_prompt["image"]``)."""
     return int(llm.mm_registry.init_mm_limits_per_prompt(llm.model_config).get("image", 0))
 
 
-def chat_template_of(llm: Any, override: str | None = None) -> str:
+def chat_template_of(llm: LoadedModel, override: str | None = None) -> str:
     """The checkpoint's chat template (``override``: Jinja text or a file), see ``find_chat_template``."""
     return find_chat_template(llm.model_config.model, llm.tokenizer, override)
 
 
 def chat_prompt(
-    llm: Any,
+    llm: LoadedModel,
     messages: Sequence[Mapping[str, Any]],
     *,
     chat_template: str | None = None,
@@ -83,7 +84,7 @@ def load_images(refs: Sequence[ImageRef], media: MediaLimits) -> list[Any]:
 
 
 def chat(
-    llm: Any,
+    llm: LoadedModel,
     messages: Sequence[Mapping[str, Any]] | Iterable[Sequence[Mapping[str, Any]]],
     sampling_params: SamplingParams | Iterable[SamplingParams] | None = None,
     *,

@@ -40,16 +40,9 @@ class ShardedDims:
 
     @classmethod
     def of(cls, text_config) -> ShardedDims:
-        """From a ``DecoderConfig`` (``mmjax.models.llama``)."""
+        """From a ``DecoderConfig`` (``mmjax.models.common.decoder_config``)."""
         return cls(num_heads=text_config.num_heads, num_kv_heads=text_config.num_kv_heads,
                    intermediate_size=text_config.intermediate_size, vocab_size=text_config.vocab_size)
-
-    @classmethod
-    def from_hf(cls, hf_text_config) -> ShardedDims:
-        """From a transformers text config (``hf_config.text_config``)."""
-        heads = hf_text_config.num_attention_heads
-        return cls(num_heads=heads, num_kv_heads=getattr(hf_text_config, "num_key_value_heads", None) or heads,
-                   intermediate_size=hf_text_config.intermediate_size, vocab_size=hf_text_config.vocab_size)
 
     def split(self) -> dict[str, int]:
         """The dimensions that must be divisible by the model axis (KV heads may be replicated instead)."""

@@ -61,7 +61,8 @@ class Placement:
         return self._replicas is None or self._replicas.owns(replica)
 
     def replica_state(self, replica: int) -> Any:
-        """The model state as seen from ``replica``'s devices only (the same buffers; the state itself on one device)."""
+        """The model state as seen from ``replica``'s devices only (the same buffers; the state itself on
+        one device)."""
         return self._state if self._replicas is None else self._replicas.state(replica)
 
     def replica_sharding(self, replica: int) -> jax.sharding.Sharding | None:

@@ -15,7 +15,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, P
 from transformers import LlavaConfig as HFLlavaConfig
 
 from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration
-from mmjax.models.llava_weights import save_llava
+from mmjax.models.llava import save_llava
 from mmjax.testing.tokenizer import IMAGE_TOKEN, make_tiny_tokenizer
 
 #: CLIP's normalisation constants, as in the llava-hf image-processor configs.

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
+
+from mmjax.models.architectures import family_of
+from mmjax.models.common.family import save_checkpoint
+from mmjax.engine.loaded_model import LoadedModel
 
 #: Files of the source checkpoint that a trained one rewrites (weights and their index, the config).
 _REWRITTEN = ("config.json", "model.safetensors", "model.safetensors.index.json")
 
 
-def save_pretrained(llm: Any, directory: str | os.PathLike) -> str:
+def save_pretrained(llm: LoadedModel, directory: str | os.PathLike) -> str:
     """Write ``llm`` (e.g. ``train(...).llm``) to ``directory``: weights as safetensors with HF names,
     ``config.json``, and the source checkpoint's tokenizer, chat template and processor files.
 
     Raises:
-      NotImplementedError: a model other than LLaVA-1.5 (the only one with a writer yet).
+      NotImplementedError: a model that is not one of mmjax's families (``mmjax.models.ARCHITECTURES``).
       ValueError: the source checkpoint directory is unknown (a model built in code).
     """
-    from mmjax.models.llava import LlavaForConditionalGeneration
-    from mmjax.models.llava_weights import save_llava
-
     model = llm.model
-    if type(model) is not LlavaForConditionalGeneration:
-        raise NotImplementedError(f"save_pretrained writes LLaVA-1.5 checkpoints; got {type(model).__name__}")
+    family = family_of(model)
     source = llm.model_config.model
     if source is None:
         raise ValueError("the model has no checkpoint directory to take its tokenizer and processor from")
@@ -34,4 +33,4 @@ def save_pretrained(llm: Any, directory: str | os.PathLike) -> str:
             continue
         if os.path.isfile(os.path.join(source, name)):
             shutil.copy2(os.path.join(source, name), os.path.join(directory, name))
-    return save_llava(model, llm.hf_config, directory)
+    return save_checkpoint(family, model, llm.hf_config, directory)

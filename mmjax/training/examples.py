@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from mmjax.registry import PromptInputs
+from mmjax.engine.loaded_model import LoadedModel
 
 #: The multimodal kwargs whose per-prompt arrays concatenate into a batch (items in placeholder order).
 BATCHABLE_KWARGS = frozenset({"pixel_values", "image_embeds"})
@@ -91,7 +92,7 @@ def follow_up_segments(tokenizer: Any, follow_ups: Any) -> list[tuple[list[int],
     return segments
 
 
-def collate(llm: Any, examples: Sequence[TrainExample], *, batch_size: int | None = None,
+def collate(llm: LoadedModel, examples: Sequence[TrainExample], *, batch_size: int | None = None,
             length_bucket: int = 64) -> TrainBatch:
     """Process, tokenize and pad ``examples`` into one ``TrainBatch`` of ``batch_size`` rows.
 

@@ -42,10 +42,11 @@ class LoraConfig:
         return self.alpha / self.rank
 
 
-def adapted_leaves(split: ParamSplit, config: LoraConfig) -> list[int]:
-    """Indices of the decoder kernels ``config`` adapts (``language_model/layers/*/<target>/kernel``)."""
+def adapted_leaves(split: ParamSplit, config: LoraConfig, prefix: str = "language_model/layers/") -> list[int]:
+    """Indices of the decoder kernels ``config`` adapts (``<prefix>*/<target>/kernel``; the family's
+    ``lora_prefix``)."""
     found = [i for i, p in enumerate(split.paths)
-             if p.startswith("language_model/layers/") and p.endswith("/kernel") and p.split("/")[-2] in config.targets]
+             if p.startswith(prefix) and p.endswith("/kernel") and p.split("/")[-2] in config.targets]
     if not found:
         raise ValueError(f"no decoder kernel matches the LoRA targets {config.targets}")
     return found

@@ -8,7 +8,8 @@ tower is not even differentiated through when only the projector trains).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from types import MappingProxyType
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -16,6 +17,7 @@ from flax import nnx
 
 #: What ``trainable=`` accepts.
 TRAINABLE = ("projector", "lora", "all")
+_NO_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 
 
 def leaf_paths(state: nnx.State) -> list[str]:
@@ -36,18 +38,21 @@ class ParamSplit:
     trained: tuple[int, ...]  # indices of the trained leaves
 
     @classmethod
-    def build(cls, state: nnx.State, trainable: str) -> ParamSplit:
+    def build(cls, state: nnx.State, trainable: str,
+              groups: Mapping[str, tuple[str, ...]] = _NO_GROUPS) -> ParamSplit:
+        """``groups``: the family's ``trainable_groups`` (e.g. ``{"projector": ("multi_modal_projector/",)}``)."""
         if trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
         paths = tuple(leaf_paths(state))
         if trainable == "all":
             trained = tuple(range(len(paths)))
         elif trainable == "projector":
-            trained = tuple(i for i, p in enumerate(paths) if p.startswith("multi_modal_projector/"))
+            prefixes = tuple(groups.get("projector", ()))
+            trained = tuple(i for i, p in enumerate(paths) if prefixes and p.startswith(prefixes))
         else:
             trained = ()
         if trainable == "projector" and not trained:
-            raise ValueError("the model has no multi_modal_projector parameters to train")
+            raise ValueError(f"the model has no projector parameters to train (looked for {list(prefixes)})")
         return cls(jax.tree.structure(state), paths, trained)
 
     def split(self, state: nnx.State) -> tuple[list[Any], list[Any]]:

@@ -131,7 +131,8 @@ def questions(scene: Scene) -> list[Question]:
     kinds = [s.kind for s in scene.shapes]
     colors = [s.color for s in scene.shapes]
     asked = [Question("count", "How many shapes are there?", str(len(scene.shapes)))]
-    asked += [Question("color", f"What color is the {s.kind}?", s.color) for s in scene.shapes if kinds.count(s.kind) == 1]
+    asked += [Question("color", f"What color is the {s.kind}?", s.color)
+              for s in scene.shapes if kinds.count(s.kind) == 1]
     asked += [Question("shape", f"What shape is the {s.color} object?", s.kind)
               for s in scene.shapes if colors.count(s.color) == 1]
     return asked

@@ -23,10 +23,12 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from mmjax.models.architectures import family_of
 from mmjax.training.examples import TrainBatch, TrainExample, collate
 from mmjax.training.lora import LoraConfig, adapted_leaves, apply_adapters, init_adapters
 from mmjax.training.loss import batch_loss
 from mmjax.training.params import ParamSplit
+from mmjax.engine.loaded_model import LoadedModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,7 @@ class TrainResult:
       seconds: wall time of the training loop (compilation included).
     """
 
-    llm: Any
+    llm: LoadedModel
     losses: list[float]
     seconds: float
 
@@ -68,7 +70,7 @@ def make_train_step(loss: Callable[..., jax.Array], optimizer: optax.GradientTra
 
 
 def train(
-    llm: Any,
+    llm: LoadedModel,
     examples: Iterable[TrainExample],
     *,
     steps: int | None = None,
@@ -101,12 +103,14 @@ def train(
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if lora is not None and trainable != "lora":
         raise ValueError(f"a LoraConfig was given but trainable={trainable!r}; pass trainable='lora'")
-    split = ParamSplit.build(llm.state, trainable)
+    family = family_of(llm.model)
+    split = ParamSplit.build(llm.state, trainable, family.trainable_groups)
     optimizer = optax.adamw(1e-3) if optimizer is None else optimizer
     leaves = jax.tree.leaves(llm.state)
     if trainable == "lora":
         lora = lora or LoraConfig()
-        params, frozen = init_adapters(leaves, adapted_leaves(split, lora), lora, jax.random.key(seed)), leaves
+        adapted = adapted_leaves(split, lora, family.lora_prefix)
+        params, frozen = init_adapters(leaves, adapted, lora, jax.random.key(seed)), leaves
         scale = lora.scale
     else:
         params, frozen = split.split(llm.state)
@@ -161,7 +165,7 @@ def _batches(examples: Iterable[TrainExample], batch_size: int, steps: int | Non
         count += 1
 
 
-def _collated(llm: Any, chunks: Iterable[list[TrainExample]], batch_size: int, length_bucket: int,
+def _collated(llm: LoadedModel, chunks: Iterable[list[TrainExample]], batch_size: int, length_bucket: int,
               ahead: int = 2) -> Iterator[TrainBatch]:
     """``collate`` of each chunk, on a worker thread up to ``ahead`` batches before the step that
     takes it, so that image processing overlaps the device's work (a bad example raises here)."""

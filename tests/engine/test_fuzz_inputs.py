@@ -107,7 +107,8 @@ def sampling_kwargs():
         "seed": st.one_of(st.none(), st.integers(0, 2**31 - 1)),
         "stop": st.one_of(st.none(), st.text("ab ", min_size=1, max_size=3)),
         "stop_token_ids": st.one_of(st.none(), st.lists(st.integers(0, 383), max_size=2)),
-        "logprobs": st.one_of(st.none(), st.integers(0, 20)), "prompt_logprobs": st.one_of(st.none(), st.integers(0, 5)),
+        "logprobs": st.one_of(st.none(), st.integers(0, 20)),
+        "prompt_logprobs": st.one_of(st.none(), st.integers(0, 5)),
         "ignore_eos": st.booleans(),
     }
     invalid = st.one_of(
@@ -141,7 +142,8 @@ def test_process_prompt_works_or_raises_a_documented_error(llm, prompt):
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(batch=st.lists(prompts(), min_size=1, max_size=3), kwargs=sampling_kwargs(), errors=st.sampled_from(["raise", "return"]))
+@given(batch=st.lists(prompts(), min_size=1, max_size=3), kwargs=sampling_kwargs(),
+       errors=st.sampled_from(["raise", "return"]))
 def test_generate_works_or_refuses_and_leaves_the_engine_clean(llm, batch, kwargs, errors):
     engine = llm.engine(CONFIG)
     try:

@@ -14,7 +14,7 @@ from mmjax.engine.embedding_rows import EmbeddingRows
 from mmjax.engine.runner import model_text_config
 from mmjax.engine.shapes import EMBEDDING_BLOCK_ROWS, StepShapes
 from mmjax.kv_cache import OutOfPagesError
-from mmjax.models.interface import EngineModel
+from mmjax.models.common.interface import EngineModel
 
 CONFIG = mmjax.EngineConfig(page_size=8, max_num_seqs=3, max_num_batched_tokens=32, max_model_len=128)
 PROMPT = {"prompt": "USER: <image>\nWhat is shown in this image? ASSISTANT:",
@@ -150,7 +150,8 @@ def test_models_implement_the_engine_interface_and_others_are_refused_by_name(ll
             return hidden
 
     graphdef, state = nnx.split(NotAModel())
-    with pytest.raises(TypeError, match=r"does not implement mmjax.models.interface.EngineModel: missing \['text_config'"):
+    with pytest.raises(TypeError,
+                       match=r"does not implement mmjax.models.common.interface.EngineModel: missing \['text_config'"):
         model_text_config(graphdef, state)
 
 

@@ -14,8 +14,10 @@ import pytest
 from flax import nnx
 
 from mmjax.models.llava import LlavaConfig
-from mmjax.models.llava_weights import LLAVA_ALIASES, abstract_llava, llava_targets, read_hf_config
-from mmjax.models.weights import canonical_name
+from mmjax.models.llava import LLAVA
+from mmjax.models.llava.weights import LLAVA_ALIASES
+from mmjax.registry.config import load_hf_config as read_hf_config
+from mmjax.models.common.weights import canonical_name
 
 # The published llava-hf/llava-1.5-{7b,13b}-hf text configs (Vicuna v1.5).
 TEXT_SIZES = {
@@ -56,7 +58,7 @@ def test_parameter_count_and_shapes_match_transformers(size):
     hf_config = _hf_config(size)
     cfg = LlavaConfig.from_hf(hf_config)
     assert cfg.image_tokens_per_image == 576
-    params = dict(nnx.to_flat_state(nnx.state(abstract_llava(cfg, jnp.bfloat16), nnx.Param)))
+    params = dict(nnx.to_flat_state(nnx.state(LLAVA.abstract_model(cfg, jnp.bfloat16), nnx.Param)))
     torch_shapes = _torch_shapes(hf_config)
 
     ours = sum(math.prod(v.get_value().shape) for v in params.values())
@@ -65,7 +67,7 @@ def test_parameter_count_and_shapes_match_transformers(size):
     assert ours == theirs
 
     # Every transformers parameter maps, through the weight table, to a leaf of the same size.
-    targets = llava_targets(cfg, set(params))
+    targets = LLAVA.targets(cfg, set(params))
     assert {canonical_name(n, LLAVA_ALIASES) for n in torch_shapes} == set(targets)
     for name, shape in torch_shapes.items():
         target = targets[canonical_name(name, LLAVA_ALIASES)]

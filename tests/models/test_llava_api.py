@@ -163,7 +163,8 @@ def test_corrupt_and_empty_images(llm, images):
     buffer = io.BytesIO()
     images[0].save(buffer, format="PNG")
     with pytest.raises(ValueError, match="image 0 could not be decoded"):
-        llm.logits({"prompt": "<image>", "multi_modal_data": {"image": Image.open(io.BytesIO(buffer.getvalue()[:500]))}})
+        truncated = Image.open(io.BytesIO(buffer.getvalue()[:500]))
+        llm.logits({"prompt": "<image>", "multi_modal_data": {"image": truncated}})
     with pytest.raises(Exception, match="cannot identify image file"):
         Image.open(io.BytesIO(b"not an image at all"))  # PIL refuses before mmjax sees it
     with pytest.raises(ValueError, match=r"image 0 has zero size \(7x0\)"):

@@ -16,9 +16,9 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from mmjax.models.attend import dense_causal_attention
+from mmjax.models.common.attend import dense_causal_attention
 from mmjax.models.llava import forward
-from mmjax.models.llava_weights import load_llava
+from mmjax.models.llava import load_llava
 from tiny_llava import (
     VARIANTS, checkpoint, loaded, our_logits, positions_for, prompt, reference_logits, relative_error,
 )  # fmt: skip

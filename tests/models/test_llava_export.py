@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax.models.llava_weights import load_llava
+from mmjax.models.llava import load_llava
 from mmjax.testing.random_llava import make_random_llava_checkpoint
 from tiny_llava import our_logits, prompt, relative_error
 
@@ -40,7 +40,7 @@ def test_transformers_reads_the_export_to_the_same_logits(exported):
 
 
 def test_export_then_load_is_exact(exported, tmp_path):
-    from mmjax.models.llava_weights import save_llava
+    from mmjax.models.llava import save_llava
 
     model, hf_config = load_llava(exported)
     save_llava(model, hf_config, tmp_path)

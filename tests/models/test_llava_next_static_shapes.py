@@ -7,7 +7,7 @@ from unittest import mock
 import numpy as np
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from mmjax.models.clip import CLIPVisionTower
+from mmjax.models.common.clip import CLIPVisionTower
 from mmjax.models.llava_next import forward
 from mmjax.processing.anyres_layout import bucket_for, pack_images, tile_buckets
 from tiny_llava_next import SIX_SIZES, hf_pixels, images, loaded, our_logits, prompt_rows

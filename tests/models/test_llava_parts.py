@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.models.llama import DecoderConfig, rope_inv_freq
+from mmjax.models.common.decoder_config import DecoderConfig
+from mmjax.models.common.rotary import rope_inv_freq
 from mmjax.models.llava import check_placeholder_count, merge_image_features
 
 IMG = 9

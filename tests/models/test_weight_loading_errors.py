@@ -17,7 +17,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import mmjax
-from mmjax.models.llava_weights import load_llava
+from mmjax.models.llava import load_llava
 from tiny_llava import checkpoint
 
 
@@ -210,14 +210,20 @@ def test_transposed_tensor_names_tensor_file_and_both_shapes(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (_set("text_config", "hidden_size", "512"), "field text_config.hidden_size has a wrong type: expected int, got str"),
-        (_set("text_config", "num_hidden_layers", 2.5), "field text_config.num_hidden_layers has a wrong type: expected int, got float"),
-        (_set("vision_config", "hidden_size", "28"), "field vision_config.hidden_size has a wrong type: expected int, got str"),
-        (_set("text_config", "rms_norm_eps", "1e-5"), "field text_config.rms_norm_eps has a wrong type: expected float, got str"),
+        (_set("text_config", "hidden_size", "512"),
+         "field text_config.hidden_size has a wrong type: expected int, got str"),
+        (_set("text_config", "num_hidden_layers", 2.5),
+         "field text_config.num_hidden_layers has a wrong type: expected int, got float"),
+        (_set("vision_config", "hidden_size", "28"),
+         "field vision_config.hidden_size has a wrong type: expected int, got str"),
+        (_set("text_config", "rms_norm_eps", "1e-5"),
+         "field text_config.rms_norm_eps has a wrong type: expected float, got str"),
         (_set("image_token_index", "383"), "field image_token_index has a wrong type: expected int, got str"),
-        (_set("image_token_id", "383"), "field image_token_id (an alias of image_token_index) has a wrong type: expected int, got str"),
+        (_set("image_token_id", "383"),
+         "field image_token_id (an alias of image_token_index) has a wrong type: expected int, got str"),
     ],
-    ids=["text_hidden_str", "layers_float", "vision_hidden_str", "eps_str", "image_token_index_str", "image_token_id_str"],
+    ids=["text_hidden_str", "layers_float", "vision_hidden_str", "eps_str", "image_token_index_str",
+         "image_token_id_str"],
 )  # fmt: skip
 def test_wrong_typed_config_field_is_named_with_its_path(tmp_path, edit, message):
     path = _copy("gqa_default", tmp_path / "ckpt")
@@ -228,8 +234,8 @@ def test_wrong_typed_config_field_is_named_with_its_path(tmp_path, edit, message
 
 def test_wrong_typed_image_token_in_code_is_named():
     """A config built in code bypasses the file checks; LlavaConfig.from_hf still names the field."""
-    from mmjax.models.llava_config import LlavaConfig
-    from mmjax.models.llava_weights import read_hf_config
+    from mmjax.models.llava.config import LlavaConfig
+    from mmjax.registry.config import load_hf_config as read_hf_config
 
     hf = read_hf_config(checkpoint("gqa_default"))
     hf.image_token_id = "383"  # an alias: transformers stores it without its type check

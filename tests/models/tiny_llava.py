@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax.models.llava import forward
-from mmjax.models.llava_weights import load_llava
+from mmjax.models.llava import load_llava
 from mmjax.testing.checkpoints import make_tiny_llava_checkpoint
 
 _ROOT = tempfile.mkdtemp(prefix="mmjax-tiny-llava-")

@@ -13,7 +13,7 @@ from flax import nnx
 from PIL import Image
 
 from mmjax.models.llava_next import forward
-from mmjax.models.llava_next_weights import load_llava_next
+from mmjax.models.llava_next import load_llava_next
 from mmjax.processing.anyres_layout import AnyresImages
 from mmjax.testing.next_checkpoints import make_tiny_llava_next_checkpoint
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mmjax.registry import ModelConfig
-from mmjax.testing.toy_vlm import ToyVLM, make_toy_checkpoint
+from toy_vlm import ToyVLM, make_toy_checkpoint
 
 
 @pytest.fixture(scope="session")

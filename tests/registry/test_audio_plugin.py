@@ -5,7 +5,7 @@ import pytest
 from transformers import WhisperFeatureExtractor
 
 from mmjax.registry import MULTIMODAL_REGISTRY, ModelConfig
-from mmjax.testing.toy_vlm import ToyVLM, hf_config
+from toy_vlm import ToyVLM, hf_config
 
 
 @MULTIMODAL_REGISTRY.register_input_mapper("audio")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mmjax.registry import MULTIMODAL_REGISTRY, ModelConfig
-from mmjax.testing.toy_vlm import IMAGE_SIZE, ToyVLM
+from toy_vlm import IMAGE_SIZE, ToyVLM
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -99,7 +99,8 @@ def test_processor_kwargs_reach_the_image_processor_and_the_request_wins(checkpo
 
 
 def test_unknown_processor_kwargs_are_dropped_with_a_warning(model_config, photo):
-    with pytest.warns(UserWarning, match=r"mm_processor_kwargs \['num_crops'\] are not accepted by any multimodal hook of ToyVLM"):
+    with pytest.warns(UserWarning,
+                      match=r"mm_processor_kwargs \['num_crops'\] are not accepted by any multimodal hook of ToyVLM"):
         out = MULTIMODAL_REGISTRY.map_input(model_config, {"image": photo}, {"num_crops": 4})
     assert out["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
 

@@ -13,7 +13,7 @@ from mmjax.registry import (
     ModelConfig,
     PlaceholderRange,
 )
-from mmjax.testing.toy_vlm import ToyVLM, dummy_data, expand_image_tokens
+from toy_vlm import ToyVLM, dummy_data, expand_image_tokens
 
 TOKENS = 25
 
@@ -127,7 +127,8 @@ def processor_returning(ranges):
 
 
 @pytest.mark.parametrize("ranges, message", [
-    ((PlaceholderRange(0, 30),), r"image item 0 has 30 placeholder tokens, but the model's max image tokens per item is 25"),
+    ((PlaceholderRange(0, 30),),
+     r"image item 0 has 30 placeholder tokens, but the model's max image tokens per item is 25"),
     ((PlaceholderRange(0, 5), PlaceholderRange(5, 5)), r"1 image item\(s\) but 2 placeholder range\(s\)"),
     ((PlaceholderRange(38, 5),), r"placeholders \[38, 43\) .*outside the 40 prompt tokens"),
     ((PlaceholderRange(0, 0),), r"has 0 placeholder tokens.*at least 1"),

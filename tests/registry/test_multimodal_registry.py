@@ -15,7 +15,7 @@ from mmjax.registry import (
     MultiModalRegistry,
     SupportsMultiModal,
 )
-from mmjax.testing.toy_vlm import IMAGE_SIZE, PATCH_SIZE, ToyVLM, hf_config
+from toy_vlm import IMAGE_SIZE, PATCH_SIZE, ToyVLM, hf_config
 
 TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
 
@@ -174,7 +174,8 @@ def test_a_new_modality_end_to_end(checkpoint_dir):
 
 def test_duplicate_plugin_keys_warn():
     with pytest.warns(UserWarning, match="already registered for 'image'"):
-        MultiModalRegistry(plugins=[*MULTIMODAL_REGISTRY.plugins.values(), type(MULTIMODAL_REGISTRY.plugins["image"])()])
+        again = type(MULTIMODAL_REGISTRY.plugins["image"])()
+        MultiModalRegistry(plugins=[*MULTIMODAL_REGISTRY.plugins.values(), again])
 
 
 def test_model_class_is_resolved_from_the_architecture_name():

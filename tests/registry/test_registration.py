@@ -1,5 +1,6 @@
 """Registration decorators: frozen hooks on the class, no global state, clear errors."""
 
+import dataclasses
 import warnings
 from types import MappingProxyType
 
@@ -15,7 +16,7 @@ from mmjax.registry import (
     supports_multimodal,
 )
 from mmjax.registry.hooks import DEFAULT
-from mmjax.testing.toy_vlm import ToyVLM, dummy_data, expand_image_tokens, image_token_count
+from toy_vlm import ToyVLM, dummy_data, expand_image_tokens, image_token_count
 
 
 def test_toy_model_carries_every_hook():
@@ -30,7 +31,7 @@ def test_toy_model_carries_every_hook():
 
 def test_hooks_are_frozen():
     hooks = hooks_of(ToyVLM)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         hooks.input_processor = None  # type: ignore[misc]
     assert isinstance(hooks.input_mappers, MappingProxyType)
     with pytest.raises(TypeError):

@@ -140,7 +140,8 @@ def test_template_lookup_order_and_a_clear_error_without_one(tmp_path):
 
 @pytest.mark.parametrize("messages, match", [
     ([{"role": "robot", "content": "hi"}], r"message 0 has role 'robot'"),
-    ([{"role": "user", "content": [{"type": "video_url", "video_url": {}}]}], r"message 0, part 0 has type 'video_url'"),
+    ([{"role": "user", "content": [{"type": "video_url", "video_url": {}}]}],
+     r"message 0, part 0 has type 'video_url'"),
     ([{"role": "user", "content": [{"type": "text"}]}], r"message 0, part 0: a text part needs 'text'"),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "image", "image": None}]}],
      r"message 1, part 0: images may only be sent in user messages"),

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -17,7 +18,7 @@ import pytest
 
 import mmjax
 import mmjax.engine.engine as engine_module
-from mmjax.serving.engine_loop import EngineLoop, EngineStopped
+from mmjax.serving.engine_loop import EngineLoop, EngineStopped, OutputStream
 from tests.engine.engine_fixtures import LLAVA, checkpoint, load
 from tests.serving.serving_fixtures import data_url, image, image_message, wait_until_idle
 
@@ -38,22 +39,37 @@ async def _run(loop: EngineLoop, processed, params, request_id):
         return await stream.last()
 
 
-def test_requests_join_while_others_run_and_each_gets_a_fresh_engines_answer(llm):
+def test_requests_join_while_others_run_and_each_gets_a_fresh_engines_answer(llm, monkeypatch):
     params = mmjax.SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     texts = ["Tell me a story.", "Count to five.", "What is the sea?"]
     want = [o.token_ids for o in mmjax.generate(load(LLAVA), [f"USER: {t} ASSISTANT:" for t in texts], params,
                                                 engine_config=CONFIG, use_tqdm=False)]
     engine = llm.engine(CONFIG)
+    # The first request's third step waits until the others are queued: they join while it decodes,
+    # whatever the machine's speed (it has 9 of its 12 tokens still to make).
+    decoding, others_queued = threading.Event(), threading.Event()
+    real_step = engine.step
+
+    def step_that_lets_the_others_join():
+        if engine.stats["steps"] == 2:
+            decoding.set()
+            others_queued.wait(timeout=120)
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", step_that_lets_the_others_join)
     loop = EngineLoop(engine).start()
 
-    async def staggered():
-        tasks = []
-        for i, text in enumerate(texts):
-            tasks.append(asyncio.ensure_future(_run(loop, _processed(llm, text), params, f"r{i}")))
-            await asyncio.sleep(0.3)  # the later ones arrive while the first is decoding
-        return await asyncio.gather(*tasks)
+    async def joined_while_running():
+        first = asyncio.ensure_future(_run(loop, _processed(llm, texts[0]), params, "r0"))
+        assert await asyncio.to_thread(decoding.wait, 120)
+        streams = [OutputStream(loop, f"r{i}") for i in (1, 2)]
+        taken = [loop.submit(_processed(llm, texts[i]), params, s.request_id, s.sink) for i, s in zip((1, 2), streams)]
+        others_queued.set()
+        for future in taken:
+            await asyncio.wrap_future(future)
+        return [await first] + [await s.last() for s in streams]
 
-    outputs = asyncio.run(staggered())
+    outputs = asyncio.run(joined_while_running())
     loop.shutdown()
     assert [o.token_ids for o in outputs] == want
     assert engine.stats["steps"] < sum(len(w) for w in want)  # they shared steps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mmjax.models.llava_sharding import COLUMN, LLAVA_PARTITION_RULES, REPLICATED, partition_rules_for
+from mmjax.models.llava.sharding import COLUMN, LLAVA_PARTITION_RULES, REPLICATED, partition_rules_for
 from mmjax.sharding import kv_head_layout, spec_for
 
 K_PROJ = ("language_model", "layers", 0, "self_attn", "k_proj", "kernel")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
 
 from mmjax.sharding import ShardedDims, check_divisible, default_mesh_shape, make_mesh
+from mmjax.sharding.kv_heads import kv_head_layout
 
 LLAVA_7B = ShardedDims(num_heads=32, num_kv_heads=32, intermediate_size=11008, vocab_size=32064)
 MISTRAL_7B = ShardedDims(num_heads=32, num_kv_heads=8, intermediate_size=14336, vocab_size=32064)
@@ -43,7 +46,13 @@ def test_a_model_axis_that_does_not_divide_is_named(dims, model, named):
 
 
 def test_fewer_kv_heads_than_the_model_axis_are_allowed():
-    check_divisible(8, ShardedDims(num_heads=8, num_kv_heads=2, intermediate_size=64, vocab_size=64))
+    """2 KV heads on 8 devices: accepted, each head replicated on 8 / 2 = 4 devices; 3 heads (not a divisor) refused."""
+    dims = ShardedDims(num_heads=8, num_kv_heads=2, intermediate_size=64, vocab_size=64)
+    assert check_divisible(8, dims) is None
+    layout = kv_head_layout(2, 8)
+    assert not layout.split and layout.heads_per_device == 2 and layout.head_axis is None
+    with pytest.raises(ValueError, match=r"num_kv_heads = 3\) do not divide"):
+        check_divisible(8, dataclasses.replace(dims, num_kv_heads=3))
 
 
 def test_make_mesh_from_a_dict_and_the_default():

@@ -6,10 +6,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from mmjax.models.llava_config import LlavaConfig
+from mmjax.models.llava.config import LlavaConfig
 from mmjax.models.llava_next import LlavaNextConfig
-from mmjax.models.llava_next_weights import abstract_llava_next
-from mmjax.models.llava_sharding import (
+from mmjax.models.llava_next import LLAVA_NEXT
+from mmjax.models.llava.sharding import (
     COLUMN,
     LLAVA_NEXT_PARTITION_RULES,
     LLAVA_PARTITION_RULES,
@@ -18,7 +18,7 @@ from mmjax.models.llava_sharding import (
     SPLIT,
     partition_rules_for,
 )  # fmt: skip
-from mmjax.models.llava_weights import abstract_llava
+from mmjax.models.llava import LLAVA
 from mmjax.sharding import partition_specs, spec_for
 from mmjax.testing.checkpoints import make_tiny_llava_checkpoint
 from mmjax.testing.next_checkpoints import make_tiny_llava_next_checkpoint
@@ -30,19 +30,19 @@ def _paths(model) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def llava_paths(tmp_path_factory):
-    from mmjax.models.llava_weights import read_hf_config
+    from mmjax.registry.config import load_hf_config as read_hf_config
 
     path = make_tiny_llava_checkpoint(tmp_path_factory.mktemp("rules"), text_config={
         "attention_bias": True, "mlp_bias": True})
-    return _paths(abstract_llava(LlavaConfig.from_hf(read_hf_config(path))))
+    return _paths(LLAVA.abstract_model(LlavaConfig.from_hf(read_hf_config(path))))
 
 
 @pytest.fixture(scope="module")
 def next_paths(tmp_path_factory):
-    from mmjax.models.llava_weights import read_hf_config
+    from mmjax.registry.config import load_hf_config as read_hf_config
 
     path = make_tiny_llava_next_checkpoint(tmp_path_factory.mktemp("next_rules"))
-    return _paths(abstract_llava_next(LlavaNextConfig.from_hf(read_hf_config(path))))
+    return _paths(LLAVA_NEXT.abstract_model(LlavaNextConfig.from_hf(read_hf_config(path))))
 
 
 def test_every_llava_parameter_has_exactly_the_intended_spec(llava_paths):
@@ -83,7 +83,7 @@ def test_kv_projections_are_replicated_when_the_kv_heads_cannot_be_split():
 
 
 def test_the_vision_tower_is_split_when_the_model_axis_divides_its_heads_and_mlp(llava_paths):
-    from mmjax.models.clip import CLIPVisionConfig
+    from mmjax.models.common.clip import CLIPVisionConfig
 
     clip_l = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
                               image_size=336, patch_size=14)
@@ -110,7 +110,7 @@ def test_read_slice_reads_a_block_in_our_layout(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
 
-    from mmjax.models.weights import CheckpointReader
+    from mmjax.models.common.weights import CheckpointReader
 
     hf = np.arange(6 * 10, dtype=np.float32).reshape(6, 10)  # torch Linear: [out, in]
     save_file({"lin.weight": hf}, str(tmp_path / "model.safetensors"))

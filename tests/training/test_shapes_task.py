@@ -98,7 +98,8 @@ def test_both_renderers_ask_the_same_questions_of_the_same_scene():
                                shapes_task.Shape("circle", "blue", 0.6, 0.1, 0.3),
                                shapes_task.Shape("square", "red", 0.3, 0.6, 0.25)))
     items = tuple(shape_scenes.Item(s.kind, s.color, 0, 0, 1) for s in scene.shapes)
-    assert sorted((q.text, q.answer) for q in shapes_task.questions(scene)) == sorted(shape_scenes.task_questions(items))
+    asked = sorted((q.text, q.answer) for q in shapes_task.questions(scene))
+    assert asked == sorted(shape_scenes.task_questions(items))
     assert sorted(shape_scenes.task_questions(items)) == sorted([
         ("How many shapes are there?", "3"), ("What color is the square?", "red"),
         ("What shape is the blue object?", "circle")])
@@ -109,7 +110,8 @@ def test_training_examples_are_seeded():
     assert first[0].target == first[1].target
     assert np.array_equal(np.asarray(first[0].prompt["multi_modal_data"]["image"]),
                           np.asarray(first[1].prompt["multi_modal_data"]["image"]))
-    assert first[0].target.startswith(" ") and first[0].target.strip() in (*STATED_COLORS, *shapes_task.SHAPES, "1", "2", "3")
+    answers = (*STATED_COLORS, *shapes_task.SHAPES, "1", "2", "3")
+    assert first[0].target.startswith(" ") and first[0].target.strip() in answers
 
 
 def answer_from_picture(question: str, found: list[dict]) -> str:

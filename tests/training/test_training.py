@@ -44,7 +44,8 @@ def torch_loss_and_grads(batch) -> tuple[float, dict]:
                 pixel_values=torch.tensor(np.asarray(batch.mm_kwargs["pixel_values"])),
                 labels=torch.tensor(labels, dtype=torch.long))
     out.loss.backward()
-    return float(out.loss.detach()), {name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.grad is not None}
+    grads = {name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.grad is not None}
+    return float(out.loss.detach()), grads
 
 
 def test_loss_and_gradients_equal_transformers():

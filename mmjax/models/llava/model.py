@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax.models.attend import Attend
-from mmjax.models.clip import CLIPVisionTower
-from mmjax.models.layers import ACTIVATIONS
-from mmjax.models.llama import LlamaForCausalLM
-from mmjax.models.llava_config import LlavaConfig
-from mmjax.models.interface import DecoderMethods, encoder_inputs_from_dummy_data
-from mmjax.models.llava_hooks import dummy_data_for_llava, image_token_count, input_processor_for_llava
+from mmjax.models.common.attend import Attend
+from mmjax.models.common.clip import CLIPVisionTower
+from mmjax.models.common.layers import ACTIVATIONS
+from mmjax.models.common.decoder import LlamaForCausalLM
+from mmjax.models.llava.config import LlavaConfig
+from mmjax.models.common.interface import DecoderMethods, encoder_inputs_from_dummy_data
+from mmjax.models.llava.hooks import dummy_data_for_llava, image_token_count, input_processor_for_llava
 from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, SupportsMultiModal
 from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
@@ -78,7 +78,7 @@ def check_placeholder_count(input_ids: Int[Array, "B T"], num_features: int, ima
 class LlavaForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiModal):
     """LLaVA-1.5: ``(input_ids, positions, pixel_values | image_embeds) -> logits``.
 
-    Serves the engine through ``mmjax.models.interface.EngineModel``.
+    Serves the engine through ``mmjax.models.common.interface.EngineModel``.
     """
 
     #: Every image has the tower's size: the dummy data's images, 1 to the limit of them, cover every shape.

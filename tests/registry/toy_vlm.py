@@ -1,6 +1,6 @@
 """A toy multimodal model registered through every registry hook.
 
-Used by the registry tests and the registry demo. Each ``<image>`` becomes
+Used by the registry tests. Each ``<image>`` becomes
 ``(image_size // patch_size) ** 2`` placeholder tokens; the count is computed
 once, in ``image_token_count``, and used by every hook.
 """

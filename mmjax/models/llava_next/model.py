@@ -18,13 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.models.attend import Attend
-from mmjax.models.clip import CLIPVisionTower
-from mmjax.models.llama import LlamaForCausalLM
-from mmjax.models.interface import DecoderMethods
-from mmjax.models.llava import LlavaMultiModalProjector
-from mmjax.models.llava_config import LlavaConfig
-from mmjax.models.llava_next_hooks import (
+from mmjax.models.common.attend import Attend
+from mmjax.models.common.clip import CLIPVisionTower
+from mmjax.models.common.decoder import LlamaForCausalLM
+from mmjax.models.common.interface import DecoderMethods
+from mmjax.models.llava.model import LlavaMultiModalProjector
+from mmjax.models.llava.config import LlavaConfig
+from mmjax.models.llava_next.hooks import (
     dummy_data_for_llava_next, encoder_input_variants, input_processor_for_llava_next, map_images_for_llava_next,
     max_image_tokens,
 )  # fmt: skip
@@ -98,7 +98,7 @@ def check_placeholder_count(input_ids: Int[Array, "B T"], placeholder_rows: Int[
 class LlavaNextForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiModal):
     """LLaVA-NeXT: ``(input_ids, positions, packed tiles, placeholder map) -> logits``.
 
-    Serves the engine through ``mmjax.models.interface.EngineModel``.
+    Serves the engine through ``mmjax.models.common.interface.EngineModel``.
     """
 
     @staticmethod

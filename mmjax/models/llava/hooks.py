@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mmjax.models.llava_config import LlavaConfig
+from mmjax.models.llava.config import LlavaConfig
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, PlaceholderRange
 from mmjax.registry.multimodal import count_items
 

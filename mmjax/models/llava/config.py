@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from mmjax.models.clip import CLIPVisionConfig
-from mmjax.models.layers import check_activation
-from mmjax.models.llama import DecoderConfig
+from mmjax.models.common.clip import CLIPVisionConfig
+from mmjax.models.common.layers import check_activation
+from mmjax.models.common.decoder_config import DecoderConfig
 
 _SELECT_STRATEGIES = ("default", "full")
 

@@ -89,16 +89,3 @@ def vision_tensor_parallel(vision_config, model_axis: int) -> bool:
     return (model_axis > 1 and vision_config.num_heads % model_axis == 0
             and vision_config.intermediate_size % model_axis == 0)
 
-
-def llava_shardings(mesh, text_config, model_paths, rules=LLAVA_PARTITION_RULES, vision_config=None):
-    """``(mesh, {parameter path: NamedSharding})`` for a LLaVA decoder config on ``mesh``.
-
-    ``mesh`` is anything ``mmjax.sharding.make_mesh`` takes; the model axis is
-    checked against the decoder's dimensions first (an error names the one it
-    does not divide).
-    """
-    from mmjax.sharding import ShardedDims, make_mesh, named_shardings, partition_specs
-
-    mesh = make_mesh(mesh, dims=ShardedDims.of(text_config))
-    rules = partition_rules_for(rules, text_config.num_kv_heads, mesh.shape[MODEL], vision_config)
-    return mesh, named_shardings(mesh, partition_specs(model_paths, rules))

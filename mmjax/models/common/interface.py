@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mmjax.models.attend import Attend
-from mmjax.models.llama import DecoderConfig
+from mmjax.models.common.attend import Attend
+from mmjax.models.common.decoder_config import DecoderConfig
 from mmjax.registry import INPUT_REGISTRY, InputContext, InputRegistry, MultiModalRegistry
 from mmjax.types import Array, Float, Int
 
@@ -42,9 +42,13 @@ class EngineModel(Protocol):
 
     def decoder_hidden_states(
         self, embeds: Float[Array, "R T D"], positions: Int[Array, "R T"], attend: Attend,
-        kv_pages: Sequence[KVPages],
+        kv_pages: Sequence[KVPages], rope_positions: Int[Array, "R P T"] | None = None,
     ) -> tuple[Float[Array, "R T D"], tuple[KVPages, ...]]:
-        """The decoder layers and final norm over ``attend``; returns the hidden states and new pages."""
+        """The decoder layers and final norm over ``attend``; returns the hidden states and new pages.
+
+        ``positions`` say where each token's K/V go; ``rope_positions``, when the family's rotary
+        embedding reads ``P > 1`` positions per token (``text_config.rope_position_axes``), its angles.
+        """
         ...
 
     def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
@@ -77,8 +81,8 @@ class DecoderMethods:
     def embed_text(self, input_ids: Int[Array, "R T"]) -> Float[Array, "R T D"]:
         return self.language_model.embed(input_ids)
 
-    def decoder_hidden_states(self, embeds, positions, attend, kv_pages):
-        return self.language_model.hidden_states(embeds, positions, attend, kv_pages)
+    def decoder_hidden_states(self, embeds, positions, attend, kv_pages, rope_positions=None):
+        return self.language_model.hidden_states(embeds, positions, attend, kv_pages, rope_positions)
 
     def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
         return self.language_model.logits(hidden)

@@ -14,7 +14,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax.models.layers import ACTIVATIONS, check_activation
+from mmjax.models.common.layers import ACTIVATIONS, check_activation
 from mmjax.types import Array, Float
 
 

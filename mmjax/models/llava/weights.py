@@ -1,4 +1,4 @@
-"""LLaVA checkpoints: the HF -> mmjax weight-name table, and ``load_llava``.
+"""LLaVA checkpoints: the HF -> mmjax weight-name table (``mmjax.models.llava.LLAVA`` loads with it).
 
 Names appear in three spellings, all rewritten to transformers 5's in-memory
 names (the canonical spelling of the table below):
@@ -12,17 +12,8 @@ names (the canonical spelling of the table below):
 
 from __future__ import annotations
 
-import os
-
-import jax.numpy as jnp
-from flax import nnx
-
-from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration
-from mmjax.models.llava_sharding import llava_shardings
-from mmjax.models.weights import (
-    CONV2D, EMBEDDING, LAYER_NORM, LINEAR, PARAM, RMS_NORM, CheckpointReader, Target, expand_table, fill_state,
-    save_state,
-)  # fmt: skip
+from mmjax.models.common.weights import CONV2D, EMBEDDING, LAYER_NORM, LINEAR, PARAM, RMS_NORM
+from mmjax.models.llava.config import LlavaConfig
 
 #: ``(regex, replacement)``, applied in order, from any published spelling to the canonical one.
 LLAVA_ALIASES: tuple[tuple[str, str], ...] = (
@@ -75,67 +66,7 @@ def llava_table(cfg: LlavaConfig) -> tuple:
     return LLAVA_TABLE + (() if cfg.text.tie_word_embeddings else _LM_HEAD)
 
 
-def llava_targets(cfg: LlavaConfig, model_paths: set) -> dict[str, Target]:
-    """``{canonical HF tensor name: Target}`` for a model with these parameter paths."""
-    repeats = {
-        "model.vision_tower.encoder.layers.": cfg.vision.num_layers,
-        "model.language_model.layers.": cfg.text.num_layers,
-    }
-    return expand_table(llava_table(cfg), repeats, model_paths)
-
-
-def read_hf_config(path: str | os.PathLike):
-    """The checkpoint's transformers config (``config.json``), read from disk only.
-
-    A missing file, invalid JSON or a wrong-typed field raises naming the file
-    and the field (``mmjax.registry.config.load_hf_config``).
-    """
-    from mmjax.registry.config import load_hf_config
-
-    return load_hf_config(path)
-
-
-def abstract_llava(cfg: LlavaConfig, dtype: jnp.dtype = jnp.float32) -> LlavaForConditionalGeneration:
-    """The model with shapes and dtypes but no memory (``nnx.eval_shape``)."""
-    return nnx.eval_shape(lambda: LlavaForConditionalGeneration(cfg, param_dtype=dtype, rngs=nnx.Rngs(0)))
-
-
-def load_llava(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, mesh=None):
-    """Load a LLaVA-1.5 checkpoint directory (llava-hf layout).
-
-    Args:
-      path: a directory with ``config.json`` and ``model.safetensors`` or a
-        sharded ``model.safetensors.index.json``.
-      dtype: parameter dtype, e.g. ``jnp.float32`` or ``jnp.bfloat16``.
-      mesh: None (one device), or a ``("data", "model")`` mesh or what
-        ``mmjax.sharding.make_mesh`` takes: each weight is placed by
-        ``LLAVA_PARTITION_RULES`` (``llava_sharding``) as it is read.
-
-    Returns:
-      ``(model, hf_config)``: the ``LlavaForConditionalGeneration`` and the
-      transformers ``LlavaConfig`` it was built from.
-    """
-    hf_config = read_hf_config(path)
-    cfg = LlavaConfig.from_hf(hf_config)
-    abstract = abstract_llava(cfg, dtype)
-    model_paths = {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
-    targets = llava_targets(cfg, model_paths)
-    shardings = None if mesh is None else llava_shardings(mesh, cfg.text, model_paths, vision_config=cfg.vision)[1]
-    with CheckpointReader(path, LLAVA_ALIASES) as reader:
-        model = fill_state(abstract, targets, reader, dtype, ignore=LLAVA_IGNORED, shardings=shardings)
-    return model, hf_config
-
-
-def save_llava(
-    model: LlavaForConditionalGeneration, hf_config, path: str | os.PathLike, *, max_shard_bytes: int = 2**30
-) -> str:
-    """Write ``model`` as a llava-hf checkpoint (``config.json`` + safetensors) that
-    transformers and ``load_llava`` both read. Tokenizer and image processor are
-    the caller's to add. Returns ``path``."""
-    path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
-    cfg = model.config
-    model_paths = {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    save_state(model, llava_targets(cfg, model_paths), path, max_shard_bytes=max_shard_bytes)
-    hf_config.save_pretrained(path)
-    return path
+def llava_layer_repeats(cfg: LlavaConfig) -> dict[str, int]:
+    """How often the table's ``{i}`` rows repeat: the tower's and the decoder's layers."""
+    return {"model.vision_tower.encoder.layers.": cfg.vision.num_layers,
+            "model.language_model.layers.": cfg.text.num_layers}

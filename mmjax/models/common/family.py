@@ -1,0 +1,122 @@
+"""A model family as one value, and the generic checkpoint loader and saver that read it.
+
+A ``ModelFamily`` says everything the rest of mmjax needs to know about a family:
+how to read its config from transformers', its Flax class, its weight-name table,
+its partition rules, and which parameter groups train. ``load_checkpoint`` and
+``save_checkpoint`` are written once, for every family; the architecture table
+(``mmjax.models.architectures``) maps Hugging Face ``architectures`` names to families.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import PartitionSpec
+from transformers import PretrainedConfig
+
+from mmjax.models.common.decoder_config import DecoderConfig
+from mmjax.models.common.weights import CheckpointReader, LeafRule, Target, expand_table, fill_state, save_state
+
+#: ``(HF module path, our module path, leaf rules)``; paths may hold ``{i}`` (see ``expand_table``).
+WeightRow = tuple[str, str, tuple[LeafRule, ...]]
+#: ``(regex on the "/"-joined parameter path, spec)``: the first match wins.
+PartitionRules = tuple[tuple[str, PartitionSpec], ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class ModelFamily:
+    """One model family: what the loader, ``save_pretrained``, training and the mesh read.
+
+    Attributes:
+      name: a short name for messages ("llava", "qwen2_5_vl").
+      model_class: the Flax model; ``model_class(config, param_dtype=..., rngs=...)``.
+      config_from_hf: transformers' config -> the family's validated, hashable config
+        (raises naming any field it cannot honour).
+      text_config: the family config -> its decoder's ``DecoderConfig`` (the mesh checks it).
+      weight_table: the family config -> its weight rows (HF name, our path, leaf rules).
+      layer_repeats: the family config -> ``{HF module path up to "{i}": count}``.
+      aliases: ``(regex, replacement)`` from every published tensor spelling to the table's.
+      ignored: regexes of tensors a checkpoint may carry that are not parameters.
+      partition_rules: ``(family config, model-axis size) -> rules`` for a ``("data", "model")`` mesh.
+      trainable_groups: ``mmjax.train``'s ``trainable=`` names -> parameter path prefixes.
+      lora_prefix: the path prefix of the decoder layers LoRA adapts.
+    """
+
+    name: str
+    model_class: type[nnx.Module]
+    config_from_hf: Callable[[PretrainedConfig], Any]
+    text_config: Callable[[Any], DecoderConfig]
+    weight_table: Callable[[Any], tuple[WeightRow, ...]]
+    layer_repeats: Callable[[Any], Mapping[str, int]]
+    aliases: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[str, ...] = ()
+    partition_rules: Callable[[Any, int], PartitionRules]
+    trainable_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    lora_prefix: str = "language_model/layers/"
+
+    def abstract_model(self, config: Any, dtype: jnp.dtype = jnp.float32) -> nnx.Module:
+        """The model with shapes and dtypes but no memory (``nnx.eval_shape``)."""
+        return nnx.eval_shape(lambda: self.model_class(config, param_dtype=dtype, rngs=nnx.Rngs(0)))
+
+    def targets(self, config: Any, model_paths: set) -> dict[str, Target]:
+        """``{canonical HF tensor name: Target}`` for a model with these parameter paths."""
+        return expand_table(self.weight_table(config), dict(self.layer_repeats(config)), model_paths)
+
+    def shardings(self, mesh: Any, config: Any, model_paths: set) -> tuple[Any, dict]:
+        """``(mesh, {parameter path: NamedSharding})``; the model axis is checked against the decoder first."""
+        from mmjax.sharding import ShardedDims, make_mesh, named_shardings, partition_specs
+        from mmjax.sharding.axes import MODEL
+
+        mesh = make_mesh(mesh, dims=ShardedDims.of(self.text_config(config)))
+        rules = self.partition_rules(config, mesh.shape[MODEL])
+        return mesh, named_shardings(mesh, partition_specs(model_paths, rules))
+
+
+def param_paths(model: nnx.Module) -> set[tuple[str | int, ...]]:
+    """The path of every ``nnx.Param`` leaf of ``model``."""
+    return {leaf_path for leaf_path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def load_checkpoint(
+    family: ModelFamily, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, mesh: Any = None
+) -> tuple[nnx.Module, PretrainedConfig]:
+    """Load a checkpoint directory of ``family`` (its config, safetensors single or sharded).
+
+    Args:
+      mesh: None (one device), or a ``("data", "model")`` mesh or what ``mmjax.sharding.make_mesh``
+        takes: each weight is placed by the family's partition rules as it is read.
+
+    Returns:
+      ``(model, hf_config)``.
+    """
+    from mmjax.registry.config import load_hf_config
+
+    hf_config = load_hf_config(path)
+    config = family.config_from_hf(hf_config)
+    abstract = family.abstract_model(config, dtype)
+    model_paths = param_paths(abstract)
+    shardings = None if mesh is None else family.shardings(mesh, config, model_paths)[1]
+    with CheckpointReader(path, family.aliases) as reader:
+        model = fill_state(abstract, family.targets(config, model_paths), reader, dtype, ignore=family.ignored,
+                           shardings=shardings)
+    return model, hf_config
+
+
+def save_checkpoint(
+    family: ModelFamily, model: nnx.Module, hf_config: PretrainedConfig, path: str | os.PathLike,
+    *, max_shard_bytes: int = 2**30,
+) -> str:
+    """Write ``model`` as ``config.json`` + HF-named safetensors that transformers and ``load_checkpoint``
+    both read. Tokenizer and processor files are the caller's to add. Returns ``path``."""
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    save_state(model, family.targets(model.config, param_paths(model)), path, max_shard_bytes=max_shard_bytes)
+    hf_config.save_pretrained(path)
+    return path
+
