@@ -64,7 +64,9 @@ class Qwen2_5_VisionConfig:
         """Build from a transformers ``Qwen2_5_VLVisionConfig``; refuse what we cannot run."""
         rope = getattr(hf, "rope_parameters", None) or {}
         if rope.get("rope_type", "axial") != "axial":
-            raise NotImplementedError(f"vision_config.rope_parameters.rope_type={rope['rope_type']!r}; expected 'axial'")
+            raise NotImplementedError(
+                f"vision_config.rope_parameters.rope_type={rope['rope_type']!r} is not supported; expected 'axial'"
+            )
         for i in hf.fullatt_block_indexes:
             if not 0 <= i < hf.depth:
                 raise ValueError(f"vision_config.fullatt_block_indexes holds {i}, outside the {hf.depth} blocks")

@@ -11,7 +11,6 @@ Shape letters: ``P`` packed patch rows (query and key rows alike), ``E`` tower w
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

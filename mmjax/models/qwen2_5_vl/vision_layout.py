@@ -27,7 +27,7 @@ units (``P / spatial_merge_size**2``), ``num_items`` the items of the call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

@@ -72,7 +72,9 @@ class Qwen3VisionConfig:
         """Build from a transformers ``Qwen3VLVisionConfig``; refuse what we cannot run."""
         rope = getattr(hf, "rope_parameters", None) or {}
         if rope.get("rope_type", "axial") != "axial":
-            raise NotImplementedError(f"vision_config.rope_parameters.rope_type={rope['rope_type']!r}; expected 'axial'")
+            raise NotImplementedError(
+                f"vision_config.rope_parameters.rope_type={rope['rope_type']!r} is not supported; expected 'axial'"
+            )
         if math.isqrt(hf.num_position_embeddings) ** 2 != hf.num_position_embeddings:
             raise ValueError(f"vision_config.num_position_embeddings={hf.num_position_embeddings} is not a square")
         indexes = tuple(hf.deepstack_visual_indexes)

@@ -13,7 +13,7 @@ Shape letters: ``P`` packed patch rows of a call (its bucket).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
