@@ -176,9 +176,10 @@ class Qwen3VisionModel(nnx.Module):
         """
         cfg = self.config
         unit_valid = layout.valid[:: cfg.spatial_merge_size**2, None]
-        table = self.pos_embed.embedding[...]
-        pos = jnp.einsum("PjE,Pj->PE", table[layout.pos_indices], layout.pos_weights.astype(table.dtype))  # j: taps
-        x = self.patch_embed(patches) + pos
+        taps = self.pos_embed.embedding[...][layout.pos_indices].astype(jnp.float32)
+        pos = jnp.einsum("PjE,Pj->PE", taps, layout.pos_weights.astype(jnp.float32))  # j: taps; float32, as HF
+        x = self.patch_embed(patches)
+        x = x + pos.astype(x.dtype)
         x = jnp.where(layout.valid[:, None], x, 0)  # no input on a padding row (not even a NaN) reaches a real row
         cos, sin = rotary_cos_sin(layout.rotary_ids, rotary_inv_freq(cfg.head_dim, cfg.rope_theta))
         mask = segment_mask(layout.frame_segments, layout.valid)
