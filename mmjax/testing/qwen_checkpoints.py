@@ -129,9 +129,10 @@ def _resave(hub: str, path: str, shard: bool) -> None:
 
 
 def _model_class(spec: TinyQwenSpec) -> type:
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration as Qwen2_5_VL
+    from transformers import Qwen3VLForConditionalGeneration as Qwen3VL
 
-    return Qwen2_5_VLForConditionalGeneration if isinstance(spec, TinyQwen2_5VLSpec) else Qwen3VLForConditionalGeneration
+    return Qwen2_5_VL if isinstance(spec, TinyQwen2_5VLSpec) else Qwen3VL
 
 
 def _shard_size(shard: bool) -> str:

@@ -42,7 +42,8 @@ class VideoConfigStandIn(VideoProcessorMixin):
 
     def preprocess(self, videos: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
-            f"{self.video_processor_type} needs torchvision, which is not installed: this stand-in only holds its config"
+            f"{self.video_processor_type} needs torchvision, which is not installed: "
+            "this stand-in only holds its config"
         )
 
 
