@@ -27,7 +27,7 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-QWEN3_VL_CHAT_TEMPLATE = "\n".join((
+QWEN3_VL_CHAT_TEMPLATE = "\n".join((  # noqa: FLY002 (one literal a line keeps the lines short)
     r"{%- if tools %}",
     r"    {{- '<|im_start|>system\n' }}",
     r"    {%- if messages[0].role == 'system' %}",
@@ -42,15 +42,19 @@ QWEN3_VL_CHAT_TEMPLATE = "\n".join((
     r"        {%- endif %}",
     r"        {{- '\n\n' }}",
     r"    {%- endif %}",
-    r'    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are '
-    r'provided with function signatures within <tools></tools> XML tags:\n<tools>" }}',
+    (
+        r'    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are '
+        r'provided with function signatures within <tools></tools> XML tags:\n<tools>" }}'
+    ),
     r"    {%- for tool in tools %}",
     r'        {{- "\n" }}',
     r"        {{- tool | tojson }}",
     r"    {%- endfor %}",
-    r'    {{- "\n</tools>\n\nFor each function call, return a json object with function name and '
-    r'arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, '
-    r'\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}',
+    (
+        r'    {{- "\n</tools>\n\nFor each function call, return a json object with function name and '
+        r'arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, '
+        r'\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}'
+    ),
     r"{%- else %}",
     r"    {%- if messages[0].role == 'system' %}",
     r"        {{- '<|im_start|>system\n' }}",

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import transformers.processing_utils as processing_utils
+from transformers import processing_utils
 from transformers.video_processing_utils import VideoProcessorMixin
 
 

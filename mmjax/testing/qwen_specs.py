@@ -25,7 +25,11 @@ from mmjax.testing.qwen_tokenizer import QWEN2_5_VL_ADDED_TOKENS, QWEN3_VL_ADDED
 
 @dataclass(frozen=True)
 class TinyQwenSpec:
-    """What the two families share. ``text_config`` / ``vision_config`` are extra config.json fields, set last."""
+    """What the two families share.
+
+    ``text_config`` and ``vision_config`` are extra ``config.json`` fields, set last: the text ones at the
+    top level of Qwen2.5-VL's flat file, inside ``text_config`` of Qwen3-VL's.
+    """
 
     family: ClassVar[str]
     added_tokens: ClassVar[tuple[tuple[str, bool], ...]]

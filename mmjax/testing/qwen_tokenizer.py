@@ -38,7 +38,7 @@ QWEN2_5_VL_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 #: Qwen3-VL's: Qwen2.5-VL's, then the tool-response and thinking tags (151665...151668).
 QWEN3_VL_ADDED_TOKENS = QWEN2_5_VL_ADDED_TOKENS + (
     ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False),
-)
+)  # fmt: skip
 
 _CORPUS = """
 You are a helpful assistant. What is shown in this image? Describe the picture in detail.

@@ -69,7 +69,7 @@ def build(tmp_path_factory) -> Callable[..., str]:
 
 def _weights(path: str) -> dict[str, torch.Tensor]:
     with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+        return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
 
 
 def _image(height: int, width: int) -> Image.Image:
