@@ -17,7 +17,7 @@ import torch
 from flax import nnx
 
 from mmjax.engine import count_compilations
-from mmjax.models.qwen2_5_vl.vision_layout import num_patches, pad_rows
+from mmjax.models.common.vision_packing import num_patches, pad_rows
 from mmjax.models.qwen3_vl.vision import Qwen3VisionConfig, Qwen3VisionModel, vision_forward
 from mmjax.models.qwen3_vl.vision_layout import vision_layout
 from mmjax.models.qwen3_vl.vision_weights import VISION_ALIASES, vision_targets

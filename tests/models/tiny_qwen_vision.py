@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.models.weights import CheckpointReader, fill_state
+from mmjax.models.common.weights import CheckpointReader, fill_state
 
 
 def randomize(module, seed: int = 0) -> None:

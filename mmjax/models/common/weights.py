@@ -39,6 +39,8 @@ EMBEDDING: tuple[LeafRule, ...] = (("weight", "embedding", None),)
 RMS_NORM: tuple[LeafRule, ...] = (("weight", "weight", None),)
 # torch's Conv2d kernel is OIHW; flax's nnx.Conv wants HWIO.
 CONV2D: tuple[LeafRule, ...] = (("weight", "kernel", (2, 3, 1, 0)),)
+# torch's Conv3d kernel is (out, in, t, Y, X); flax's nnx.Conv wants (t, Y, X, in, out); a bias where the model has one.
+CONV3D: tuple[LeafRule, ...] = (("weight", "kernel", (2, 3, 4, 1, 0)), ("bias", "bias", None))
 PARAM: tuple[LeafRule, ...] = (("", "", None),)
 _OPTIONAL_LEAVES = ("bias",)  # present only when the config enables them
 

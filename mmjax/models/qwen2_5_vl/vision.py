@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax.models.layers import ACTIVATIONS, RMSNorm, check_activation
-from mmjax.models.qwen2_5_vl.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq, segment_mask
+from mmjax.models.common.layers import ACTIVATIONS, RMSNorm, check_activation
+from mmjax.models.common.patch_embed import PatchEmbed
+from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq, segment_mask
 from mmjax.models.qwen2_5_vl.vision_layout import WindowedVisionLayout
 from mmjax.types import Array, Bool, Float
 
@@ -85,26 +86,6 @@ class Qwen2_5_VisionConfig:
             hidden_act=check_activation(hf.hidden_act, "vision_config.hidden_act"),
             rope_theta=float(rope.get("rope_theta", 10000.0)),
         )
-
-
-class PatchEmbed(nnx.Module):
-    """transformers' ``Conv3d`` patch embedding, as the one matmul it is (its kernel covers the whole patch).
-
-    The kernel is kept in ``nnx.Conv``'s layout (``[t, Y, X, C, E]``) so that it
-    loads like any convolution; the processor flattens a patch as ``(C, t, Y, X)``.
-    """
-
-    def __init__(self, in_channels: int, temporal: int, patch: int, dim: int, *, use_bias: bool,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        size = (temporal, patch, patch)
-        self.proj = nnx.Conv(in_channels, dim, kernel_size=size, strides=size, padding="VALID", use_bias=use_bias,
-                             param_dtype=param_dtype, rngs=rngs)
-
-    def __call__(self, patches: Float[Array, "P patch_dim"]) -> Float[Array, "P E"]:
-        kernel = self.proj.kernel[...]
-        flat = kernel.transpose(3, 0, 1, 2, 4).reshape(-1, kernel.shape[-1])  # rows in (C, t, Y, X) order
-        out = patches.astype(kernel.dtype) @ flat
-        return out if self.proj.bias is None else out + self.proj.bias[...]
 
 
 class GatedMLP(nnx.Module):

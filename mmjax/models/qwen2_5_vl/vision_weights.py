@@ -10,11 +10,7 @@ the first to the second, the canonical spelling of ``vision_rows``. A bare
 from __future__ import annotations
 
 from mmjax.models.qwen2_5_vl.vision import Qwen2_5_VisionConfig
-from mmjax.models.weights import LINEAR, RMS_NORM, LeafRule, Target, expand_table
-
-# torch's Conv3d kernel is (out, in, t, Y, X); flax's nnx.Conv wants (t, Y, X, in, out). The bias, where the
-# model has one, is kept (``expand_table`` drops optional leaves the model lacks).
-CONV3D: tuple[LeafRule, ...] = (("weight", "kernel", (2, 3, 4, 1, 0)), ("bias", "bias", None))
+from mmjax.models.common.weights import CONV3D, LINEAR, RMS_NORM, LeafRule, Target, expand_table
 
 #: ``(regex, replacement)`` from the published spelling to the canonical one.
 VISION_ALIASES: tuple[tuple[str, str], ...] = ((r"^visual\.", "model.visual."),)

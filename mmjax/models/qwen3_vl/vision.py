@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax.models.layers import ACTIVATIONS, check_activation
-from mmjax.models.qwen2_5_vl.vision import PatchEmbed
-from mmjax.models.qwen2_5_vl.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq, segment_mask
+from mmjax.models.common.layers import ACTIVATIONS, check_activation
+from mmjax.models.common.patch_embed import PatchEmbed
+from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq, segment_mask
 from mmjax.models.qwen3_vl.vision_layout import VisionLayout
 from mmjax.types import Array, Bool, Float
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from mmjax.models.qwen2_5_vl.vision_layout import Grid, check_grids, frame_of_patch, merge_order_hw, num_patches
-from mmjax.models.qwen2_5_vl.vision_layout import rotary_ids as packed_rotary_ids
+from mmjax.models.common.vision_packing import Grid, check_grids, frame_of_patch, merge_order_hw, num_patches
+from mmjax.models.common.vision_packing import rotary_ids as packed_rotary_ids
 from mmjax.types import Bool, Float, Int
 
 

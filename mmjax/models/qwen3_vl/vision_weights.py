@@ -8,9 +8,8 @@ the second to the first, the canonical spelling of ``vision_rows``. A bare
 
 from __future__ import annotations
 
-from mmjax.models.qwen2_5_vl.vision_weights import CONV3D
 from mmjax.models.qwen3_vl.vision import Qwen3VisionConfig
-from mmjax.models.weights import EMBEDDING, LAYER_NORM, LINEAR, LeafRule, Target, expand_table
+from mmjax.models.common.weights import CONV3D, EMBEDDING, LAYER_NORM, LINEAR, LeafRule, Target, expand_table
 
 #: ``(regex, replacement)`` from other spellings to the canonical one.
 VISION_ALIASES: tuple[tuple[str, str], ...] = ((r"^visual\.", "model.visual."),)
