@@ -7,7 +7,8 @@ Frame sampling follows transformers 5.25's video processors:
   multiple of ``temporal_patch_size``) or ``fps`` frames per second of the
   source, floored to a multiple of ``temporal_patch_size`` and clamped to
   ``[min_frames, max_frames]`` and the video's length, are taken at
-  ``int(float32(i * total / n))`` (a float32 ``torch.arange``);
+  ``torch.arange(0, total, total / n).int()`` (float32, rounded as torch's
+  AVX2 kernel rounds);
 * ``Qwen3VLVideoProcessor`` samples by default, ``fps = 2`` frames per second
   of the source, at least ``min_frames = 4`` (never more than the video has),
   at ``round(linspace(0, total - 1, n))``.
@@ -34,15 +35,30 @@ from mmjax.processing.qwen_vl_config import QwenVideoConfig
 DEFAULT_SOURCE_FPS = 24
 
 
-def _float32_arange_indices(total_frames: int, num_frames: int) -> np.ndarray:
-    """``torch.arange(0, total, total / num_frames).int()``: length and values as torch computes them.
+#: Lanes of torch's ``Vectorized<float>`` on an AVX2 CPU, which decide how its float32 ``arange`` rounds.
+_TORCH_FLOAT_LANES = 8
 
-    The length is ``ceil(total / step)`` in float64; value ``i`` is ``float32(i * step)``
-    (torch's scalar arange), truncated to an integer.
+
+def _float32_arange_indices(total_frames: int, num_frames: int) -> np.ndarray:
+    """``torch.arange(0, total, total / num_frames).int()`` as torch computes it on an AVX2 CPU.
+
+    The length is ``ceil(total / step)`` in float64. torch's CPU kernel fills two
+    8-lane vectors at a time: lane ``k`` of the vector starting at ``i0`` holds
+    ``float32(float32(i0 * step) + k * step)``; the elements after the last such
+    pair are ``float32(i * step)``. Truncated to integers. For long videos (ulp of
+    the index near 1 / num_frames) the last bit decides the frame, and an AVX-512
+    CPU (16 lanes) can then pick another one: transformers' own result depends on
+    the CPU there; this follows AVX2.
     """
     step = total_frames / num_frames
     length = math.ceil(total_frames / step)
-    return (np.arange(length, dtype=np.float64) * step).astype(np.float32).astype(np.int64)
+    index = np.arange(length, dtype=np.int64)
+    lane = index % _TORCH_FLOAT_LANES
+    base = ((index - lane) * step).astype(np.float32).astype(np.float64)
+    vectorized = (base + lane * step).astype(np.float32)
+    scalar = (index * step).astype(np.float32)
+    in_vectors = index < length // (2 * _TORCH_FLOAT_LANES) * (2 * _TORCH_FLOAT_LANES)
+    return np.where(in_vectors, vectorized, scalar).astype(np.int64)
 
 
 def _qwen2_vl_indices(total_frames: int, source_fps: float | None, config: QwenVideoConfig) -> np.ndarray:
