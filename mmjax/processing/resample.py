@@ -104,10 +104,15 @@ def _torch_resample_axis(pixels: np.ndarray, out_size: int, axis: int, resample:
     taps, weights, precision = _torch_axis_weights(pixels.shape[axis], out_size, resample)
     shape = [1] * pixels.ndim
     shape[axis] = out_size
-    acc = np.full((), 1 << (precision - 1), dtype=np.int32)
+    out_shape = list(pixels.shape)
+    out_shape[axis] = out_size
+    acc = np.full(out_shape, 1 << (precision - 1), dtype=np.int32)
+    term = np.empty(out_shape, dtype=np.int32)
     for k in range(taps.shape[1]):
-        acc = acc + np.take(pixels, taps[:, k], axis=axis).astype(np.int32) * weights[:, k].reshape(shape)
-    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
+        np.multiply(np.take(pixels, taps[:, k], axis=axis), weights[:, k].reshape(shape), out=term)
+        acc += term
+    np.right_shift(acc, precision, out=acc)
+    return np.clip(acc, 0, 255).astype(np.uint8)
 
 
 def resize_like_torch(frames: np.ndarray, size: tuple[int, int], resample: int = BICUBIC) -> np.ndarray:
