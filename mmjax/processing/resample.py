@@ -73,7 +73,7 @@ def _torch_axis_weights(in_size: int, out_size: int, resample: int) -> tuple[np.
     filter_fn, interp_size = _TORCH_FILTERS[resample]
     scale = in_size / out_size
     support = (interp_size * 0.5) * scale if scale >= 1.0 else interp_size * 0.5
-    max_taps = int(math.ceil(support)) * 2 + 1
+    max_taps = math.ceil(support) * 2 + 1
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
     starts = np.zeros(out_size, dtype=np.int64)
     weights = np.zeros((out_size, max_taps), dtype=np.float64)
