@@ -58,6 +58,14 @@ def _check_flags(config: Mapping[str, Any]) -> None:
             raise ValueError(f"{flag}={config[flag]!r} is not supported: mmjax maps Qwen-VL inputs with {flag}=True")
 
 
+def _check_sizes(config: QwenImageConfig | QwenVideoConfig) -> None:
+    for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
+    if not len(config.image_mean) == len(config.image_std) == 3:
+        raise ValueError(f"image_mean and image_std need 3 values (RGB), got {config.image_mean}, {config.image_std}")
+
+
 def _common(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     def get(key: str) -> Any:
         value = config.get(key)
@@ -88,6 +96,11 @@ class QwenImageConfig:
     resample: int = BICUBIC
     rescale_factor: float = 1 / 255
     backend: ResizeBackend = "pil"
+
+    def __post_init__(self) -> None:
+        _check_sizes(self)
+        if self.backend not in ("pil", "torchvision"):
+            raise ValueError(f"backend must be 'pil' or 'torchvision', got {self.backend!r}")
 
     @property
     def factor(self) -> int:
@@ -170,6 +183,11 @@ class QwenVideoConfig:
     max_frames: int
     max_video_tokens: int
     cap_pixels_per_frame: bool = False
+
+    def __post_init__(self) -> None:
+        if self.family not in _VIDEO_DEFAULTS:
+            raise ValueError(f"unknown video family {self.family!r}: expected one of {sorted(_VIDEO_DEFAULTS)}")
+        _check_sizes(self)
 
     @property
     def factor(self) -> int:

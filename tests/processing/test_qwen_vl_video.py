@@ -25,7 +25,7 @@ from transformers.video_utils import VideoMetadata
 
 from mmjax.processing.qwen_vl_config import QwenVideoConfig
 from mmjax.processing.qwen_vl_frames import frame_timestamps, qwen3_vl_video_prompt, sample_frame_indices
-from mmjax.processing.qwen_vl_video import process_video
+from mmjax.processing.qwen_vl_video import num_video_tokens, process_video
 from tests.processing.qwen_reference import (
     make_qwen_tokenizer,
     pil_image_processor,
@@ -97,6 +97,7 @@ def test_video_equals_transformers(name):
         grid = tuple(expected["video_grid_thw"][0].tolist())
         assert tuple(mine.grid_thw) == grid, case
         assert mine.num_tokens == np.prod(grid) // 4 and mine.tokens_per_frame == grid[1] * grid[2] // 4
+        assert num_video_tokens(len(mine.frame_indices), height, width, config) == mine.num_tokens
         metadata = expected["video_metadata"][0]
         assert list(mine.frame_indices) == [int(i) for i in metadata.frames_indices], case
         assert mine.frames.shape == (
@@ -110,6 +111,20 @@ def test_video_equals_transformers(name):
         fps_used = 24 if metadata.fps is None else metadata.fps  # Qwen3VLProcessor.replace_video_token
         timestamps = Qwen3VLProcessor._calculate_timestamps(None, metadata.frames_indices, fps_used, 2)
         assert mine.timestamps == timestamps and len(timestamps) == grid[0], case
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_video_config_reads_like_transformers(name):
+    """Every setting mmjax reads from a config dict is the one transformers' video processor ends up with."""
+    family, config_dict = CONFIGS[name]
+    theirs = video_processor(family, **config_dict)
+    mine = QwenVideoConfig.from_hf_dict(config_dict, family=family)
+    assert (mine.min_pixels, mine.max_pixels) == (theirs.size.shortest_edge, theirs.size.longest_edge)
+    for field in ("patch_size", "temporal_patch_size", "merge_size", "do_sample_frames", "fps", "num_frames",
+                  "min_frames", "max_frames", "max_video_tokens", "cap_pixels_per_frame", "rescale_factor"):  # fmt: skip
+        assert getattr(mine, field) == getattr(theirs, field), field
+    assert mine.image_mean == tuple(theirs.image_mean) and mine.image_std == tuple(theirs.image_std)
+    assert mine.resample == int(theirs.resample)
 
 
 def test_pil_frames_equal_array_frames():
