@@ -111,9 +111,11 @@ def frame_size(num_frames: int, height: int, width: int, config: QwenVideoConfig
 def num_video_tokens(num_frames: int, height: int, width: int, config: QwenVideoConfig) -> int:
     """Placeholder tokens of ``num_frames`` *sampled* ``height x width`` frames (no pixels needed).
 
-    Equal to transformers' ``get_num_of_video_patches(...) // merge_size**2`` and to
-    ``process_video(...).num_tokens``. ``sample_frame_indices`` gives the number of
-    frames kept from a source video.
+    Equal to ``process_video(...).num_tokens``, and to transformers'
+    ``get_num_of_video_patches(...) // merge_size**2`` except where that one
+    disagrees with its own processor: ``Qwen2VLVideoProcessor``'s ignores
+    ``cap_pixels_per_frame``. ``sample_frame_indices`` gives the number of frames
+    kept from a source video.
     """
     resized_height, resized_width = frame_size(num_frames, height, width, config)
     grid = video_grid(
