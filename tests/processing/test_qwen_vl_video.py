@@ -11,6 +11,7 @@ and the sampling and pixel-cap options.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from unittest import mock
 
@@ -68,6 +69,8 @@ VIDEOS = [
     (25, 60, 45, 2.5),
     (4, 6, 1000, None),
 ]
+#: frames big enough for the per-frame cap to bind (158k pixels against a capped ~105k and ~31k)
+CAP_VIDEOS = [(6, 330, 480, 25.0), (3, 400, 300, None)]
 
 
 def random_video(frames: int, height: int, width: int) -> np.ndarray:
@@ -81,7 +84,7 @@ def test_video_equals_transformers(name):
     family, config_dict = CONFIGS[name]
     processor = video_processor(family, **config_dict)
     config = QwenVideoConfig.from_hf_dict(config_dict, family=family)
-    for frames, height, width, fps in VIDEOS:
+    for frames, height, width, fps in VIDEOS + (CAP_VIDEOS if config.cap_pixels_per_frame else []):
         video = random_video(frames, height, width)
         try:
             expected = run_video_processor(processor, video, fps)
@@ -111,6 +114,11 @@ def test_video_equals_transformers(name):
         fps_used = 24 if metadata.fps is None else metadata.fps  # Qwen3VLProcessor.replace_video_token
         timestamps = Qwen3VLProcessor._calculate_timestamps(None, metadata.frames_indices, fps_used, 2)
         assert mine.timestamps == timestamps and len(timestamps) == grid[0], case
+    if config.cap_pixels_per_frame:  # the cap binds on the big frames: fewer tokens than without it
+        uncapped = dataclasses.replace(config, cap_pixels_per_frame=False)
+        for frames, height, width, fps in CAP_VIDEOS:
+            kept = len(sample_frame_indices(frames, fps, config))
+            assert num_video_tokens(kept, height, width, config) < num_video_tokens(kept, height, width, uncapped)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
