@@ -4,7 +4,7 @@ The reference is transformers' ``Qwen2VLVideoProcessor`` (Qwen2-VL, Qwen2.5-VL)
 and ``Qwen3VLVideoProcessor``, run on their torch code path through the test's
 torchvision stub (``qwen_reference``), and the full ``Qwen2_5_VLProcessor`` /
 ``Qwen3VLProcessor`` for ``second_per_grid_ts`` and the prompt text. Videos:
-1 to 48 frames (odd counts pad the last temporal patch), with and without a
+1 to 17 frames (odd counts pad the last temporal patch), with and without a
 source frame rate, odd and extreme frame sizes, under the checkpoints' configs
 and the sampling and pixel-cap options.
 """
@@ -65,8 +65,8 @@ VIDEOS = [
     (5, 100, 130, 24.0),
     (7, 90, 160, 29.97),
     (17, 48, 64, 10.0),
-    (33, 40, 72, 60.0),
-    (25, 60, 45, 2.5),
+    (13, 40, 72, 60.0),
+    (15, 60, 45, 2.5),
     (4, 6, 1000, None),
 ]
 #: frames big enough for the per-frame cap to bind (158k pixels against a capped ~105k and ~31k)
