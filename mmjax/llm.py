@@ -132,6 +132,10 @@ class LLM:
         positions = np.full((1, padded), -1, np.int32)
         positions[0, :length] = np.arange(length)
         mm_kwargs = {k: jax.device_put(v) for k, v in processed.mm_kwargs.items()}
+        if processed.rope_positions is not None:  # M-RoPE: padding turns by the last real position (masked anyway)
+            rope = np.zeros((1, processed.rope_positions.shape[0], padded), np.int32)
+            rope[0, :, :length] = processed.rope_positions
+            mm_kwargs["rope_positions"] = jax.device_put(rope)
         logits = _forward(self.graphdef, self.state, jax.device_put(input_ids), jax.device_put(positions), mm_kwargs)
         return processed.token_ids, np.asarray(fetch(logits)[0, :length], np.float32)
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.models.llava.config import LlavaConfig
+from mmjax.models.common.placeholders import expand_placeholders
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, PlaceholderRange
 from mmjax.registry.multimodal import count_items
 
@@ -29,37 +30,6 @@ def llava_config(ctx: InputContext) -> LlavaConfig:
 def image_token_count(ctx: InputContext) -> int:
     """Placeholder tokens per image (576 for the 336/14 tower with the "default" strategy)."""
     return llava_config(ctx).image_tokens_per_image
-
-
-def expand_placeholders(
-    token_ids: tuple[int, ...], marker: int, counts: list[int], modality: str = "image"
-) -> tuple[tuple[int, ...], tuple[PlaceholderRange, ...]]:
-    """Replace the i-th ``marker`` token by ``counts[i]`` copies of it.
-
-    Returns:
-      The new token ids and one ``PlaceholderRange`` per marker.
-
-    Raises:
-      ValueError: the number of markers differs from ``len(counts)``; names the
-        markers' prompt positions.
-    """
-    positions = [i for i, t in enumerate(token_ids) if t == marker]
-    if len(positions) != len(counts):
-        where = f" at prompt positions {positions}" if positions else ""
-        raise ValueError(
-            f"the prompt has {len(positions)} {modality} placeholder token(s) (id {marker}){where}, "
-            f"but {len(counts)} {modality}(s) were given; put one <{modality}> in the prompt per {modality}"
-        )
-    out: list[int] = []
-    ranges = []
-    start = 0
-    for position, count in zip(positions, counts):
-        out.extend(token_ids[start:position])
-        ranges.append(PlaceholderRange(len(out), count))
-        out.extend([marker] * count)
-        start = position + 1
-    out.extend(token_ids[start:])
-    return tuple(out), tuple(ranges)
 
 
 def check_image_embeds(config: LlavaConfig, images: object) -> None:

@@ -28,16 +28,11 @@ from __future__ import annotations
 
 from jax.sharding import PartitionSpec as P
 
-from mmjax.sharding.axes import MODEL
+from mmjax.models.common.decoder_sharding import (  # noqa: F401 (the specs, re-exported for the rules' readers)
+    COLUMN, DECODER_PARTITION_RULES, KV_PROJECTIONS, REPLICATED, ROW, SPLIT,
+)
 from mmjax.sharding.kv_heads import kv_head_layout
 
-COLUMN = P(None, MODEL)  # split the output axis of an [in, out] kernel
-ROW = P(MODEL, None)  # split the input axis
-SPLIT = P(MODEL)  # the bias of a column-split layer
-REPLICATED = P()
-
-_LM = r"^language_model/"
-_KV = _LM + r"layers/\d+/self_attn/[kv]_proj/"
 _VISION = r"^vision_tower/layers/\d+/"
 
 #: The vision tower's tensor-parallel split (the rest of the tower stays replicated).
@@ -55,18 +50,7 @@ VISION_TENSOR_PARALLEL_RULES: tuple[tuple[str, P], ...] = (
 LLAVA_PARTITION_RULES: tuple[tuple[str, P], ...] = (
     (r"^vision_tower/", REPLICATED),
     (r"^multi_modal_projector/", REPLICATED),
-    (_LM + r"embed_tokens/embedding$", ROW),  # [V, D]
-    (_LM + r"lm_head/kernel$", COLUMN),  # [D, V]
-    (_LM + r"layers/\d+/self_attn/[qkv]_proj/kernel$", COLUMN),
-    (_LM + r"layers/\d+/self_attn/[qkv]_proj/bias$", SPLIT),
-    (_LM + r"layers/\d+/self_attn/o_proj/kernel$", ROW),
-    (_LM + r"layers/\d+/self_attn/o_proj/bias$", REPLICATED),
-    (_LM + r"layers/\d+/mlp/(gate|up)_proj/kernel$", COLUMN),
-    (_LM + r"layers/\d+/mlp/(gate|up)_proj/bias$", SPLIT),
-    (_LM + r"layers/\d+/mlp/down_proj/kernel$", ROW),
-    (_LM + r"layers/\d+/mlp/down_proj/bias$", REPLICATED),
-    (_LM + r"(layers/\d+/(input|post_attention)_layernorm|norm)/weight$", REPLICATED),
-)
+) + DECODER_PARTITION_RULES
 
 #: LLaVA-NeXT adds one parameter.
 LLAVA_NEXT_PARTITION_RULES = LLAVA_PARTITION_RULES + ((r"^image_newline$", REPLICATED),)
@@ -78,7 +62,7 @@ def partition_rules_for(rules: tuple[tuple[str, P], ...], num_kv_heads: int, mod
     when the KV heads cannot be split over it; the vision tower split when
     ``vision_config``'s heads and MLP width divide by it (``vision_tensor_parallel``)."""
     if not kv_head_layout(num_kv_heads, model_axis).split:
-        rules = ((_KV, REPLICATED),) + rules
+        rules = ((KV_PROJECTIONS, REPLICATED),) + rules
     if vision_config is not None and vision_tensor_parallel(vision_config, model_axis):
         rules = VISION_TENSOR_PARALLEL_RULES + rules
     return rules

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
-from mmjax.models.llava.hooks import expand_placeholders
+from mmjax.models.common.placeholders import expand_placeholders
 from mmjax.processing.anyres import AnyresGeometry
 from mmjax.processing.anyres_layout import TEXT, AnyresImages, pack_images, tile_buckets
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs, PlaceholderRange
