@@ -33,6 +33,7 @@ class ProcessedPrompt:
       prompt: the prompt text, when the user gave text.
       mm_keys: modality → one key per item, in order (``item_keys``): what the item's
         inputs, embeddings and placeholder KV depend on, for the caches.
+      cache_salt: the prompt's salt: in its item keys, and the root of its prefix-cache page hashes.
     """
 
     token_ids: np.ndarray
@@ -40,6 +41,7 @@ class ProcessedPrompt:
     mm_kwargs: MultiModalInputs
     prompt: str | None = None
     mm_keys: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    cache_salt: str | None = None
 
     @property
     def num_mm_tokens(self) -> int:
@@ -95,6 +97,7 @@ def process_prompt(
         mm_kwargs=mm_kwargs,
         prompt=parsed.text,
         mm_keys=mm_keys,
+        cache_salt=parsed.cache_salt,
     )
 
 
@@ -117,7 +120,7 @@ def _resolve_items(
                     raise ValueError(f"{where} is None and multi_modal_uuids gives it no id: give the item, "
                                      f"or the id of an item sent before")
                 continue
-            slot = ("item", model_config.model, modality, uid)
+            slot = ("item", model_config.model, modality, uid, parsed.cache_salt)
             if item is not None:
                 if cache is not None and cache.enabled:
                     cache.put(slot, item)
@@ -130,7 +133,7 @@ def _resolve_items(
                                  f"processor cache {state}; send the item itself with the id")
         data[modality] = items if isinstance(value, list) else items[0]
         try:
-            keys[modality] = item_keys(modality, items, uuids, kwargs)
+            keys[modality] = item_keys(modality, items, uuids, kwargs, parsed.cache_salt)
         except (TypeError, OSError, SyntaxError, ValueError):
             pass  # content hash_item cannot read (a plugin's own type; corrupt data the mapper will name): not cached
     return data, keys
