@@ -117,15 +117,15 @@ class ServingState:
         self.metrics = ServerMetrics(engine, self.admission)
         self.vocab_size = llm.model_config.vocab_size
 
-    async def map_off_loop(self, work: Callable[[Any], ProcessedPrompt]) -> ProcessedPrompt:
+    async def map_off_loop(self, work: Callable[[Any], ProcessedPrompt], param: str) -> ProcessedPrompt:
         """Run ``work(llm)`` on a mapping thread (with its own tokenizer); a refusal there becomes HTTP 400
-        (503 when the image fetches are at their cap)."""
+        naming ``param`` (503 when the image fetches are at their cap)."""
         try:
             return await asyncio.wrap_future(self.mapper.submit(work))
         except MediaBusy as err:
             raise HTTPError(503, str(err), kind="service_unavailable", code="server_busy", retry_after=1) from err
         except (*PROMPT_ERRORS, jinja2.TemplateError) as err:
-            raise bad_request(err, self.scrub) from err
+            raise HTTPError(400, self.scrub(str(err)), param=getattr(err, "param", None) or param) from err
 
     async def open(self, processed: ProcessedPrompt, params: SamplingParams) -> OutputStream:
         try:
@@ -248,7 +248,7 @@ async def _chat(request: Request, state: ServingState, ticket: Ticket) -> Any:
                              continue_final_message=body.continue_final_message)
         return llm.process(prompt if salt is None else {**prompt, "cache_salt": salt})
 
-    processed = await state.map_off_loop(mapped)
+    processed = await state.map_off_loop(mapped, "messages")
     params = _with_max_tokens(params, body.requested_max_tokens(), processed, engine.max_model_len, "messages")
     stream = await state.open(processed, params)
     timer = state.metrics.track()
@@ -278,7 +278,8 @@ async def _complete(request: Request, state: ServingState, ticket: Ticket) -> An
     ticket.grow(len(prompts) - 1)
     salt = {} if body.cache_salt is None else {"cache_salt": body.cache_salt}
     processed = await asyncio.gather(*(state.map_off_loop(lambda llm, p=p: llm.process(
-        {"prompt": p, **salt} if isinstance(p, str) else {"prompt_token_ids": p, **salt})) for p in prompts))
+        {"prompt": p, **salt} if isinstance(p, str) else {"prompt_token_ids": p, **salt}), "prompt")
+        for p in prompts))
     streams: list[OutputStream] = []
     try:
         for p in processed:
