@@ -135,6 +135,14 @@ class ServingState:
         except EngineStopped as err:
             raise HTTPError(503, str(err), kind="service_unavailable") from err
 
+    def admit(self) -> Ticket:
+        """One place among the requests in flight (``HTTPError`` 503 when there is none, counted)."""
+        try:
+            return self.admission.admit()
+        except HTTPError:
+            self.metrics.rejected.inc()
+            raise
+
     def check_stop_token_ids(self, ids: list[int] | None) -> None:
         for i, token in enumerate(ids or ()):
             if self.vocab_size is not None and token >= self.vocab_size:
@@ -213,7 +221,7 @@ def _add_info_routes(app: FastAPI, state: ServingState) -> None:
 def _add_generation_routes(app: FastAPI, state: ServingState) -> None:
     @app.post("/v1/chat/completions", openapi_extra=_body_schema("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Any:
-        ticket = state.admission.admit()
+        ticket = state.admit()
         try:
             return await _chat(request, state, ticket)
         except BaseException:
@@ -222,7 +230,7 @@ def _add_generation_routes(app: FastAPI, state: ServingState) -> None:
 
     @app.post("/v1/completions", openapi_extra=_body_schema("CompletionRequest"))
     async def completions(request: Request) -> Any:
-        ticket = state.admission.admit()
+        ticket = state.admit()
         try:
             return await _complete(request, state, ticket)
         except BaseException:
