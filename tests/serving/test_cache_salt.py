@@ -62,8 +62,9 @@ def test_the_encoder_cache_is_salted_when_no_page_is_shared(llm):
     """A prompt whose placeholders start on its first page finds no cached page, so the encoder cache
     alone decides whether the image is encoded again."""
     engine = llm.engine(CONFIG)
-    image_first = lambda salt, text: {"prompt": f"<image>\n{text}", "multi_modal_data": {"image": picture(30, 30, 9)},  # noqa: E731
-                                      "cache_salt": salt}
+    def image_first(salt: str, text: str) -> dict:
+        return {"prompt": f"<image>\n{text}", "multi_modal_data": {"image": picture(30, 30, 9)}, "cache_salt": salt}
+
     _run(engine, image_first("tenant-a", "USER: What is it? ASSISTANT:"))
     _, moved = _run(engine, image_first("tenant-b", "USER: What is it? ASSISTANT:"))
     assert moved["encoder_cache.hits"] == 0

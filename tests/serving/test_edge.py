@@ -28,15 +28,18 @@ def _deep(levels: int) -> bytes:
     return b'{"messages": ' + b"[" * levels + b"]" * levels + b"}"
 
 
-_TRUNCATED_PNG = "data:image/png;base64," + base64.b64encode(base64.b64decode(data_url(image(3)).split(",")[1])[:60]).decode()
+_PNG_BYTES = base64.b64decode(data_url(image(3)).split(",")[1])
+_TRUNCATED_PNG = "data:image/png;base64," + base64.b64encode(_PNG_BYTES[:60]).decode()
 _TIFF = "data:image/tiff;base64,SUkqAAgAAAAAAA=="
 
 CASES = {
-    "max_tokens 0": (CHAT, _chat(max_tokens=0), "max_tokens", r"max_tokens: Input should be greater than or equal to 1"),
+    "max_tokens 0": (CHAT, _chat(max_tokens=0), "max_tokens",
+                     r"max_tokens: Input should be greater than or equal to 1"),
     "max_tokens 0 (completions)": (COMPLETIONS, _completion(max_tokens=0), "max_tokens", r"greater than or equal to 1"),
     "max_completion_tokens 0": (CHAT, _chat(max_completion_tokens=0), "max_completion_tokens", r"greater than"),
     "top_k 2**31": (CHAT, _chat(top_k=2**31), "top_k", r"top_k: Input should be less than or equal to 2147483647"),
-    "top_k 2**63 (completions)": (COMPLETIONS, _completion(top_k=2**63), "top_k", r"less than or equal to 2147483647"),
+    "top_k 2**63 (completions)": (COMPLETIONS, _completion(top_k=2**63), "top_k",
+                                  r"less than or equal to 2147483647"),
     "top_k -2": (CHAT, _chat(top_k=-2), "top_k", r"greater than or equal to -1"),
     "seed 2**64": (CHAT, _chat(seed=2**64), "seed", r"less than or equal to 9223372036854775807"),
     "min_p 2": (CHAT, _chat(min_p=2), "min_p", r"less than or equal to 1"),
@@ -95,7 +98,8 @@ def test_a_bad_field_is_a_clean_400_naming_it(server, name):
 def test_a_pil_error_does_not_reach_the_client(server):
     """Before, Pillow's message about an unreadable image showed ``<_io.BytesIO object at 0x...>``."""
     junk = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()
-    status, headers, reply = raw_request(server.url, "POST", CHAT, json.dumps({"messages": image_message(junk)}).encode())
+    body = json.dumps({"messages": image_message(junk)}).encode()
+    status, headers, reply = raw_request(server.url, "POST", CHAT, body)
     assert status == 400 and "BytesIO" not in reply.decode()
     assert_clean_error(status, headers, reply)
 
