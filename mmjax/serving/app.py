@@ -240,6 +240,7 @@ def _add_generation_routes(app: FastAPI, state: ServingState) -> None:
 
 async def _chat(request: Request, state: ServingState, ticket: Ticket) -> Any:
     config, engine, request_id = state.config, state.engine, _request_id(request)
+    timer = state.metrics.track()  # time to first token counts from admission: reading, fetching, mapping too
     body = _parse(ChatCompletionRequest, await read_json(request, config.max_request_bytes))
     _check_model(body.model, config.model_name)
     top_logprobs = _refusal_to_400(body.requested_logprobs, state)
@@ -259,7 +260,6 @@ async def _chat(request: Request, state: ServingState, ticket: Ticket) -> Any:
     processed = await state.map_off_loop(mapped, "messages")
     params = _with_max_tokens(params, body.requested_max_tokens(), processed, engine.max_model_len, "messages")
     stream = await state.open(processed, params)
-    timer = state.metrics.track()
     ids, created = (f"chatcmpl-{uuid.uuid4().hex}", request_id), int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -284,6 +284,7 @@ async def _complete(request: Request, state: ServingState, ticket: Ticket) -> An
     _refusal_to_400(lambda: lowered_media(config.media, body.mm_processor_kwargs), state)
     prompts = _refusal_to_400(body.prompts, state)
     ticket.grow(len(prompts) - 1)
+    timers = [state.metrics.track() for _ in prompts]
     salt = {} if body.cache_salt is None else {"cache_salt": body.cache_salt}
     processed = await asyncio.gather(*(state.map_off_loop(lambda llm, p=p: llm.process(
         {"prompt": p, **salt} if isinstance(p, str) else {"prompt_token_ids": p, **salt}), "prompt")
@@ -297,7 +298,6 @@ async def _complete(request: Request, state: ServingState, ticket: Ticket) -> An
         for s in streams:
             s.close()
         raise
-    timers = [state.metrics.track() for _ in streams]
     ids, created = (f"cmpl-{uuid.uuid4().hex}", request_id), int(time.time())
 
     def close_all() -> None:
