@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -25,15 +26,46 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="arena rows of cached image embeddings (default: 8 prompts at the image limit; 0: off)")
     parser.add_argument("--mm-processor-cache-gb", type=float, default=1.0,
                         help="host memory for mapped image inputs, by content (default 1; 0: off)")
-    parser.add_argument("--allowed-local-media-path", help="directory under which file:// image URLs may be read")
-    parser.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per http(s) image")
+    parser.add_argument("--allowed-local-media-path",
+                        help="directory under which file:// image URLs may be read (regular files only; default: none)")
+    parser.add_argument("--image-fetch-timeout", type=float, default=10.0,
+                        help="seconds one http(s) image may take in all: resolving, connecting, redirects, every "
+                             "byte (one deadline; default 10)")
+    parser.add_argument("--allowed-media-domains", type=_names, metavar="HOST[,HOST...]",
+                        help="fetch http(s) images only from these hosts and hosts below them (default: any host)")
+    parser.add_argument("--allow-private-media-addresses", action="store_true",
+                        help="also fetch images from loopback, private, link-local and other non-public addresses "
+                             "(a trusted network only; refused by default)")
+    parser.add_argument("--no-media-url-fetch", dest="allow_url_fetch", action="store_false",
+                        help="never fetch http(s) image URLs (data: URLs, and file:// where allowed, still work)")
+    parser.add_argument("--max-media-redirects", type=int, default=3,
+                        help="redirects one image fetch follows, each checked as the first URL (default 3)")
+    parser.add_argument("--max-concurrent-media-fetches", type=int, default=16,
+                        help="image fetches in flight at once; beyond, a request waits within its deadline, then "
+                             "gets 503 (default 16)")
+    parser.add_argument("--image-formats", type=_names, default=None, metavar="FORMAT[,FORMAT...]",
+                        help="Pillow formats decoded (default: JPEG,PNG,WEBP,GIF,BMP); any other is refused")
     parser.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="most bytes of one image")
-    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="most pixels of one image")
+    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                        help="most pixels of one image, read from its header before decoding")
     parser.add_argument("--max-request-bytes", type=int, default=32 * 2**20, help="most bytes of one request body")
+    parser.add_argument("--max-num-queued-requests", type=int, default=256,
+                        help="requests admitted beyond those the engine runs at once (--max-num-seqs); past it, "
+                             "HTTP 503 with Retry-After before any work (default 256)")
+    parser.add_argument("--api-key", default=os.environ.get("MMJAX_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $MMJAX_API_KEY, else "
+                             "none); /health and /metrics stay open")
     parser.add_argument("--shutdown-drain", type=float, default=30.0,
                         help="seconds in-flight requests may take to finish on shutdown")
     parser.add_argument("--no-warmup", action="store_true",
                         help="start serving at once; programs compile on first use instead of before")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return names
 
 
 def _limits(text: str) -> dict[str, int]:
@@ -61,12 +93,18 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"mmjax serve: {engine.memory.describe()}", flush=True)
     if not args.no_warmup:
         print(f"mmjax serve: compiled {engine.warmup(prompt_logprobs=False)} programs ahead of time", flush=True)
+    formats = {} if args.image_formats is None else {"image_formats": args.image_formats}
     media = MediaLimits(fetch_timeout_s=args.image_fetch_timeout, max_image_bytes=args.max_image_bytes,
-                        max_image_pixels=args.max_image_pixels, allowed_local_media_path=args.allowed_local_media_path)
+                        max_image_pixels=args.max_image_pixels, allowed_local_media_path=args.allowed_local_media_path,
+                        allow_url_fetch=args.allow_url_fetch, allowed_media_domains=args.allowed_media_domains,
+                        allow_private_addresses=args.allow_private_media_addresses,
+                        max_redirects=args.max_media_redirects, max_fetches_in_flight=args.max_concurrent_media_fetches,
+                        **formats)
     model_name = args.served_model_name or default_model_name(args.model or "mmjax-demo-shapes-llava")
     config = ServerConfig(model_name=model_name,
                           chat_template=args.chat_template, media=media, max_request_bytes=args.max_request_bytes,
-                          shutdown_drain_s=args.shutdown_drain)
+                          shutdown_drain_s=args.shutdown_drain, max_num_queued_requests=args.max_num_queued_requests,
+                          api_key=args.api_key or None)
     serve(llm, engine, config, host=args.host, port=args.port)
     return 0
 

@@ -346,7 +346,7 @@ class LLMEngine:
         for chunk, row in sampling:
             params[row], seeds[row], steps[row] = (chunk.request.params, chunk.request.seed,
                                                    len(chunk.request.output_token_ids))
-        tensors = SamplingTensors.build(params, seeds=seeds, steps=steps, pad_to=num_rows)
+        tensors = self._sampling_tensors(sampling, params, seeds, steps)
         seen = None  # the tokens each request has seen, only when some request has penalties
         if any(c.request.params.has_penalties for c, _ in sampling):
             seen = SeenTokens.build([c.request.output_token_ids for c, _ in sampling],
@@ -355,6 +355,19 @@ class LLMEngine:
         # Logprobs cost a log-softmax over the vocabulary: computed only in steps where a request asked.
         num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else None
         return self.runner.sample(logits, tensors, seen, num_logprobs)
+
+    def _sampling_tensors(self, sampling: list[tuple[ScheduledChunk, int]], params: list[SamplingParams],
+                          seeds: list[int], steps: list[int]) -> SamplingTensors:
+        """The step's sampling tensors; should they fail to build, the request whose parameters fail
+        alone is blamed (found by building each row by itself), so that the step's others go on."""
+        try:
+            return SamplingTensors.build(params, seeds=seeds, steps=steps, pad_to=len(params))
+        except Exception:
+            for chunk, row in sampling:
+                self._blame = chunk.request
+                SamplingTensors.build([params[row]], seeds=[seeds[row]], steps=[steps[row]], pad_to=1)
+            self._blame = None
+            raise
 
     def _append(self, request: Request, row: int, out: Any) -> None:
         token = int(out.tokens[row])

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mmjax.kv_cache.prefix_hash import ItemSpan, hash_pages
+from mmjax.kv_cache.prefix_hash import ItemSpan, hash_pages, salt_root
 from mmjax.registry import ProcessedPrompt
 
 
@@ -116,7 +116,8 @@ class Request:
         have = len(self._page_hashes)
         if num_pages > have:
             tokens = self.token_ids(have * page_size, num_pages * page_size)
-            self._page_hashes += hash_pages(self._page_hashes[-1] if have else None, tokens, have * page_size,
+            parent = self._page_hashes[-1] if have else salt_root(getattr(self.processed, "cache_salt", None))
+            self._page_hashes += hash_pages(parent, tokens, have * page_size,
                                             page_size, self.item_spans or ())
         return self._page_hashes[:num_pages]
 

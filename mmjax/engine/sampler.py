@@ -74,7 +74,9 @@ class SamplingTensors:
         repetition = np.ones(pad_to, np.float32)
         for i, p in enumerate(params):
             if not p.is_greedy:  # greedy rows keep temperature 0 and no truncation
-                temperature[i], top_k[i], top_p[i], min_p[i] = p.temperature, max(p.top_k, 0), p.top_p, p.min_p
+                # a top_k past the vocabulary keeps all of it, as one past int32 would: clamped, never overflowing
+                top_k[i] = min(max(p.top_k, 0), np.iinfo(np.int32).max)
+                temperature[i], top_p[i], min_p[i] = p.temperature, p.top_p, p.min_p
             presence[i], frequency[i], repetition[i] = p.presence_penalty, p.frequency_penalty, p.repetition_penalty
         seed_arr = np.zeros(pad_to, np.uint32)
         seed_arr[:n] = [s % 2**32 for s in seeds]

@@ -36,6 +36,11 @@ def _count(event: str, duration: float, **_) -> None:
 monitoring.register_event_duration_secs_listener(_count)
 
 
+def total_compilations() -> int:
+    """XLA compilations in this process so far (a server reports those after its warm-up)."""
+    return _compiles
+
+
 @contextlib.contextmanager
 def count_compilations() -> Iterator[list[int]]:
     """``with count_compilations() as n: ...``; afterwards ``n[0]`` is the number of XLA compilations."""

@@ -28,6 +28,17 @@ class ItemSpan(NamedTuple):
     key: str
 
 
+def salt_root(cache_salt: str | None) -> bytes | None:
+    """The parent hash of a salted sequence's first page (None without a salt): sequences with
+    different salts share no page hash, so none finds another's cached pages."""
+    if cache_salt is None:
+        return None
+    hasher = blake3.blake3()
+    _field(hasher, b"mmjax-cache-salt-v1")
+    _field(hasher, cache_salt.encode("utf-8", "surrogatepass"))
+    return hasher.digest()
+
+
 def hash_pages(parent: bytes | None, token_ids: np.ndarray, first_token: int, page_size: int,
                spans: Sequence[ItemSpan] = ()) -> list[bytes]:
     """The hashes of consecutive full pages.

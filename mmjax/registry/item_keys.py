@@ -24,20 +24,25 @@ def content_id(item: Any, uuid: str | None) -> str:
     return ("uuid:" + uuid) if uuid is not None else hash_item(item)
 
 
-def item_key(modality: str, item_content_id: str, mm_processor_kwargs: Mapping[str, Any]) -> str:
-    """The hex BLAKE3-256 key of one item under the kwargs in effect."""
+def item_key(modality: str, item_content_id: str, mm_processor_kwargs: Mapping[str, Any],
+             cache_salt: str | None = None) -> str:
+    """The hex BLAKE3-256 key of one item under the kwargs in effect (and the prompt's cache salt)."""
     hasher = blake3.blake3()
-    for field in (b"mmjax-item-v1", modality.encode(), item_content_id.encode(),
-                  repr(_canonical(mm_processor_kwargs)).encode()):
+    fields = [b"mmjax-item-v1", modality.encode(), item_content_id.encode(),
+              repr(_canonical(mm_processor_kwargs)).encode()]
+    if cache_salt is not None:  # unsalted keys stay what they were
+        fields.append(b"salt:" + cache_salt.encode("utf-8", "surrogatepass"))
+    for field in fields:
         hasher.update(struct.pack("<Q", len(field)))
         hasher.update(field)
     return hasher.hexdigest()
 
 
 def item_keys(modality: str, items: Sequence[Any], uuids: Sequence[str | None],
-              mm_processor_kwargs: Mapping[str, Any]) -> tuple[str, ...]:
+              mm_processor_kwargs: Mapping[str, Any], cache_salt: str | None = None) -> tuple[str, ...]:
     """``item_key`` of each item, in order (``uuids[i]`` None: hash item ``i``)."""
-    return tuple(item_key(modality, content_id(item, uuid), mm_processor_kwargs) for item, uuid in zip(items, uuids))
+    return tuple(item_key(modality, content_id(item, uuid), mm_processor_kwargs, cache_salt)
+                 for item, uuid in zip(items, uuids))
 
 
 def _canonical(value: Any) -> Any:

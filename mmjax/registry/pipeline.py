@@ -37,6 +37,7 @@ class ProcessedPrompt:
       rope_positions: i32 ``[P, L]``, the rotary positions of a model that declares
         ``SupportsMRoPE`` (Qwen-VL: ``P = 3``); None: each token's index.
       rope_delta: what a token at index ``i >= L`` (generated) adds to ``i`` on every axis.
+      cache_salt: the prompt's salt: in its item keys, and the root of its prefix-cache page hashes.
     """
 
     token_ids: np.ndarray
@@ -46,6 +47,7 @@ class ProcessedPrompt:
     mm_keys: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     rope_positions: np.ndarray | None = None
     rope_delta: int = 0
+    cache_salt: str | None = None
 
     @property
     def num_mm_tokens(self) -> int:
@@ -106,6 +108,7 @@ def process_prompt(
         mm_keys=mm_keys,
         rope_positions=rope_positions,
         rope_delta=rope_delta,
+        cache_salt=parsed.cache_salt,
     )
 
 
@@ -128,7 +131,7 @@ def _resolve_items(
                     raise ValueError(f"{where} is None and multi_modal_uuids gives it no id: give the item, "
                                      f"or the id of an item sent before")
                 continue
-            slot = ("item", model_config.model, modality, uid)
+            slot = ("item", model_config.model, modality, uid, parsed.cache_salt)
             if item is not None:
                 if cache is not None and cache.enabled:
                     cache.put(slot, item)
@@ -141,7 +144,7 @@ def _resolve_items(
                                  f"processor cache {state}; send the item itself with the id")
         data[modality] = items if isinstance(value, list) else items[0]
         try:
-            keys[modality] = item_keys(modality, items, uuids, kwargs)
+            keys[modality] = item_keys(modality, items, uuids, kwargs, parsed.cache_salt)
         except (TypeError, OSError, SyntaxError, ValueError):
             pass  # content hash_item cannot read (a plugin's own type; corrupt data the mapper will name): not cached
     return data, keys

@@ -19,6 +19,7 @@ class TextPrompt(TypedDict):
     multi_modal_data: NotRequired[MultiModalDataDict]
     mm_processor_kwargs: NotRequired[dict[str, Any]]
     multi_modal_uuids: NotRequired[dict[str, Union[str, None, list[Union[str, None]]]]]
+    cache_salt: NotRequired[str]
 
 
 class TokensPrompt(TypedDict):
@@ -28,13 +29,14 @@ class TokensPrompt(TypedDict):
     multi_modal_data: NotRequired[MultiModalDataDict]
     mm_processor_kwargs: NotRequired[dict[str, Any]]
     multi_modal_uuids: NotRequired[dict[str, Union[str, None, list[Union[str, None]]]]]
+    cache_salt: NotRequired[str]
 
 
 #: What a user passes as one prompt: a plain string, a ``TextPrompt`` or a ``TokensPrompt``.
 PromptInputs = Union[str, TextPrompt, TokensPrompt]
 
 _PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "multi_modal_data", "mm_processor_kwargs",
-                          "multi_modal_uuids"})
+                          "multi_modal_uuids", "cache_salt"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,13 +88,18 @@ def _as_token_ids(ids: object, what: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class ParsedPrompt:
-    """A user prompt taken apart: exactly one of ``text`` and ``token_ids`` is set."""
+    """A user prompt taken apart: exactly one of ``text`` and ``token_ids`` is set.
+
+    ``cache_salt``: a tenant's salt (vLLM's field); prompts of different salts share no cached
+    mapped input, encoder output or KV page, so no tenant can time another's images or prompts.
+    """
 
     text: str | None
     token_ids: tuple[int, ...] | None
     multi_modal_data: Mapping[str, Any]
     mm_processor_kwargs: Mapping[str, Any]
     multi_modal_uuids: Mapping[str, tuple[str | None, ...]] = dataclasses.field(default_factory=dict)
+    cache_salt: str | None = None
 
 
 def _check_text(text: str) -> str:
@@ -139,9 +146,12 @@ def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
             raise TypeError(f"'{name}' must be a dict, got {type(value).__name__}")
     token_ids = _as_token_ids(prompt["prompt_token_ids"], "prompt_token_ids") if has_ids else None
     uuids = _parse_uuids(prompt.get("multi_modal_uuids") or {}, mm_data)
+    salt = prompt.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise TypeError(f"'cache_salt' must be a non-empty str, got {type(salt).__name__}")
     return ParsedPrompt(
         prompt.get("prompt"), token_ids, MappingProxyType(dict(mm_data)), MappingProxyType(dict(mm_kwargs)),
-        MappingProxyType(uuids),
+        MappingProxyType(uuids), salt,
     )
 
 

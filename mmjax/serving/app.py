@@ -1,10 +1,12 @@
 """The OpenAI-compatible HTTP API (FastAPI): ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
-``/health``.
+``/health``, ``/metrics``.
 
-A request is checked, its images loaded and its prompt mapped on a worker thread (never on the
-thread that runs the steps), then handed to the ``EngineLoop``, which adds it to the running
-batch at the next step. Every refusal is an HTTP 4xx with OpenAI's error JSON, sent before any
-engine work; whatever one request does, the others keep being served.
+A request is admitted (503 beyond the server's capacity), read and checked field by field (400
+naming the field), its images loaded and its prompt mapped on a worker thread (never on the thread
+that runs the steps), then handed to the ``EngineLoop``, which adds it to the running batch at the
+next step. Every refusal is an HTTP 4xx with OpenAI's error JSON, sent before any engine work;
+whatever one request does, the others keep being served. No answer holds the server's insides:
+see ``mmjax.serving.errors``.
 """
 
 from __future__ import annotations
@@ -12,25 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import jinja2
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mmjax.engine.outputs import RequestOutput
 from mmjax.engine.prompt_feed import PROMPT_ERRORS
 from mmjax.engine.sampling_params import SamplingParams
 from mmjax.registry import ProcessedPrompt
 from mmjax.serving import responses
+from mmjax.serving.admission import Admission, Ticket
+from mmjax.serving.body import ClientGone, read_json
 from mmjax.serving.chat import chat_prompt, chat_template_of
 from mmjax.serving.engine_loop import EngineLoop, EngineStopped, OutputStream
-from mmjax.serving.media import MediaLimits
+from mmjax.serving.errors import AsciiJSONResponse, HTTPError, Scrubber, error_response
+from mmjax.serving.events import EventStream, chat_events, completion_events, raise_if_failed
+from mmjax.serving.media_limits import MediaBusy, MediaLimits
+from mmjax.serving.metrics import CONTENT_TYPE, ServerMetrics
+from mmjax.serving.middleware import RequestContext
+from mmjax.serving.openapi import publish_request_schemas
 from mmjax.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -38,6 +47,9 @@ from mmjax.serving.protocol import (
     describe_validation_error,
 )
 from mmjax.engine.loaded_model import LoadedModel
+from mmjax.serving.request_limits import lowered_media
+
+log = logging.getLogger("mmjax.serving")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,12 +59,15 @@ class ServerConfig:
     Attributes:
       model_name: the name clients pass as ``model`` (and ``/v1/models`` lists).
       chat_template: Jinja text or a file to use instead of the checkpoint's template.
-      media: limits on image URLs: fetch timeout, bytes, pixels, the local directory allowed.
+      media: limits on image URLs: what may be fetched, from where, within what time and size.
       max_request_bytes: most bytes of one request body (HTTP 413 beyond).
       mapping_threads: worker threads that load images and map prompts while the engine steps
         (default: the host's cores, at most 4; at least 1, so that the event loop never maps).
       shutdown_drain_s: on shutdown, seconds in-flight requests may take to finish before they
         are aborted.
+      max_num_queued_requests: most requests admitted beyond those the engine runs at once
+        (``max_num_seqs`` per replica); past it, HTTP 503 with ``Retry-After``.
+      api_key: when set, ``/v1/`` routes need ``Authorization: Bearer <api_key>``.
     """
 
     model_name: str
@@ -61,57 +76,79 @@ class ServerConfig:
     max_request_bytes: int = 32 * 2**20
     mapping_threads: int | None = None
     shutdown_drain_s: float = 30.0
+    max_num_queued_requests: int = 256
+    api_key: str | None = None
 
     def __post_init__(self):
         if self.mapping_threads is not None and (not isinstance(self.mapping_threads, int)
                                                  or self.mapping_threads < 1):
             raise ValueError(f"mapping_threads must be an int >= 1 (the server maps prompts off its event "
                              f"loop), got {self.mapping_threads!r}")
+        if isinstance(self.max_num_queued_requests, bool) or not isinstance(self.max_num_queued_requests, int) \
+                or self.max_num_queued_requests < 0:
+            raise ValueError(f"max_num_queued_requests must be an int >= 0, got {self.max_num_queued_requests!r}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must be a non-empty string (or None for no key)")
 
 
-class HTTPError(Exception):
-    """Answer with ``status`` and OpenAI's error JSON."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.kind, self.param, self.code = status, kind, param, code
-
-
-def bad_request(error: Exception) -> HTTPError:
-    return HTTPError(400, str(error), param=getattr(error, "param", None))
+def bad_request(error: Exception, scrub: Callable[[str], str]) -> HTTPError:
+    return HTTPError(400, scrub(str(error)), param=getattr(error, "param", None))
 
 
 class ServingState:
-    """What the routes share: the model, the engine loop, the chat template, the mapping threads."""
+    """What the routes share: the model, the engine loop, the chat template, the mapping threads,
+    admission, metrics."""
 
     def __init__(self, llm: LoadedModel, engine: Any, config: ServerConfig):
         self.llm, self.engine, self.config = llm, engine, config
         self.loop = EngineLoop(engine)
         self.created = int(time.time())
+        self.scrub = Scrubber([llm.model_config.model, config.media.allowed_local_media_path,
+                               config.chat_template if config.chat_template and len(config.chat_template) < 4096
+                               and "\n" not in config.chat_template else None])
         try:
             self.chat_template: str | None = chat_template_of(llm, config.chat_template)
             self.chat_template_error = ""
         except ValueError as err:  # no template: completions still work, chat requests hear why
             if config.chat_template is not None:
                 raise
-            self.chat_template, self.chat_template_error = None, str(err)
+            self.chat_template, self.chat_template_error = None, self.scrub(str(err))
         self.mapper = llm.prompt_mapper(config.mapping_threads)
+        self.admission = Admission(engine.config.max_num_seqs * engine.num_replicas + config.max_num_queued_requests)
+        self.metrics = ServerMetrics(engine, self.admission)
+        self.vocab_size = llm.model_config.vocab_size
 
-    async def map_off_loop(self, work: Callable[[Any], ProcessedPrompt]) -> ProcessedPrompt:
-        """Run ``work(llm)`` on a mapping thread (with its own tokenizer); a refusal there becomes HTTP 400."""
+    async def map_off_loop(self, work: Callable[[Any], ProcessedPrompt], param: str) -> ProcessedPrompt:
+        """Run ``work(llm)`` on a mapping thread (with its own tokenizer); a refusal there becomes HTTP 400
+        naming ``param`` (503 when the image fetches are at their cap)."""
         try:
             return await asyncio.wrap_future(self.mapper.submit(work))
-        except PROMPT_ERRORS as err:
-            raise bad_request(err) from err
+        except MediaBusy as err:
+            raise HTTPError(503, str(err), kind="service_unavailable", code="server_busy", retry_after=1) from err
+        except (*PROMPT_ERRORS, jinja2.TemplateError) as err:
+            raise HTTPError(400, self.scrub(str(err)), param=getattr(err, "param", None) or param) from err
 
     async def open(self, processed: ProcessedPrompt, params: SamplingParams) -> OutputStream:
         try:
             return await self.loop.open(processed, params, f"req-{uuid.uuid4().hex}")
         except (ValueError, TypeError) as err:
-            raise bad_request(err) from err
+            raise bad_request(err, self.scrub) from err
         except EngineStopped as err:
             raise HTTPError(503, str(err), kind="service_unavailable") from err
+
+    def admit(self) -> Ticket:
+        """One place among the requests in flight (``HTTPError`` 503 when there is none, counted)."""
+        try:
+            return self.admission.admit()
+        except HTTPError:
+            self.metrics.rejected.inc()
+            raise
+
+    def check_stop_token_ids(self, ids: list[int] | None) -> None:
+        for i, token in enumerate(ids or ()):
+            if self.vocab_size is not None and token >= self.vocab_size:
+                raise HTTPError(400, f"stop_token_ids[{i}]={token}: must be in [0, {self.vocab_size}) (the "
+                                "model's vocabulary)", param="stop_token_ids")
 
     def close(self) -> None:
         self.loop.shutdown(0.0)
@@ -130,107 +167,166 @@ def build_app(llm: LoadedModel, engine: Any, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="mmjax", lifespan=lifespan)
     app.state.serving = state
+    app.add_middleware(RequestContext, api_key=config.api_key, metrics=state.metrics)
+    _add_error_handlers(app, state)
+    _add_info_routes(app, state)
+    _add_generation_routes(app, state)
+    publish_request_schemas(app, {"/v1/chat/completions": ChatCompletionRequest,
+                                  "/v1/completions": CompletionRequest})
+    return app
 
+
+def _request_id(request: Request) -> str:
+    return request.state.request_id
+
+
+def _add_error_handlers(app: FastAPI, state: ServingState) -> None:
     @app.exception_handler(HTTPError)
-    async def _http_error(request: Request, error: HTTPError) -> JSONResponse:
-        return JSONResponse(responses.error_body(str(error), error.kind, error.param, error.code), error.status)
+    async def _http_error(request: Request, error: HTTPError) -> Response:
+        message = str(error) if error.status >= 500 else state.scrub(str(error))
+        if error.status in (499,):
+            log.info("request %s: the client closed the connection", _request_id(request))
+        return error_response(error.status, message, error.kind, _request_id(request), error.param, error.code,
+                              error.retry_after)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _starlette_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _starlette_error(request: Request, error: StarletteHTTPException) -> Response:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        return JSONResponse(responses.error_body(str(error.detail), kind), error.status_code)
+        return error_response(error.status_code, state.scrub(str(error.detail)), kind, _request_id(request))
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, error: ClientGone) -> Response:
+        log.info("request %s: the client closed the connection before its request was read", _request_id(request))
+        return Response(status_code=499)
+
+
+def _add_info_routes(app: FastAPI, state: ServingState) -> None:
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> Response:
         if not state.loop.running:
-            why = state.loop.error or "not running"
-            return JSONResponse(responses.error_body(f"the engine loop is down: {why}", "service_unavailable"), 503)
-        return JSONResponse({"status": "ok"})
+            log.error("health check: the engine loop is down: %r", state.loop.error)
+            return error_response(503, "the engine loop is down", "service_unavailable", _request_id(request))
+        return AsciiJSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{
-            "id": config.model_name, "object": "model", "created": state.created, "owned_by": "mmjax",
-            "max_model_len": engine.max_model_len}]}
+            "id": state.config.model_name, "object": "model", "created": state.created, "owned_by": "mmjax",
+            "max_model_len": state.engine.max_model_len}]}
 
-    @app.post("/v1/chat/completions")
+
+def _add_generation_routes(app: FastAPI, state: ServingState) -> None:
+    @app.post("/v1/chat/completions", openapi_extra=_body_schema("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Any:
-        body = _parse(ChatCompletionRequest, await _read_json(request, config.max_request_bytes))
-        _check_model(body.model, config.model_name)
-        top_logprobs = _refusal_to_400(body.requested_logprobs)
-        params = _refusal_to_400(lambda: body.sampling_params(body.requested_max_tokens() or 1, top_logprobs))
-        if state.chat_template is None:
-            raise HTTPError(400, state.chat_template_error, param="messages")
-        template = state.chat_template
-        processed = await state.map_off_loop(lambda llm: llm.process(chat_prompt(
-            llm, body.messages, chat_template=template, media=config.media, tokenizer=llm.tokenizer,
-            add_generation_prompt=body.add_generation_prompt, continue_final_message=body.continue_final_message)))
-        params = _with_max_tokens(params, body.requested_max_tokens(), processed, engine.max_model_len, "messages")
-        stream = await state.open(processed, params)
-        response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _chat_events(stream, response_id, created, config.model_name, top_logprobs, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
+        ticket = state.admit()
+        try:
+            return await _chat(request, state, ticket)
+        except BaseException:
+            ticket.release()
+            raise
+
+    @app.post("/v1/completions", openapi_extra=_body_schema("CompletionRequest"))
+    async def completions(request: Request) -> Any:
+        ticket = state.admit()
+        try:
+            return await _complete(request, state, ticket)
+        except BaseException:
+            ticket.release()
+            raise
+
+
+async def _chat(request: Request, state: ServingState, ticket: Ticket) -> Any:
+    config, engine, request_id = state.config, state.engine, _request_id(request)
+    timer = state.metrics.track()  # time to first token counts from admission: reading, fetching, mapping too
+    body = _parse(ChatCompletionRequest, await read_json(request, config.max_request_bytes))
+    _check_model(body.model, config.model_name)
+    top_logprobs = _refusal_to_400(body.requested_logprobs, state)
+    params = _refusal_to_400(lambda: body.sampling_params(body.requested_max_tokens() or 1, top_logprobs), state)
+    state.check_stop_token_ids(body.stop_token_ids)
+    media = _refusal_to_400(lambda: lowered_media(config.media, body.mm_processor_kwargs), state)
+    if state.chat_template is None:
+        raise HTTPError(400, state.chat_template_error, param="messages")
+    template, salt = state.chat_template, body.cache_salt
+
+    def mapped(llm: Any) -> ProcessedPrompt:
+        prompt = chat_prompt(llm, body.messages, chat_template=template, media=media, tokenizer=llm.tokenizer,
+                             add_generation_prompt=body.add_generation_prompt,
+                             continue_final_message=body.continue_final_message)
+        return llm.process(prompt if salt is None else {**prompt, "cache_salt": salt})
+
+    processed = await state.map_off_loop(mapped, "messages")
+    params = _with_max_tokens(params, body.requested_max_tokens(), processed, engine.max_model_len, "messages")
+    stream = await state.open(processed, params)
+    ids, created = (f"chatcmpl-{uuid.uuid4().hex}", request_id), int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = chat_events(stream, ids, created, config.model_name, top_logprobs, include_usage, timer.seen)
+        return EventStream(events, on_close=lambda: (stream.close(), ticket.release()))
+    try:
         async with stream:
             output = await _unless_disconnected(request, stream.last())
-        _raise_if_failed(output)
-        return responses.chat_completion(response_id, created, config.model_name, output, top_logprobs)
+    finally:
+        ticket.release()
+    timer.seen(output)
+    raise_if_failed(output, request_id)
+    return responses.chat_completion(ids[0], created, config.model_name, output, top_logprobs)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        body = _parse(CompletionRequest, await _read_json(request, config.max_request_bytes))
-        _check_model(body.model, config.model_name)
-        if body.logprobs is not None and not 0 <= body.logprobs <= 20:
-            raise HTTPError(400, f"logprobs={body.logprobs}: must be in [0, 20]", param="logprobs")
-        params = _refusal_to_400(lambda: body.sampling_params(body.max_tokens or 1, body.logprobs))
-        prompts = _refusal_to_400(body.prompts)
-        processed = await asyncio.gather(*(state.map_off_loop(lambda llm, p=p: llm.process(
-            p if isinstance(p, str) else {"prompt_token_ids": p})) for p in prompts))
-        streams: list[OutputStream] = []
-        try:
-            for p in processed:
-                streams.append(await state.open(p, _with_max_tokens(params, body.max_tokens, p,
-                                                                    engine.max_model_len, "prompt")))
-        except BaseException:
-            for s in streams:
-                s.close()
-            raise
-        response_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _completion_events(streams, response_id, created, config.model_name, body.logprobs,
-                                        include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
-        try:
-            outputs = await _unless_disconnected(request, asyncio.gather(*(s.last() for s in streams)))
-        finally:
-            for s in streams:
-                s.close()
-        for output in outputs:
-            _raise_if_failed(output)
-        return responses.completion(response_id, created, config.model_name, outputs, body.logprobs)
 
-    return app
+async def _complete(request: Request, state: ServingState, ticket: Ticket) -> Any:
+    config, engine, request_id = state.config, state.engine, _request_id(request)
+    body = _parse(CompletionRequest, await read_json(request, config.max_request_bytes))
+    _check_model(body.model, config.model_name)
+    params = _refusal_to_400(lambda: body.sampling_params(body.max_tokens or 1, body.logprobs), state)
+    state.check_stop_token_ids(body.stop_token_ids)
+    _refusal_to_400(lambda: lowered_media(config.media, body.mm_processor_kwargs), state)
+    prompts = _refusal_to_400(body.prompts, state)
+    ticket.grow(len(prompts) - 1)
+    timers = [state.metrics.track() for _ in prompts]
+    salt = {} if body.cache_salt is None else {"cache_salt": body.cache_salt}
+    processed = await asyncio.gather(*(state.map_off_loop(lambda llm, p=p: llm.process(
+        {"prompt": p, **salt} if isinstance(p, str) else {"prompt_token_ids": p, **salt}), "prompt")
+        for p in prompts))
+    streams: list[OutputStream] = []
+    try:
+        for p in processed:
+            streams.append(await state.open(p, _with_max_tokens(params, body.max_tokens, p,
+                                                                engine.max_model_len, "prompt")))
+    except BaseException:
+        for s in streams:
+            s.close()
+        raise
+    ids, created = (f"cmpl-{uuid.uuid4().hex}", request_id), int(time.time())
+
+    def close_all() -> None:
+        for s in streams:
+            s.close()
+        ticket.release()
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = completion_events(streams, ids, created, config.model_name, body.logprobs, include_usage,
+                                   [t.seen for t in timers])
+        return EventStream(events, on_close=close_all)
+    try:
+        outputs = await _unless_disconnected(request, asyncio.gather(*(s.last() for s in streams)))
+    finally:
+        close_all()
+    for timer, output in zip(timers, outputs):
+        timer.seen(output)
+        raise_if_failed(output, request_id)
+    return responses.completion(ids[0], created, config.model_name, outputs, body.logprobs)
 
 
 # -- request bodies -----------------------------------------------------------------------
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(413, f"the request body is {declared} bytes; the server takes at most {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"the request body is larger than the {limit} bytes the server takes")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise HTTPError(400, f"the request body is not valid JSON: {err}") from err
+def _body_schema(name: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{name}"}}}}}
 
 
 def _parse(model: type[BaseModel], body: Any) -> Any:
@@ -243,16 +339,16 @@ def _parse(model: type[BaseModel], body: Any) -> Any:
         raise HTTPError(400, message, param=param) from err
 
 
-def _refusal_to_400(make: Callable[[], Any]) -> Any:
+def _refusal_to_400(make: Callable[[], Any], state: ServingState) -> Any:
     try:
         return make()
     except RequestRefused as err:
-        raise bad_request(err) from err
+        raise bad_request(err, state.scrub) from err
 
 
 def _check_model(requested: str | None, served: str) -> None:
     if requested is not None and requested != served:
-        raise HTTPError(404, f"the model {requested!r} does not exist; this server serves {served!r}",
+        raise HTTPError(404, f"the model {requested[:80]!r} does not exist; this server serves {served!r}",
                         kind="not_found_error", param="model", code="model_not_found")
 
 
@@ -270,11 +366,6 @@ def _with_max_tokens(params: SamplingParams, requested: int | None, processed: P
                         f"{length} (image placeholders included) and max_tokens asks for {requested} more",
                         param="max_tokens")
     return dataclasses.replace(params, max_tokens=requested if requested is not None else room)
-
-
-def _raise_if_failed(output: RequestOutput) -> None:
-    if output.error is not None:
-        raise HTTPError(500, f"the request failed while it ran: {output.error}", kind="server_error")
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
@@ -295,76 +386,3 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-# -- server-sent events -------------------------------------------------------------------
-
-
-def _sse(payload: Any) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-_DONE = "data: [DONE]\n\n"
-
-
-async def _chat_events(stream: OutputStream, response_id: str, created: int, model: str,
-                       top_logprobs: int | None, include_usage: bool) -> AsyncIterator[str]:
-    """``chat.completion.chunk`` events: the role, the text as it grows, the finish reason, usage, [DONE]."""
-    async with stream:
-        yield _sse(responses.chat_chunk(response_id, created, model, {"role": "assistant", "content": ""}))
-        sent_text = sent_tokens = 0
-        output = None
-        async for output in stream:
-            if output.error is not None:
-                yield _sse(responses.error_body(f"the request failed while it ran: {output.error}", "server_error"))
-                break
-            text = output.text[sent_text:]
-            logprobs = None if top_logprobs is None else responses.chat_logprobs(output, sent_tokens, top_logprobs)
-            if text or (logprobs and logprobs["content"]):
-                yield _sse(responses.chat_chunk(response_id, created, model, {"content": text}, logprobs=logprobs))
-            sent_text, sent_tokens = len(output.text), len(output.token_ids)
-            if output.finished:
-                yield _sse(responses.chat_chunk(response_id, created, model, {},
-                                                finish=responses.finish_reason(output)))
-        if include_usage and output is not None:
-            yield _sse(responses.usage_chunk(response_id, created, model, "chat.completion.chunk", [output]))
-    yield _DONE
-
-
-async def _completion_events(streams: list[OutputStream], response_id: str, created: int, model: str,
-                             logprobs: int | None, include_usage: bool) -> AsyncIterator[str]:
-    """``text_completion`` events of every prompt of the request, as each grows, then usage and [DONE]."""
-    merged: asyncio.Queue = asyncio.Queue()
-
-    async def pump(index: int, stream: OutputStream) -> None:
-        async for output in stream:
-            await merged.put((index, output))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    sent = [(0, 0)] * len(streams)
-    finals: dict[int, RequestOutput] = {}
-    try:
-        while len(finals) < len(streams):
-            index, output = await merged.get()
-            if output.error is not None:
-                yield _sse(responses.error_body(f"the request failed while it ran: {output.error}", "server_error"))
-                break
-            text_sent, tokens_sent = sent[index]
-            text = output.text[text_sent:]
-            lp = None if logprobs is None else responses.completion_logprobs(output, tokens_sent, logprobs, text_sent)
-            finish = responses.finish_reason(output) if output.finished else None
-            if text or finish or (lp and lp["tokens"]):
-                yield _sse(responses.completion_chunk(response_id, created, model, index, text, finish=finish,
-                                                      logprobs=lp))
-            sent[index] = (len(output.text), len(output.token_ids))
-            if output.finished:
-                finals[index] = output
-        if include_usage and len(finals) == len(streams):
-            yield _sse(responses.usage_chunk(response_id, created, model, "text_completion",
-                                             [finals[i] for i in range(len(streams))]))
-    finally:
-        for task in tasks:
-            task.cancel()
-        for stream in streams:
-            stream.close()
-    yield _DONE

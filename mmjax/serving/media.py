@@ -1,44 +1,29 @@
-"""Images named by URL in chat messages: ``data:`` base64, ``http(s)`` fetched within limits, local files
-only under a directory the operator allows.
+"""Images named by URL in chat messages: ``data:`` base64, ``http(s)`` fetched within limits (see
+``mmjax.serving.fetch``), local files only under a directory the operator allows.
 
 Every failure is a ``MediaError`` (a ``ValueError``) that says which image and what was wrong,
-raised before the image reaches the model.
+raised before the image reaches the model; its text never holds a server path or a Python repr.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
+import errno
 import io
+import logging
 import os
-import urllib.error
+import stat
 import urllib.parse
-import urllib.request
 
 from PIL import Image
 
+from mmjax.serving.fetch import fetch_image_bytes
+from mmjax.serving.media_limits import DEFAULT_IMAGE_FORMATS, MediaBusy, MediaError, MediaLimits
 
-class MediaError(ValueError):
-    """An image could not be used: not decodable, unreachable, too large, or not allowed."""
+__all__ = ["DEFAULT_IMAGE_FORMATS", "MediaBusy", "MediaError", "MediaLimits", "decode_image", "load_image_url"]
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MediaLimits:
-    """What the server accepts as an image.
-
-    Attributes:
-      fetch_timeout_s: seconds an ``http(s)`` image may take to arrive (connect and read).
-      max_image_bytes: most bytes of one encoded image (a ``data:`` URL's payload or a download).
-      max_image_pixels: most pixels (width x height) of one decoded image; checked from the
-        header, before the pixels are decoded.
-      allowed_local_media_path: a directory under which ``file://`` URLs may be read; None refuses them.
-    """
-
-    fetch_timeout_s: float = 10.0
-    max_image_bytes: int = 20 * 2**20
-    max_image_pixels: int = 4096 * 4096
-    allowed_local_media_path: str | None = None
+log = logging.getLogger(__name__)
 
 
 def load_image_url(url: str, limits: MediaLimits, where: str = "the image") -> Image.Image:
@@ -47,8 +32,9 @@ def load_image_url(url: str, limits: MediaLimits, where: str = "the image") -> I
     ``where`` names the image in errors (e.g. "message 0, part 1").
 
     Raises:
-      MediaError: an unknown scheme, bad base64, an unreachable or oversized URL, a file outside
-        ``allowed_local_media_path``, bytes that do not decode as an image, too many pixels.
+      MediaError: an unknown scheme, bad base64, a refused, unreachable or oversized URL, a file
+        outside ``allowed_local_media_path`` or not a regular file, bytes that do not decode as
+        an image of an allowed format, too many pixels.
     """
     if not isinstance(url, str) or not url:
         raise MediaError(f"{where}: image_url.url must be a non-empty string")
@@ -56,79 +42,84 @@ def load_image_url(url: str, limits: MediaLimits, where: str = "the image") -> I
     if scheme == "data":
         data = _data_url_bytes(url, limits, where)
     elif scheme in ("http", "https"):
-        data = _download(url, limits, where)
+        data = fetch_image_bytes(url, limits, where)
     elif scheme == "file":
         data = _local_file(url, limits, where)
     else:
-        raise MediaError(f"{where}: unsupported image URL {url[:60]!r}; expected a data:image/...;base64 URL, "
+        raise MediaError(f"{where}: unsupported image URL scheme; expected a data:image/...;base64 URL, "
                          "an http(s) URL, or a file:// URL (with --allowed-local-media-path)")
     return decode_image(data, limits, where)
 
 
 def decode_image(data: bytes, limits: MediaLimits, where: str = "the image") -> Image.Image:
-    """Decode encoded image bytes to RGB, refusing more than ``limits.max_image_pixels`` before decoding."""
+    """Decode encoded image bytes to RGB: only ``limits.image_formats``, refusing more than
+    ``limits.max_image_pixels`` from the header, before the pixels are decoded."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=limits.image_formats)
         width, height = image.size
         if width * height > limits.max_image_pixels:
             raise MediaError(f"{where} is {width}x{height} = {width * height} pixels; the server allows at "
                              f"most {limits.max_image_pixels}")
         image.load()
+        return image.convert("RGB") if image.mode != "RGB" else image
     except MediaError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise MediaError(f"{where} does not decode as an image ({len(data)} bytes): {err}") from err
-    return image.convert("RGB") if image.mode != "RGB" else image
+    except Image.UnidentifiedImageError:
+        raise MediaError(f"{where} does not decode as an image of a format the server takes "
+                         f"({', '.join(limits.image_formats)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+            MemoryError) as err:
+        log.info("%s: image decoding failed: %s: %s", where, type(err).__name__, err)
+        raise MediaError(f"{where} does not decode as an image ({len(data)} bytes)") from None
 
 
 def _data_url_bytes(url: str, limits: MediaLimits, where: str) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep or not header.lower().endswith(";base64"):
-        raise MediaError(f"{where}: a data URL must look like data:image/png;base64,<data>; got {url[:40]!r}")
+        raise MediaError(f"{where}: a data URL must look like data:image/png;base64,<data>")
     mime = header[5:-7].lower()
     if mime and not mime.startswith("image/"):
-        raise MediaError(f"{where}: the data URL's type is {mime!r}; expected image/*")
+        raise MediaError(f"{where}: the data URL's type is {mime[:40]!r}; expected image/*")
     if len(payload) * 3 // 4 > limits.max_image_bytes:
         raise MediaError(f"{where}: the data URL holds about {len(payload) * 3 // 4} bytes; the server allows "
                          f"at most {limits.max_image_bytes} per image")
     try:
         return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise MediaError(f"{where}: the data URL is not valid base64: {err}") from err
-
-
-def _download(url: str, limits: MediaLimits, where: str) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "mmjax"})
-    try:
-        with urllib.request.urlopen(request, timeout=limits.fetch_timeout_s) as response:  # noqa: S310 (http(s) only)
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > limits.max_image_bytes:
-                raise MediaError(f"{where}: {url} is {declared} bytes; the server allows at most "
-                                 f"{limits.max_image_bytes} per image")
-            data = response.read(limits.max_image_bytes + 1)
-    except MediaError:
-        raise
-    except (urllib.error.URLError, OSError, ValueError) as err:  # refused, unknown host, timeout, HTTP error
-        raise MediaError(f"{where}: could not fetch {url} within {limits.fetch_timeout_s} s: {err}") from err
-    if len(data) > limits.max_image_bytes:
-        raise MediaError(f"{where}: {url} is larger than the {limits.max_image_bytes} bytes the server allows "
-                         "per image")
-    return data
+    except (binascii.Error, ValueError):
+        raise MediaError(f"{where}: the data URL is not valid base64") from None
 
 
 def _local_file(url: str, limits: MediaLimits, where: str) -> bytes:
+    """A regular file under the allowed directory, read to at most ``max_image_bytes`` (never a FIFO,
+    a device or a directory: opened non-blocking and checked before a byte is read)."""
     if limits.allowed_local_media_path is None:
         raise MediaError(f"{where}: file:// URLs are refused; the server must be started with "
                          "--allowed-local-media-path DIR to read images under DIR")
-    path = os.path.realpath(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    try:
+        path = os.path.realpath(urllib.parse.unquote(urllib.parse.urlparse(url).path, errors="strict"))
+    except (ValueError, UnicodeError):
+        raise MediaError(f"{where}: the file:// URL is not a valid path") from None
     root = os.path.realpath(limits.allowed_local_media_path)
     if os.path.commonpath([path, root]) != root:
-        raise MediaError(f"{where}: {path} is outside the allowed directory {root}")
+        raise MediaError(f"{where}: the file:// URL is outside the directory the server allows")
     try:
-        size = os.path.getsize(path)
-        if size > limits.max_image_bytes:
-            raise MediaError(f"{where}: {path} is {size} bytes; the server allows at most {limits.max_image_bytes}")
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as err:
-        raise MediaError(f"{where}: cannot read {path}: {err}") from err
+        reason = "does not exist" if err.errno in (errno.ENOENT, errno.ENOTDIR) else "cannot be read"
+        raise MediaError(f"{where}: the file:// URL {reason}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise MediaError(f"{where}: the file:// URL does not name a regular file")
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        if info.st_size > limits.max_image_bytes:
+            raise MediaError(f"{where}: the file is {info.st_size} bytes; the server allows at most "
+                             f"{limits.max_image_bytes}")
+        chunks, size = [], 0
+        while size <= limits.max_image_bytes and (chunk := f.read(limits.max_image_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    data = b"".join(chunks)
+    if len(data) > limits.max_image_bytes:  # it grew since fstat
+        raise MediaError(f"{where}: the file is larger than the {limits.max_image_bytes} bytes the server allows")
+    return data

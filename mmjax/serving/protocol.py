@@ -8,11 +8,36 @@ vLLM's extra sampling fields (``top_k``, ``min_p``, ``repetition_penalty``, ``ig
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
+
+INT32_MAX = 2**31 - 1
+#: Most stop strings, stop token ids and prompts (of one completions request) a request may give.
+MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, MAX_PROMPTS = 16, 64, 64
+
+TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+StopString = Annotated[str, Field(min_length=1, max_length=1024)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS)]
+
+#: The shape of ``messages`` published in /openapi.json (the server checks them with ``parse_messages``).
+_MESSAGES_SCHEMA = {
+    "type": "array", "minItems": 1,
+    "items": {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [
+            {"type": "object", "required": ["type", "text"],
+             "properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
+            {"type": "object", "required": ["type", "image_url"],
+             "properties": {"type": {"const": "image_url"}, "image_url": {
+                 "type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}},
+        ]}}]},
+    }},
+}
 
 
 class RequestRefused(ValueError):
@@ -31,27 +56,31 @@ class StreamOptions(BaseModel):
 class _SamplingFields(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
-    model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: int | None = None
+    model: str | None = Field(None, max_length=256)
+    max_tokens: TokenCount | None = None
+    temperature: float | None = Field(None, ge=0, le=1e6)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)
+    stop: StopString | list[StopString] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    n: int | None = Field(None, ge=1, le=INT32_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, Any] | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256)
     # vLLM's extras
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=1e6)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    #: Keys the processor, encoder and prefix caches with it: requests of different salts share nothing cached.
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)
+    #: Only lowers the server's media limits (``mmjax.serving.request_limits``).
+    mm_processor_kwargs: dict[str, Any] | None = None
 
     def _refuse_unsupported(self) -> None:
         if self.n not in (None, 1):
@@ -83,10 +112,10 @@ class _SamplingFields(BaseModel):
 class ChatCompletionRequest(_SamplingFields):
     """``POST /v1/chat/completions``."""
 
-    messages: list[Any]
-    max_completion_tokens: int | None = None
+    messages: list[Any] = Field(json_schema_extra=_MESSAGES_SCHEMA)
+    max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: TopLogprobs | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
@@ -119,8 +148,9 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     """``POST /v1/completions``: ``prompt`` is a string, a list of token ids, or a list of either."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
+    prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] | list[TokenId] \
+        | Annotated[list[list[TokenId]], Field(max_length=MAX_PROMPTS)]
+    logprobs: TopLogprobs | None = None
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -149,10 +179,18 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"] if not _is_type_tag(p))
         first = first or loc or None
-        given = item.get("input")
-        shown = "" if item["type"] == "missing" else f" (got {given!r:.60})"
+        shown = "" if item["type"] == "missing" else f" (got {_shown(item.get('input'))})"
         problems.append(f"{loc or 'body'}: {item['msg']}{shown}")
     return "invalid request: " + "; ".join(dict.fromkeys(problems)), first
+
+
+def _shown(value: Any) -> str:
+    """The client's value as JSON (never a Python repr), cut to 60 characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_type_tag(part: Any) -> bool:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import http.client
 import http.server
 import io
+import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -84,3 +87,32 @@ def wait_until_idle(engine, timeout_s: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+#: What no answer may hold: a traceback, an exception's class, a Python repr or address, a server path.
+LEAKS = re.compile(r"Traceback|File \"|\b\w+(Error|Exception):|0x[0-9a-fA-F]{6,}|object at|<[\w.]+ object|"
+                   r"/tmp/|/work/|/root\b|/home/|site-packages|\.py\b")
+
+
+def raw_request(url: str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request with exactly these bytes: (status, lower-cased headers, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def assert_clean_error(status: int, headers: dict[str, str], body: bytes) -> dict:
+    """An error answer that names its request id (header and body agree) and leaks nothing; returns its error."""
+    assert 400 <= status < 600, status
+    text = body.decode("utf-8")
+    assert not LEAKS.search(text), text
+    error = json.loads(text)["error"]
+    assert set(error) >= {"message", "type", "param", "code", "request_id"}
+    assert headers["x-request-id"] == error["request_id"] and error["request_id"].startswith("req-")
+    return error

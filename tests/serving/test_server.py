@@ -21,11 +21,9 @@ from tests.serving.conftest import MAX_REQUEST_BYTES
 from tests.serving.serving_fixtures import (
     closed_port_url,
     data_url,
-    file_server,
     image,
     image_message,
     wait_until_idle,
-    write_png,
 )
 
 MODEL = "tiny-llava"
@@ -164,7 +162,7 @@ def test_models_and_health(client, server):
         assert response.status == 200
 
 
-def _bad_requests(tmp_path, base_url):
+def _bad_requests(big_image_url):
     good_image = data_url(image(20))
     user = lambda *parts: [{"role": "user", "content": list(parts)}]  # noqa: E731
     url_part = lambda url: {"type": "image_url", "image_url": {"url": url}}  # noqa: E731
@@ -173,19 +171,22 @@ def _bad_requests(tmp_path, base_url):
         "unknown part type": (dict(messages=user({"type": "input_audio", "input_audio": {}})), r"type 'input_audio'"),
         "image that does not decode": (dict(messages=user(url_part("data:image/png;base64,aGVsbG8="))),
                                        r"does not decode as an image"),
-        "unreachable url": (dict(messages=user(url_part(closed_port_url()))), r"could not fetch"),
-        "oversized url": (dict(messages=user(url_part(f"{base_url}/big.png"))), r"allows at most 65536"),
+        "loopback url": (dict(messages=user(url_part(closed_port_url()))), r"non-public \(loopback\) address"),
+        "oversized image": (dict(messages=user(url_part(big_image_url))), r"allows at most 65536"),
         "too many images": (dict(messages=user(*[url_part(good_image)] * 3)), r"3 images; this model takes at most 2"),
         "prompt longer than the context": (dict(messages=user({"type": "text", "text": "sea " * 3000})),
                                            r"more than the context length 2048"),
         "max_tokens past the context": (dict(messages=user(url_part(good_image)), max_tokens=10**6),
                                         r"max_tokens asks for 1000000"),
-        "negative temperature": (dict(messages=user(url_part(good_image)), temperature=-1), r"temperature=-1.0"),
-        "top_p above 1": (dict(messages=user(url_part(good_image)), top_p=1.5), r"top_p=1.5"),
-        "presence penalty": (dict(messages=user(url_part(good_image)), presence_penalty=3), r"presence_penalty=3.0"),
+        "negative temperature": (dict(messages=user(url_part(good_image)), temperature=-1),
+                                 r"temperature: Input should be greater than or equal to 0 \(got -1\)"),
+        "top_p above 1": (dict(messages=user(url_part(good_image)), top_p=1.5),
+                          r"top_p: Input should be less than or equal to 1 \(got 1.5\)"),
+        "presence penalty": (dict(messages=user(url_part(good_image)), presence_penalty=3),
+                             r"presence_penalty: Input should be less than or equal to 2 \(got 3\)"),
         "n above 1": (dict(messages=user(url_part(good_image)), n=2), r"only n=1"),
         "top_logprobs too many": (dict(messages=user(url_part(good_image)), logprobs=True, top_logprobs=50),
-                                  r"top_logprobs=50"),
+                                  r"top_logprobs: Input should be less than or equal to 20 \(got 50\)"),
         "max_tokens a string": (dict(messages=user(url_part(good_image)), max_tokens="many"), r"max_tokens"),
         "messages missing": (dict(), r"messages: Field required"),
         "tools": (dict(messages=user(url_part(good_image)), tools=[{"type": "function", "function": {"name": "f"}}]),
@@ -193,20 +194,17 @@ def _bad_requests(tmp_path, base_url):
     }
 
 
-def test_each_bad_request_gets_400_and_the_server_keeps_serving(client, server, reference_llm, tmp_path):
+def test_each_bad_request_gets_400_and_the_server_keeps_serving(client, server, reference_llm):
     import numpy as np
     from PIL import Image
 
     noise = Image.fromarray(np.random.default_rng(2).integers(0, 256, (200, 200, 3), dtype=np.uint8))
-    write_png(str(tmp_path / "big.png"), noise)
-    with file_server(str(tmp_path)) as base:
-        cases = _bad_requests(tmp_path, base)
-        for name, (body, match) in cases.items():
-            status, reply = _post(server, "/v1/chat/completions", json.dumps({"model": MODEL, **body}).encode())
-            assert status == 400, (name, reply)
-            error = reply["error"]
-            assert error["type"] == "invalid_request_error", name
-            assert re.search(match, error["message"]), (name, error["message"])
+    for name, (body, match) in _bad_requests(data_url(noise)).items():
+        status, reply = _post(server, "/v1/chat/completions", json.dumps({"model": MODEL, **body}).encode())
+        assert status == 400, (name, reply)
+        error = reply["error"]
+        assert error["type"] == "invalid_request_error", name
+        assert re.search(match, error["message"]), (name, error["message"])
     status, reply = _post(server, "/v1/chat/completions", b'{"messages": [')
     assert status == 400 and "not valid JSON" in reply["error"]["message"]
     status, reply = _post(server, "/v1/chat/completions", b'["a list"]')
@@ -261,8 +259,9 @@ def test_a_request_that_fails_while_running_gets_500_and_the_others_finish(clien
                           messages=[{"role": "user", "content": "poison"}])
         fine = [pool.submit(client.chat.completions.create, model=MODEL, max_tokens=6, temperature=0, messages=good)
                 for _ in range(2)]
-        with pytest.raises(openai.InternalServerError, match="injected fault while sampling"):
+        with pytest.raises(openai.InternalServerError, match=r"the server failed .* request id req-\w+") as failed:
             bad.result()
+        assert "injected fault" not in str(failed.value)  # the details went to the log, not to the client
         answers = [f.result().choices[0].message.content for f in fine]
     assert answers == [_offline_chat(reference_llm, good, max_tokens=6).text] * 2
     assert wait_until_idle(server.app.state.serving.engine)
