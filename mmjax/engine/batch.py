@@ -38,6 +38,8 @@ class StepBatch:
       logits_indices: i32 ``[R, B]`` (``[R, T]`` when prompt logprobs are wanted).
       embedding_slots: i32 ``[R, T]``: the arena row of each placeholder token's embedding, -1 for
         every other token; None for a model without multimodal embeddings.
+      rope_positions: i32 ``[R, P, T]``: each token's rotary positions, for a decoder that reads
+        ``P > 1`` per token (M-RoPE); None when they are ``metadata.positions``.
       sample_rows: for each chunk, its row in the returned logits ``[R * B, V]`` (or ``[R * T, V]``).
       chunk_offsets: for each chunk, the row of its first token in the flattened ``[R * T]`` tokens.
       all_logits: the logits of every token are returned (prompt logprobs), not one row per sequence.
@@ -50,6 +52,11 @@ class StepBatch:
     sample_rows: tuple[int, ...]
     chunk_offsets: tuple[int, ...]
     all_logits: bool = False
+    rope_positions: np.ndarray | None = None
+
+    def step_extras(self) -> dict[str, np.ndarray]:
+        """The optional step inputs this batch carries, by ``paged_step``'s keyword."""
+        return {} if self.rope_positions is None else {"rope_positions": self.rope_positions}
 
     @property
     def num_tokens(self) -> int:
@@ -67,6 +74,7 @@ def build_step_batch(
     decode_buckets: Sequence[int] = (),
     all_logits: bool = False,
     with_embeddings: bool = False,
+    rope_axes: int = 1,
 ) -> StepBatch:
     """Pack the chunks' tokens, block tables and placeholder-embedding rows into one step.
 
@@ -77,6 +85,7 @@ def build_step_batch(
     ``allocators[r]`` holds replica ``r``'s pages; ``chunk.replica`` says whose a chunk is.
     ``with_embeddings``: the model has multimodal embeddings, so every step carries
     ``embedding_slots`` (a request's ``mm_slots`` say where its embeddings are).
+    ``rope_axes``: rotary positions per token; above 1 (M-RoPE) every step carries ``rope_positions``.
     """
     num_replicas = len(allocators)
     groups = [[c for c in chunks if c.replica == r] for r in range(num_replicas)]
@@ -108,7 +117,9 @@ def build_step_batch(
         chunk_offsets.append(r * num_tokens + offset)
         sample_rows.append(r * num_tokens + offset + chunk.num_tokens - 1 if all_logits else r * max_num_seqs + j)
     slots = _embedding_slots(chunks, chunk_offsets, num_replicas, num_tokens) if with_embeddings else None
-    return StepBatch(input_ids, metadata, logits_indices, slots, tuple(sample_rows), tuple(chunk_offsets), all_logits)
+    rope = _rope_positions(chunks, chunk_offsets, num_replicas, num_tokens, rope_axes) if rope_axes > 1 else None
+    return StepBatch(input_ids, metadata, logits_indices, slots, tuple(sample_rows), tuple(chunk_offsets), all_logits,
+                     rope)
 
 
 _ARRAY_FIELDS = ("block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions")
@@ -141,9 +152,19 @@ def _embedding_slots(
     return slots.reshape(num_replicas, num_tokens)
 
 
+def _rope_positions(
+    chunks: Sequence[ScheduledChunk], offsets: Sequence[int], num_replicas: int, num_tokens: int, axes: int,
+) -> np.ndarray:
+    """Each packed token's rotary positions ``[R, P, T]`` (padding: 0; its K/V go nowhere)."""
+    rope = np.zeros((axes, num_replicas * num_tokens), np.int32)
+    for chunk, start in zip(chunks, offsets):
+        rope[:, start:start + chunk.num_tokens] = chunk.request.rope_positions(chunk.start, chunk.stop, axes)
+    return rope.reshape(axes, num_replicas, num_tokens).transpose(1, 0, 2).copy()
+
+
 def empty_step_batch(
     num_replicas: int, num_tokens: int, *, decode: bool, max_num_seqs: int, pages_per_seq: int, page_size: int,
-    all_logits: bool = False, with_embeddings: bool = False,
+    all_logits: bool = False, with_embeddings: bool = False, rope_axes: int = 1,
 ) -> StepBatch:
     """A step that schedules no sequence (every slot padding, nothing written): for warm-up."""
     one = build_attention_metadata([], [], [], page_size=page_size, token_buckets=[num_tokens],
@@ -153,5 +174,6 @@ def empty_step_batch(
         max_q_len=1 if decode else num_tokens)
     rows = num_tokens if all_logits else max_num_seqs
     slots = np.full((num_replicas, num_tokens), -1, np.int32) if with_embeddings else None
+    rope = np.zeros((num_replicas, rope_axes, num_tokens), np.int32) if rope_axes > 1 else None
     return StepBatch(np.zeros((num_replicas, num_tokens), np.int32), metadata,
-                     np.zeros((num_replicas, rows), np.int32), slots, (), (), all_logits)
+                     np.zeros((num_replicas, rows), np.int32), slots, (), (), all_logits, rope)

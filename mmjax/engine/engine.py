@@ -211,7 +211,8 @@ class LLMEngine:
         batch = build_step_batch(chunks, self.allocators, token_buckets=self.config.token_buckets,
                                  decode_buckets=self.config.decode_buckets,
                                  max_num_seqs=self.config.max_num_seqs, pages_per_seq=self.pages_per_seq,
-                                 all_logits=want_prompt_logprobs, with_embeddings=bool(self.runner.embedding_width))
+                                 all_logits=want_prompt_logprobs, with_embeddings=bool(self.runner.embedding_width),
+                                 rope_axes=self.runner.rope_axes)
         step = self.runner.execute(batch)
         rows = batch.sample_rows
         if want_prompt_logprobs:  # logits of every token: keep each chunk's last, in chunk order

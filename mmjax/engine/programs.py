@@ -38,18 +38,19 @@ def step_variants(shapes: StepShapes, with_prompt_logprobs: bool = True) -> list
 
 def abstract_step_args(
     shapes: StepShapes, placement: Placement, *, num_tokens: int, decode: bool, all_logits: bool = False,
-    embedding_width: int = 0, dtype: Any = jnp.float32,
-) -> tuple:
-    """``paged_step``'s arguments after ``kv_pages``, as ``ShapeDtypeStruct``s placed as a real step's."""
+    embedding_width: int = 0, dtype: Any = jnp.float32, rope_axes: int = 1,
+) -> tuple[tuple, dict]:
+    """``paged_step``'s arguments after ``kv_pages`` and its optional keyword inputs, as
+    ``ShapeDtypeStruct``s placed as a real step's."""
     batch = empty_step_batch(shapes.num_replicas, num_tokens, decode=decode, max_num_seqs=shapes.max_num_seqs,
                              pages_per_seq=shapes.pages_per_seq, page_size=shapes.page_size, all_logits=all_logits,
-                             with_embeddings=bool(embedding_width))
+                             with_embeddings=bool(embedding_width), rope_axes=rope_axes)
     spec = lambda x: placement.abstract(x.shape, x.dtype)  # noqa: E731
     args = (spec(batch.input_ids), jax.tree.map(spec, batch.metadata), spec(batch.logits_indices))
     if embedding_width:
         arena = placement.abstract((shapes.num_replicas, shapes.embedding_rows, embedding_width), dtype)
         args += (arena, spec(batch.embedding_slots))
-    return args
+    return args, {name: spec(value) for name, value in batch.step_extras().items()}
 
 
 def abstract_kv_pages(pages: Any, placement: Placement) -> Any:
@@ -60,14 +61,15 @@ def abstract_kv_pages(pages: Any, placement: Placement) -> Any:
 def lower_step(
     graphdef: nnx.GraphDef, state: nnx.State, kv_pages: Any, shapes: StepShapes, placement: Placement, *,
     num_tokens: int, decode: bool, impl: str, embedding_width: int, dtype: Any, all_logits: bool = False,
+    rope_axes: int = 1,
 ) -> jax.stages.Lowered:
     """The runner's step program (``step_program``) lowered for a step of ``num_tokens`` tokens per
     replica (``kv_pages`` may be abstract)."""
-    args = abstract_step_args(shapes, placement, num_tokens=num_tokens, decode=decode, all_logits=all_logits,
-                              embedding_width=embedding_width, dtype=dtype)
+    args, extras = abstract_step_args(shapes, placement, num_tokens=num_tokens, decode=decode, all_logits=all_logits,
+                                      embedding_width=embedding_width, dtype=dtype, rope_axes=rope_axes)
     leaves, state_def = jax.tree.flatten(state)
     program = step_program(graphdef, state_def, impl=impl, kv_sharding=placement.kv_sharding)
-    return program.lower(leaves, abstract_kv_pages(kv_pages, placement), *args, greedy=not all_logits)
+    return program.lower(leaves, abstract_kv_pages(kv_pages, placement), *args, greedy=not all_logits, **extras)
 
 
 def encoder_output_rows(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Any]) -> int:

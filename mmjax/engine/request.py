@@ -108,6 +108,23 @@ class Request:
         output = np.asarray(self.output_token_ids, np.int32)
         return np.concatenate([prompt, output])[start:stop]
 
+    def rope_positions(self, start: int, stop: int, axes: int) -> np.ndarray:
+        """The rotary positions ``int32[axes, stop - start]`` of tokens ``[start, stop)``.
+
+        The prompt's own (``ProcessedPrompt.rope_positions``, M-RoPE) where it has them, else each
+        token's index; a generated token at index ``i`` (decode, or recomputed after preemption)
+        turns by ``i + rope_delta`` on every axis.
+        """
+        prompt = self.processed.rope_positions
+        out = np.empty((axes, stop - start), np.int32)
+        split = min(max(start, self.num_prompt_tokens), stop)
+        if prompt is not None and split > start:
+            out[:, :split - start] = prompt[:, start:split]
+        else:
+            split = start
+        out[:, split - start:] = np.arange(split, stop, dtype=np.int32) + np.int32(self.processed.rope_delta)
+        return out
+
     def page_hashes(self, num_pages: int, page_size: int) -> list[bytes]:
         """The prefix-cache hashes of its first ``num_pages`` full pages (``prefix_hash.hash_pages``).
 

@@ -76,6 +76,7 @@ class ModelRunner:
         self.kv_pages = self._init_pages()
         width = self.text_config.hidden_size if shapes.embedding_rows else 0
         self.embedding_width = width
+        self.rope_axes = getattr(self.text_config, "rope_position_axes", 1)
         self._arenas = {r: self._new_arena(r) for r in placement.owned_replicas()} if width else {}
         self._encoder_rows: dict[tuple, int] = {}
 
@@ -184,9 +185,10 @@ class ModelRunner:
         embeddings = ()
         if batch.embedding_slots is not None:
             embeddings = (self.embeddings(), put(batch.embedding_slots))
+        extras = {name: put(value) for name, value in batch.step_extras().items()}
         logits, greedy, self.kv_pages = self._step(
             self._state_leaves, self.kv_pages, put(batch.input_ids), jax.tree.map(put, batch.metadata),
-            put(batch.logits_indices), *embeddings, greedy=not batch.all_logits)
+            put(batch.logits_indices), *embeddings, greedy=not batch.all_logits, **extras)
         return StepOutput(logits, None if batch.all_logits else greedy)
 
     def empty_batch(self, num_tokens: int, *, decode: bool, all_logits: bool = False) -> StepBatch:
@@ -194,13 +196,13 @@ class ModelRunner:
         s = self.shapes
         return empty_step_batch(s.num_replicas, num_tokens, decode=decode, max_num_seqs=s.max_num_seqs,
                                 pages_per_seq=s.pages_per_seq, page_size=s.page_size, all_logits=all_logits,
-                                with_embeddings=bool(self.embedding_width))
+                                with_embeddings=bool(self.embedding_width), rope_axes=self.rope_axes)
 
     def lower_step(self, num_tokens: int, *, decode: bool, all_logits: bool = False) -> jax.stages.Lowered:
         """The step program for ``num_tokens`` tokens per replica, lowered (not run)."""
         return lower_step(self.graphdef, self.state, self.kv_pages, self.shapes, self.placement,
                           num_tokens=num_tokens, decode=decode, impl=self.impl, all_logits=all_logits,
-                          embedding_width=self.embedding_width, dtype=self.dtype)
+                          embedding_width=self.embedding_width, dtype=self.dtype, rope_axes=self.rope_axes)
 
     # -- reading the logits ------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ def paged_step(
     embeddings: Float[Array, "R U D"] | None = None,
     embedding_slots: Int[Array, "R T"] | None = None,
     *,
+    rope_positions: Int[Array, "R P T"] | None = None,
     impl: str = "auto",
     kv_sharding: jax.sharding.NamedSharding | None = None,
 ) -> tuple[Float[Array, "R*B V"], tuple[KVPages, ...]]:
@@ -121,6 +122,8 @@ def paged_step(
       logits_indices: rows of each replica's ``input_ids`` whose logits are returned.
       embeddings, embedding_slots: each replica's embedding arena, and for each
         token the arena row of its embedding (-1: the token's own); both or neither.
+      rope_positions: each token's rotary positions when the decoder reads ``P > 1`` per token
+        (M-RoPE); None: ``metadata.positions``.
       kv_sharding: on a mesh, where the pages live (``mmjax.sharding.kv_pages_sharding``):
         attention runs per device (``shard_map``) and the new pages are pinned
         there, so the donated buffers are reused and the next step sees the same sharding.
@@ -138,7 +141,7 @@ def paged_step(
         gathered = jax.vmap(lambda arena, rows: arena[rows])(embeddings, jnp.maximum(embedding_slots, 0))
         embeds = jnp.where((embedding_slots >= 0)[:, :, None], gathered.astype(embeds.dtype), embeds)
     attend = PagedAttend(metadata, impl=impl, mesh=getattr(kv_sharding, "mesh", None))
-    hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages)
+    hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages, rope_positions)
     if kv_sharding is not None:
         pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
     # A step of T tokens holds at most T sequences: only the first min(T, B) rows of each replica can be
@@ -158,16 +161,17 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
     """``paged_step`` for one model, jitted with the backend's ``compiler_options``.
 
     Call it as ``program(state_leaves, kv_pages, input_ids, metadata, logits_indices[, embeddings,
-    embedding_slots], greedy=...)``, ``state_leaves`` being ``jax.tree.flatten(state)[0]`` for
+    embedding_slots][, rope_positions=...], greedy=...)``, ``state_leaves`` being ``jax.tree.flatten(state)[0]`` for
     ``state_def``; ``kv_pages`` are donated. Returns ``(logits [R * B, V], greedy tokens [R * B],
     new kv_pages)``: each row's greedy token (``first_argmax``, as the sampler's) is computed in the
     step, so a step whose requests are all plain greedy needs no sampler call; ``greedy=False``
     (a step returning every token's logits) returns an empty ``[0]`` instead. One program per model
     and settings (cached), so memory planning and the runner lower the same one.
     """
-    def run(state_leaves, kv_pages, *args, greedy: bool = True):
+    def run(state_leaves, kv_pages, *args, greedy: bool = True, **extras):
         state = jax.tree.unflatten(state_def, state_leaves)
-        logits, pages = paged_step.__wrapped__(graphdef, state, kv_pages, *args, impl=impl, kv_sharding=kv_sharding)
+        logits, pages = paged_step.__wrapped__(graphdef, state, kv_pages, *args, impl=impl, kv_sharding=kv_sharding,
+                                               **extras)
         tokens = first_argmax(logits) if greedy else jnp.zeros((0,), jnp.int32)
         return logits, tokens, pages
 

@@ -1,0 +1,76 @@
+"""Shared fixtures of the Qwen-VL tests: tiny checkpoints written by transformers, the reference model, images.
+
+Checkpoints are made once per process (``checkpoint``), in the Hub layout unless
+asked otherwise; the pixel budget is raised to ``200 * factor**2`` (the smallest
+budget under which ``largest_image_size`` bounds every image's tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+import mmjax
+from mmjax.testing.qwen_checkpoints import make_tiny_qwen2_5_vl_checkpoint
+
+#: Qwen2.5-VL's resize factor (14-px patches, 2x2 merge).
+FACTOR = 28
+MAX_PIXELS = 200 * FACTOR * FACTOR
+_ROOT = tempfile.mkdtemp(prefix="mmjax-qwen-")
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint(name: str = "hub", **overrides) -> str:
+    """A tiny Qwen2.5-VL checkpoint: ``"hub"``, ``"save_pretrained"`` (the layout), ``"tied"``."""
+    layout = "save_pretrained" if name == "save_pretrained" else "hub"
+    extra = {"tie_word_embeddings": True} if name == "tied" else {}
+    path = os.path.join(_ROOT, name + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())))
+    return make_tiny_qwen2_5_vl_checkpoint(path, layout=layout, max_pixels=MAX_PIXELS, **extra, **overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def loaded(name: str = "hub", images: int = 3) -> mmjax.LLM:
+    return mmjax.load(checkpoint(name), limit_mm_per_prompt={"image": images})
+
+
+@functools.lru_cache(maxsize=None)
+def reference(name: str = "hub"):
+    """transformers' model and image processor for the checkpoint (the numerical reference)."""
+    import torch
+    from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint(name), dtype=torch.float32).eval()
+    return model, AutoImageProcessor.from_pretrained(checkpoint(name))
+
+
+def picture(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A random RGB image of ``height x width``."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def chat(text: str, images: int = 0) -> str:
+    """A Qwen chat-format user turn with ``images`` image slots before ``text``, and the assistant's start."""
+    return f"<|im_start|>user\n{IMAGE * images}{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def reference_inputs(llm: mmjax.LLM, prompt, name: str = "hub") -> dict:
+    """transformers' forward inputs for ``prompt``: mmjax's token ids, the reference image processor's pixels."""
+    import torch
+
+    model, processor = reference(name)
+    ids = torch.tensor(np.asarray(llm.process(prompt).token_ids))[None].long()
+    inputs = {"input_ids": ids, "mm_token_type_ids": (ids == model.config.image_token_id).int()}
+    images = prompt.get("multi_modal_data", {}).get("image") if isinstance(prompt, dict) else None
+    if images is not None:
+        pixels = processor(images=images if isinstance(images, list) else [images], return_tensors="pt")
+        inputs.update(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
+    return inputs
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
