@@ -35,7 +35,7 @@ class Qwen3VLConfig:
 
     @property
     def num_deepstack(self) -> int:
-        """``K``: DeepStack features per placeholder token (added after decoder layers ``0 .. K - 1``)."""
+        """DeepStack features per placeholder token (added after decoder layers ``0 .. num_deepstack - 1``)."""
         return len(self.vision.deepstack_visual_indexes)
 
     @classmethod

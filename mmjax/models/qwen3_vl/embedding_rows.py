@@ -1,12 +1,15 @@
 """Qwen3-VL's placeholder rows: each placeholder token's embedding and DeepStack features in one row.
 
 ``Qwen3VLForConditionalGeneration.multimodal_embeddings`` returns one row per
-placeholder token, ``[M, (1 + K) * D]``: the merged embedding, then the features
-added after decoder layers ``0 .. K - 1`` (``K = len(deepstack_visual_indexes)``),
-so ``row.reshape(1 + K, D)[0]`` is the token's input embedding and
-``row.reshape(1 + K, D)[1 + k]`` what layer ``k`` adds. One row per token keeps the
-engine's embedding arena (rows of width ``(1 + K) * D``, gathered by
-``embedding_slots``) and a prefill chunk that ends inside an image working unchanged.
+placeholder token, ``[M, (1 + n) * D]``: the merged embedding, then the features
+added after decoder layers ``0 .. n - 1`` (``n = len(deepstack_visual_indexes)``,
+``Qwen3VLConfig.num_deepstack``), so ``row.reshape(1 + n, D)[0]`` is the token's
+input embedding and ``row.reshape(1 + n, D)[1 + k]`` what layer ``k`` adds. One row
+per token keeps the engine's embedding arena (rows of width ``(1 + n) * D``, gathered
+by ``embedding_slots``) and a prefill chunk that ends inside an image working unchanged.
+
+Shape words: ``rows`` a request's ``M`` placeholder rows or an arena's ``U``,
+``row_width`` ``(1 + n) * D``.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ def placeholder_rows(input_ids: Int[ArrayLike, "B T"], placeholder_ids: tuple[in
 
 
 def merge_rows(
-    embeds: Float[Array, "B T D"], rows: Float[Array, "R N W"], index: Int[Array, "B T"]
+    embeds: Float[Array, "B T D"], rows: Float[Array, "R rows row_width"], index: Int[Array, "B T"]
 ) -> tuple[Float[Array, "B T D"], DeepStack]:
     """The token embeddings with each row's embedding at the tokens ``index`` names, and the rows' DeepStack.
 
-    ``rows``: ``[R, N, (1 + K) * D]``, ``R == 1`` (every sequence reads the same rows: the dense forward)
+    ``rows``: ``[R, rows, (1 + n) * D]``, ``R == 1`` (every sequence reads the same rows: the dense forward)
     or ``R == B`` (one arena per engine replica, ``index`` its ``embedding_slots``).
     """
     width = embeds.shape[-1]
-    stacked = rows.reshape(*rows.shape[:2], rows.shape[-1] // width, width)  # R N 1+K D
+    stacked = rows.reshape(*rows.shape[:2], rows.shape[-1] // width, width)  # R rows 1+n D
     merged = gather_rows(stacked[:, :, 0], index).astype(embeds.dtype)
     return jnp.where((index >= 0)[..., None], merged, embeds), DeepStack(rows=stacked[:, :, 1:], index=index)

@@ -6,15 +6,16 @@ a host-computed layout (``vision_layout``), so it compiles once per bucket. The
 decoder turns each token by three positions (temporal, height, width; interleaved
 frequencies), which ``get_mrope_input_positions`` computes per prompt on the host,
 RMS-normalises each query and key head, and adds each placeholder token's
-DeepStack features to its hidden state after each of its first ``K`` layers.
+DeepStack features to its hidden state after each of its first ``n`` layers
+(``n = Qwen3VLConfig.num_deepstack``, one per ``deepstack_visual_indexes`` entry).
 
 The placeholder-row contract (what the engine's embedding arena will hold):
-``multimodal_embeddings(**mm_kwargs)`` returns ``[M, (1 + K) * D]``, one row per
+``multimodal_embeddings(**mm_kwargs)`` returns ``[M, (1 + n) * D]``, one row per
 placeholder token in placeholder order (rows past the items' are zeros, the
-bucket's padding); a row is ``concat(embedding, deepstack_0, ..., deepstack_{K-1})``,
+bucket's padding); a row is ``concat(embedding, deepstack_0, ..., deepstack_{n-1})``,
 each ``[D]``, ``deepstack_k`` being what decoder layer ``k`` adds
 (``embedding_rows.merge_rows`` splits it). A forward that gathers rows from an arena
-passes ``rows [R, U, (1 + K) * D]`` and the per-token row index (``embedding_slots``,
+passes ``rows [R, U, (1 + n) * D]`` and the per-token row index (``embedding_slots``,
 ``-1``: a text token) to ``merge_rows`` and the decoder's ``deepstack=``; the dense
 ``__call__`` does the same with the request's rows and ``placeholder_rows``.
 """
@@ -75,8 +76,8 @@ class Qwen3VLForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiM
         valid: Bool[Array, "P"],
         pos_indices: Int[Array, "P 4"],
         pos_weights: Float[Array, "P 4"],
-    ) -> Float[Array, "merged (1+K)*D"]:
-        """Each placeholder token's row ``concat(embedding, deepstack_0, ..., deepstack_{K-1})``, in
+    ) -> Float[Array, "merged row_width"]:
+        """Each placeholder token's row ``concat(embedding, deepstack_0, ..., deepstack_{n-1})``, ``(1 + n) * D``, in
         placeholder order; rows past the items' placeholders are zeros (the bucket's padding)."""
         layout = VisionLayout(rotary_ids=rotary_ids, frame_segments=frame_segments, valid=valid,
                               pos_indices=pos_indices, pos_weights=pos_weights)
