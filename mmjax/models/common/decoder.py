@@ -3,10 +3,11 @@
 RMSNorm, rotary embeddings, grouped-query attention and a SwiGLU MLP, as in
 transformers' ``LlamaModel``/``MistralModel``; Qwen3's per-head q/k RMSNorm
 (``DecoderConfig.qk_norm``) and DeepStack features added after the first
-layers (``hidden_states(..., deepstack=)``) are options, off by default. The attention computation is a
-seam (``mmjax.models.common.attend.Attend``) so a paged KV cache can replace it:
-each layer takes its own cache and returns its new one, and ``hidden_states``
-returns every layer's new cache beside the hidden states.
+layers (``hidden_states(..., deepstack=)``) are options, off by default.
+
+The attention computation is a seam (``mmjax.models.common.attend.Attend``) so a
+paged KV cache can replace it: each layer takes its own cache and returns its new
+one, and ``hidden_states`` returns every layer's new cache beside the hidden states.
 """
 
 from __future__ import annotations
