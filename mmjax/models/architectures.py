@@ -17,12 +17,14 @@ from mmjax.models.common.family import ModelFamily
 from mmjax.models.llava import LLAVA
 from mmjax.models.llava_next import LLAVA_NEXT
 from mmjax.models.qwen2_5_vl import QWEN2_5_VL
+from mmjax.models.qwen3_vl import QWEN3_VL
 from mmjax.registry.model_registry import ModelRegistry
 
 ARCHITECTURES: Mapping[str, ModelFamily] = MappingProxyType({
     "LlavaForConditionalGeneration": LLAVA,
     "LlavaNextForConditionalGeneration": LLAVA_NEXT,
     "Qwen2_5_VLForConditionalGeneration": QWEN2_5_VL,
+    "Qwen3VLForConditionalGeneration": QWEN3_VL,
 })
 
 for _name, _family in ARCHITECTURES.items():

@@ -1,10 +1,13 @@
-"""Llama-family decoder (Llama, Vicuna, Mistral, Qwen2): the language model of the VLMs.
+"""Llama-family decoder (Llama, Vicuna, Mistral, Qwen2, Qwen3): the language model of the VLMs.
 
 RMSNorm, rotary embeddings, grouped-query attention and a SwiGLU MLP, as in
-transformers' ``LlamaModel``/``MistralModel``. The attention computation is a
-seam (``mmjax.models.common.attend.Attend``) so a paged KV cache can replace it:
-each layer takes its own cache and returns its new one, and ``hidden_states``
-returns every layer's new cache beside the hidden states.
+transformers' ``LlamaModel``/``MistralModel``; Qwen3's per-head q/k RMSNorm
+(``DecoderConfig.qk_norm``) and DeepStack features added after the first
+layers (``hidden_states(..., deepstack=)``) are options, off by default.
+
+The attention computation is a seam (``mmjax.models.common.attend.Attend``) so a
+paged KV cache can replace it: each layer takes its own cache and returns its new
+one, and ``hidden_states`` returns every layer's new cache beside the hidden states.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from flax import nnx
 
 from mmjax.models.common.attend import Attend, dense_attend
 from mmjax.models.common.decoder_config import DecoderConfig
+from mmjax.models.common.deepstack import DeepStack
 from mmjax.models.common.layers import ACTIVATIONS, RMSNorm
 from mmjax.models.common.rotary import apply_rope, rope_frequency_axes, rope_inv_freq
 from mmjax.types import Array, Float, Int
@@ -34,6 +38,9 @@ class LlamaAttention(nnx.Module):
         self.k_proj = lin(d, cfg.num_kv_heads * h, use_bias=qkv_bias)
         self.v_proj = lin(d, cfg.num_kv_heads * h, use_bias=qkv_bias)
         self.o_proj = lin(cfg.num_heads * h, d, use_bias=cfg.attention_bias)
+        if cfg.qk_norm:
+            norm = functools.partial(RMSNorm, h, eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+            self.q_norm, self.k_norm = norm(), norm()
 
     def __call__(
         self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], attend: Attend, cache: Any,
@@ -44,8 +51,11 @@ class LlamaAttention(nnx.Module):
         inv_freq = rope_inv_freq(self.config)  # trace-time constants, not parameters
         axes = rope_frequency_axes(self.config)
         angle_positions = positions if rope_positions is None else rope_positions
-        q = apply_rope(heads(self.q_proj(x), self.num_heads), angle_positions, inv_freq, axes)
-        k = apply_rope(heads(self.k_proj(x), self.num_kv_heads), angle_positions, inv_freq, axes)
+        q, k = heads(self.q_proj(x), self.num_heads), heads(self.k_proj(x), self.num_kv_heads)
+        if self.config.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, angle_positions, inv_freq, axes)
+        k = apply_rope(k, angle_positions, inv_freq, axes)
         v = heads(self.v_proj(x), self.num_kv_heads)
         out, cache = attend(q, k, v, positions, cache)
         return self.o_proj(out.reshape(*out.shape[:2], -1)), cache
@@ -117,6 +127,8 @@ class LlamaForCausalLM(nnx.Module):
         attend: Attend | None = None,
         caches: Sequence[Any] | None = None,
         rope_positions: Int[Array, "B P T"] | None = None,
+        *,
+        deepstack: DeepStack | None = None,
     ) -> tuple[Float[Array, "B T D"], tuple[Any, ...]]:
         """Run the decoder layers and the final norm.
 
@@ -126,6 +138,8 @@ class LlamaForCausalLM(nnx.Module):
           caches: one cache per layer for ``attend`` (e.g. each layer's ``KVPages``);
             None: no cache (``None`` for every layer).
           rope_positions: the rotary positions when they are not ``positions`` (M-RoPE: ``P = 3``).
+          deepstack: features added to the hidden states after each of the first ``deepstack.num_layers``
+            layers (Qwen3-VL); None: none.
 
         Returns:
           ``(hidden states, every layer's new cache)``.
@@ -134,9 +148,13 @@ class LlamaForCausalLM(nnx.Module):
         caches = (None,) * len(self.layers) if caches is None else tuple(caches)
         if len(caches) != len(self.layers):
             raise ValueError(f"got {len(caches)} layer caches for a decoder of {len(self.layers)} layers")
+        if deepstack is not None and deepstack.num_layers > len(self.layers):
+            raise ValueError(f"DeepStack features for {deepstack.num_layers} layers, a decoder of {len(self.layers)}")
         x, new_caches = inputs_embeds, []
-        for layer, cache in zip(self.layers, caches):
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             x, cache = layer(x, positions, attend, cache, rope_positions)
+            if deepstack is not None and i < deepstack.num_layers:
+                x = deepstack.add(x, i)
             new_caches.append(cache)
         return self.norm(x), tuple(new_caches)
 

@@ -11,9 +11,11 @@ import dataclasses
 
 from mmjax.models.common.layers import check_activation
 
-_SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen2_5_vl_text")
+_SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen2_5_vl_text", "qwen3_vl_text")
 #: Qwen2's attention has biases on q, k and v (not on o), whatever ``attention_bias`` says.
 _QKV_BIAS_MODELS = ("qwen2", "qwen2_5_vl_text")
+#: Qwen3's attention RMS-normalises each query and key head before the rotary embedding.
+_QK_NORM_MODELS = ("qwen3_vl_text",)
 #: rope_type -> the rope_parameters keys it reads (besides rope_type, rope_theta).
 _ROPE_KEYS = {
     "default": (),
@@ -31,7 +33,9 @@ class DecoderConfig:
     multimodal rotary embedding): how many of the ``H/2`` rotary frequencies read
     the temporal, height and width position; empty for one position per token.
     ``mrope_interleaved``: the frequencies take the three positions in turn
-    (Qwen3-VL) instead of in three blocks (Qwen2.5-VL).
+    (Qwen3-VL) instead of in three blocks (Qwen2.5-VL). ``qk_norm``: an RMSNorm
+    over each query and key head (weights ``[head_dim]``) before the rotary
+    embedding (Qwen3).
     """
 
     vocab_size: int
@@ -53,6 +57,7 @@ class DecoderConfig:
     sliding_window: int | None = None
     mrope_section: tuple[int, ...] = ()
     mrope_interleaved: bool = False
+    qk_norm: bool = False
 
     @property
     def rope_position_axes(self) -> int:
@@ -88,6 +93,7 @@ class DecoderConfig:
             sliding_window=_sliding_window(hf),
             mrope_section=mrope[0],
             mrope_interleaved=mrope[1],
+            qk_norm=hf.model_type in _QK_NORM_MODELS,
         )
 
 

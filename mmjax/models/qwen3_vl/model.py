@@ -1,0 +1,122 @@
+"""Qwen3-VL: a vision tower with DeepStack mergers -> a Qwen3 decoder with interleaved M-RoPE.
+
+Mirrors transformers' ``Qwen3VLForConditionalGeneration`` (images; video to come).
+The vision tower runs on a request's items packed into a bucket of patch rows with
+a host-computed layout (``vision_layout``), so it compiles once per bucket. The
+decoder turns each token by three positions (temporal, height, width; interleaved
+frequencies), which ``get_mrope_input_positions`` computes per prompt on the host,
+RMS-normalises each query and key head, and adds each placeholder token's
+DeepStack features to its hidden state after each of its first ``n`` layers
+(``n = Qwen3VLConfig.num_deepstack``, one per ``deepstack_visual_indexes`` entry).
+
+The placeholder-row contract (what the engine's embedding arena will hold):
+``multimodal_embeddings(**mm_kwargs)`` returns ``[M, (1 + n) * D]``, one row per
+placeholder token in placeholder order (rows past the items' are zeros, the
+bucket's padding); a row is ``concat(embedding, deepstack_0, ..., deepstack_{n-1})``,
+each ``[D]``, ``deepstack_k`` being what decoder layer ``k`` adds
+(``embedding_rows.merge_rows`` splits it). A forward that gathers rows from an arena
+passes ``rows [R, U, (1 + n) * D]`` and the per-token row index (``embedding_slots``,
+``-1``: a text token) to ``merge_rows`` and the decoder's ``deepstack=``; the dense
+``__call__`` does the same with the request's rows and ``placeholder_rows``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.models.common.attend import Attend
+from mmjax.models.common.decoder import LlamaForCausalLM
+from mmjax.models.common.interface import DecoderMethods
+from mmjax.models.qwen3_vl import hooks
+from mmjax.models.qwen3_vl.config import Qwen3VLConfig
+from mmjax.models.qwen3_vl.embedding_rows import merge_rows, placeholder_rows
+from mmjax.models.qwen3_vl.vision import Qwen3VisionModel
+from mmjax.models.qwen3_vl.vision_layout import VisionLayout
+from mmjax.registry import (
+    INPUT_REGISTRY, MULTIMODAL_REGISTRY, DecoderOnlyInputs, InputContext, SupportsMRoPE, SupportsMultiModal,
+)  # fmt: skip
+from mmjax.types import Array, Bool, Float, Int
+
+#: The mapped inputs of a request's items (``hooks.map_images``): the packed patches and their layout.
+VISION_INPUTS = ("pixel_values", "rotary_ids", "frame_segments", "valid", "pos_indices", "pos_weights")
+
+
+@MULTIMODAL_REGISTRY.register_image_input_mapper(hooks.map_images)
+@MULTIMODAL_REGISTRY.register_max_image_tokens(hooks.max_image_tokens)
+@INPUT_REGISTRY.register_dummy_data(hooks.dummy_data)
+@INPUT_REGISTRY.register_input_processor(hooks.input_processor)
+class Qwen3VLForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiModal, SupportsMRoPE):
+    """Qwen3-VL: ``(input_ids, positions, rope_positions, packed patches + layout) -> logits``."""
+
+    def __init__(self, cfg: Qwen3VLConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.visual = Qwen3VisionModel(cfg.vision, param_dtype=param_dtype, rngs=rngs)
+        self.language_model = LlamaForCausalLM(cfg.text, param_dtype=param_dtype, rngs=rngs)
+
+    @staticmethod
+    def encoder_input_variants(ctx: InputContext, mm_registry=None) -> list:
+        """One zero input per patch bucket: every shape the tower is called with (``mm_registry`` unused)."""
+        return hooks.encoder_input_variants(ctx)
+
+    @classmethod
+    def get_mrope_input_positions(cls, ctx: InputContext, inputs: DecoderOnlyInputs) -> tuple[np.ndarray, int]:
+        """The prompt's ``[3, L]`` M-RoPE positions and the offset of every later token."""
+        return hooks.mrope_input_positions(ctx, inputs)
+
+    def multimodal_embeddings(
+        self,
+        pixel_values: Float[Array, "P patch_dim"],
+        rotary_ids: Int[Array, "P 2"],
+        frame_segments: Int[Array, "P"],
+        valid: Bool[Array, "P"],
+        pos_indices: Int[Array, "P 4"],
+        pos_weights: Float[Array, "P 4"],
+    ) -> Float[Array, "merged row_width"]:
+        """Each placeholder token's row ``concat(embedding, deepstack_0, ..., deepstack_{n-1})``, ``(1 + n) * D``, in
+        placeholder order; rows past the items' placeholders are zeros (the bucket's padding)."""
+        layout = VisionLayout(rotary_ids=rotary_ids, frame_segments=frame_segments, valid=valid,
+                              pos_indices=pos_indices, pos_weights=pos_weights)
+        merged, deepstack = self.visual(pixel_values.astype(self.visual.patch_embed.proj.kernel.dtype), layout)
+        return jnp.concatenate([merged, *deepstack], axis=-1)
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        attend: Attend | None = None,
+        *,
+        rope_positions: Int[Array, "B 3 T"] | None = None,
+        **vision_inputs: Array,
+    ) -> Float[Array, "B T V"]:
+        """Float32 logits for every position.
+
+        Args:
+          positions: each token's index (``-1`` for padding): the causal mask.
+          rope_positions: the M-RoPE positions (``ProcessedPrompt.rope_positions``); None: ``positions``
+            on all three axes (a text-only prompt).
+          vision_inputs: the fields of ``VISION_INPUTS`` (what the image mapper returns), or none.
+        """
+        if rope_positions is None:
+            rope_positions = jnp.broadcast_to(positions[:, None, :], (positions.shape[0], 3, positions.shape[1]))
+        embeds, deepstack = self.language_model.embed(input_ids), None
+        if vision_inputs:
+            rows = self.multimodal_embeddings(**vision_inputs)
+            ids = (self.config.image_token_id, self.config.video_token_id)
+            embeds, deepstack = merge_rows(embeds, rows[None], placeholder_rows(input_ids, ids, rows.shape[0]))
+        hidden, _ = self.language_model.hidden_states(embeds, positions, attend, rope_positions=rope_positions,
+                                                      deepstack=deepstack)
+        return self.language_model.logits(hidden)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(
+    graphdef: nnx.GraphDef, state: nnx.State, input_ids: Int[Array, "B T"], positions: Int[Array, "B T"],
+    rope_positions: Int[Array, "B 3 T"] | None = None, **vision_inputs: Array,
+) -> Float[Array, "B T V"]:
+    """The pure, jitted forward: ``graphdef, state = nnx.split(model)`` once, then call this."""
+    return nnx.merge(graphdef, state)(input_ids, positions, rope_positions=rope_positions, **vision_inputs)
