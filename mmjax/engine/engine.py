@@ -51,7 +51,7 @@ class LLMEngine:
         self.llm = llm
         self.config = config or EngineConfig()
         enable_compilation_cache()  # before the first program compiles (MMJAX_COMPILATION_CACHE=0: off)
-        self.text_config = model_text_config(llm.graphdef, llm.state)
+        self.text_config, _ = model_text_config(llm.graphdef, llm.state)
         check_paged_support(self.text_config)
         self.max_model_len = self._max_model_len()
         placement = Placement(getattr(llm, "mesh", None), self.text_config.num_kv_heads, llm.state)

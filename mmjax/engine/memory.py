@@ -148,9 +148,10 @@ def plan_kv_cache(
 def plan_engine_memory(llm: LoadedModel, config: EngineConfig, shapes: StepShapes, placement: Placement) -> MemoryPlan:
     """Pages per replica for ``llm`` (a loaded ``mmjax.LLM``) served with ``config``, from one device's
     memory (every device holds the same share)."""
-    text = llm.model.text_config
+    model = llm.model
+    text = model.text_config
     model_axis = 1 if placement.mesh is None else placement.mesh.shape[MODEL]
-    width = text.hidden_size if shapes.embedding_rows else 0
+    width = model.embedding_width if shapes.embedding_rows else 0
     plan = plan_kv_cache(
         num_layers=text.num_layers, num_kv_heads=kv_head_layout(text.num_kv_heads, model_axis).heads_per_device,
         head_dim=text.head_dim, dtype=llm.dtype, page_size=config.page_size,
@@ -172,8 +173,9 @@ def worst_case_activation_bytes(
     llm: LoadedModel, config: EngineConfig, shapes: StepShapes, placement: Placement
 ) -> int:
     """Temporary memory of the largest step and of encoding the dummy data's items (compiled, not run)."""
-    text = llm.model.text_config
-    width = text.hidden_size if shapes.embedding_rows else 0
+    model = llm.model
+    text = model.text_config
+    width = model.embedding_width if shapes.embedding_rows else 0
     dummy = INPUT_REGISTRY.dummy_data_for_profiling(llm.model_config, config.max_num_batched_tokens)
     total = 0
     if dummy.multi_modal_data:

@@ -64,7 +64,7 @@ class ModelRunner:
         self.graphdef, self.state = graphdef, state
         self.shapes, self.placement, self.impl = shapes, placement, impl
         self.dtype = jnp.dtype(dtype)
-        self.text_config = model_text_config(graphdef, state)
+        self.text_config, row_width = model_text_config(graphdef, state)
         self._state_leaves, self._state_def = jax.tree.flatten(state)
         self._step = step_program(graphdef, self._state_def, impl=impl, kv_sharding=placement.kv_sharding)
         owned = placement.owned_replicas()
@@ -74,7 +74,7 @@ class ModelRunner:
                                                  batched=True) for r in owned}
         self.num_pages = num_pages
         self.kv_pages = self._init_pages()
-        width = self.text_config.hidden_size if shapes.embedding_rows else 0
+        width = row_width if shapes.embedding_rows else 0
         self.embedding_width = width
         self.rope_axes = getattr(self.text_config, "rope_position_axes", 1)
         self._arenas = {r: self._new_arena(r) for r in placement.owned_replicas()} if width else {}
@@ -228,12 +228,14 @@ class ModelRunner:
         return fetch(prompt_logprobs(logits, jax.device_put(next_tokens), num_logprobs=num_logprobs))
 
 
-def model_text_config(graphdef: nnx.GraphDef, state: nnx.State) -> Any:
-    """The decoder config of an ``EngineModel`` (refused, naming what is missing, if it is not one)."""
+def model_text_config(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[Any, int]:
+    """The decoder config of an ``EngineModel`` and the width of its placeholder rows (refused, naming
+    what is missing, if it is not one)."""
     model = nnx.merge(graphdef, state)
     if not isinstance(model, EngineModel):
-        missing = [m for m in ("text_config", "embed_text", "decoder_hidden_states", "logits",
-                               "multimodal_embeddings", "encoder_input_variants") if not hasattr(model, m)]
+        missing = [m for m in ("text_config", "embed_text", "embedding_width", "merge_embeddings",
+                               "decoder_hidden_states", "logits", "multimodal_embeddings", "encoder_input_variants")
+                   if not hasattr(model, m)]
         raise TypeError(f"{type(model).__name__} does not implement mmjax.models.common.interface.EngineModel: "
                         f"missing {missing} (see docs/adding_a_multimodal_model.md)")
-    return model.text_config
+    return model.text_config, model.embedding_width

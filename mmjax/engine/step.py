@@ -103,7 +103,7 @@ def paged_step(
     input_ids: Int[Array, "R T"],
     metadata: AttentionMetadata,
     logits_indices: Int[Array, "R B"],
-    embeddings: Float[Array, "R U D"] | None = None,
+    embeddings: Float[Array, "R U W"] | None = None,
     embedding_slots: Int[Array, "R T"] | None = None,
     *,
     rope_positions: Int[Array, "R P T"] | None = None,
@@ -136,12 +136,11 @@ def paged_step(
     model = nnx.merge(graphdef, state)
     if kv_sharding is None and impl in ("auto", "cpu") and jax.default_backend() == "cpu":
         send_few_row_products_to_cpu_kernel(model)
-    embeds = model.embed_text(input_ids)
+    embeds, extras = model.embed_text(input_ids), {}
     if embeddings is not None:
-        gathered = jax.vmap(lambda arena, rows: arena[rows])(embeddings, jnp.maximum(embedding_slots, 0))
-        embeds = jnp.where((embedding_slots >= 0)[:, :, None], gathered.astype(embeds.dtype), embeds)
+        embeds, extras = model.merge_embeddings(embeds, embeddings, embedding_slots)
     attend = PagedAttend(metadata, impl=impl, mesh=getattr(kv_sharding, "mesh", None))
-    hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages, rope_positions)
+    hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages, rope_positions, **extras)
     if kv_sharding is not None:
         pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
     # A step of T tokens holds at most T sequences: only the first min(T, B) rows of each replica can be

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models.common.attend import Attend
@@ -40,14 +42,27 @@ class EngineModel(Protocol):
         """Token embeddings, before any multimodal embedding is put in."""
         ...
 
+    @property
+    def embedding_width(self) -> int:
+        """The width of one row of ``multimodal_embeddings`` (the engine's arena rows)."""
+        ...
+
+    def merge_embeddings(
+        self, embeds: Float[Array, "R T D"], arena: Float[Array, "R U W"], slots: Int[Array, "R T"],
+    ) -> tuple[Float[Array, "R T D"], dict[str, Any]]:
+        """The token embeddings with each placeholder's row put in (``slots``: its arena row, -1 for text),
+        and the decoder's extra inputs those rows carry (keywords of ``decoder_hidden_states``)."""
+        ...
+
     def decoder_hidden_states(
         self, embeds: Float[Array, "R T D"], positions: Int[Array, "R T"], attend: Attend,
-        kv_pages: Sequence[KVPages], rope_positions: Int[Array, "R P T"] | None = None,
+        kv_pages: Sequence[KVPages], rope_positions: Int[Array, "R P T"] | None = None, **extras: Any,
     ) -> tuple[Float[Array, "R T D"], tuple[KVPages, ...]]:
         """The decoder layers and final norm over ``attend``; returns the hidden states and new pages.
 
         ``positions`` say where each token's K/V go; ``rope_positions``, when the family's rotary
-        embedding reads ``P > 1`` positions per token (``text_config.rope_position_axes``), its angles.
+        embedding reads ``P > 1`` positions per token (``text_config.rope_position_axes``), its angles;
+        ``extras``: what ``merge_embeddings`` returned (Qwen3-VL's DeepStack features).
         """
         ...
 
@@ -81,8 +96,18 @@ class DecoderMethods:
     def embed_text(self, input_ids: Int[Array, "R T"]) -> Float[Array, "R T D"]:
         return self.language_model.embed(input_ids)
 
-    def decoder_hidden_states(self, embeds, positions, attend, kv_pages, rope_positions=None):
-        return self.language_model.hidden_states(embeds, positions, attend, kv_pages, rope_positions)
+    @property
+    def embedding_width(self) -> int:
+        """One placeholder row is one token embedding."""
+        return self.text_config.hidden_size
+
+    def merge_embeddings(self, embeds, arena, slots):
+        """Each placeholder token takes its arena row; no extra decoder inputs."""
+        gathered = jax.vmap(lambda rows, index: rows[index])(arena, jnp.maximum(slots, 0))
+        return jnp.where((slots >= 0)[:, :, None], gathered.astype(embeds.dtype), embeds), {}
+
+    def decoder_hidden_states(self, embeds, positions, attend, kv_pages, rope_positions=None, **extras):
+        return self.language_model.hidden_states(embeds, positions, attend, kv_pages, rope_positions, **extras)
 
     def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
         return self.language_model.logits(hidden)

@@ -84,6 +84,16 @@ class Qwen3VLForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiM
         merged, deepstack = self.visual(pixel_values.astype(self.visual.patch_embed.proj.kernel.dtype), layout)
         return jnp.concatenate([merged, *deepstack], axis=-1)
 
+    @property
+    def embedding_width(self) -> int:
+        """A placeholder row holds the embedding and one feature per DeepStack layer: ``(1 + n) * D``."""
+        return (1 + self.config.num_deepstack) * self.config.text.hidden_size
+
+    def merge_embeddings(self, embeds, arena, slots):
+        """Each placeholder token takes its row's embedding; the rows' DeepStack features go to the decoder."""
+        embeds, deepstack = merge_rows(embeds, arena, slots)
+        return embeds, {"deepstack": deepstack}
+
     def __call__(
         self,
         input_ids: Int[Array, "B T"],

@@ -1,5 +1,6 @@
-"""Qwen2.5-VL through the engine: greedy output equals transformers' token for token, M-RoPE positions
-carried through chunked prefill, decode, the caches and preemption; nothing compiles after warm-up."""
+"""Qwen2.5-VL and Qwen3-VL through the engine: greedy output equals transformers' token for token, M-RoPE
+positions (and Qwen3-VL's DeepStack rows) carried through chunked prefill, decode, the caches and preemption;
+nothing compiles after warm-up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 import mmjax
 from mmjax.engine import count_compilations
-from tiny_qwen import IMAGE, chat, loaded, picture, reference, reference_inputs
+from tiny_qwen import FAMILIES, IMAGE, chat, loaded, picture, reference, reference_inputs
 
 MAX_TOKENS = 10
 PARAMS = mmjax.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -25,29 +26,34 @@ BATCH = [
 ]
 
 
-def transformers_greedy(llm: mmjax.LLM, prompt) -> list[int]:
+def transformers_greedy(llm: mmjax.LLM, prompt, family: str) -> list[int]:
     """transformers' greedy continuation (the checkpoint's repetition penalty switched off, as ours is)."""
-    model, _ = reference()
-    inputs = reference_inputs(llm, prompt)
+    model, _ = reference(family=family)
+    inputs = reference_inputs(llm, prompt, family=family)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS, do_sample=False,
                              repetition_penalty=1.0)
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def want():
-    llm = loaded()
-    return [transformers_greedy(llm, p) for p in BATCH]
+def want(family):
+    llm = loaded(family=family)
+    return [transformers_greedy(llm, p, family) for p in BATCH]
 
 
-def test_greedy_batch_equals_transformers_with_chunked_prefill(want):
-    outputs = mmjax.generate(loaded(), BATCH, PARAMS, engine_config=CONFIG, use_tqdm=False)
+def test_greedy_batch_equals_transformers_with_chunked_prefill(family, want):
+    outputs = mmjax.generate(loaded(family=family), BATCH, PARAMS, engine_config=CONFIG, use_tqdm=False)
     assert [list(o.token_ids) for o in outputs] == want
 
 
-def test_outputs_are_the_same_with_every_cache_off(want):
-    llm = loaded()
+def test_outputs_are_the_same_with_every_cache_off(family, want):
+    llm = loaded(family=family)
     off = dataclasses.replace(CONFIG, enable_prefix_caching=False)
     again = mmjax.generate(llm, BATCH, PARAMS, engine_config=off, use_tqdm=False)
     assert [list(o.token_ids) for o in again] == want
@@ -56,14 +62,15 @@ def test_outputs_are_the_same_with_every_cache_off(want):
     assert [list(o.token_ids) for o in cached] == want
 
 
-def test_preempted_requests_are_recomputed_with_their_positions(want):
+def test_preempted_requests_are_recomputed_with_their_positions(family, want):
     """A KV cache too small for the batch: requests are preempted and recomputed, their generated tokens
     then prefilled at their M-RoPE positions (index + rope delta)."""
-    longest = max(len(loaded().process(p).token_ids) for p in BATCH) + MAX_TOKENS
+    llm = loaded(family=family)
+    longest = max(len(llm.process(p).token_ids) for p in BATCH) + MAX_TOKENS
     pages = -(-longest // CONFIG.page_size) + 2  # one longest sequence fits (and the null page); three do not
-    small = dataclasses.replace(CONFIG, max_model_len=longest, kv_cache_bytes=_bytes_for_pages(loaded(), CONFIG, pages))
-    engine = loaded().engine(small)
-    outputs = mmjax.generate(loaded(), BATCH, PARAMS, engine_config=small, use_tqdm=False)
+    small = dataclasses.replace(CONFIG, max_model_len=longest, kv_cache_bytes=_bytes_for_pages(llm, CONFIG, pages))
+    engine = llm.engine(small)
+    outputs = mmjax.generate(llm, BATCH, PARAMS, engine_config=small, use_tqdm=False)
     assert engine.stats["preemptions"] > 0
     assert [list(o.token_ids) for o in outputs] == want
 
@@ -74,8 +81,8 @@ def _bytes_for_pages(llm: mmjax.LLM, config: mmjax.EngineConfig, pages: int) -> 
     return pages * per_page
 
 
-def test_nothing_compiles_after_warmup_for_new_sizes_and_mixes():
-    llm = loaded()
+def test_nothing_compiles_after_warmup_for_new_sizes_and_mixes(family):
+    llm = loaded(family=family)
     config = dataclasses.replace(CONFIG, max_num_batched_tokens=64)
     engine = llm.engine(config)
     engine.warmup(prompt_logprobs=False)
