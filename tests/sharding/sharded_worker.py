@@ -21,6 +21,7 @@ import mmjax
 from mmjax.sharding import MODEL
 from mmjax.testing.checkpoints import make_tiny_llava_checkpoint
 from mmjax.testing.next_checkpoints import make_tiny_llava_next_checkpoint
+from mmjax.testing.qwen_checkpoints import make_tiny_qwen2_5_vl_checkpoint, make_tiny_qwen3_vl_checkpoint
 
 #: Heads, MLP width and vocabulary divisible by 8; 2 KV heads: sharded on 1x2 / 4x2, replicated on 2x4 / 1x8.
 DIMS = dict(num_heads=8, num_kv_heads=2, intermediate_size=56, vocab_size=384)
@@ -257,6 +258,30 @@ def compare_training(path: str, shape: dict) -> dict:
                          zip(reference, jax.tree.leaves(mmjax.load(path).state)))}
 
 
+#: Qwen's tiny decoder has 4 heads (2 KV heads): model axes of 2 and 4 divide it.
+QWEN_MESHES = ({"data": 2, "model": 4}, {"data": 4, "model": 2})
+QWEN_ENGINE = dataclasses.replace(ENGINE, num_pages=None, kv_cache_bytes=None, max_model_len=256)
+
+
+def compare_qwen(tmp: str) -> dict:
+    """Both Qwen families on each mesh: logits and greedy tokens against one device's."""
+    v = "<|vision_start|><|image_pad|><|vision_end|>"
+    prompts = [{"prompt": f"<|im_start|>user\n{v}What is it?<|im_end|>\n<|im_start|>assistant\n",
+                "multi_modal_data": {"image": _image(7, (60, 90))}},
+               "<|im_start|>user\nWrite a poem.<|im_end|>\n<|im_start|>assistant\n",
+               {"prompt": f"{v}And this?", "multi_modal_data": {"image": _image(8, (100, 40))}},
+               "<|im_start|>user\nCount to ten.<|im_end|>\n<|im_start|>assistant\n"]
+    dims = dict(intermediate_size=88, vocab_size=512)  # divisible by 4
+    out = {}
+    for name, make, factor in (("qwen2_5_vl", make_tiny_qwen2_5_vl_checkpoint, 28),
+                               ("qwen3_vl", make_tiny_qwen3_vl_checkpoint, 32)):
+        path = make(f"{tmp}/{name}", max_pixels=200 * factor * factor, **dims)
+        out[name] = {"logits": compare(path, prompts[0], QWEN_MESHES),
+                     "generate": compare_generate(path, QWEN_MESHES, prompts, details=False,
+                                                  engine_config=QWEN_ENGINE)}
+    return out
+
+
 def main(tmp: str) -> None:
     import time
     t0 = time.perf_counter()
@@ -286,6 +311,7 @@ def main(tmp: str) -> None:
     results["caching"] = {"llava": compare_caching(llava, {"data": 2, "model": 4}, ENGINE),
                           "next": compare_caching(nxt, {"data": 2, "model": 4}, NEXT_ENGINE)}
     results["training"] = compare_training(llava, {"data": 4, "model": 2})
+    results["qwen"] = compare_qwen(tmp)
     results["t_all"] = time.perf_counter() - t0
     print("RESULTS " + json.dumps(results))
 

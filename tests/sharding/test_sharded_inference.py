@@ -17,7 +17,7 @@ WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
 @functools.cache
 def _results(tmp: str) -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, WORKER, tmp], env=env, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, WORKER, tmp], env=env, capture_output=True, text=True, timeout=1200,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
@@ -193,3 +193,20 @@ def test_data_parallel_training_equals_one_device(results):
     r = results["training"]  # 3 SGD steps, batch 8 split over data=4 (model=2), against one device
     np.testing.assert_allclose(r["losses"], r["single_losses"], rtol=1e-5)
     assert r["max_weight_diff"] <= 1e-5 and r["moved"] > 1e-4  # the same update, and a real one
+
+
+# -- Qwen-VL on a mesh (M-RoPE positions, Qwen3-VL's DeepStack rows in the replicas' arenas) ---------------
+
+
+@pytest.mark.parametrize("family, mesh", [(f, m) for f in ("qwen2_5_vl", "qwen3_vl") for m in ("2x4", "4x2")])
+def test_qwen_on_a_mesh_equals_one_device(results, family, mesh):
+    found = results["qwen"][family]
+    logits = found["logits"][mesh]
+    assert logits["mesh_devices"] == 8 and logits["split_but_replicated"] == []
+    assert logits["max_abs_diff"] <= 1e-5 * max(1.0, logits["max_abs"]), logits["max_abs_diff"]
+    assert logits["shardings"]["language_model/layers/0/self_attn/q_proj/kernel"] == "P(None, 'model')"
+    assert all(spec == "P()" for name, spec in logits["shardings"].items() if name.startswith("visual/"))
+    generated = found["generate"]
+    assert generated[mesh]["tokens"] == generated["single"]
+    assert all(len(tokens) == 6 for tokens in generated["single"])
+    assert all(n > 0 for n in generated[mesh]["tokens_per_replica"])
