@@ -17,12 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from mmjax.registry import PromptInputs
+from mmjax.engine.request import placeholder_rows
+from mmjax.registry import ProcessedPrompt, PromptInputs
 from mmjax.engine.loaded_model import LoadedModel
-
-#: The multimodal kwargs whose per-prompt arrays concatenate into a batch (items in placeholder order).
-BATCHABLE_KWARGS = frozenset({"pixel_values", "image_embeds"})
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainExample:
@@ -54,17 +51,29 @@ class TrainBatch:
       positions: i32 ``[B, T]``: 0, 1, ... for real tokens, -1 for padding.
       labels: i32 ``[B, T]``: the token at each target position (scored from the logits one
         position earlier), -1 elsewhere.
-      mm_kwargs: the model's multimodal kwargs of all prompts, items in placeholder order.
+      example_mm_kwargs: each row's multimodal kwargs (``ProcessedPrompt.mm_kwargs``; ``{}`` for a text
+        prompt or a padding row): what ``multimodal_embeddings`` takes.
+      embedding_slots: i32 ``[B, T]``: each placeholder token's row in its example's embeddings, -1 elsewhere.
+      rope_positions: i32 ``[B, P, T]``: rotary positions of a model with several per token (M-RoPE), else None.
     """
 
     input_ids: np.ndarray
     positions: np.ndarray
     labels: np.ndarray
-    mm_kwargs: dict[str, Any]
+    example_mm_kwargs: tuple[dict[str, np.ndarray], ...]
+    embedding_slots: np.ndarray
+    rope_positions: np.ndarray | None = None
 
     @property
     def num_target_tokens(self) -> int:
         return int((np.asarray(self.labels) >= 0).sum())
+
+    @property
+    def mm_kwargs(self) -> dict[str, np.ndarray]:
+        """Every row's multimodal kwargs concatenated, items in placeholder order (LLaVA's ``pixel_values``
+        of the whole batch: what transformers' forward takes)."""
+        keys = {k for kwargs in self.example_mm_kwargs for k in kwargs}
+        return {k: np.concatenate([np.asarray(kw[k]) for kw in self.example_mm_kwargs if k in kw]) for k in keys}
 
 
 def target_ids(tokenizer: Any, target: str) -> list[int]:
@@ -101,12 +110,11 @@ def collate(llm: LoadedModel, examples: Sequence[TrainExample], *, batch_size: i
     Raises:
       TypeError: an example that is not a ``TrainExample``.
       ValueError: a bad prompt or target (named by index), more examples than ``batch_size``.
-      NotImplementedError: a model whose multimodal kwargs do not concatenate over prompts.
     """
     batch_size = len(examples) if batch_size is None else batch_size
     if not examples or len(examples) > batch_size:
         raise ValueError(f"collate takes 1 to batch_size={batch_size} examples, got {len(examples)}")
-    rows, mm = [], {}
+    rows, processed_rows = [], []
     for i, example in enumerate(examples):
         if not isinstance(example, TrainExample):
             raise TypeError(f"example {i} must be a TrainExample(prompt, target), got {type(example).__name__}")
@@ -117,18 +125,16 @@ def collate(llm: LoadedModel, examples: Sequence[TrainExample], *, batch_size: i
         except (TypeError, ValueError) as err:
             raise type(err)(f"example {i}: {err}") from err
         rows.append(segments)
-        unsupported = sorted(set(processed.mm_kwargs) - BATCHABLE_KWARGS)
-        if unsupported:
-            raise NotImplementedError(f"training batches concatenate {sorted(BATCHABLE_KWARGS)} over prompts; "
-                                      f"this model's inputs also have {unsupported} (LLaVA-NeXT's tiles)")
-        for key, value in processed.mm_kwargs.items():
-            mm.setdefault(key, []).append(np.asarray(value))
+        processed_rows.append(processed)
     longest = max(sum(len(ids) for ids, _ in segments) for segments in rows)
     length = -(-longest // length_bucket) * length_bucket
     input_ids = np.zeros((batch_size, length), np.int32)
     positions = np.full((batch_size, length), -1, np.int32)
     labels = np.full((batch_size, length), -1, np.int32)
-    for b, segments in enumerate(rows):
+    slots = np.full((batch_size, length), -1, np.int32)
+    axes = {p.rope_positions.shape[0] for p in processed_rows if p.rope_positions is not None}
+    rope = np.zeros((batch_size, max(axes), length), np.int32) if axes else None
+    for b, (segments, processed) in enumerate(zip(rows, processed_rows)):
         n = 0
         for ids, scored in segments:
             input_ids[b, n:n + len(ids)] = ids
@@ -136,4 +142,19 @@ def collate(llm: LoadedModel, examples: Sequence[TrainExample], *, batch_size: i
                 labels[b, n:n + len(ids)] = ids
             n += len(ids)
         positions[b, :n] = np.arange(n)
-    return TrainBatch(input_ids, positions, labels, {k: np.concatenate(v) for k, v in mm.items()})
+        prompt_rows = placeholder_rows(processed)
+        slots[b, :len(prompt_rows)] = prompt_rows
+        if rope is not None:
+            rope[b, :, :n] = sequence_rope_positions(processed, n, rope.shape[1])
+    kwargs = tuple({k: np.asarray(v) for k, v in p.mm_kwargs.items()} for p in processed_rows)
+    kwargs += ({},) * (batch_size - len(kwargs))
+    return TrainBatch(input_ids, positions, labels, kwargs, slots, rope)
+
+
+def sequence_rope_positions(processed: ProcessedPrompt, length: int, axes: int) -> np.ndarray:
+    """``int32[axes, length]``: the prompt's rotary positions, then ``index + rope_delta`` for the tokens after it."""
+    out = np.arange(length, dtype=np.int32)[None].repeat(axes, 0) + np.int32(processed.rope_delta)
+    if processed.rope_positions is not None:
+        prompt = processed.rope_positions[:, :length]
+        out[:, :prompt.shape[1]] = prompt
+    return out

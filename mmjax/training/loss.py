@@ -25,8 +25,42 @@ def target_loss(logits: Float[Array, "B T V"], labels: Int[Array, "B T"]) -> Flo
     return -jnp.sum(jnp.where(scored, picked, 0.0)) / jnp.maximum(jnp.sum(scored), 1)
 
 
+def batch_logits(model: Any, batch: TrainBatch) -> Float[Array, "B T V"]:
+    """The model's float32 logits on ``batch`` through the engine's model interface (``EngineModel``), with
+    dense causal attention: each example's items encoded (``multimodal_embeddings``), its rows put in at its
+    placeholders (``merge_embeddings``), the decoder turned by the batch's rotary positions."""
+    embeds, extras = model.embed_text(batch.input_ids), {}
+    if any(batch.example_mm_kwargs):
+        rows = example_rows(model, batch.example_mm_kwargs)
+        embeds, extras = model.merge_embeddings(embeds, rows, batch.embedding_slots)
+    hidden, _ = model.decoder_hidden_states(embeds, batch.positions, None, None, batch.rope_positions, **extras)
+    return model.logits(hidden)
+
+
+def example_rows(model: Any, example_kwargs: tuple[dict[str, Array], ...]) -> Float[Array, "B U W"]:
+    """Each example's placeholder rows ``[B, U, W]`` (zeros past its own, and for an example without items).
+
+    Examples whose inputs have the same shapes share one encoder call (``vmap``); shapes are known
+    while tracing, so the grouping costs nothing at run time.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for b, kwargs in enumerate(example_kwargs):
+        if kwargs:
+            signature = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in kwargs.items()))
+            groups.setdefault(signature, []).append(b)
+    encoded: dict[int, Array] = {}
+    for members in groups.values():
+        stacked = {k: jnp.stack([example_kwargs[b][k] for b in members]) for k in example_kwargs[members[0]]}
+        rows = jax.vmap(lambda kwargs: model.multimodal_embeddings(**kwargs))(stacked)
+        encoded.update({b: rows[i] for i, b in enumerate(members)})
+    num_rows = max(r.shape[0] for r in encoded.values())
+    width, dtype = next(iter(encoded.values())).shape[1], next(iter(encoded.values())).dtype
+    padded = [jnp.pad(encoded[b], ((0, num_rows - encoded[b].shape[0]), (0, 0))) if b in encoded
+              else jnp.zeros((num_rows, width), dtype) for b in range(len(example_kwargs))]
+    return jnp.stack(padded)
+
+
 def batch_loss(graphdef: nnx.GraphDef, state: nnx.State, batch: TrainBatch) -> Float[Array, ""]:
     """``target_loss`` of the model ``(graphdef, state)`` on ``batch``: a pure function of ``state``."""
     model: Any = nnx.merge(graphdef, state)
-    logits = model(batch.input_ids, batch.positions, **batch.mm_kwargs)
-    return target_loss(logits, batch.labels)
+    return target_loss(batch_logits(model, batch), batch.labels)

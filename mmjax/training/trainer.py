@@ -189,5 +189,7 @@ def _place(batch: TrainBatch, mesh: Any) -> TrainBatch:
     rows = NamedSharding(mesh, PartitionSpec("data") if batch.input_ids.shape[0] % data == 0 else PartitionSpec())
     whole = NamedSharding(mesh, PartitionSpec())
     put = lambda x, s: jax.device_put(np.asarray(x), s)  # noqa: E731
-    return TrainBatch(put(batch.input_ids, rows), put(batch.positions, rows), put(batch.labels, rows),
-                      {k: put(v, whole) for k, v in batch.mm_kwargs.items()})
+    kwargs = tuple({k: put(v, whole) for k, v in example.items()} for example in batch.example_mm_kwargs)
+    rope = None if batch.rope_positions is None else put(batch.rope_positions, rows)
+    return TrainBatch(put(batch.input_ids, rows), put(batch.positions, rows), put(batch.labels, rows), kwargs,
+                      put(batch.embedding_slots, rows), rope)
