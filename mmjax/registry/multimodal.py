@@ -155,21 +155,35 @@ class MultiModalRegistry:
         plugin = self._plugins.get(data_key)
         return plugin.count_items(data) if plugin is not None else count_items(data)
 
-    def parse_mm_data(self, data: MultiModalDataDict) -> dict[str, Any]:
+    def parse_mm_data(self, data: MultiModalDataDict, model_config: ModelConfig | None = None) -> dict[str, Any]:
         """``data`` with each modality in the form its plugin hands to hooks (``MultiModalPlugin.parse_data``).
 
-        Keys no plugin handles are kept as they are (``check_mm_limits`` names them).
+        With ``model_config``, a modality the model does not take is refused first, before its data
+        is looked at; without, keys no plugin handles are kept as they are (``check_mm_limits`` names them).
 
         Raises:
           TypeError: ``data`` is not a mapping; a plugin's type checks.
+          UnknownModalityError / UnsupportedModalityError: see ``check_mm_limits`` (with ``model_config``).
           ValueError: a plugin's checks (a video of the wrong dtype or rank, ...), naming the item.
         """
         if not isinstance(data, Mapping):
             raise TypeError(
                 f"multi_modal_data must be a dict such as {{'image': image}}, got {type(data).__name__}"
             )
+        if model_config is not None:
+            for key in data:
+                self._check_modality_taken(model_config, key)
         return {key: self._plugins[key].parse_data(value) if key in self._plugins else value
                 for key, value in data.items()}
+
+    def _check_modality_taken(self, model_config: ModelConfig, key: str) -> None:
+        if key not in self._plugins:
+            raise UnknownModalityError(f"{model_config.name}: multi_modal_data has {key!r}, but no plugin "
+                                       f"handles it; known modalities: {sorted(self._plugins)}")
+        if not self.takes_modality(model_config, key):
+            raise UnsupportedModalityError(
+                f"no input mapper for {key!r} is registered for {model_config.name}: the model takes no "
+                f"{key} input, but multi_modal_data has {key!r}")
 
     def check_mm_limits(
         self, model_config: ModelConfig, data: MultiModalDataDict, mm_processor_kwargs: Mapping[str, Any] | None = None
@@ -192,13 +206,7 @@ class MultiModalRegistry:
             )
         limits = self.get_mm_limits_per_prompt(model_config)
         for key, value in data.items():
-            if key not in self._plugins:
-                raise UnknownModalityError(f"{model_config.name}: multi_modal_data has {key!r}, but no plugin "
-                                           f"handles it; known modalities: {sorted(self._plugins)}")
-            if not self.takes_modality(model_config, key):
-                raise UnsupportedModalityError(
-                    f"no input mapper for {key!r} is registered for {model_config.name}: the model takes no "
-                    f"{key} input, but multi_modal_data has {key!r}")
+            self._check_modality_taken(model_config, key)
             count, limit = self._plugins[key].count_items(value), limits[key]
             if count > limit:
                 disabled = " (the modality is disabled)" if limit == 0 else ""
@@ -222,7 +230,7 @@ class MultiModalRegistry:
           ValueError / UnknownModalityError / TypeError: see ``parse_mm_data``, ``check_mm_limits`` and
             ``MultiModalPlugin.map_input``; also when two modalities produce the same kwarg.
         """
-        data = self.parse_mm_data(data)
+        data = self.parse_mm_data(data, model_config)
         self.check_mm_limits(model_config, data, mm_processor_kwargs)
         self.warn_unaccepted_kwargs(model_config, mm_processor_kwargs)
         merged: dict[str, Any] = {}

@@ -133,7 +133,15 @@ def _stack_pil_frames(frames: list[Image.Image], where: str) -> np.ndarray:
                              f"{first[0]}x{first[1]}; all frames of a video must have one size")
     if 0 in first:
         raise ValueError(f"{where} has frames of size {first[0]}x{first[1]}; expected at least 1x1")
-    return np.stack([np.asarray(f if f.mode == "RGB" else f.convert("RGB")) for f in frames])
+    return np.stack([_rgb(frame, i, where) for i, frame in enumerate(frames)])
+
+
+def _rgb(frame: Image.Image, index: int, where: str) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` of one PIL frame (decoded here if opened lazily)."""
+    try:
+        return np.asarray(frame if frame.mode == "RGB" else frame.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{where}: frame {index} (mode {frame.mode}) could not be decoded as RGB: {err}") from err
 
 
 def _metadata(metadata: Mapping[str, Any], where: str) -> Mapping[str, float]:

@@ -151,6 +151,7 @@ def test_a_model_that_takes_no_video_refuses_one_clearly(model_config):
     message = (r"no input mapper for 'video' is registered for ToyVLM .*: the model takes no video input, but "
                r"multi_modal_data has 'video'")
     for call in (lambda: process_prompt(model_config, prompt(video())),
+                 lambda: process_prompt(model_config, prompt("not even a video")),  # refused before it is read
                  lambda: MULTIMODAL_REGISTRY.map_input(model_config, {"video": video()})):
         with pytest.raises(UnsupportedModalityError, match=message) as info:
             call()
