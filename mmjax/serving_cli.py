@@ -15,7 +15,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", help="the name clients pass as model (default: the directory's)")
     parser.add_argument("--limit-mm-per-prompt", type=_limits, default={"image": 1},
-                        help='most items per prompt, e.g. "image=2" (default: image=1)')
+                        help='most items per prompt, e.g. "image=2,video=1" (default: image=1, 1 of the others)')
     parser.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     parser.add_argument("--max-num-seqs", type=int, help="most requests in one step (default: backend-sized)")
     parser.add_argument("--max-num-batched-tokens", type=int, help="most tokens in one step (default: backend-sized)")
@@ -48,6 +48,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="most bytes of one image")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                         help="most pixels of one image, read from its header before decoding")
+    parser.add_argument("--max-video-bytes", type=int, default=64 * 2**20, help="most bytes of one encoded video")
+    parser.add_argument("--max-video-frames", type=int, default=768,
+                        help="most frames of one video (video_url parts: read from the container's header before "
+                             "decoding, and counted while decoding; default 768)")
+    parser.add_argument("--max-video-pixels", type=int, default=2**27,
+                        help="most frames x width x height of one video, checked as --max-video-frames is "
+                             "(default 2**27: 400 MiB of RGB frames)")
     parser.add_argument("--max-request-bytes", type=int, default=32 * 2**20, help="most bytes of one request body")
     parser.add_argument("--max-num-queued-requests", type=int, default=256,
                         help="requests admitted beyond those the engine runs at once (--max-num-seqs); past it, "
@@ -84,8 +91,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from mmjax.serving.server import default_model_name, serve
 
     model = resolve_model(args.model)
+    # The registry checks the same video ceilings model-wide (a request may only lower them).
+    video_ceilings = {"max_video_frames": args.max_video_frames, "max_video_pixels": args.max_video_pixels}
     llm = mmjax.load(model, dtype=args.dtype, limit_mm_per_prompt=args.limit_mm_per_prompt,
-                     max_model_len=args.max_model_len, mesh=args.mesh, mm_processor_cache_gb=args.mm_processor_cache_gb)
+                     max_model_len=args.max_model_len, mesh=args.mesh, mm_processor_cache_gb=args.mm_processor_cache_gb,
+                     mm_processor_kwargs=video_ceilings)
     engine_fields = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
                      "kv_cache_bytes": args.kv_cache_bytes, "enable_prefix_caching": args.enable_prefix_caching,
                      "encoder_cache_tokens": args.encoder_cache_tokens}
@@ -99,7 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
                         allow_url_fetch=args.allow_url_fetch, allowed_media_domains=args.allowed_media_domains,
                         allow_private_addresses=args.allow_private_media_addresses,
                         max_redirects=args.max_media_redirects, max_fetches_in_flight=args.max_concurrent_media_fetches,
-                        **formats)
+                        max_video_bytes=args.max_video_bytes, **video_ceilings, **formats)
     model_name = args.served_model_name or default_model_name(args.model or "mmjax-demo-shapes-llava")
     config = ServerConfig(model_name=model_name,
                           chat_template=args.chat_template, media=media, max_request_bytes=args.max_request_bytes,

@@ -35,12 +35,16 @@ from mmjax.registry.multimodal import (
     MULTIMODAL_REGISTRY,
     MultiModalRegistry,
     UnknownModalityError,
+    UnsupportedModalityError,
 )
 from mmjax.registry.pipeline import ProcessedPrompt, process_prompt
 from mmjax.registry.positions import SupportsMRoPE, supports_mrope
 from mmjax.registry.plugin import MultiModalPlugin
 from mmjax.registry.processor_cache import ProcessorCache
 from mmjax.registry.prompts import DecoderOnlyInputs, PromptInputs, TextPrompt, TokensPrompt
+from mmjax.registry.video import VideoPlugin
+from mmjax.registry.video_items import VideoItem, video_items
+from mmjax.registry.video_limits import VideoCeilings
 
 __all__ = [
     "AudioPlugin",
@@ -70,6 +74,10 @@ __all__ = [
     "TextPrompt",
     "TokensPrompt",
     "UnknownModalityError",
+    "UnsupportedModalityError",
+    "VideoCeilings",
+    "VideoItem",
+    "VideoPlugin",
     "hash_item",
     "hooks_of",
     "item_key",
@@ -78,4 +86,5 @@ __all__ = [
     "resolve_model_class",
     "supports_mrope",
     "supports_multimodal",
+    "video_items",
 ]

@@ -1,7 +1,8 @@
 """Content hashes of multimodal items: the keys under which pure mappers' results can be cached.
 
 An item's hash depends only on what the model would see — a PIL image's mode, size, palette
-and pixels; an array's dtype, shape and values; an audio clip's samples and rate — never on
+and pixels; an array's dtype, shape and values; an audio clip's samples and rate; a video's
+frames and frame rate — never on
 the Python object, the file it came from or the process: the same content gives the same
 hash in any process on any machine. BLAKE3 (256 bits, as vLLM uses) over a length-prefixed,
 tagged encoding, so no two different items share an encoding.
@@ -10,11 +11,14 @@ tagged encoding, so no two different items share an encoding.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import blake3
 import numpy as np
 from PIL import Image
+
+from mmjax.registry.video_items import as_video_item
 
 
 def hash_item(item: Any) -> str:
@@ -22,10 +26,14 @@ def hash_item(item: Any) -> str:
 
     Args:
       item: a PIL image (decoded here if opened lazily), a numpy or JAX array (e.g. precomputed
-        embeddings), or an audio clip ``(samples, sample_rate)``.
+        embeddings or a video's frames), an audio clip ``(samples, sample_rate)``, or a video with
+        its metadata ``(frames, {"fps": ...})`` (a ``VideoItem``) or as a list of PIL frames. A
+        video hashes by its uint8 frames and its fps (none given and ``{}`` hash alike), whatever
+        form it came in; a bare frames array hashes as an array.
 
     Raises:
       TypeError: an item of any other type.
+      ValueError: a video that is not uint8 ``[F, H, W, 3]`` (see ``video_items.as_video_item``).
     """
     hasher = blake3.blake3()
     _feed(hasher, item)
@@ -41,6 +49,12 @@ def _feed(hasher: Any, item: Any) -> None:
         _field(hasher, struct.pack("<QQ", item.width, item.height))
         _field(hasher, b"" if palette is None else bytes(palette))
         _field(hasher, item.tobytes())
+    elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping) \
+            or isinstance(item, list) and item and all(isinstance(f, Image.Image) for f in item):
+        video = as_video_item(item)
+        _field(hasher, b"video")
+        _field(hasher, b"" if video.fps is None else struct.pack("<d", video.fps))
+        _feed(hasher, video.frames)
     elif isinstance(item, tuple) and len(item) == 2 and np.isscalar(item[1]):
         _field(hasher, b"audio")
         _field(hasher, struct.pack("<d", float(item[1])))
@@ -55,7 +69,8 @@ def _feed(hasher: Any, item: Any) -> None:
         _field(hasher, array.reshape(-1).view(np.uint8).data)
     else:
         raise TypeError(f"cannot hash a multimodal item of type {type(item).__name__}: expected a PIL image, "
-                        f"an array, or an audio clip (samples, sample_rate)")
+                        f"an array, or an audio clip (samples, sample_rate); or a video, (frames, {{'fps': ...}}) "
+                        f"or a list of PIL frames")
 
 
 def _field(hasher: Any, data: bytes | memoryview) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from mmjax.registry.config import InputContext, ModelConfig
 from mmjax.registry.hooks import hooks_of, with_hook
 from mmjax.registry.inputs import PlaceholderRange
-from mmjax.registry.multimodal import MULTIMODAL_REGISTRY, MultiModalRegistry, count_items
+from mmjax.registry.multimodal import MULTIMODAL_REGISTRY, MultiModalRegistry
 from mmjax.registry.processor_kwargs import merge_kwargs, select_kwargs
 from mmjax.registry.prompts import DecoderOnlyInputs
 
@@ -108,7 +108,7 @@ class InputRegistry:
             if limit == 0 or max_tokens[key] == 0:
                 continue
             items = dummy.multi_modal_data.get(key)
-            found = 0 if items is None else count_items(items)
+            found = 0 if items is None else mm_registry.count_items(key, items)
             if found < limit:
                 raise ValueError(f"{model_config.name}: expected at least {limit} dummy {key!r} items for "
                                  f"profiling (the limit per prompt), but the dummy data has {found}")
@@ -150,11 +150,11 @@ class InputRegistry:
     ) -> None:
         max_tokens = mm_registry.get_max_tokens_per_item_by_modality(model_config, processed.mm_processor_kwargs)
         for key, items in processed.multi_modal_data.items():
-            ranges = processed.multi_modal_placeholders.get(key)
+            ranges, num_items = processed.multi_modal_placeholders.get(key), mm_registry.count_items(key, items)
             if ranges is None:
                 raise ValueError(f"the input processor of {model_config.name} recorded no placeholders "
-                                 f"for the {count_items(items)} {key} item(s) of the prompt")
-            _check_placeholders(model_config, key, ranges, count_items(items),
+                                 f"for the {num_items} {key} item(s) of the prompt")
+            _check_placeholders(model_config, key, ranges, num_items,
                                 max_tokens.get(key, 0), len(processed.prompt_token_ids))
         extra = sorted(set(processed.multi_modal_placeholders) - set(processed.multi_modal_data))
         if extra:

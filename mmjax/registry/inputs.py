@@ -30,10 +30,13 @@ class MultiModalDataBuiltins(TypedDict, total=False):
     Attributes:
       image: a PIL image, or a list of them.
       audio: ``(waveform f32[samples], sample_rate)``, or a list of such pairs.
+      video: uint8 frames ``[F, H, W, 3]`` or a list of PIL images (one video), either optionally
+        as ``(frames, {"fps": float})``; or a list of such videos (see ``registry.video_items``).
     """
 
     image: Union[Image.Image, list[Image.Image]]
     audio: Union[tuple[np.ndarray, Union[int, float]], list[tuple[np.ndarray, Union[int, float]]]]
+    video: Union[np.ndarray, list[Image.Image], tuple[Any, Mapping[str, Any]], list[Any]]
 
 
 #: A prompt's ``multi_modal_data``: the builtins, or any modality a plugin handles.

@@ -20,6 +20,7 @@ from mmjax.registry.image import ImagePlugin
 from mmjax.registry.inputs import MultiModalDataDict, MultiModalInputs
 from mmjax.registry.hooks import hooks_of
 from mmjax.registry.plugin import InputMapper, MaxTokens, MultiModalPlugin
+from mmjax.registry.video import VideoPlugin
 from mmjax.registry.processor_kwargs import (
     Keywords,
     accepted_keywords,
@@ -40,11 +41,22 @@ class UnknownModalityError(KeyError, ValueError):
         return str(self.args[0])
 
 
-DEFAULT_PLUGINS: tuple[MultiModalPlugin, ...] = (ImagePlugin(), AudioPlugin())
+class UnsupportedModalityError(KeyError, ValueError):
+    """``multi_modal_data`` holds a modality the model takes no input of (it registered no mapper for it).
+
+    A ``KeyError`` (as ``MultiModalPlugin.map_input`` raises for a missing mapper) and a ``ValueError``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+DEFAULT_PLUGINS: tuple[MultiModalPlugin, ...] = (ImagePlugin(), AudioPlugin(), VideoPlugin())
 
 
 def count_items(data: object) -> int:
-    """How many items one modality's data holds: a list's length, else 1."""
+    """How many items one modality's data holds: a list's length, else 1 (a plugin may count its own
+    way: ``MultiModalRegistry.count_items``)."""
     return len(data) if isinstance(data, list) else 1
 
 
@@ -134,13 +146,59 @@ class MultiModalRegistry:
                 )
         return MappingProxyType({key: configured.get(key, 1) for key in self._plugins})
 
-    def check_mm_limits(self, model_config: ModelConfig, data: MultiModalDataDict) -> None:
-        """Raise if ``data`` has more items of a modality than the model allows per prompt.
+    def takes_modality(self, model_config: ModelConfig, data_key: str) -> bool:
+        """Whether the model registered an input mapper for ``data_key`` (i.e. takes that input at all)."""
+        return data_key in hooks_of(model_config.model_cls).input_mappers
+
+    def count_items(self, data_key: str, data: object) -> int:
+        """How many items ``data`` of modality ``data_key`` holds (a video's list of frames is one item)."""
+        plugin = self._plugins.get(data_key)
+        return plugin.count_items(data) if plugin is not None else count_items(data)
+
+    def parse_mm_data(self, data: MultiModalDataDict, model_config: ModelConfig | None = None) -> dict[str, Any]:
+        """``data`` with each modality in the form its plugin hands to hooks (``MultiModalPlugin.parse_data``).
+
+        With ``model_config``, a modality the model does not take is refused first, before its data
+        is looked at; without, keys no plugin handles are kept as they are (``check_mm_limits`` names them).
+
+        Raises:
+          TypeError: ``data`` is not a mapping; a plugin's type checks.
+          UnknownModalityError / UnsupportedModalityError: see ``check_mm_limits`` (with ``model_config``).
+          ValueError: a plugin's checks (a video of the wrong dtype or rank, ...), naming the item.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"multi_modal_data must be a dict such as {{'image': image}}, got {type(data).__name__}"
+            )
+        if model_config is not None:
+            for key in data:
+                self._check_modality_taken(model_config, key)
+        return {key: self._plugins[key].parse_data(value) if key in self._plugins else value
+                for key, value in data.items()}
+
+    def _check_modality_taken(self, model_config: ModelConfig, key: str) -> None:
+        if key not in self._plugins:
+            raise UnknownModalityError(f"{model_config.name}: multi_modal_data has {key!r}, but no plugin "
+                                       f"handles it; known modalities: {sorted(self._plugins)}")
+        if not self.takes_modality(model_config, key):
+            raise UnsupportedModalityError(
+                f"no input mapper for {key!r} is registered for {model_config.name}: the model takes no "
+                f"{key} input, but multi_modal_data has {key!r}")
+
+    def check_mm_limits(
+        self, model_config: ModelConfig, data: MultiModalDataDict, mm_processor_kwargs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise if ``data`` holds a modality the model does not take, more items of a modality than the
+        model allows per prompt, or an item beyond the ceilings of its plugin.
+
+        ``mm_processor_kwargs``: the request's own (they may lower a plugin's ceilings, e.g. ``max_video_frames``).
 
         Raises:
           TypeError: ``data`` is not a mapping.
           UnknownModalityError: a key names a modality no plugin handles.
-          ValueError: too many items (the message names the modality, the limit and the count).
+          KeyError (also a ValueError): the model registered no input mapper for a modality of ``data``.
+          ValueError: too many items (the message names the modality, the limit and the count); an item
+            beyond a ceiling.
         """
         if not isinstance(data, Mapping):
             raise TypeError(
@@ -148,16 +206,15 @@ class MultiModalRegistry:
             )
         limits = self.get_mm_limits_per_prompt(model_config)
         for key, value in data.items():
-            if key not in self._plugins:
-                raise UnknownModalityError(f"{model_config.name}: multi_modal_data has {key!r}, but no plugin "
-                                           f"handles it; known modalities: {sorted(self._plugins)}")
-            count, limit = count_items(value), limits[key]
+            self._check_modality_taken(model_config, key)
+            count, limit = self._plugins[key].count_items(value), limits[key]
             if count > limit:
                 disabled = " (the modality is disabled)" if limit == 0 else ""
                 raise ValueError(
                     f"{model_config.name}: a prompt may carry at most {limit} {key} item(s){disabled}, "
                     f"but {count} were given; raise limit_mm_per_prompt[{key!r}] to allow more"
                 )
+            self._plugins[key].check_data(model_config, value, mm_processor_kwargs)
 
     # -- lookups -------------------------------------------------------------------
 
@@ -170,10 +227,11 @@ class MultiModalRegistry:
         """Map every modality in ``data`` to model kwargs through the model's mappers.
 
         Raises:
-          ValueError / UnknownModalityError / TypeError: see ``check_mm_limits`` and
+          ValueError / UnknownModalityError / TypeError: see ``parse_mm_data``, ``check_mm_limits`` and
             ``MultiModalPlugin.map_input``; also when two modalities produce the same kwarg.
         """
-        self.check_mm_limits(model_config, data)
+        data = self.parse_mm_data(data, model_config)
+        self.check_mm_limits(model_config, data, mm_processor_kwargs)
         self.warn_unaccepted_kwargs(model_config, mm_processor_kwargs)
         merged: dict[str, Any] = {}
         for key, value in data.items():

@@ -7,6 +7,7 @@ it, so a text prompt and the same prompt as token ids give identical results.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,8 +83,8 @@ def process_prompt(
         with the registered max tokens, or an id naming no cached item while the prompt
         gives no data for it — each naming what was wrong.
     """
-    parsed = parse_prompt(prompt)
-    mm_registry.check_mm_limits(model_config, parsed.multi_modal_data)
+    parsed = parse_prompt(prompt, functools.partial(mm_registry.parse_mm_data, model_config=model_config))
+    mm_registry.check_mm_limits(model_config, parsed.multi_modal_data, parsed.mm_processor_kwargs)
     mm_data, mm_keys = _resolve_items(model_config, parsed, processor_cache)
     token_ids = parsed.token_ids if parsed.token_ids is not None else tokenize(model_config, parsed.text, tokenizer)
     _check_vocab(model_config, token_ids)

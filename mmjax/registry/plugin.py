@@ -49,6 +49,30 @@ class MultiModalPlugin(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.get_data_key()!r})"
 
+    # -- the data: its form, how many items, what a model may be sent ---------------
+
+    def parse_data(self, data: object) -> object:
+        """``data`` in the form hooks receive: one item, or a list of several (here: unchanged).
+
+        A plugin whose items may themselves be lists (a video as a list of frames) checks and
+        rewrites its data here, so that everywhere else a list means several items.
+        """
+        return data
+
+    def count_items(self, data: object) -> int:
+        """How many items ``data`` holds: a list's length, else 1."""
+        return len(data) if isinstance(data, list) else 1
+
+    def check_data(
+        self, model_config: ModelConfig, data: object, mm_processor_kwargs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Refuse data beyond the model's ceilings, before any mapping (here: nothing to check).
+
+        Args:
+          data: as ``parse_data`` returns it.
+          mm_processor_kwargs: the request's own (they may lower a ceiling, never raise it).
+        """
+
     # -- registration: decorators returning the class with new frozen hooks --------
 
     def register_input_mapper(self, mapper: InputMapper | None = None) -> Callable[[type], type]:
@@ -94,6 +118,7 @@ class MultiModalPlugin(abc.ABC):
         Raises:
           KeyError: the model registered no input mapper for this modality.
           TypeError: the mapper does not support the type of ``data``.
+          ValueError: ``data`` fails the plugin's checks (``parse_data``, ``check_data``).
         """
         key = self.get_data_key()
         mapper = hooks_of(model_config.model_cls).input_mappers.get(key)
@@ -101,6 +126,8 @@ class MultiModalPlugin(abc.ABC):
             raise KeyError(f"no input mapper for {key!r} is registered for {model_config.name}")
         if mapper is DEFAULT:
             mapper = self._default_input_mapper
+        data = self.parse_data(data)
+        self.check_data(model_config, data, mm_processor_kwargs)
         merged = merge_kwargs(model_config.mm_processor_kwargs, mm_processor_kwargs)
         kwargs = select_kwargs(merged, mapper, skip=2)  # mapper(ctx, data, **kwargs)
         outputs = mapper(InputContext(model_config), data, **kwargs)
@@ -132,7 +159,7 @@ class MultiModalPlugin(abc.ABC):
         """The ``mm_processor_kwargs`` keys this modality's hooks of the model accept (None: any)."""
         hooks = hooks_of(model_config.model_cls)
         mapper, max_tokens = hooks.input_mappers.get(self.get_data_key()), hooks.max_mm_tokens.get(self.get_data_key())
-        sets: list[Keywords] = []
+        sets: list[Keywords] = [self._plugin_keywords()]
         if mapper is DEFAULT:
             sets.append(self._default_mapper_keywords(InputContext(model_config)))
         elif mapper is not None:
@@ -140,6 +167,10 @@ class MultiModalPlugin(abc.ABC):
         if callable(max_tokens) and max_tokens is not DEFAULT:
             sets.append(accepted_keywords(max_tokens, 1))
         return union_keywords(sets)
+
+    def _plugin_keywords(self) -> frozenset[str]:
+        """The ``mm_processor_kwargs`` the plugin reads itself (e.g. ceilings), for every model."""
+        return frozenset()
 
     def _default_mapper_keywords(self, ctx: InputContext) -> Keywords:
         """The keywords the default mapper accepts; subclasses narrow it down."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NotRequired, TypedDict, Union
 
@@ -114,8 +114,13 @@ def _check_text(text: str) -> str:
     return text
 
 
-def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
+def parse_prompt(
+    prompt: PromptInputs, parse_mm_data: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+) -> ParsedPrompt:
     """Check the shape of a user prompt and take it apart.
+
+    ``parse_mm_data``: brings ``multi_modal_data`` to the form hooks receive before its items are
+    counted (``MultiModalRegistry.parse_mm_data``: one video given as a list of frames is one item).
 
     Raises:
       TypeError: not a str or a dict; wrong value types.
@@ -145,6 +150,8 @@ def parse_prompt(prompt: PromptInputs) -> ParsedPrompt:
         if not isinstance(value, Mapping):
             raise TypeError(f"'{name}' must be a dict, got {type(value).__name__}")
     token_ids = _as_token_ids(prompt["prompt_token_ids"], "prompt_token_ids") if has_ids else None
+    if parse_mm_data is not None and mm_data:
+        mm_data = parse_mm_data(mm_data)
     uuids = _parse_uuids(prompt.get("multi_modal_uuids") or {}, mm_data)
     salt = prompt.get("cache_salt")
     if salt is not None and (not isinstance(salt, str) or not salt):

@@ -11,7 +11,8 @@ from mmjax.engine.sampling_params import SamplingParams
 from mmjax.registry import ProcessedPrompt, PromptInputs
 from mmjax.serving.chat_template import find_chat_template, render_chat
 from mmjax.serving.media import MediaLimits, load_image_url
-from mmjax.serving.messages import ImageRef, parse_messages
+from mmjax.serving.messages import ImageRef, ParsedChat, VideoRef, parse_messages
+from mmjax.serving.video_decode import load_video_url
 from mmjax.engine.loaded_model import LoadedModel
 
 
@@ -25,9 +26,35 @@ def image_placeholder(llm: LoadedModel) -> str:
     return llm.tokenizer.convert_ids_to_tokens(int(token_id))
 
 
+def video_placeholder(llm: LoadedModel) -> str:
+    """The text of the model's video placeholder token (``"<|video_pad|>"`` for Qwen-VL), or "" if it names none."""
+    config = llm.hf_config
+    token_id = getattr(config, "video_token_id", None)
+    token_id = getattr(config, "video_token_index", None) if token_id is None else token_id
+    return "" if token_id is None else llm.tokenizer.convert_ids_to_tokens(int(token_id))
+
+
 def image_limit(llm: LoadedModel) -> int:
     """Most images one prompt may hold (``limit_mm_per_prompt["image"]``)."""
     return int(llm.mm_registry.init_mm_limits_per_prompt(llm.model_config).get("image", 0))
+
+
+def check_media_counts(llm: LoadedModel, parsed: ParsedChat) -> None:
+    """Refuse, before anything is fetched, more images or videos than the model takes per prompt, or a
+    video for a model that takes none (``ValueError`` naming the part)."""
+    limit = image_limit(llm)
+    if len(parsed.images) > limit:
+        raise ValueError(f"the messages hold {len(parsed.images)} images; this model takes at most {limit} per "
+                         f"prompt (limit_mm_per_prompt={{'image': {limit}}})")
+    if not parsed.videos:
+        return
+    if not llm.mm_registry.takes_modality(llm.model_config, "video"):
+        raise ValueError(f"{parsed.videos[0].where}: this model takes no video input (no video input mapper is "
+                         f"registered for {llm.model_config.model_cls.__name__}); send images or text")
+    limit = int(llm.mm_registry.init_mm_limits_per_prompt(llm.model_config).get("video", 0))
+    if len(parsed.videos) > limit:
+        raise ValueError(f"the messages hold {len(parsed.videos)} videos; this model takes at most {limit} per "
+                         f"prompt (limit_mm_per_prompt={{'video': {limit}}})")
 
 
 def chat_template_of(llm: LoadedModel, override: str | None = None) -> str:
@@ -45,42 +72,50 @@ def chat_prompt(
     media: MediaLimits | None = None,
     tokenizer: Any = None,
 ) -> PromptInputs:
-    """The prompt (text or token ids, with its images) that ``messages`` make under the chat template.
+    """The prompt (text or token ids, with its images and videos) that ``messages`` make under the chat template.
 
-    Images given by URL are loaded here (``media``: the limits on fetching and size). Tokenized
-    the way transformers' processors tokenize a chat: a rendered prompt that starts with the
-    BOS text gets no second BOS.
+    Images and videos given by URL are loaded here (``media``: the limits on fetching, size, frames
+    and pixels; a video is decoded with PyAV, ``mmjax[video]``). Tokenized the way transformers'
+    processors tokenize a chat: a rendered prompt that starts with the BOS text gets no second BOS.
 
     Raises:
-      ValueError: bad messages (named by message and part), more images than the model's
-        limit, an image that cannot be loaded (``MediaError``), no chat template.
+      ValueError: bad messages (named by message and part), more images or videos than the model's
+        limit, a video for a model that takes none, an image or video that cannot be loaded
+        (``MediaError``), no chat template.
     """
     tokenizer = llm.tokenizer if tokenizer is None else tokenizer
     parsed = parse_messages(messages)
-    limit = image_limit(llm)
-    if len(parsed.images) > limit:
-        raise ValueError(f"the messages hold {len(parsed.images)} images; this model takes at most {limit} per "
-                         f"prompt (limit_mm_per_prompt={{'image': {limit}}})")
+    check_media_counts(llm, parsed)
     template = chat_template_of(llm, chat_template)
     placeholder = image_placeholder(llm) if parsed.images else ""
     text = render_chat(tokenizer, template, parsed.conversation, placeholder=placeholder,
+                       video_placeholder=video_placeholder(llm) if parsed.videos else "",
                        add_generation_prompt=add_generation_prompt and not continue_final_message,
                        continue_final_message=continue_final_message)
-    images = load_images(parsed.images, media or MediaLimits())
+    media = media or MediaLimits()
+    images, videos = load_images(parsed.images, media), load_videos(parsed.videos, media)
     prompt: dict[str, Any]
     bos = tokenizer.bos_token
     if bos and text.startswith(bos):
         prompt = {"prompt_token_ids": list(tokenizer(text, add_special_tokens=False).input_ids)}
     else:
         prompt = {"prompt": text}
-    if images:
-        prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+    mm_data = {key: items if len(items) > 1 else items[0] for key, items in (("image", images), ("video", videos))
+               if items}
+    if mm_data:
+        prompt["multi_modal_data"] = mm_data
     return prompt
 
 
 def load_images(refs: Sequence[ImageRef], media: MediaLimits) -> list[Any]:
     """The images of a conversation, URLs loaded within ``media``'s limits."""
     return [r.source if not isinstance(r.source, str) else load_image_url(r.source, media, r.where) for r in refs]
+
+
+def load_videos(refs: Sequence[VideoRef], media: MediaLimits) -> list[Any]:
+    """The videos of a conversation, URLs fetched and decoded within ``media``'s limits, as
+    ``(frames, {"fps": ...})`` (frames given directly are passed on as they are)."""
+    return [r.source if not isinstance(r.source, str) else load_video_url(r.source, media, r.where) for r in refs]
 
 
 def chat(

@@ -95,24 +95,35 @@ def content_format(template: str, tokenizer: Any) -> ContentFormat:
 
 
 def render_chat(tokenizer: Any, template: str, conversation: Sequence[dict], *, placeholder: str,
-                add_generation_prompt: bool = True, continue_final_message: bool = False) -> str:
+                add_generation_prompt: bool = True, continue_final_message: bool = False,
+                video_placeholder: str = "") -> str:
     """The prompt text of ``conversation`` under ``template``.
 
     Args:
-      conversation: ``[{"role": ..., "content": [{"type": "text", "text": ...} | {"type": "image"}, ...]}]``.
+      conversation: ``[{"role": ..., "content": [{"type": "text", "text": ...} | {"type": "image"}
+        | {"type": "video"}, ...]}]``.
       placeholder: the model's image placeholder text (e.g. ``"<image>"``); only a ``"string"``-format
         template needs it: each image part becomes one placeholder line before the message's text.
+      video_placeholder: the same for video parts (after the images' lines).
+
+    Raises:
+      ValueError: a ``"string"``-format template, a video part and no ``video_placeholder``.
     """
     if content_format(template, tokenizer) == "string":
-        conversation = [{**m, "content": _as_string(m["content"], placeholder)} for m in conversation]
+        if not video_placeholder and any(p["type"] == "video" for m in conversation for p in m["content"]):
+            raise ValueError("the chat template reads each message as one string, and the model names no video "
+                             "token (video_token_id) to stand for a video in it")
+        conversation = [{**m, "content": _as_string(m["content"], placeholder, video_placeholder)}
+                        for m in conversation]
     return _render(tokenizer, template, conversation, add_generation_prompt=add_generation_prompt,
                    continue_final_message=continue_final_message)
 
 
-def _as_string(parts: Sequence[dict], placeholder: str) -> str:
+def _as_string(parts: Sequence[dict], placeholder: str, video_placeholder: str = "") -> str:
     images = sum(p["type"] == "image" for p in parts)
+    videos = sum(p["type"] == "video" for p in parts)
     text = "\n".join(p["text"] for p in parts if p["type"] == "text")
-    return f"{placeholder}\n" * images + text
+    return f"{placeholder}\n" * images + f"{video_placeholder}\n" * videos + text
 
 
 def _render(tokenizer: Any, template: str, conversation: Sequence[dict], **kwargs: Any) -> str:

@@ -1,4 +1,4 @@
-"""Fetching an ``http(s)`` image so that a client cannot point the server inward or hold it up.
+"""Fetching an ``http(s)`` image (or video) so that a client cannot point the server inward or hold it up.
 
 Each hop (the URL, then every redirect, at most ``max_redirects``) is parsed by httpx2, must be
 ``http(s)`` and on an allowed domain, is resolved once, and every address it resolves to must be
@@ -19,13 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpcore2
 import httpx2
 
 from mmjax.serving.addresses import IPAddress, host_allowed, non_public_reason, resolve
-from mmjax.serving.media_limits import MediaBusy, MediaError, MediaLimits
+from mmjax.serving.media_limits import MediaBusy, MediaError, MediaKind, MediaLimits
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,38 @@ def fetch_image_bytes(url: str, limits: MediaLimits, where: str) -> bytes:
       MediaError: URL fetching is off, a hop is refused, the deadline passed, the answer is not
         a 200, is malformed, or is too large.
     """
+    return fetch_media_bytes(url, limits, where, "image")
+
+
+def fetch_media_bytes(url: str, limits: MediaLimits, where: str, kind: MediaKind) -> bytes:
+    """``fetch_image_bytes`` for an image or a video (``kind``: its byte cap, its name in errors).
+
+    Images and videos share the fetch slots (``max_fetches_in_flight``) and the deadline.
+    """
     if not limits.allow_url_fetch:
-        raise MediaError(f"{where}: this server does not fetch http(s) image URLs; send the image as a "
-                         "data:image/...;base64 URL")
+        raise MediaError(f"{where}: this server does not fetch http(s) {kind} URLs; send the {kind} as a "
+                         f"data:{kind}/...;base64 URL")
     deadline = time.monotonic() + limits.fetch_timeout_s
     slots = _fetch_slots(limits.max_fetches_in_flight)
     if not slots.acquire(timeout=limits.fetch_timeout_s):
-        raise MediaBusy(f"{where}: the server is fetching as many images as it allows at once; try again shortly")
+        raise MediaBusy(f"{where}: the server is fetching as many {kind}s as it allows at once; try again shortly")
     try:
-        return _follow(_parse(url, where), limits, deadline, where)
+        return _follow(_parse(url, where, kind), _Fetch(limits, deadline, where, kind))
     finally:
         slots.release()
+
+
+class _Fetch(NamedTuple):
+    """What every hop of one fetch needs."""
+
+    limits: MediaLimits
+    deadline: float
+    where: str
+    kind: MediaKind
+
+    @property
+    def max_bytes(self) -> int:
+        return self.limits.max_bytes(self.kind)
 
 
 @functools.cache
@@ -58,30 +79,31 @@ def _fetch_slots(cap: int) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(cap)
 
 
-def _parse(url: str, where: str) -> httpx2.URL:
+def _parse(url: str, where: str, kind: MediaKind = "image") -> httpx2.URL:
     try:
         parsed = httpx2.URL(url)
     except (httpx2.InvalidURL, ValueError, UnicodeError):
-        raise MediaError(f"{where}: the image URL is not a valid URL") from None
+        raise MediaError(f"{where}: the {kind} URL is not a valid URL") from None
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-        raise MediaError(f"{where}: only http(s) image URLs with a host are fetched")
+        raise MediaError(f"{where}: only http(s) {kind} URLs with a host are fetched")
     return parsed
 
 
-def _follow(url: httpx2.URL, limits: MediaLimits, deadline: float, where: str) -> bytes:
+def _follow(url: httpx2.URL, fetch: _Fetch) -> bytes:
+    limits, where, kind = fetch.limits, fetch.where, fetch.kind
     for hop in range(limits.max_redirects + 1):
-        address = _checked_address(url, limits, where, "a redirect" if hop else "the image URL")
-        status, location, body = _get(url, address, limits, deadline, where)
+        address = _checked_address(url, limits, where, "a redirect" if hop else f"the {kind} URL")
+        status, location, body = _get(url, address, fetch)
         if status in _REDIRECTS and location is not None:
             try:
-                url = _parse(str(url.join(location)), where)
+                url = _parse(str(url.join(location)), where, kind)
             except MediaError:
-                raise MediaError(f"{where}: the image URL redirects to a URL that is not http(s)") from None
+                raise MediaError(f"{where}: the {kind} URL redirects to a URL that is not http(s)") from None
             continue
         if status != 200:
-            raise MediaError(f"{where}: the image URL answered HTTP {status}")
+            raise MediaError(f"{where}: the {kind} URL answered HTTP {status}")
         return body
-    raise MediaError(f"{where}: the image URL redirects more than {limits.max_redirects} times")
+    raise MediaError(f"{where}: the {kind} URL redirects more than {limits.max_redirects} times")
 
 
 def _checked_address(url: httpx2.URL, limits: MediaLimits, where: str, what: str) -> IPAddress:
@@ -101,14 +123,14 @@ def _checked_address(url: httpx2.URL, limits: MediaLimits, where: str, what: str
     return addresses[0]
 
 
-def _get(url: httpx2.URL, address: IPAddress, limits: MediaLimits, deadline: float,
-         where: str) -> tuple[int, str | None, bytes]:
+def _get(url: httpx2.URL, address: IPAddress, fetch: _Fetch) -> tuple[int, str | None, bytes]:
     """One GET to ``address``: (status, Location header, body of a 200) or MediaError."""
+    limits, where, kind = fetch.limits, fetch.where, fetch.kind
     request = httpcore2.Request("GET", httpcore2.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
                                                      target=url.raw_path),
                                 headers=[(b"Host", url.netloc), (b"User-Agent", b"mmjax"),
-                                         (b"Accept", b"image/*"), (b"Accept-Encoding", b"identity")])
-    backend = _PinnedBackend(str(address), deadline)
+                                         (b"Accept", f"{kind}/*".encode()), (b"Accept-Encoding", b"identity")])
+    backend = _PinnedBackend(str(address), fetch.deadline)
     try:
         with httpcore2.ConnectionPool(network_backend=backend, max_connections=1, retries=0,
                                       ssl_context=httpx2.create_ssl_context(trust_env=False)) as pool:
@@ -116,16 +138,16 @@ def _get(url: httpx2.URL, address: IPAddress, limits: MediaLimits, deadline: flo
                 location = _header(response.headers, b"location")
                 if response.status != 200:
                     return response.status, location, b""
-                return 200, None, _read_body(response, limits, where)
+                return 200, None, _read_body(response, fetch)
     except MediaError:
         raise
     except httpcore2.TimeoutException:
-        raise MediaError(f"{where}: the image URL did not arrive within {limits.fetch_timeout_s} s") from None
+        raise MediaError(f"{where}: the {kind} URL did not arrive within {limits.fetch_timeout_s} s") from None
     except httpcore2.RemoteProtocolError:
-        raise MediaError(f"{where}: the image URL's server sent a malformed HTTP response") from None
+        raise MediaError(f"{where}: the {kind} URL's server sent a malformed HTTP response") from None
     except (httpcore2.NetworkError, httpcore2.ProtocolError, OSError) as err:
-        log.info("image fetch failed: %s: %s", type(err).__name__, err)
-        raise MediaError(f"{where}: could not fetch the image URL") from None
+        log.info("%s fetch failed: %s: %s", kind, type(err).__name__, err)
+        raise MediaError(f"{where}: could not fetch the {kind} URL") from None
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -135,17 +157,18 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
-def _read_body(response: Any, limits: MediaLimits, where: str) -> bytes:
+def _read_body(response: Any, fetch: _Fetch) -> bytes:
+    where, kind, cap = fetch.where, fetch.kind, fetch.max_bytes
     declared = _header(response.headers, b"content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limits.max_image_bytes:
-        raise MediaError(f"{where}: the image URL's image is {int(declared)} bytes; the server allows at most "
-                         f"{limits.max_image_bytes} per image")
+    if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+        raise MediaError(f"{where}: the {kind} URL's {kind} is {int(declared)} bytes; the server allows at most "
+                         f"{cap} per {kind}")
     chunks, size = [], 0
     for chunk in response.iter_stream():
         size += len(chunk)
-        if size > limits.max_image_bytes:
-            raise MediaError(f"{where}: the image URL's image is larger than the {limits.max_image_bytes} bytes "
-                             "the server allows per image")
+        if size > cap:
+            raise MediaError(f"{where}: the {kind} URL's {kind} is larger than the {cap} bytes "
+                             f"the server allows per {kind}")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -1,5 +1,5 @@
-"""Images named by URL in chat messages: ``data:`` base64, ``http(s)`` fetched within limits (see
-``mmjax.serving.fetch``), local files only under a directory the operator allows.
+"""Images (and the bytes of videos) named by URL in chat messages: ``data:`` base64, ``http(s)`` fetched
+within limits (see ``mmjax.serving.fetch``), local files only under a directory the operator allows.
 
 Every failure is a ``MediaError`` (a ``ValueError``) that says which image and what was wrong,
 raised before the image reaches the model; its text never holds a server path or a Python repr.
@@ -18,10 +18,11 @@ import urllib.parse
 
 from PIL import Image
 
-from mmjax.serving.fetch import fetch_image_bytes
-from mmjax.serving.media_limits import DEFAULT_IMAGE_FORMATS, MediaBusy, MediaError, MediaLimits
+from mmjax.serving.fetch import fetch_media_bytes
+from mmjax.serving.media_limits import DEFAULT_IMAGE_FORMATS, MediaBusy, MediaError, MediaKind, MediaLimits
 
-__all__ = ["DEFAULT_IMAGE_FORMATS", "MediaBusy", "MediaError", "MediaLimits", "decode_image", "load_image_url"]
+__all__ = ["DEFAULT_IMAGE_FORMATS", "MediaBusy", "MediaError", "MediaLimits", "decode_image", "load_image_url",
+           "load_url_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,27 @@ def load_image_url(url: str, limits: MediaLimits, where: str = "the image") -> I
         outside ``allowed_local_media_path`` or not a regular file, bytes that do not decode as
         an image of an allowed format, too many pixels.
     """
+    return decode_image(load_url_bytes(url, limits, where, "image"), limits, where)
+
+
+def load_url_bytes(url: str, limits: MediaLimits, where: str, kind: MediaKind) -> bytes:
+    """The encoded bytes behind an image or video URL (``data:``, ``http(s)://``, ``file://``), at most
+    ``limits.max_bytes(kind)``.
+
+    Raises:
+      MediaError: as ``load_image_url``, before anything is decoded.
+    """
     if not isinstance(url, str) or not url:
-        raise MediaError(f"{where}: image_url.url must be a non-empty string")
+        raise MediaError(f"{where}: {kind}_url.url must be a non-empty string")
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
-        data = _data_url_bytes(url, limits, where)
-    elif scheme in ("http", "https"):
-        data = fetch_image_bytes(url, limits, where)
-    elif scheme == "file":
-        data = _local_file(url, limits, where)
-    else:
-        raise MediaError(f"{where}: unsupported image URL scheme; expected a data:image/...;base64 URL, "
-                         "an http(s) URL, or a file:// URL (with --allowed-local-media-path)")
-    return decode_image(data, limits, where)
+        return _data_url_bytes(url, limits, where, kind)
+    if scheme in ("http", "https"):
+        return fetch_media_bytes(url, limits, where, kind)
+    if scheme == "file":
+        return _local_file(url, limits, where, kind)
+    raise MediaError(f"{where}: unsupported {kind} URL scheme; expected a data:{kind}/...;base64 URL, "
+                     "an http(s) URL, or a file:// URL (with --allowed-local-media-path)")
 
 
 def decode_image(data: bytes, limits: MediaLimits, where: str = "the image") -> Image.Image:
@@ -73,28 +82,32 @@ def decode_image(data: bytes, limits: MediaLimits, where: str = "the image") -> 
         raise MediaError(f"{where} does not decode as an image ({len(data)} bytes)") from None
 
 
-def _data_url_bytes(url: str, limits: MediaLimits, where: str) -> bytes:
+_DATA_URL_EXAMPLE = {"image": "data:image/png;base64,<data>", "video": "data:video/mp4;base64,<data>"}
+
+
+def _data_url_bytes(url: str, limits: MediaLimits, where: str, kind: MediaKind) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep or not header.lower().endswith(";base64"):
-        raise MediaError(f"{where}: a data URL must look like data:image/png;base64,<data>")
+        raise MediaError(f"{where}: a data URL must look like {_DATA_URL_EXAMPLE[kind]}")
     mime = header[5:-7].lower()
-    if mime and not mime.startswith("image/"):
-        raise MediaError(f"{where}: the data URL's type is {mime[:40]!r}; expected image/*")
-    if len(payload) * 3 // 4 > limits.max_image_bytes:
+    if mime and not mime.startswith(f"{kind}/"):
+        raise MediaError(f"{where}: the data URL's type is {mime[:40]!r}; expected {kind}/*")
+    cap = limits.max_bytes(kind)
+    if len(payload) * 3 // 4 > cap:
         raise MediaError(f"{where}: the data URL holds about {len(payload) * 3 // 4} bytes; the server allows "
-                         f"at most {limits.max_image_bytes} per image")
+                         f"at most {cap} per {kind}")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise MediaError(f"{where}: the data URL is not valid base64") from None
 
 
-def _local_file(url: str, limits: MediaLimits, where: str) -> bytes:
-    """A regular file under the allowed directory, read to at most ``max_image_bytes`` (never a FIFO,
-    a device or a directory: opened non-blocking and checked before a byte is read)."""
+def _local_file(url: str, limits: MediaLimits, where: str, kind: MediaKind) -> bytes:
+    """A regular file under the allowed directory, read to at most ``limits.max_bytes(kind)`` (never a
+    FIFO, a device or a directory: opened non-blocking and checked before a byte is read)."""
     if limits.allowed_local_media_path is None:
         raise MediaError(f"{where}: file:// URLs are refused; the server must be started with "
-                         "--allowed-local-media-path DIR to read images under DIR")
+                         f"--allowed-local-media-path DIR to read {kind}s under DIR")
     try:
         path = os.path.realpath(urllib.parse.unquote(urllib.parse.urlparse(url).path, errors="strict"))
     except (ValueError, UnicodeError):
@@ -111,15 +124,15 @@ def _local_file(url: str, limits: MediaLimits, where: str) -> bytes:
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise MediaError(f"{where}: the file:// URL does not name a regular file")
+    cap = limits.max_bytes(kind)
     with os.fdopen(fd, "rb", buffering=0) as f:
-        if info.st_size > limits.max_image_bytes:
-            raise MediaError(f"{where}: the file is {info.st_size} bytes; the server allows at most "
-                             f"{limits.max_image_bytes}")
+        if info.st_size > cap:
+            raise MediaError(f"{where}: the file is {info.st_size} bytes; the server allows at most {cap}")
         chunks, size = [], 0
-        while size <= limits.max_image_bytes and (chunk := f.read(limits.max_image_bytes + 1 - size)):
+        while size <= cap and (chunk := f.read(cap + 1 - size)):
             chunks.append(chunk)
             size += len(chunk)
     data = b"".join(chunks)
-    if len(data) > limits.max_image_bytes:  # it grew since fstat
-        raise MediaError(f"{where}: the file is larger than the {limits.max_image_bytes} bytes the server allows")
+    if len(data) > cap:  # it grew since fstat
+        raise MediaError(f"{where}: the file is larger than the {cap} bytes the server allows")
     return data

@@ -35,6 +35,9 @@ _MESSAGES_SCHEMA = {
             {"type": "object", "required": ["type", "image_url"],
              "properties": {"type": {"const": "image_url"}, "image_url": {
                  "type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}},
+            {"type": "object", "required": ["type", "video_url"],
+             "properties": {"type": {"const": "video_url"}, "video_url": {
+                 "type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}},
         ]}}]},
     }},
 }

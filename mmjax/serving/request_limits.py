@@ -1,8 +1,8 @@
 """A request's ``mm_processor_kwargs`` on the server: they may lower its media limits, never raise them.
 
 mmjax's models take no per-request processor knob, so the server reads only the keys below, each a
-limit of ``MediaLimits`` that a request may tighten for its own images; a larger value than the
-server's, or any other key, is refused with a 400 naming it.
+limit of ``MediaLimits`` that a request may tighten for its own images and videos; a larger value
+than the server's, or any other key, is refused with a 400 naming it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from mmjax.serving.protocol import RequestRefused
 
 #: Request key -> the ``MediaLimits`` field it lowers.
 LOWERABLE = {"max_pixels": "max_image_pixels", "max_image_bytes": "max_image_bytes",
-             "fetch_timeout_s": "fetch_timeout_s"}
+             "fetch_timeout_s": "fetch_timeout_s", "max_video_frames": "max_video_frames",
+             "max_video_pixels": "max_video_pixels", "max_video_bytes": "max_video_bytes"}
 
 
 def lowered_media(limits: MediaLimits, kwargs: Mapping[str, Any] | None) -> MediaLimits:

@@ -25,19 +25,19 @@ def with_limits(config: ModelConfig, **limits) -> ModelConfig:
 
 
 def test_limits_default_to_one_per_modality(model_config):
-    assert dict(MULTIMODAL_REGISTRY.get_mm_limits_per_prompt(model_config)) == {"image": 1, "audio": 1}
+    assert dict(MULTIMODAL_REGISTRY.get_mm_limits_per_prompt(model_config)) == {"image": 1, "audio": 1, "video": 1}
     assert MULTIMODAL_REGISTRY.init_mm_limits_per_prompt(model_config) == \
         MULTIMODAL_REGISTRY.get_mm_limits_per_prompt(model_config)
 
 
 def test_limits_come_from_the_model_config(model_config):
     limits = MULTIMODAL_REGISTRY.get_mm_limits_per_prompt(with_limits(model_config, image=4, audio=0))
-    assert dict(limits) == {"image": 4, "audio": 0}
+    assert dict(limits) == {"image": 4, "audio": 0, "video": 1}
 
 
 def test_unknown_or_invalid_limits_are_refused(model_config):
-    with pytest.raises(KeyError, match="no multimodal plugin handles 'video'"):
-        MULTIMODAL_REGISTRY.get_mm_limits_per_prompt(with_limits(model_config, video=1))
+    with pytest.raises(KeyError, match="no multimodal plugin handles 'point_cloud'"):
+        MULTIMODAL_REGISTRY.get_mm_limits_per_prompt(with_limits(model_config, point_cloud=1))
     with pytest.raises(ValueError, match=r"limit_mm_per_prompt\['image'\].*must be an int >= 0, got -1"):
         MULTIMODAL_REGISTRY.get_mm_limits_per_prompt(with_limits(model_config, image=-1))
 
@@ -56,9 +56,9 @@ def test_limit_zero_disables_the_modality(model_config, photo):
 
 
 def test_unknown_modality_key_in_data(model_config):
-    with pytest.raises(KeyError, match=r"ToyVLM .*multi_modal_data has 'video', but no plugin handles it; "
-                                       r"known modalities: \['audio', 'image'\]"):
-        MULTIMODAL_REGISTRY.map_input(model_config, {"video": np.zeros((2, 3, 4, 4))})
+    with pytest.raises(KeyError, match=r"ToyVLM .*multi_modal_data has 'point_cloud', but no plugin handles it; "
+                                       r"known modalities: \['audio', 'image', 'video'\]"):
+        MULTIMODAL_REGISTRY.map_input(model_config, {"point_cloud": np.zeros((2, 3, 4, 4))})
 
 
 def test_data_must_be_a_dict(model_config, photo):
@@ -71,7 +71,7 @@ def test_max_tokens_sum_over_modalities_of_limit_times_per_item(model_config):
     config = with_limits(model_config, image=3)
     assert MULTIMODAL_REGISTRY.get_max_multimodal_tokens(config) == 3 * TOKENS_PER_IMAGE
     per_item = MULTIMODAL_REGISTRY.get_max_tokens_per_item_by_modality(config)
-    assert dict(per_item) == {"image": TOKENS_PER_IMAGE, "audio": 0}  # audio: nothing registered
+    assert dict(per_item) == {"image": TOKENS_PER_IMAGE, "audio": 0, "video": 0}  # nothing registered
 
 
 def test_plugin_returns_zero_for_a_modality_the_model_did_not_register(model_config):
@@ -132,44 +132,44 @@ def test_lookups_are_pure_functions_of_the_config(model_config, photo):
         MULTIMODAL_REGISTRY.get_max_multimodal_tokens(model_config)
 
 
-class VideoPlugin(MultiModalPlugin):
-    """Frames [T, Y, X, C] uint8 → pixel_values_videos [T, C, Y, X] float32."""
+class DepthPlugin(MultiModalPlugin):
+    """Depth maps [T, Y, X, C] uint8 → pixel_values_depth [T, C, Y, X] float32."""
 
     def get_data_key(self) -> str:
-        return "video"
+        return "depth"
 
     def _default_input_mapper(self, ctx, data, **kwargs):
         if not isinstance(data, np.ndarray) or data.ndim != 4:
-            raise TypeError(f"invalid video data {type(data).__name__}")
-        return MultiModalInputs(pixel_values_videos=data.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+            raise TypeError(f"invalid depth data {type(data).__name__}")
+        return MultiModalInputs(pixel_values_depth=data.transpose(0, 3, 1, 2).astype(np.float32) / 255)
 
     def _default_max_multimodal_tokens(self, ctx):
         return 64
 
 
 def test_register_plugin_returns_a_new_registry():
-    video_registry = MULTIMODAL_REGISTRY.register_plugin(VideoPlugin())
-    assert isinstance(video_registry, MultiModalRegistry)
-    assert set(video_registry.plugins) == {"image", "audio", "video"}
-    assert set(MULTIMODAL_REGISTRY.plugins) == {"image", "audio"}  # unchanged
+    depth_registry = MULTIMODAL_REGISTRY.register_plugin(DepthPlugin())
+    assert isinstance(depth_registry, MultiModalRegistry)
+    assert set(depth_registry.plugins) == {"image", "audio", "video", "depth"}
+    assert set(MULTIMODAL_REGISTRY.plugins) == {"image", "audio", "video"}  # unchanged
 
 
 def test_a_new_modality_end_to_end(checkpoint_dir):
-    video_registry = MULTIMODAL_REGISTRY.register_plugin(VideoPlugin())
+    depth_registry = MULTIMODAL_REGISTRY.register_plugin(DepthPlugin())
 
-    @video_registry.register_input_mapper("video")
-    @video_registry.register_max_multimodal_tokens("video")
-    class VideoModel(ToyVLM):
+    @depth_registry.register_input_mapper("depth")
+    @depth_registry.register_max_multimodal_tokens("depth")
+    class DepthModel(ToyVLM):
         pass
 
-    config = ModelConfig.from_pretrained(checkpoint_dir, model_cls=VideoModel, limit_mm_per_prompt={"video": 2})
+    config = ModelConfig.from_pretrained(checkpoint_dir, model_cls=DepthModel, limit_mm_per_prompt={"depth": 2})
     frames = np.full((3, 4, 5, 3), 255, np.uint8)
-    out = video_registry.map_input(config, {"video": frames})
-    assert out["pixel_values_videos"].shape == (3, 3, 4, 5)
-    np.testing.assert_allclose(out["pixel_values_videos"], 1.0)
-    assert video_registry.get_max_multimodal_tokens(config) == TOKENS_PER_IMAGE + 2 * 64
-    with pytest.raises(TypeError, match="invalid video data"):
-        video_registry.map_input(config, {"video": "frames.mp4"})
+    out = depth_registry.map_input(config, {"depth": frames})
+    assert out["pixel_values_depth"].shape == (3, 3, 4, 5)
+    np.testing.assert_allclose(out["pixel_values_depth"], 1.0)
+    assert depth_registry.get_max_multimodal_tokens(config) == TOKENS_PER_IMAGE + 2 * 64
+    with pytest.raises(TypeError, match="invalid depth data"):
+        depth_registry.map_input(config, {"depth": "frames.mp4"})
 
 
 def test_duplicate_plugin_keys_warn():

@@ -120,5 +120,6 @@ def test_overriding_an_inherited_hook_does_not_warn():
 
 
 def test_unknown_modality_in_registration():
-    with pytest.raises(KeyError, match=r"no multimodal plugin handles 'video'; known modalities: \['audio', 'image'\]"):
-        MULTIMODAL_REGISTRY.register_input_mapper("video")
+    with pytest.raises(KeyError, match=r"no multimodal plugin handles 'point_cloud'; known modalities: "
+                                       r"\['audio', 'image', 'video'\]"):
+        MULTIMODAL_REGISTRY.register_input_mapper("point_cloud")

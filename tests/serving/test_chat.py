@@ -140,8 +140,14 @@ def test_template_lookup_order_and_a_clear_error_without_one(tmp_path):
 
 @pytest.mark.parametrize("messages, match", [
     ([{"role": "robot", "content": "hi"}], r"message 0 has role 'robot'"),
+    ([{"role": "user", "content": [{"type": "audio_url", "audio_url": {}}]}],
+     r"message 0, part 0 has type 'audio_url'; expected 'text', 'image_url' or 'video_url'"),
     ([{"role": "user", "content": [{"type": "video_url", "video_url": {}}]}],
-     r"message 0, part 0 has type 'video_url'"),
+     r"message 0, part 0: a video_url part needs video_url.url"),
+    ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "video_url", "video_url": {
+        "url": "http://127.0.0.1:9/never-fetched.mp4"}}]}],  # LLaVA takes no video: refused before any fetch
+     r"message 0, part 1: this model takes no video input \(no video input mapper is registered for "
+     r"LlavaForConditionalGeneration\)"),
     ([{"role": "user", "content": [{"type": "text"}]}], r"message 0, part 0: a text part needs 'text'"),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "image", "image": None}]}],
      r"message 1, part 0: images may only be sent in user messages"),
