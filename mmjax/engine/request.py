@@ -22,14 +22,16 @@ class RequestStatus(enum.Enum):
 def placeholder_rows(processed: ProcessedPrompt) -> np.ndarray:
     """For each prompt token, its row in the request's multimodal embeddings, or -1 for text.
 
-    Rows follow placeholder order (the order ``multimodal_embeddings`` returns them).
+    Rows follow the order ``multimodal_embeddings`` returns them: modality by modality, in the
+    order of ``processed.placeholders`` (the input processor's), each modality's items in prompt
+    order (so a prompt of images and videos reads all its image rows, then its video rows).
     """
     rows = np.full(len(processed.token_ids), -1, np.int32)
-    ranges = sorted(r for ranges in processed.placeholders.values() for r in ranges)
     next_row = 0
-    for offset, length in ranges:
-        rows[offset:offset + length] = np.arange(next_row, next_row + length)
-        next_row += length
+    for ranges in processed.placeholders.values():
+        for offset, length in sorted(ranges):
+            rows[offset:offset + length] = np.arange(next_row, next_row + length)
+            next_row += length
     return rows
 
 

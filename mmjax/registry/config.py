@@ -209,6 +209,14 @@ class InputContext:
             return {}
         return dict(_load_image_processor(self.model_config.model).to_dict())
 
+    def get_hf_video_processor_config(self) -> dict[str, Any]:
+        """The checkpoint's video-processor settings as a dict, read as transformers reads them:
+        ``video_preprocessor_config.json``, else ``processor_config.json``'s ``video_processor``, else
+        the image processor's (checkpoints older than video processors, e.g. Qwen2.5-VL's on the Hub)."""
+        if self.model_config.model is None:
+            return {}
+        return dict(_load_video_processor_config(self.model_config.model))
+
     def get_hf_image_processor(self) -> Any:
         """The checkpoint's Hugging Face image processor (PIL backend: no torch needed)."""
         return _load_image_processor(self._require_path("an image processor"))
@@ -275,6 +283,19 @@ def _load_image_processor(path: str) -> Any:
             f"could not load an image processor config (preprocessor_config.json or "
             f"processor_config.json) from {path!r}: {err}"
         ) from err
+
+
+@functools.lru_cache(maxsize=32)
+def _load_video_processor_config(path: str) -> Mapping[str, Any]:
+    video_file = os.path.join(path, "video_preprocessor_config.json")
+    if os.path.isfile(video_file):
+        return MappingProxyType(_read_json_object(video_file))
+    processor_file = os.path.join(path, "processor_config.json")
+    if os.path.isfile(processor_file):
+        nested = _read_json_object(processor_file).get("video_processor")
+        if isinstance(nested, dict):
+            return MappingProxyType(nested)
+    return MappingProxyType(dict(_load_image_processor(path).to_dict()))
 
 
 @functools.lru_cache(maxsize=32)

@@ -37,7 +37,8 @@ def checkpoint(name: str = "hub", family: str = "qwen2_5_vl") -> str:
 
 @functools.lru_cache(maxsize=None)
 def loaded(name: str = "hub", images: int = 3, family: str = "qwen2_5_vl") -> mmjax.LLM:
-    return mmjax.load(checkpoint(name, family), limit_mm_per_prompt={"image": images})
+    # a context of 1024 bounds how large a video may be (and so the largest video bucket warm-up compiles)
+    return mmjax.load(checkpoint(name, family), limit_mm_per_prompt={"image": images}, max_model_len=1024)
 
 
 @functools.lru_cache(maxsize=None)

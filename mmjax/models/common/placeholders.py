@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from mmjax.registry import PlaceholderRange
+from mmjax.types import Array, ArrayLike, Int
 
 
 def expand_placeholders(
@@ -34,3 +37,40 @@ def expand_placeholders(
         start = position + 1
     out.extend(token_ids[start:])
     return tuple(out), tuple(ranges)
+
+
+def expand_each_modality(
+    token_ids: tuple[int, ...], markers: dict[str, tuple[int, list[int]]]
+) -> tuple[tuple[int, ...], dict[str, tuple[PlaceholderRange, ...]]]:
+    """``expand_placeholders`` for several modalities at once: ``{modality: (marker, counts)}``.
+
+    Returns the new token ids and each modality's ranges (offsets in the new ids), in ``markers``' order.
+    """
+    for modality, (marker, counts) in markers.items():
+        expand_placeholders(tuple(t for t in token_ids if t == marker), marker, counts, modality)  # checks counts
+    queues = {marker: (modality, list(counts)) for modality, (marker, counts) in markers.items()}
+    out: list[int] = []
+    ranges: dict[str, list[PlaceholderRange]] = {modality: [] for modality in markers}
+    for token in token_ids:
+        if token in queues:
+            modality, counts = queues[token]
+            count = counts.pop(0)
+            ranges[modality].append(PlaceholderRange(len(out), count))
+            out.extend([token] * count)
+        else:
+            out.append(token)
+    return tuple(out), {modality: tuple(r) for modality, r in ranges.items()}
+
+
+def modality_major_rows(input_ids: Int[ArrayLike, "B T"], placeholder_ids: tuple[int, ...]) -> Int[Array, "B T"]:
+    """Each token's row in a request's placeholder rows, ``-1`` for text: the tokens of ``placeholder_ids[0]``
+    in row-major order, then those of ``placeholder_ids[1]``, ... (the order ``multimodal_embeddings``
+    returns rows in, and ``mmjax.engine.request.placeholder_rows`` reads them). ``jit``-safe."""
+    rows = jnp.full(jnp.shape(input_ids), -1, jnp.int32)
+    before = jnp.int32(0)
+    for token in placeholder_ids:
+        is_token = jnp.asarray(input_ids) == token
+        index = jnp.cumsum(is_token.reshape(-1)).reshape(is_token.shape) - 1 + before
+        rows = jnp.where(is_token, index, rows)
+        before = before + jnp.sum(is_token)
+    return rows

@@ -22,9 +22,12 @@ import numpy as np
 from PIL import Image
 
 from mmjax.models.common.mrope import VisionSpan, mrope_positions
-from mmjax.models.common.placeholders import expand_placeholders
+from mmjax.models.common.placeholders import expand_each_modality
 from mmjax.models.common.vision_packing import Grid, bucket_rows, pad_rows, patch_buckets
 from mmjax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from mmjax.models.qwen2_5_vl.video_hooks import (
+    dummy_video, map_video_items, max_video_tokens, video_config, video_spans, video_token_counts,
+)  # fmt: skip
 from mmjax.models.qwen2_5_vl.vision_layout import windowed_vision_layout
 from mmjax.processing.qwen_vl_config import QwenImageConfig
 from mmjax.processing.qwen_vl_geometry import image_grid, largest_image_size
@@ -91,29 +94,33 @@ def image_grids(images: Sequence[Image.Image | np.ndarray], config: QwenImageCon
                        min_pixels=config.min_pixels, max_pixels=config.max_pixels) for image in images]
 
 
-def vision_buckets(ctx: InputContext) -> tuple[int, ...]:
-    """The patch-row buckets of a prompt's images: up to the limit of the largest image."""
-    config = model_image_config(ctx)
-    largest = largest_image_size(patch_size=config.patch_size, merge_size=config.merge_size,
-                                 min_pixels=config.min_pixels, max_pixels=config.max_pixels)
-    t, h, w = image_grids([np.zeros((*largest, 3), np.uint8)], config)[0]
-    limit = max(1, image_limit(ctx)) * t * h * w
-    unit = config.merge_size**2
-    return patch_buckets(limit, smallest=min(SMALLEST_BUCKET, -(-limit // unit) * unit), merge=config.merge_size)
+def vision_buckets(ctx: InputContext, modality: str = "image") -> tuple[int, ...]:
+    """The patch-row buckets of a prompt's images (or videos): up to the limit of the largest item."""
+    unit = qwen_config(ctx).merge_size**2
+    most_tokens = max_image_tokens(ctx) if modality == "image" else max_video_tokens(ctx)
+    limit = max(1, item_limit(ctx, modality)) * most_tokens * unit
+    return patch_buckets(limit, smallest=min(SMALLEST_BUCKET, limit), merge=qwen_config(ctx).merge_size)
 
 
-def image_limit(ctx: InputContext) -> int:
-    return int(ctx.model_config.limit_mm_per_prompt.get("image", 1))
+def item_limit(ctx: InputContext, modality: str) -> int:
+    return int(ctx.model_config.limit_mm_per_prompt.get(modality, 1))
 
 
-def pack_items(ctx: InputContext, pixel_values: Sequence[np.ndarray], grids: Sequence[Grid]) -> MultiModalInputs:
-    """The items' patches in one bucket of rows, with the tower's layout for them."""
+#: The mapped input keys of each modality: the packed patches and the tower's layout fields.
+INPUT_KEYS = {"image": ("pixel_values", ""), "video": ("pixel_values_videos", "video_")}
+
+
+def pack_items(ctx: InputContext, pixel_values: Sequence[np.ndarray], grids: Sequence[Grid],
+               modality: str = "image") -> MultiModalInputs:
+    """The items' patches in one bucket of rows, with the tower's layout for them (keys by ``INPUT_KEYS``)."""
     cfg = qwen_config(ctx).vision
     patches = np.concatenate(pixel_values).astype(np.float32)
-    rows = bucket_rows(patches.shape[0], vision_buckets(ctx))
+    rows = bucket_rows(patches.shape[0], vision_buckets(ctx, modality))
     layout = windowed_vision_layout(grids, rows, merge=cfg.spatial_merge_size, window_size=cfg.window_size,
                                     patch_size=cfg.patch_size)
-    return MultiModalInputs({"pixel_values": pad_rows(patches, rows), **dataclasses.asdict(layout)})
+    pixels_key, prefix = INPUT_KEYS[modality]
+    fields = {prefix + name: value for name, value in dataclasses.asdict(layout).items()}
+    return MultiModalInputs({pixels_key: pad_rows(patches, rows), **fields})
 
 
 def map_images(ctx: InputContext, data: object, *, min_pixels: int | None = None,
@@ -133,55 +140,89 @@ def max_image_tokens(ctx: InputContext) -> int:
     return t * h * w // config.merge_size**2
 
 
+def map_videos(ctx: InputContext, data: object, *, video_min_pixels: int | None = None,
+               video_max_pixels: int | None = None) -> MultiModalInputs:
+    """The video mapper: sample and resize frames, cut into temporal patches, pack into a video bucket."""
+    mapped = map_video_items(data, video_config(ctx, video_min_pixels, video_max_pixels))
+    return pack_items(ctx, [m.pixel_values for m in mapped], [tuple(m.grid_thw) for m in mapped], "video")
+
+
 def input_processor(ctx: InputContext, inputs: DecoderOnlyInputs, *, min_pixels: int | None = None,
-                    max_pixels: int | None = None) -> DecoderOnlyInputs:
-    """Expand each ``<|image_pad|>`` into its image's placeholder count and record where.
+                    max_pixels: int | None = None, video_min_pixels: int | None = None,
+                    video_max_pixels: int | None = None) -> DecoderOnlyInputs:
+    """Expand each ``<|image_pad|>`` and ``<|video_pad|>`` into its item's placeholder count and record where.
+
+    Placeholders are recorded images first, then videos: the order ``multimodal_embeddings`` returns rows in.
 
     Raises:
-      ValueError: markers and images disagree, or a budget the request may not ask for.
+      ValueError: markers and items disagree, or a budget the request may not ask for.
     """
-    images = inputs.multi_modal_data.get("image")
-    if images is None:
+    cfg, data, markers = qwen_config(ctx), inputs.multi_modal_data, {}
+    if data.get("image") is not None:
+        config = image_config(ctx, min_pixels, max_pixels)
+        counts = [t * h * w // config.merge_size**2 for t, h, w in image_grids(_images(data["image"]), config)]
+        markers["image"] = (cfg.image_token_id, counts)
+    if data.get("video") is not None:
+        counts = video_token_counts(data["video"], video_config(ctx, video_min_pixels, video_max_pixels))
+        markers["video"] = (cfg.video_token_id, counts)
+    if not markers:
         return inputs
-    config = image_config(ctx, min_pixels, max_pixels)
-    unit = config.merge_size**2
-    counts = [t * h * w // unit for t, h, w in image_grids(_images(images), config)]
-    token_ids, ranges = expand_placeholders(inputs.prompt_token_ids, qwen_config(ctx).image_token_id, counts)
-    return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders={"image": ranges})
+    token_ids, placeholders = expand_each_modality(inputs.prompt_token_ids, markers)
+    return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders=placeholders)
 
 
 def mrope_input_positions(ctx: InputContext, inputs: DecoderOnlyInputs) -> tuple[np.ndarray, int]:
-    """``(positions int32[3, L], delta)``: each image's tokens at (its start, row, column)."""
-    spans = []
-    images = inputs.multi_modal_data.get("image")
-    if images is not None:
-        kwargs = merge_kwargs(ctx.model_config.mm_processor_kwargs, inputs.mm_processor_kwargs)
+    """``(positions int32[3, L], delta)``: each item's tokens at (its start + time, row, column)."""
+    spans, data = [], inputs.multi_modal_data
+    kwargs = merge_kwargs(ctx.model_config.mm_processor_kwargs, inputs.mm_processor_kwargs)
+    if data.get("image") is not None:
         config = image_config(ctx, kwargs.get("min_pixels"), kwargs.get("max_pixels"))
         merge = config.merge_size
-        grids = image_grids(_images(images), config)
+        grids = image_grids(_images(data["image"]), config)
         for placeholder, (t, h, w) in zip(inputs.multi_modal_placeholders["image"], grids):
             spans.append(VisionSpan(placeholder.offset, (t, h // merge, w // merge)))
+    if data.get("video") is not None:
+        config = video_config(ctx, kwargs.get("video_min_pixels"), kwargs.get("video_max_pixels"))
+        spans += video_spans(data["video"], inputs.multi_modal_placeholders["video"], config,
+                             qwen_config(ctx).tokens_per_second)
     return mrope_positions(len(inputs.prompt_token_ids), spans)
 
 
 def dummy_data(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) -> DummyData:
-    """``mm_counts["image"]`` images of the size with the most tokens, each with its full placeholder run."""
-    config = model_image_config(ctx)
-    height, width = largest_image_size(patch_size=config.patch_size, merge_size=config.merge_size,
-                                       min_pixels=config.min_pixels, max_pixels=config.max_pixels)
-    per_image, num_images = max_image_tokens(ctx), mm_counts.get("image", 0)
-    token_ids = [qwen_config(ctx).image_token_id] * (per_image * num_images)
+    """``mm_counts["image"]`` images of the size with the most tokens and ``mm_counts["video"]`` videos of
+    about the most tokens one video may have, each with its full placeholder run (images first)."""
+    cfg, data, placeholders, token_ids = qwen_config(ctx), {}, {}, []
+    num_images, num_videos = mm_counts.get("image", 0), mm_counts.get("video", 0)
+    if num_images:
+        config = model_image_config(ctx)
+        height, width = largest_image_size(patch_size=config.patch_size, merge_size=config.merge_size,
+                                           min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+        per_image = max_image_tokens(ctx)
+        data["image"] = [Image.new("RGB", (width, height))] * num_images
+        placeholders["image"] = [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]
+        token_ids += [cfg.image_token_id] * (per_image * num_images)
+    if num_videos:
+        video, per_video = dummy_video(ctx, max_video_tokens(ctx))
+        data["video"] = [(video, {"fps": 24.0})] * num_videos
+        start = len(token_ids)
+        placeholders["video"] = [PlaceholderRange(start + i * per_video, per_video) for i in range(num_videos)]
+        token_ids += [cfg.video_token_id] * (per_video * num_videos)
     token_ids += [0] * max(0, seq_len - len(token_ids))
-    return DummyData(
-        prompt_token_ids=token_ids,
-        multi_modal_data={"image": [Image.new("RGB", (width, height))] * num_images},
-        multi_modal_placeholders={"image": [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]},
-    )
+    return DummyData(prompt_token_ids=token_ids, multi_modal_data=data, multi_modal_placeholders=placeholders)
 
 
 def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
-    """One (zero) input per patch bucket: every shape ``map_images`` returns (for warm-up)."""
+    """One (zero) input per patch bucket of each modality, and per pair of buckets when a prompt may hold
+    both: every shape the mappers return (for warm-up)."""
     cfg = qwen_config(ctx).vision
     merge = cfg.spatial_merge_size
-    return [pack_items(ctx, [np.zeros((rows, cfg.patch_dim), np.float32)], [(1, merge, rows // merge)])
-            for rows in vision_buckets(ctx)]
+
+    def zeros(rows: int, modality: str) -> MultiModalInputs:
+        return pack_items(ctx, [np.zeros((rows, cfg.patch_dim), np.float32)], [(1, merge, rows // merge)], modality)
+
+    modalities = [m for m in ("image", "video") if item_limit(ctx, m) > 0]
+    singles = {m: [zeros(rows, m) for rows in vision_buckets(ctx, m)] for m in modalities}
+    variants = [v for m in modalities for v in singles[m]]
+    if len(modalities) == 2:
+        variants += [MultiModalInputs({**i, **v}) for i in singles["image"] for v in singles["video"]]
+    return variants

@@ -20,6 +20,7 @@ from flax import nnx
 from mmjax.models.common.attend import Attend
 from mmjax.models.common.decoder import LlamaForCausalLM
 from mmjax.models.common.interface import DecoderMethods
+from mmjax.models.common.placeholders import modality_major_rows
 from mmjax.models.qwen2_5_vl import hooks
 from mmjax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from mmjax.models.qwen2_5_vl.vision import Qwen2_5_VisionTransformer
@@ -27,29 +28,27 @@ from mmjax.models.qwen2_5_vl.vision_layout import WindowedVisionLayout
 from mmjax.registry import (
     INPUT_REGISTRY, MULTIMODAL_REGISTRY, DecoderOnlyInputs, InputContext, SupportsMRoPE, SupportsMultiModal,
 )  # fmt: skip
-from mmjax.types import Array, ArrayLike, Bool, Float, Int
+from mmjax.types import Array, ArrayLike, Float, Int
 
-#: The mapped inputs of a request's items (``hooks.map_images``): the packed patches and their layout.
-VISION_INPUTS = ("pixel_values", "window_index", "reverse_index", "rotary_ids", "frame_segments",
-                 "window_segments", "valid")
+#: The layout fields of a packed tower call (``vision_layout.WindowedVisionLayout``); a prompt's videos carry
+#: them prefixed ``video_`` beside ``pixel_values_videos`` (``hooks.INPUT_KEYS``).
+LAYOUT_FIELDS = ("window_index", "reverse_index", "rotary_ids", "frame_segments", "window_segments", "valid")
 
 
 def merge_placeholder_embeddings(
     input_ids: Int[ArrayLike, "B T"], inputs_embeds: Float[Array, "B T D"], features: Float[Array, "M D"],
     placeholder_ids: tuple[int, ...],
 ) -> Float[Array, "B T D"]:
-    """Write ``features`` in order at the tokens whose id is one of ``placeholder_ids`` (row-major).
-
-    Rows of ``features`` past the placeholders are padding and never read; the index comes
-    from a cumulative sum, so nothing depends on the data's shape (``jit``-safe).
-    """
-    is_mm = jnp.isin(input_ids, jnp.asarray(placeholder_ids))
-    index = jnp.clip(jnp.cumsum(is_mm.reshape(-1)) - 1, 0, features.shape[0] - 1)
-    gathered = jnp.take(features, index, axis=0).reshape(inputs_embeds.shape)
-    return jnp.where(is_mm[..., None], gathered.astype(inputs_embeds.dtype), inputs_embeds)
+    """Write ``features`` at the tokens whose id is one of ``placeholder_ids``: the first id's tokens take the
+    first rows (row-major), the next id's the rows after them (``modality_major_rows``). ``jit``-safe."""
+    rows = modality_major_rows(input_ids, placeholder_ids)
+    gathered = jnp.take(features, jnp.clip(rows, 0, features.shape[0] - 1), axis=0)
+    return jnp.where((rows >= 0)[..., None], gathered.astype(inputs_embeds.dtype), inputs_embeds)
 
 
 @MULTIMODAL_REGISTRY.register_image_input_mapper(hooks.map_images)
+@MULTIMODAL_REGISTRY.register_input_mapper("video", hooks.map_videos)
+@MULTIMODAL_REGISTRY.register_max_multimodal_tokens("video", hooks.max_video_tokens)
 @MULTIMODAL_REGISTRY.register_max_image_tokens(hooks.max_image_tokens)
 @INPUT_REGISTRY.register_dummy_data(hooks.dummy_data)
 @INPUT_REGISTRY.register_input_processor(hooks.input_processor)
@@ -74,23 +73,27 @@ class Qwen2_5_VLForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMul
         """The prompt's ``[3, L]`` M-RoPE positions and the offset of every later token."""
         return hooks.mrope_input_positions(ctx, inputs)
 
-    def multimodal_embeddings(
-        self,
-        pixel_values: Float[Array, "P patch_dim"],
-        window_index: Int[Array, "merged"],
-        reverse_index: Int[Array, "merged"],
-        rotary_ids: Int[Array, "P 2"],
-        frame_segments: Int[Array, "P"],
-        window_segments: Int[Array, "P"],
-        valid: Bool[Array, "P"],
-    ) -> Float[Array, "merged D"]:
-        """The embedding of every placeholder token of the request's items, in placeholder order.
+    def multimodal_embeddings(self, **inputs: Array) -> Float[Array, "M D"]:
+        """The embedding of every placeholder token of the request's items: its images' rows, then its videos'.
 
-        Rows past the items' placeholders are zeros (the bucket's padding).
+        ``inputs``: what the mappers return (``pixel_values`` and the layout fields for the images,
+        ``pixel_values_videos`` and ``video_``-prefixed fields for the videos). Each modality's items run
+        through the tower in one call; the real rows of both are packed one after the other, padding last.
         """
-        layout = WindowedVisionLayout(window_index=window_index, reverse_index=reverse_index, rotary_ids=rotary_ids,
-                                      frame_segments=frame_segments, window_segments=window_segments, valid=valid)
-        return self.visual(pixel_values.astype(self.visual.patch_embed.proj.kernel.dtype), layout)
+        parts = []
+        for pixels_key, prefix in (("pixel_values", ""), ("pixel_values_videos", "video_")):
+            if pixels_key in inputs:
+                layout = WindowedVisionLayout(**{name: inputs[prefix + name] for name in LAYOUT_FIELDS})
+                rows = self.visual(inputs[pixels_key].astype(self.visual.patch_embed.proj.kernel.dtype), layout)
+                parts.append((rows, jnp.sum(layout.valid) // self.config.merge_size**2))
+        if len(parts) == 1:
+            return parts[0][0]
+        (first, num_first), (second, _) = parts
+        # The first part's real rows, then the second's: each row reads its source by a computed index.
+        k = jnp.arange(first.shape[0] + second.shape[0])
+        index = jnp.where(k < num_first, k, first.shape[0] + k - num_first)
+        both = jnp.concatenate([first, second])
+        return jnp.take(both, jnp.clip(index, 0, both.shape[0] - 1), axis=0)
 
     def embed(self, input_ids: Int[Array, "B T"], **vision_inputs: Array) -> Float[Array, "B T D"]:
         """Token embeddings with the items' embeddings merged in at the placeholders."""
@@ -116,7 +119,7 @@ class Qwen2_5_VLForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMul
           positions: each token's index (``-1`` for padding): the causal mask.
           rope_positions: the M-RoPE positions (``ProcessedPrompt.rope_positions``); None: ``positions``
             on all three axes (a text-only prompt).
-          vision_inputs: the fields of ``VISION_INPUTS`` (what the image mapper returns), or none.
+          vision_inputs: what the mappers return (see ``multimodal_embeddings``), or none.
         """
         if rope_positions is None:
             rope_positions = jnp.broadcast_to(positions[:, None, :], (positions.shape[0], 3, positions.shape[1]))
