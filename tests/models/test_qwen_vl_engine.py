@@ -100,3 +100,20 @@ def test_nothing_compiles_after_warmup_for_new_sizes_and_mixes(family):
                                  engine_config=config, use_tqdm=False)
     assert all(o.finished for o in outputs)
     assert compiled[0] == 0, f"{compiled[0]} programs compiled after warm-up"
+
+
+def test_bfloat16_weights_stay_close_to_transformers_float32(family):
+    """bfloat16 weights (the README's first example): logits near float32 transformers', generation sane."""
+    from tiny_qwen import checkpoint, relative_error
+
+    llm = mmjax.load(checkpoint(family=family), dtype="bfloat16", limit_mm_per_prompt={"image": 3},
+                     max_model_len=1024)
+    prompt = BATCH[0]
+    _, ours = llm.logits(prompt)
+    model, _ = reference(family=family)
+    with torch.no_grad():
+        ref = model(**reference_inputs(llm, prompt, family=family)).logits[0].numpy()
+    assert ours.dtype == np.float32 and np.isfinite(ours).all()
+    assert relative_error(ours, ref) < 5e-2
+    outputs = mmjax.generate(llm, BATCH, PARAMS, engine_config=CONFIG, use_tqdm=False)
+    assert all(len(o.token_ids) == MAX_TOKENS for o in outputs)
