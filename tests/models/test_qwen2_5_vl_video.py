@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mmjax
+from mmjax.engine import count_compilations
 from tests.processing.qwen_reference import run_video_processor, video_processor
 from tiny_qwen import IMAGE, chat, checkpoint, picture, reference, relative_error
 
@@ -107,3 +108,23 @@ def test_video_input_errors_are_named(llm):
     with pytest.raises(ValueError, match=r"video_max_pixels=\d+ is above the model's per-frame budget"):
         llm.process({"prompt": VIDEO, "multi_modal_data": {"video": clip(4, 28, 28)},
                      "mm_processor_kwargs": {"video_max_pixels": 10**9}})
+
+
+def test_nothing_compiles_after_warmup_for_new_frame_counts_sizes_and_mixes():
+    llm = mmjax.load(checkpoint(), limit_mm_per_prompt={"image": 1, "video": 1}, max_model_len=512)
+    config = mmjax.EngineConfig(page_size=8, max_num_seqs=2, max_num_batched_tokens=64, max_model_len=512)
+    llm.engine(config).warmup(prompt_logprobs=False)
+    workload = [
+        {"prompt": chat(f"{VIDEO}?"), "multi_modal_data": {"video": clip(7, 40, 90, seed=5)}},
+        {"prompt": chat(f"{VIDEO}?"), "multi_modal_data": {"video": (clip(30, 112, 112, seed=6), {"fps": 6.0})}},
+        {"prompt": chat(f"{IMAGE} and {VIDEO}?"),
+         "multi_modal_data": {"image": picture(120, 45, seed=7), "video": clip(3, 30, 60, seed=8)}},
+        {"prompt": chat("What?", images=1), "multi_modal_data": {"image": picture(33, 200, seed=9)}},
+    ]
+    buckets = {llm.process(p).mm_kwargs["pixel_values_videos"].shape[0] for p in workload[:3]}
+    assert len(buckets) >= 2  # the videos span several patch buckets
+    with count_compilations() as compiled:
+        outputs = mmjax.generate(llm, workload, mmjax.SamplingParams(temperature=0.0, max_tokens=3),
+                                 engine_config=config, use_tqdm=False)
+    assert all(o.finished and o.error is None for o in outputs)
+    assert compiled[0] == 0, f"{compiled[0]} programs compiled after warm-up"
