@@ -74,14 +74,15 @@ VISION = dict(hidden=320, heads=4, mlp=864, depth=8, fullatt=(3, 7), window=112,
 assert (TEXT["hidden"], TEXT["vocab"]) == (llava_bench.TEXT["hidden"], llava_bench.TEXT["vocab"])
 
 
-def make_checkpoint(path: str) -> str:
+def make_checkpoint(path: str, tied: bool = TEXT["tied"]) -> str:
+    """The benchmark's checkpoint at ``path`` (``tied=False``: the same with an LM head of its own)."""
     from mmjax.testing.qwen_checkpoints import make_tiny_qwen2_5_vl_checkpoint
 
     factor = VISION["patch"] * VISION["merge"]
     return make_tiny_qwen2_5_vl_checkpoint(
         path, seed=0, vocab_size=TEXT["vocab"], hidden_size=TEXT["hidden"], num_heads=TEXT["heads"],
         num_kv_heads=TEXT["kv_heads"], intermediate_size=TEXT["mlp"], num_layers=TEXT["layers"],
-        mrope_section=TEXT["mrope_section"], tie_word_embeddings=TEXT["tied"],
+        mrope_section=TEXT["mrope_section"], tie_word_embeddings=tied,
         vision_hidden_size=VISION["hidden"], vision_heads=VISION["heads"],
         vision_intermediate_size=VISION["mlp"], vision_depth=VISION["depth"],
         fullatt_block_indexes=VISION["fullatt"], window_size=VISION["window"], patch_size=VISION["patch"],

@@ -34,6 +34,7 @@ from mmjax.engine.sampler import first_argmax
 from mmjax.kernels_cpu import few_rows_dot_general
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
+from mmjax.models.common.decoder import LlamaForCausalLM
 from mmjax.models.common.decoder_config import DecoderConfig
 from mmjax.types import Array, Float, Int
 
@@ -89,10 +90,13 @@ def encode_into_arena(
 def send_few_row_products_to_cpu_kernel(model: nnx.Module) -> None:
     """Every linear layer of `model` (merged inside the step's trace) multiplies 2-32 rows (a decode step's
     tokens, the LM head's rows) on the native CPU kernel, and more rows with XLA's dot as before
-    (``mmjax.kernels_cpu.few_rows_dot_general``; plain XLA where the kernel cannot be built)."""
+    (``mmjax.kernels_cpu.few_rows_dot_general``; plain XLA where the kernel cannot be built). So does a
+    tied LM head (``LlamaForCausalLM.head_dot_general``: ``hidden @ E.T`` on the transposed-weight kernel)."""
     for _, module in nnx.iter_modules(model):
         if isinstance(module, nnx.Linear):
             module.dot_general = few_rows_dot_general
+        elif isinstance(module, LlamaForCausalLM):
+            module.head_dot_general = few_rows_dot_general
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl", "kv_sharding"), donate_argnames=("kv_pages",))

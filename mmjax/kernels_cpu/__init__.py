@@ -5,7 +5,8 @@ plain XLA (``mmjax.kernels_pallas.ragged_paged_attention_tiled``) where the
 kernel cannot be built (``kernel_unavailable`` says why). The engine's step
 programs on CPU send the decoder's few-row products (decode) to
 ``skinny_matmul_cpu`` through ``few_rows_dot_general`` (``matmul_unavailable``
-says why not, where not).
+says why not, where not), and a tied LM head's (``x @ E.T``) to
+``transposed_skinny_matmul_cpu``.
 """
 
 from mmjax.kernels_cpu.build import KernelBuildError, kernel_cache_dir
@@ -14,9 +15,15 @@ from mmjax.kernels_cpu.ragged_paged_attention import (
     kernel_unavailable,
     ragged_paged_attention_cpu,
 )
-from mmjax.kernels_cpu.skinny_matmul import few_rows_dot_general, matmul_unavailable, skinny_matmul_cpu
+from mmjax.kernels_cpu.skinny_matmul import (
+    few_rows_dot_general,
+    matmul_unavailable,
+    skinny_matmul_cpu,
+    transposed_matmul_unavailable,
+    transposed_skinny_matmul_cpu,
+)
 from mmjax.kernels_cpu.skinny_matmul import build_in_background as build_matmul_in_background
 
 __all__ = ["KernelBuildError", "build_in_background", "build_matmul_in_background", "few_rows_dot_general",
            "kernel_cache_dir", "kernel_unavailable", "matmul_unavailable", "ragged_paged_attention_cpu",
-           "skinny_matmul_cpu"]
+           "skinny_matmul_cpu", "transposed_matmul_unavailable", "transposed_skinny_matmul_cpu"]

@@ -11,6 +11,7 @@ import mmjax
 
 _LLAVA = "tiny llava-1.5"
 _NEXT = "tiny llava-next"
+_TIED = "tiny llava-1.5, tied embeddings"
 
 
 @functools.cache
@@ -18,10 +19,11 @@ def checkpoint(kind: str) -> str:
     import tempfile
 
     root = tempfile.mkdtemp(prefix="mmjax-engine-")
-    if kind == _LLAVA:
+    if kind in (_LLAVA, _TIED):
         from mmjax.testing.checkpoints import make_tiny_llava_checkpoint
 
-        return make_tiny_llava_checkpoint(f"{root}/llava", seed=11)
+        tied = kind == _TIED
+        return make_tiny_llava_checkpoint(f"{root}/llava", seed=11 + 2 * tied, tie_word_embeddings=tied)
     from mmjax.testing.next_checkpoints import make_tiny_llava_next_checkpoint
 
     return make_tiny_llava_next_checkpoint(f"{root}/next", seed=12)
@@ -50,7 +52,7 @@ def hf_inputs(kind: str, llm, prompt: dict) -> dict:
 
     images = prompt.get("multi_modal_data", {}).get("image")
     images = None if images is None else (images if isinstance(images, list) else [images])
-    if kind == _LLAVA:
+    if kind in (_LLAVA, _TIED):
         from transformers import AutoImageProcessor, LlavaProcessor
 
         processor = LlavaProcessor(
@@ -79,4 +81,4 @@ def hf_greedy(kind: str, llm, prompt: dict, max_new_tokens: int) -> list[int]:
     return out
 
 
-LLAVA, NEXT = _LLAVA, _NEXT
+LLAVA, NEXT, TIED = _LLAVA, _NEXT, _TIED

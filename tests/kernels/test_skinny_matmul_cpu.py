@@ -1,9 +1,12 @@
 """The few-row matmul kernel (``mmjax.kernels_cpu.skinny_matmul_cpu``) against float64 numpy, its
-``dot_general`` for linear layers, its gradients, and its inputs refused by name.
+``dot_general`` for linear layers, its gradients, and its inputs refused by name; the same for its
+transposed-weight variant (``transposed_skinny_matmul_cpu``, ``x @ w.T``: a tied LM head).
 
 Shapes cross the kernel's edges: rows in passes of 8, w's rows in blocks of 8
 (K not a multiple), columns in vectors of 16 and chunks of at most 512 (N not
-a multiple, several chunks), one thread's chunk or many.
+a multiple, several chunks), one thread's chunk or many. For the transposed
+variant: rows of x in passes of 4, 2 and 1, rows of w in pairs (N odd), K not
+a whole number of vectors, work items of at most 256 rows of w.
 """
 
 from __future__ import annotations
@@ -15,8 +18,16 @@ import pytest
 from flax import nnx
 
 from mmjax.engine.step import send_few_row_products_to_cpu_kernel
-from mmjax.kernels_cpu import few_rows_dot_general, matmul_unavailable, skinny_matmul_cpu
-from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS, MIN_ROWS, TARGET
+from mmjax.kernels_cpu import (
+    few_rows_dot_general,
+    matmul_unavailable,
+    skinny_matmul_cpu,
+    transposed_matmul_unavailable,
+    transposed_skinny_matmul_cpu,
+)
+from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS, MIN_ROWS, TARGET, TRANSPOSED_TARGET
+from mmjax.models.common.decoder import LlamaForCausalLM
+from mmjax.models.common.decoder_config import DecoderConfig
 
 SHAPES = [  # (M, K, N)
     (1, 8, 16), (2, 13, 5), (7, 64, 33), (8, 512, 512), (9, 37, 600), (16, 24, 1030), (17, 100, 1376), (32, 16, 48),
@@ -116,3 +127,112 @@ def test_linear_layers_of_a_merged_model_use_it():
     assert not custom_calls(lambda s, x: run(s, x, False), state, x)
     np.testing.assert_allclose(np.asarray(jax.jit(lambda s, x: run(s, x, True))(state, x)), np.asarray(model(x)),
                                rtol=1e-5, atol=1e-5)
+
+
+# ---- the transposed variant: x [M, K] . w [N, K]^T --------------------------------------------------
+
+TRANSPOSED_SHAPES = [  # (M, K, N): M from 2 to 32 (not all multiples of 4 or 8), K and N odd, one item or many
+    (2, 13, 5), (3, 7, 1), (5, 33, 17), (7, 64, 33), (8, 512, 601), (9, 37, 515), (12, 40, 384), (16, 24, 1031),
+    (17, 101, 777), (31, 9, 3), (32, 255, 1029),
+]
+
+
+def transposed_operands(shape, dtype=jnp.float32, seed=0):
+    m, k, n = shape
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal((m, k)), dtype), jnp.asarray(rng.standard_normal((n, k)), dtype))
+
+
+@pytest.mark.parametrize("shape", TRANSPOSED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_transposed_matches_float64_numpy_and_xla(shape):
+    x, w = transposed_operands(shape)
+    expected = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
+    out = jax.jit(transposed_skinny_matmul_cpu)(x, w)
+    assert out.shape == expected.shape and out.dtype == jnp.float32
+    tolerance = dict(rtol=1e-5, atol=1e-5 * np.sqrt(shape[1]))
+    np.testing.assert_allclose(np.asarray(out), expected, **tolerance)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(jax.jit(lambda x, w: x @ w.T)(x, w)), **tolerance)
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 5), (8, 256, 601), (17, 101, 777), (32, 255, 1029)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_transposed_bfloat16_accumulates_in_float32_and_rounds_once(shape):
+    x, w = transposed_operands(shape, jnp.bfloat16, seed=1)
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T  # of the bfloat16 inputs, exactly
+    out = transposed_skinny_matmul_cpu(x, w)
+    assert out.dtype == jnp.bfloat16
+    got = np.asarray(out, np.float64)
+    np.testing.assert_allclose(got, exact, rtol=2 ** -8, atol=1e-3)
+    assert np.mean(got == np.asarray(jnp.asarray(exact, jnp.bfloat16), np.float64)) > 0.95
+    xla = np.asarray(jax.jit(lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.float32))(x, w))
+    assert np.mean(got == np.asarray(jnp.asarray(xla, jnp.bfloat16), np.float64)) > 0.95
+
+
+def test_transposed_gradients_are_those_of_the_plain_product():
+    x, w = transposed_operands((4, 24, 40), seed=2)
+    g = jnp.asarray(np.random.default_rng(3).standard_normal((4, 40)), jnp.float32)
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * g)  # noqa: E731
+    ours = jax.grad(loss(transposed_skinny_matmul_cpu), argnums=(0, 1))(x, w)
+    plain = jax.grad(loss(lambda x, w: x @ w.T), argnums=(0, 1))(x, w)
+    for a, b in zip(ours, plain):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_bad_inputs_are_named_before_the_call():
+    x, w = transposed_operands((4, 8, 16))
+    with pytest.raises(ValueError, match=r"expected x \[M, K\] and w \[N, K\].*\(4, 8\) and \(8, 16\)"):
+        transposed_skinny_matmul_cpu(x, w.T)
+    with pytest.raises(ValueError, match="one dtype.*float32 and bfloat16"):
+        transposed_skinny_matmul_cpu(x, w.astype(jnp.bfloat16))
+    with pytest.raises(ValueError, match="cannot run: dtype float16"):
+        transposed_skinny_matmul_cpu(x.astype(jnp.float16), w.astype(jnp.float16))
+    assert "float16" in transposed_matmul_unavailable(jnp.float16)
+
+
+def transposed_calls(fn, *args) -> list[str]:
+    text = jax.jit(fn).lower(*args).as_text()
+    return [line for line in text.splitlines() if TRANSPOSED_TARGET in line]
+
+
+@pytest.mark.parametrize("rows", [1, MIN_ROWS, 5, MAX_ROWS, MAX_ROWS + 1])
+def test_dot_general_sends_few_rows_against_rhs_rows_to_the_transposed_kernel(rows):
+    """[B, T, K] . [N, K] contracting both last axes (a tied LM head): the transposed kernel for
+    MIN_ROWS..MAX_ROWS rows, XLA otherwise; the same values either way, and never the [K, N] kernel."""
+    x, w = transposed_operands((rows, 24, 41), seed=4)
+    x3 = x.reshape(1, rows, 24)
+    numbers = (((2,), (1,)), ((), ()))
+    out = few_rows_dot_general(x3, w, numbers)
+    assert out.shape == (1, rows, 41)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(jax.lax.dot_general(x3, w, numbers)), rtol=1e-5, atol=1e-5)
+    used = bool(transposed_calls(lambda a, b: few_rows_dot_general(a, b, numbers), x3, w))
+    assert used == (MIN_ROWS <= rows <= MAX_ROWS)
+    assert not custom_calls(lambda a, b: few_rows_dot_general(a, b, numbers), x3, w)
+
+
+def test_transposed_kernel_is_switched_off_with_the_other(monkeypatch):
+    x, w = transposed_operands((4, 24, 40))
+    monkeypatch.setenv("MMJAX_CPU_KERNEL", "0")
+    assert not transposed_calls(lambda a, b: few_rows_dot_general(a, b, (((1,), (1,)), ((), ()))), x + 0, w)
+    assert "MMJAX_CPU_KERNEL=0" in transposed_matmul_unavailable(jnp.float32)
+
+
+def test_tied_lm_head_of_a_merged_model_uses_it():
+    """What the engine's step does to a tied decoder: its LM head (hidden @ E.T) on the transposed kernel,
+    with attend's values; the untied model's head stays on the [K, N] kernel."""
+    config = DecoderConfig(vocab_size=301, hidden_size=40, intermediate_size=52, num_layers=1, num_heads=5,
+                           num_kv_heads=1, head_dim=8, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    hidden = jnp.asarray(np.random.default_rng(5).standard_normal((6, 40)), jnp.float32)
+
+    def head(state, hidden, native):
+        merged = nnx.merge(graphdef, state)
+        if native:
+            send_few_row_products_to_cpu_kernel(merged)
+        return merged.logits(hidden)
+
+    assert len(transposed_calls(lambda s, h: head(s, h, True), state, hidden)) == 1
+    assert not transposed_calls(lambda s, h: head(s, h, False), state, hidden)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda s, h: head(s, h, True))(state, hidden)),
+                               np.asarray(model.embed_tokens.attend(hidden)), rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ one, and ``hidden_states`` returns every layer's new cache beside the hidden sta
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -101,6 +101,12 @@ class LlamaForCausalLM(nnx.Module):
     image features into the token embeddings before the decoder runs.
     """
 
+    #: The tied LM head's product, ``head_dot_general(hidden [..., D], embedding [V, D], numbers)`` contracting
+    #: both last axes (the embedding read where it lies, no transposed copy); None: ``nnx.Embed.attend``
+    #: (``jnp.dot(hidden, E.T)``, which cannot be swapped). The engine's CPU step programs set it, with the
+    #: linear layers' ``dot_general``, in ``mmjax.engine.step.send_few_row_products_to_cpu_kernel``.
+    head_dot_general: Callable[..., Array] | None = None
+
     def __init__(self, cfg: DecoderConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
@@ -161,7 +167,12 @@ class LlamaForCausalLM(nnx.Module):
     def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
         """The LM head (tied or not), in float32. Apply it only where logits are needed."""
         if self.config.tie_word_embeddings:
-            return self.embed_tokens.attend(hidden).astype(jnp.float32)
+            if self.head_dot_general is None:
+                return self.embed_tokens.attend(hidden).astype(jnp.float32)
+            embed = self.embed_tokens  # attend's dtype promotion, then the product
+            query, embedding = embed.promote_dtype((hidden, embed.embedding[...]), dtype=embed.dtype)
+            numbers = (((query.ndim - 1,), (1,)), ((), ()))
+            return self.head_dot_general(query, embedding, numbers).astype(jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
 
     def __call__(
