@@ -26,7 +26,7 @@ from mmjax.models.common.placeholders import expand_each_modality
 from mmjax.models.common.vision_packing import Grid, bucket_rows, pad_rows, patch_buckets
 from mmjax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from mmjax.models.qwen2_5_vl.video_hooks import (
-    dummy_video, map_video_items, max_video_tokens, video_config, video_spans, video_token_counts,
+    dummy_video, map_video_items, max_video_tokens, video_config, video_spans, video_token_bound, video_token_counts,
 )  # fmt: skip
 from mmjax.models.qwen2_5_vl.vision_layout import windowed_vision_layout
 from mmjax.processing.qwen_vl_config import QwenImageConfig
@@ -202,7 +202,7 @@ def dummy_data(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) ->
         placeholders["image"] = [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]
         token_ids += [cfg.image_token_id] * (per_image * num_images)
     if num_videos:
-        video, per_video = dummy_video(ctx, max_video_tokens(ctx))
+        video, per_video = dummy_video(ctx, video_token_bound(ctx))
         data["video"] = [(video, {"fps": 24.0})] * num_videos
         start = len(token_ids)
         placeholders["video"] = [PlaceholderRange(start + i * per_video, per_video) for i in range(num_videos)]

@@ -82,8 +82,13 @@ def video_spans(data: object, ranges: Sequence[PlaceholderRange], config: QwenVi
 
 
 def max_video_tokens(ctx: InputContext) -> int:
-    """The most tokens one video can have: the largest video the ceilings let through (all its frames kept,
-    each at the per-frame budget), at most the context."""
+    """The most tokens one video may have: those of the dummy video built up to ``video_token_bound`` (so the
+    profiling data holds exactly the maximum); a video with more is refused by name before any work."""
+    return dummy_video(ctx, video_token_bound(ctx))[1]
+
+
+def video_token_bound(ctx: InputContext) -> int:
+    """The ceilings' largest video (all its frames kept, each at the per-frame budget), at most the context."""
     config = video_config(ctx)
     per_frame = config.max_pixels // (config.patch_size**2 * config.merge_size**2)
     frames = video_ceilings(ctx.model_config.mm_processor_kwargs, None).max_video_frames
