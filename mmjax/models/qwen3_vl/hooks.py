@@ -32,7 +32,7 @@ from mmjax.models.qwen3_vl.embedding_rows import FRAME_ROW
 from mmjax.models.qwen3_vl.image_budget import image_config, image_grids, images_of, largest_image, model_image_config
 from mmjax.models.qwen3_vl.video_budget import video_config, video_grid_of
 from mmjax.models.qwen3_vl.video_hooks import (
-    dummy_video, max_frame_tokens, max_video_tokens, text_capacity, text_row_ids, video_runs,
+    dummy_video, max_frame_tokens, max_video_tokens, text_capacity, text_row_ids, timestamp_join, video_runs,
     video_spans,
 )  # fmt: skip
 from mmjax.models.qwen3_vl.vision_layout import vision_layout
@@ -62,7 +62,8 @@ def vision_buckets(ctx: InputContext, modality: str = "image") -> tuple[int, ...
         limit = max(1, item_limit(ctx)) * t * h * w
     else:
         limit = max(1, item_limit(ctx, "video")) * max_frame_tokens(ctx) * unit
-    return patch_buckets(limit, smallest=min(SMALLEST_BUCKET, -(-limit // unit) * unit), merge=qwen_config(ctx).merge_size)
+    smallest = min(SMALLEST_BUCKET, -(-limit // unit) * unit)
+    return patch_buckets(limit, smallest=smallest, merge=qwen_config(ctx).merge_size)
 
 
 #: The mapped input keys of each modality: the packed patches and the prefix of the tower's layout fields.
@@ -118,7 +119,8 @@ def input_processor(ctx: InputContext, inputs: DecoderOnlyInputs, *, min_pixels:
                     max_pixels: int | None = None, video_min_pixels: int | None = None,
                     video_max_pixels: int | None = None) -> DecoderOnlyInputs:
     """Expand each ``<|image_pad|>`` into its image's placeholders and each video's block into its timestamped
-    run (``video_hooks``), and record where: images first, then videos.
+    run (``video_hooks``: the first timestamp before the range, joined with the text before it as transformers
+    tokenizes it), and record where: images first, then videos.
 
     Raises:
       ValueError: markers and items disagree, or a budget the request may not ask for.
@@ -127,14 +129,15 @@ def input_processor(ctx: InputContext, inputs: DecoderOnlyInputs, *, min_pixels:
     if data.get("image") is not None:
         config = image_config(ctx, min_pixels, max_pixels)
         counts = [t * h * w // config.merge_size**2 for t, h, w in image_grids(images_of(data["image"]), config)]
-        runs["image"] = (cfg.image_token_id, [[cfg.image_token_id] * count for count in counts])
+        runs["image"] = (cfg.image_token_id, [((), [cfg.image_token_id] * count) for count in counts])
     if data.get("video") is not None:
         runs["video"] = (cfg.video_token_id, video_runs(ctx, data["video"], video_config(ctx, video_min_pixels,
                                                                                          video_max_pixels)))
     if not runs:
         return inputs
     wrappers = {"video": (cfg.vision_start_token_id, cfg.vision_end_token_id)}
-    token_ids, placeholders = replace_each_modality(inputs.prompt_token_ids, runs, wrappers)
+    joins = {"video": timestamp_join(ctx.get_tokenizer())} if "video" in runs else {}
+    token_ids, placeholders = replace_each_modality(inputs.prompt_token_ids, runs, wrappers, joins)
     return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders=placeholders)
 
 

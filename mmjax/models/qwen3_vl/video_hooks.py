@@ -2,17 +2,18 @@
 
 transformers' ``Qwen3VLProcessor`` replaces a video's ``<|vision_start|><|video_pad|><|vision_end|>`` (or a
 bare ``<|video_pad|>``) by, for each temporal patch, ``<{t:.1f} seconds>`` then ``<|vision_start|>``,
-``tokens_per_frame`` times ``<|video_pad|>`` and ``<|vision_end|>`` (``qwen3_vl_video_prompt``). The input
-processor splices that run into the token ids, each timestamp tokenized on its own with the checkpoint's
-tokenizer (as vLLM does). transformers tokenizes the prompt's text as a whole: the ids are the same except
-where the text just before the video's block is neither a special token nor a line break and the tokenizer
-merges across it (``"describe <|vision_start|>..."``: transformers' ``" <"``, mmjax's ``" "``, ``"<"``).
+``tokens_per_frame`` times ``<|video_pad|>`` and ``<|vision_end|>`` (``qwen3_vl_video_prompt``), and
+tokenizes the prompt's text as a whole. The input processor splices those ids into the prompt's: each
+timestamp tokenized with the checkpoint's tokenizer (vLLM tokenizes each on its own), the first one together
+with the text before it back to the last added token (``timestamp_join``: ``"describe <|vision_start|>..."``
+gives transformers' ``" <"``, where vLLM gives ``" "``, ``"<"``), so the ids equal transformers'.
 
-A video is one ``PlaceholderRange``: its whole run, timestamps and per-frame vision start/end included (vLLM's
-range too, where an ``is_embed`` mask picks the frame tokens). The engine gives every token of a range an
-embedding row, so a video's rows (``video_text_ids``, ``FRAME_ROW`` / ``PADDING_ROW``) hold, at a timestamp
-or start/end token, that token's own embedding and zero DeepStack features, and at a frame token the
-tower's merged row; the engine, the registry's one-range-per-item checks, the caches' per-item keys and a
+A video is one ``PlaceholderRange``: its run from its first frame's ``<|vision_start|>`` to its last
+``<|vision_end|>``, the timestamps between included (vLLM's range is the whole replacement, an ``is_embed``
+mask picking the frame tokens); its first timestamp is text before the range. The engine gives every token
+of a range an embedding row, so a video's rows (``video_text_ids``, ``FRAME_ROW`` / ``PADDING_ROW``) hold, at
+a timestamp or start/end token, that token's own embedding and zero DeepStack features, and at a frame token
+the tower's merged row; the engine, the registry's one-range-per-item checks, the caches' per-item keys and a
 prefill chunk that ends inside a video then take a video as they take an image.
 
 Positions (transformers' ``Qwen3VLModel.get_rope_index``): each frame's ``<|video_pad|>`` run is a vision
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mmjax.models.common.mrope import VisionSpan
+from mmjax.models.common.placeholders import Join
 from mmjax.models.common.vision_packing import Grid
 from mmjax.models.qwen3_vl.config import Qwen3VLConfig
 from mmjax.models.qwen3_vl.embedding_rows import FRAME_ROW, PADDING_ROW
@@ -53,25 +55,27 @@ def max_timestamp_tokens(tokenizer: Any) -> int:
 
 
 def video_run(timestamps: Sequence[float], tokens_per_frame: int, cfg: Qwen3VLConfig, tokenizer: Any,
-              index: int = 0) -> list[int]:
-    """The token ids that stand for one video: per temporal patch its timestamp, vision start, frame, end.
+              index: int = 0) -> tuple[list[int], list[int]]:
+    """``(lead, run)``: the token ids that stand for one video, per temporal patch its timestamp, vision start,
+    frame and end, cut after the first timestamp (the lead, text before the video's placeholder range).
 
     Raises:
       ValueError: a timestamp with more tokens than ``MAX_TIMESTAMP``'s (naming video ``index``).
     """
     frame = [cfg.vision_start_token_id] + [cfg.video_token_id] * tokens_per_frame + [cfg.vision_end_token_id]
-    most, run = max_timestamp_tokens(tokenizer), []
+    most, ids = max_timestamp_tokens(tokenizer), []
     for seconds in timestamps:
-        ids = timestamp_ids(tokenizer, seconds)
-        if len(ids) > most:
+        stamp = timestamp_ids(tokenizer, seconds)
+        if len(stamp) > most:
             raise ValueError(f"video {index}: its frame at {seconds:.1f} seconds is past the longest timestamp "
                              f"Qwen3-VL's buckets allow ({MAX_TIMESTAMP} seconds); give the video's real fps")
-        run += list(ids) + frame
-    return run
+        ids += list(stamp) + frame
+    first = ids.index(cfg.vision_start_token_id)
+    return ids[:first], ids[first:]
 
 
-def video_runs(ctx: InputContext, data: object, config: QwenVideoConfig) -> list[list[int]]:
-    """Each video's run of token ids (``video_run``), from its shape and fps alone."""
+def video_runs(ctx: InputContext, data: object, config: QwenVideoConfig) -> list[tuple[list[int], list[int]]]:
+    """Each video's ``(lead, run)`` (``video_run``), from its shape and fps alone."""
     cfg, tokenizer, runs = Qwen3VLConfig.from_hf(ctx.get_hf_config()), ctx.get_tokenizer(), []
     for index, item in enumerate(video_items(data)):
         (_, h, w), timestamps = video_grid_of(item, config, index)
@@ -79,9 +83,38 @@ def video_runs(ctx: InputContext, data: object, config: QwenVideoConfig) -> list
     return runs
 
 
-def text_row_ids(runs: Sequence[Sequence[int]], video_token_id: int, rows: int) -> np.ndarray:
-    """int32 ``[rows]``: the videos' runs one after the other, each frame token ``FRAME_ROW``, then padding."""
-    ids = np.concatenate([np.asarray(run, np.int64) for run in runs])
+def timestamp_join(tokenizer: Any) -> Join:
+    """The ``Join`` of a video's first timestamp with the text before it, as transformers tokenizes the two:
+    together (``"describe <|vision_start|>..."`` gives ``" <"``). Only where the text before (back to the last
+    added token, where the tokenizer splits anyway) is what tokenizing its own decoded text gives, and the
+    joined timestamp has at most ``MAX_TIMESTAMP``'s tokens; else the timestamp is put after it as it is."""
+    splits, most = frozenset(tokenizer.added_tokens_decoder), max_timestamp_tokens(tokenizer)
+
+    def join(before: Sequence[int], lead: Sequence[int]) -> tuple[int, Sequence[int]]:
+        start = len(before)
+        while start > 0 and before[start - 1] not in splits:
+            start -= 1
+        stretch = list(before[start:])
+        if not stretch:
+            return 0, lead
+        text = tokenizer.decode(stretch)
+        if tokenizer.encode(text, add_special_tokens=False) != stretch:
+            return 0, lead
+        joined = tokenizer.encode(text + tokenizer.decode(list(lead)), add_special_tokens=False)
+        common = 0
+        while common < min(len(stretch), len(joined)) and stretch[common] == joined[common]:
+            common += 1
+        if len(joined) - common > most:
+            return 0, lead
+        return len(stretch) - common, joined[common:]
+
+    return join
+
+
+def text_row_ids(runs: Sequence[tuple[Sequence[int], Sequence[int]]], video_token_id: int, rows: int) -> np.ndarray:
+    """int32 ``[rows]``: the videos' runs (``video_run``: their ranges, not the leads) one after the other,
+    each frame token ``FRAME_ROW``, then padding."""
+    ids = np.concatenate([np.asarray(run, np.int64) for _, run in runs])
     if len(ids) > rows:
         raise ValueError(f"the videos' {len(ids)} placeholder tokens exceed their bucket's {rows} rows")
     ids = np.where(ids == video_token_id, FRAME_ROW, ids)
@@ -153,7 +186,8 @@ def dummy_video(ctx: InputContext, num_tokens: int) -> tuple[VideoItem, int]:
             break
         item = VideoItem(np.zeros((frames, side, side, 3), np.uint8), {"fps": fps})
         (t, h, w), timestamps = video_grid_of(item, config)
-        length = sum(len(timestamp_ids(tokenizer, s)) + 2 for s in timestamps) + t * h * w // config.merge_size**2
+        texts = sum(len(timestamp_ids(tokenizer, s)) for s in timestamps[1:]) + 2 * t
+        length = texts + t * h * w // config.merge_size**2
         if best is not None and length > num_tokens:
             break
         best = (item, length)
