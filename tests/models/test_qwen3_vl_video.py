@@ -13,6 +13,7 @@ import os
 import warnings
 from unittest import mock
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,10 @@ from mmjax.engine.runner import ModelRunner
 from mmjax.models.qwen3_vl.hooks import encoder_input_variants
 from mmjax.models.qwen3_vl.video_hooks import timestamp_join
 from mmjax.registry import INPUT_REGISTRY, InputContext
+from mmjax.training import TrainExample
+from mmjax.training.examples import collate
+from mmjax.training.params import ParamSplit
+from mmjax.training.trainer import objective
 from tests.processing.qwen_reference import pil_image_processor, video_processor
 from tiny_qwen import IMAGE, chat, checkpoint, picture, reference, relative_error
 
@@ -194,3 +199,33 @@ def test_video_input_errors_are_named(llm):
         llm.process({"prompt": VIDEO * 2, "multi_modal_data": {"video": [clip(4, 32, 32), clip(1, 32, 32)]}})
     with pytest.raises(ValueError, match=r"video 0: its frame at [0-9.]+ seconds is past the longest timestamp"):
         llm.process({"prompt": VIDEO, "multi_modal_data": {"video": (clip(4, 32, 32), {"fps": 1e-5})}})
+
+
+def test_fine_tuning_loss_and_gradients_equal_transformers(llm):
+    """``mmjax.train``'s loss on a video example (its rows as the engine reads them, timestamps' rows included)
+    and on a text one, and the gradients of the merger and of the token embeddings, equal transformers'."""
+    video = clip(6, 64, 48, seed=6)
+    prompt = {"prompt": chat(f"{VIDEO}What moves?"), "multi_modal_data": {"video": (video, {"fps": 3.0})}}
+    examples = [TrainExample(prompt, "a cat"), TrainExample(chat("Say hello."), "hello there")]
+    batch = collate(llm, examples, batch_size=2)
+    split = ParamSplit.build(llm.state, "projector", {"projector": ("visual/merger/", "language_model/embed_tokens/")})
+    params, frozen = split.split(llm.state)
+    loss, grads = jax.value_and_grad(objective(llm.graphdef, split, None))(params, frozen, batch)
+    model = reference(family=FAMILY)[0]
+    model.zero_grad()
+    inputs = transformers_inputs(chat(f"{VIDEO}What moves?"), [(video, 3.0)])
+    ids = torch.tensor(np.asarray(batch.input_ids), dtype=torch.long)
+    labels = torch.tensor(np.where(np.asarray(batch.labels) >= 0, np.asarray(batch.labels), -100), dtype=torch.long)
+    types = (ids == model.config.video_token_id).int() * 2
+    out = model(input_ids=ids, attention_mask=torch.tensor(np.asarray(batch.positions) >= 0, dtype=torch.long),
+                mm_token_type_ids=types, pixel_values_videos=inputs["pixel_values_videos"],
+                video_grid_thw=inputs["video_grid_thw"], labels=labels)
+    out.loss.backward()
+    assert float(loss) == pytest.approx(float(out.loss.detach()), rel=1e-5)
+    by_path = dict(zip((split.paths[i] for i in split.trained), grads))
+    embed = model.model.language_model.embed_tokens.weight.grad
+    for ours, theirs in (("visual/merger/linear_fc1/kernel", model.model.visual.merger.linear_fc1.weight.grad.T),
+                         ("language_model/embed_tokens/embedding", embed)):
+        want = theirs.numpy()
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(np.asarray(by_path[ours]), want, atol=1e-4 * np.abs(want).max(), rtol=1e-3)
