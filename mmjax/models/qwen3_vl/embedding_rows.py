@@ -8,9 +8,9 @@ input embedding and ``row.reshape(1 + n, D)[1 + k]`` what layer ``k`` adds. One 
 per token keeps the engine's embedding arena (rows of width ``(1 + n) * D``, gathered
 by ``embedding_slots``) and a prefill chunk that ends inside an image working unchanged.
 
-A video's rows cover its whole placeholder run (``video_hooks``): a timestamp or vision start/end
-token's row is that token's own embedding with zero DeepStack features (``with_text_rows``), so the
-engine's one row per placeholder token holds for videos too.
+A video's rows cover its whole placeholder range (``video_hooks``): the row of a timestamp or vision
+start/end token inside it is that token's own embedding with zero DeepStack features
+(``with_text_rows``), so the engine's one row per placeholder token holds for videos too.
 
 Shape words: ``rows`` a request's ``M`` placeholder rows or an arena's ``U``,
 ``row_width`` ``(1 + n) * D``.

@@ -7,10 +7,10 @@ the one place the grid is computed; the mapper, the input processor, the positio
 and the max-token count all call it).
 
 A video (``video_hooks``, ``video_budget``) becomes one timestamped run per video:
-``<t seconds><|vision_start|>frame<|vision_end|>`` per temporal patch, the whole run its
-placeholder range. Positions follow transformers' ``Qwen3VLModel.get_rope_index``: an
-image as in Qwen2.5-VL (``common.mrope``), a video one vision span of grid ``(1, h, w)``
-per frame, its timestamps text between them.
+``<t seconds><|vision_start|>frame<|vision_end|>`` per temporal patch, its placeholder
+range from the first frame's vision start to the last one's end. Positions follow
+transformers' ``Qwen3VLModel.get_rope_index``: an image as in Qwen2.5-VL (``common.mrope``),
+a video one vision span of grid ``(1, h, w)`` per frame, its timestamps text between them.
 
 A prompt's items are recorded images first, then videos: the order the model returns
 their rows in (``Qwen3VLForConditionalGeneration.multimodal_embeddings``).

@@ -18,9 +18,10 @@ each ``[D]``, ``deepstack_k`` being what decoder layer ``k`` adds
 passes ``rows [R, U, (1 + n) * D]`` and the per-token row index (``embedding_slots``,
 ``-1``: a text token) to ``merge_rows`` and the decoder's ``deepstack=``; the dense
 ``__call__`` does the same with the request's frame rows (no text rows) and ``placeholder_rows``.
-A video's placeholders are its whole timestamped run: its rows at the timestamp and vision
-start/end tokens are those tokens' own embeddings with zero DeepStack features
-(``embedding_rows.with_text_rows``), what transformers gives those tokens.
+A video's placeholders run from its first frame's vision start to its last vision end
+(``video_hooks``): its rows at the timestamp and vision start/end tokens between are those
+tokens' own embeddings with zero DeepStack features (``embedding_rows.with_text_rows``),
+what transformers gives those tokens.
 """
 
 from __future__ import annotations
