@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+
 import jax.numpy as jnp
 
 from mmjax.registry import PlaceholderRange
-from mmjax.types import Array, ArrayLike, Int
+from mmjax.types import Array, ArrayLike, Float, Int
 
 
 def expand_placeholders(
@@ -73,4 +75,70 @@ def modality_major_rows(input_ids: Int[ArrayLike, "B T"], placeholder_ids: tuple
         index = jnp.cumsum(is_token.reshape(-1)).reshape(is_token.shape) - 1 + before
         rows = jnp.where(is_token, index, rows)
         before = before + jnp.sum(is_token)
+    return rows
+
+
+#: ``join(tokens_before, lead) -> (taken, new_lead)``: how many of the tokens before an item to take back, and the
+#: tokens to put instead of them and the item's lead (e.g. the two tokenized as one text).
+Join = Callable[[Sequence[int], Sequence[int]], tuple[int, Sequence[int]]]
+
+
+def replace_each_modality(
+    token_ids: Sequence[int], runs: Mapping[str, tuple[int, Sequence[tuple[Sequence[int], Sequence[int]]]]],
+    wrappers: Mapping[str, tuple[int, int]] | None = None, joins: Mapping[str, Join] | None = None,
+) -> tuple[tuple[int, ...], dict[str, tuple[PlaceholderRange, ...]]]:
+    """Replace the i-th marker of each modality by its i-th item's ``(lead, run)``: ``{modality: (marker, items)}``.
+
+    ``run`` is the item's ``PlaceholderRange``; ``lead`` is text the item brings before it (Qwen3-VL's video:
+    its first timestamp), which a ``joins`` entry of the modality may tokenize together with the text before
+    the item (``Join``). A modality with a wrapper ``(start, end)`` in ``wrappers`` has a marker found between
+    ``start`` and ``end`` replaced together with them (Qwen3-VL's video run brings a wrapper per frame).
+    (``expand_each_modality`` is the case of no leads and runs that repeat the marker.)
+
+    Returns:
+      The new token ids and each modality's ranges (offsets in the new ids), in ``runs``' order.
+
+    Raises:
+      ValueError: a modality's marker count differs from its number of items (naming the markers' positions).
+    """
+    wrappers, joins = wrappers or {}, joins or {}
+    for modality, (marker, items) in runs.items():
+        expand_placeholders(tuple(token_ids), marker, [1] * len(items), modality)  # checks the counts
+    queues = {marker: (modality, list(items)) for modality, (marker, items) in runs.items()}
+    out: list[int] = []
+    ranges: dict[str, list[PlaceholderRange]] = {modality: [] for modality in runs}
+    ids = list(token_ids)
+    i = 0
+    while i < len(ids):
+        token = ids[i]
+        if token not in queues:
+            out.append(token)
+            i += 1
+            continue
+        modality, items = queues[token]
+        start, end = wrappers.get(modality, (None, None))
+        wrapped = start is not None and i > 0 and ids[i - 1] == start and i + 1 < len(ids) and ids[i + 1] == end
+        if wrapped:
+            out.pop()
+        lead, run = items.pop(0)
+        if modality in joins and lead:
+            taken, lead = joins[modality](tuple(out), tuple(lead))
+            del out[len(out) - taken:]
+        out.extend(lead)
+        ranges[modality].append(PlaceholderRange(len(out), len(run)))
+        out.extend(run)
+        i += 2 if wrapped else 1
+    return tuple(out), {modality: tuple(r) for modality, r in ranges.items()}
+
+
+def concat_real_rows(parts: Sequence[tuple[Array, ArrayLike]]) -> Float[Array, "all W"]:
+    """The real rows of each part, one part after the other, then padding: ``parts`` are ``(rows [n, W],
+    num_real)``, a part's first ``num_real`` rows real. ``jit``-safe (``num_real`` may be traced); one part is
+    returned as is."""
+    rows, total = parts[0]
+    for more, count in parts[1:]:
+        k = jnp.arange(rows.shape[0] + more.shape[0])
+        index = jnp.where(k < total, k, rows.shape[0] + k - total)  # each row reads its source by a computed index
+        both = jnp.concatenate([rows, more.astype(rows.dtype)])
+        rows, total = jnp.take(both, jnp.clip(index, 0, both.shape[0] - 1), axis=0), total + count
     return rows

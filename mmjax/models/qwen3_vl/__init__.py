@@ -1,5 +1,5 @@
 """Qwen3-VL (``Qwen3VLForConditionalGeneration``): a vision tower with DeepStack mergers and a Qwen3
-decoder with interleaved M-RoPE and per-head q/k norms."""
+decoder with interleaved M-RoPE and per-head q/k norms; images and videos (timestamped per temporal patch)."""
 
 from mmjax.models.qwen3_vl.config import Qwen3VLConfig
 from mmjax.models.qwen3_vl.family import QWEN3_VL

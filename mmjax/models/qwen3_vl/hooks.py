@@ -6,10 +6,14 @@ of 16-px patches is one token (``mmjax.processing.qwen_vl_geometry.image_grid``,
 the one place the grid is computed; the mapper, the input processor, the positions
 and the max-token count all call it).
 
-Positions follow transformers' ``Qwen3VLModel.get_rope_index``: an image as in
-Qwen2.5-VL (``common.mrope``). A video (to come) is one vision span per frame, its
-timestamps text between them (``<t seconds><|vision_start|>frame<|vision_end|>...``),
-so ``mrope_input_positions`` will add one ``VisionSpan`` of grid ``(1, h, w)`` per frame.
+A video (``video_hooks``, ``video_budget``) becomes one timestamped run per video:
+``<t seconds><|vision_start|>frame<|vision_end|>`` per temporal patch, its placeholder
+range from the first frame's vision start to the last one's end. Positions follow
+transformers' ``Qwen3VLModel.get_rope_index``: an image as in Qwen2.5-VL (``common.mrope``),
+a video one vision span of grid ``(1, h, w)`` per frame, its timestamps text between them.
+
+A prompt's items are recorded images first, then videos: the order the model returns
+their rows in (``Qwen3VLForConditionalGeneration.multimodal_embeddings``).
 """
 
 from __future__ import annotations
@@ -21,14 +25,22 @@ import numpy as np
 from PIL import Image
 
 from mmjax.models.common.mrope import VisionSpan, mrope_positions
-from mmjax.models.common.placeholders import expand_placeholders
+from mmjax.models.common.placeholders import replace_each_modality
 from mmjax.models.common.vision_packing import Grid, bucket_rows, pad_rows, patch_buckets
 from mmjax.models.qwen3_vl.config import Qwen3VLConfig
+from mmjax.models.qwen3_vl.embedding_rows import FRAME_ROW
 from mmjax.models.qwen3_vl.image_budget import image_config, image_grids, images_of, largest_image, model_image_config
+from mmjax.models.qwen3_vl.video_budget import video_config, video_grid_of
+from mmjax.models.qwen3_vl.video_hooks import (
+    dummy_video, max_frame_tokens, max_video_tokens, text_capacity, text_row_ids, timestamp_join, video_runs,
+    video_spans,
+)  # fmt: skip
 from mmjax.models.qwen3_vl.vision_layout import vision_layout
 from mmjax.processing.qwen_vl_image import process_image
+from mmjax.processing.qwen_vl_video import process_video
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs, PlaceholderRange
 from mmjax.registry.processor_kwargs import merge_kwargs
+from mmjax.registry.video_items import video_items
 
 #: The smallest patch bucket of the tower (a 512 x 512 image; smaller ones pad up to it).
 SMALLEST_BUCKET = 256
@@ -38,26 +50,42 @@ def qwen_config(ctx: InputContext) -> Qwen3VLConfig:
     return Qwen3VLConfig.from_hf(ctx.get_hf_config())
 
 
-def image_limit(ctx: InputContext) -> int:
-    return int(ctx.model_config.limit_mm_per_prompt.get("image", 1))
+def item_limit(ctx: InputContext, modality: str = "image") -> int:
+    return int(ctx.model_config.limit_mm_per_prompt.get(modality, 1))
 
 
-def vision_buckets(ctx: InputContext) -> tuple[int, ...]:
-    """The patch-row buckets of a prompt's images: up to the limit of the largest image."""
-    config = model_image_config(ctx)
-    t, h, w = largest_image(config)[1]
-    limit = max(1, image_limit(ctx)) * t * h * w
-    unit = config.merge_size**2
-    return patch_buckets(limit, smallest=min(SMALLEST_BUCKET, -(-limit // unit) * unit), merge=config.merge_size)
+def vision_buckets(ctx: InputContext, modality: str = "image") -> tuple[int, ...]:
+    """The patch-row buckets of a prompt's images (or videos): up to the limit of the largest item."""
+    unit = qwen_config(ctx).merge_size**2
+    if modality == "image":
+        t, h, w = largest_image(model_image_config(ctx))[1]
+        limit = max(1, item_limit(ctx)) * t * h * w
+    else:
+        limit = max(1, item_limit(ctx, "video")) * max_frame_tokens(ctx) * unit
+    smallest = min(SMALLEST_BUCKET, -(-limit // unit) * unit)
+    return patch_buckets(limit, smallest=smallest, merge=qwen_config(ctx).merge_size)
 
 
-def pack_items(ctx: InputContext, pixel_values: Sequence[np.ndarray], grids: Sequence[Grid]) -> MultiModalInputs:
-    """The items' patches in one bucket of rows, with the tower's layout for them."""
+#: The mapped input keys of each modality: the packed patches and the prefix of the tower's layout fields.
+#: A prompt's videos also carry ``video_text_ids`` (``video_hooks.text_row_ids``).
+INPUT_KEYS = {"image": ("pixel_values", ""), "video": ("pixel_values_videos", "video_")}
+
+
+def pack_items(ctx: InputContext, pixel_values: Sequence[np.ndarray], grids: Sequence[Grid],
+               modality: str = "image") -> MultiModalInputs:
+    """The items' patches in one bucket of rows, with the tower's layout for them (keys by ``INPUT_KEYS``)."""
     cfg = qwen_config(ctx).vision
     patches = np.concatenate(pixel_values).astype(np.float32)
-    rows = bucket_rows(patches.shape[0], vision_buckets(ctx))
+    rows = bucket_rows(patches.shape[0], vision_buckets(ctx, modality))
     layout = vision_layout(grids, rows, merge=cfg.spatial_merge_size, side=cfg.position_side)
-    return MultiModalInputs({"pixel_values": pad_rows(patches, rows), **dataclasses.asdict(layout)})
+    pixels_key, prefix = INPUT_KEYS[modality]
+    fields = {prefix + name: value for name, value in dataclasses.asdict(layout).items()}
+    return MultiModalInputs({pixels_key: pad_rows(patches, rows), **fields})
+
+
+def video_rows(ctx: InputContext, patch_rows: int) -> int:
+    """Rows of a video bucket's ``video_text_ids``: its merged frame rows and room for their text tokens."""
+    return patch_rows // qwen_config(ctx).merge_size**2 + text_capacity(ctx, patch_rows, item_limit(ctx, "video"))
 
 
 def map_images(ctx: InputContext, data: object, *, min_pixels: int | None = None,
@@ -68,6 +96,18 @@ def map_images(ctx: InputContext, data: object, *, min_pixels: int | None = None
     return pack_items(ctx, [m.pixel_values for m in mapped], [tuple(m.grid_thw) for m in mapped])
 
 
+def map_videos(ctx: InputContext, data: object, *, video_min_pixels: int | None = None,
+               video_max_pixels: int | None = None) -> MultiModalInputs:
+    """The video mapper: sample and resize frames, cut into temporal patches, pack into a video bucket; and
+    ``video_text_ids``, each row of the videos' placeholder runs (a text token's id, or ``FRAME_ROW``)."""
+    config = video_config(ctx, video_min_pixels, video_max_pixels)
+    mapped = [process_video(item.frames, config, item.fps) for item in video_items(data)]
+    packed = pack_items(ctx, [m.pixel_values for m in mapped], [tuple(m.grid_thw) for m in mapped], "video")
+    rows = video_rows(ctx, packed["pixel_values_videos"].shape[0])
+    text_ids = text_row_ids(video_runs(ctx, data, config), qwen_config(ctx).video_token_id, rows)
+    return MultiModalInputs({**packed, "video_text_ids": text_ids})
+
+
 def max_image_tokens(ctx: InputContext) -> int:
     """Placeholder tokens of the largest image under the model-wide budget."""
     config = model_image_config(ctx)
@@ -76,52 +116,86 @@ def max_image_tokens(ctx: InputContext) -> int:
 
 
 def input_processor(ctx: InputContext, inputs: DecoderOnlyInputs, *, min_pixels: int | None = None,
-                    max_pixels: int | None = None) -> DecoderOnlyInputs:
-    """Expand each ``<|image_pad|>`` into its image's placeholder count and record where.
+                    max_pixels: int | None = None, video_min_pixels: int | None = None,
+                    video_max_pixels: int | None = None) -> DecoderOnlyInputs:
+    """Expand each ``<|image_pad|>`` into its image's placeholders and each video's block into its timestamped
+    run (``video_hooks``: the first timestamp before the range, joined with the text before it as transformers
+    tokenizes it), and record where: images first, then videos.
 
     Raises:
-      ValueError: markers and images disagree, or a budget the request may not ask for.
+      ValueError: markers and items disagree, or a budget the request may not ask for.
     """
-    images = inputs.multi_modal_data.get("image")
-    if images is None:
+    cfg, data, runs = qwen_config(ctx), inputs.multi_modal_data, {}
+    if data.get("image") is not None:
+        config = image_config(ctx, min_pixels, max_pixels)
+        counts = [t * h * w // config.merge_size**2 for t, h, w in image_grids(images_of(data["image"]), config)]
+        runs["image"] = (cfg.image_token_id, [((), [cfg.image_token_id] * count) for count in counts])
+    if data.get("video") is not None:
+        runs["video"] = (cfg.video_token_id, video_runs(ctx, data["video"], video_config(ctx, video_min_pixels,
+                                                                                         video_max_pixels)))
+    if not runs:
         return inputs
-    config = image_config(ctx, min_pixels, max_pixels)
-    unit = config.merge_size**2
-    counts = [t * h * w // unit for t, h, w in image_grids(images_of(images), config)]
-    token_ids, ranges = expand_placeholders(inputs.prompt_token_ids, qwen_config(ctx).image_token_id, counts)
-    return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders={"image": ranges})
+    wrappers = {"video": (cfg.vision_start_token_id, cfg.vision_end_token_id)}
+    joins = {"video": timestamp_join(ctx.get_tokenizer())} if "video" in runs else {}
+    token_ids, placeholders = replace_each_modality(inputs.prompt_token_ids, runs, wrappers, joins)
+    return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders=placeholders)
 
 
 def mrope_input_positions(ctx: InputContext, inputs: DecoderOnlyInputs) -> tuple[np.ndarray, int]:
-    """``(positions int32[3, L], delta)``: each image's tokens at (its start, start + row, start + column)."""
-    spans = []
-    images = inputs.multi_modal_data.get("image")
-    if images is not None:
-        kwargs = merge_kwargs(ctx.model_config.mm_processor_kwargs, inputs.mm_processor_kwargs)
+    """``(positions int32[3, L], delta)``: each image's and each video frame's tokens at (its start,
+    start + row, start + column); the timestamps and every other token at consecutive text positions."""
+    spans, data = [], inputs.multi_modal_data
+    kwargs = merge_kwargs(ctx.model_config.mm_processor_kwargs, inputs.mm_processor_kwargs)
+    if data.get("image") is not None:
         config = image_config(ctx, kwargs.get("min_pixels"), kwargs.get("max_pixels"))
         merge = config.merge_size
-        grids = image_grids(images_of(images), config)
+        grids = image_grids(images_of(data["image"]), config)
         for placeholder, (t, h, w) in zip(inputs.multi_modal_placeholders["image"], grids):
             spans.append(VisionSpan(placeholder.offset, (t, h // merge, w // merge)))
+    if data.get("video") is not None:
+        config = video_config(ctx, kwargs.get("video_min_pixels"), kwargs.get("video_max_pixels"))
+        grids = [video_grid_of(item, config, i)[0] for i, item in enumerate(video_items(data["video"]))]
+        spans += video_spans(inputs.prompt_token_ids, inputs.multi_modal_placeholders["video"], grids,
+                             qwen_config(ctx).video_token_id, config.merge_size)
     return mrope_positions(len(inputs.prompt_token_ids), spans)
 
 
 def dummy_data(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) -> DummyData:
-    """``mm_counts["image"]`` images of the size with the most tokens, each with its full placeholder run."""
-    (height, width), _ = largest_image(model_image_config(ctx))
-    per_image, num_images = max_image_tokens(ctx), mm_counts.get("image", 0)
-    token_ids = [qwen_config(ctx).image_token_id] * (per_image * num_images)
+    """``mm_counts["image"]`` images of the size with the most tokens and ``mm_counts["video"]`` videos of
+    about the most tokens one video may have, each with a placeholder range of its modality's max tokens."""
+    cfg, data, placeholders, token_ids = qwen_config(ctx), {}, {}, []
+    num_images, num_videos = mm_counts.get("image", 0), mm_counts.get("video", 0)
+    if num_images:
+        (height, width), _ = largest_image(model_image_config(ctx))
+        per_image = max_image_tokens(ctx)
+        data["image"] = [Image.new("RGB", (width, height))] * num_images
+        placeholders["image"] = [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]
+        token_ids += [cfg.image_token_id] * (per_image * num_images)
+    if num_videos:
+        per_video = max_video_tokens(ctx)
+        data["video"] = [dummy_video(ctx, per_video)[0]] * num_videos
+        start = len(token_ids)
+        placeholders["video"] = [PlaceholderRange(start + i * per_video, per_video) for i in range(num_videos)]
+        token_ids += [cfg.video_token_id] * (per_video * num_videos)
     token_ids += [0] * max(0, seq_len - len(token_ids))
-    return DummyData(
-        prompt_token_ids=token_ids,
-        multi_modal_data={"image": [Image.new("RGB", (width, height))] * num_images},
-        multi_modal_placeholders={"image": [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]},
-    )
+    return DummyData(prompt_token_ids=token_ids, multi_modal_data=data, multi_modal_placeholders=placeholders)
 
 
 def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
-    """One (zero) input per patch bucket: every shape ``map_images`` returns (for warm-up)."""
+    """One (zero) input per patch bucket of each modality, and per pair of buckets when a prompt may hold
+    both: every shape the mappers return (for warm-up)."""
     cfg = qwen_config(ctx).vision
     merge = cfg.spatial_merge_size
-    return [pack_items(ctx, [np.zeros((rows, cfg.patch_dim), np.float32)], [(1, merge, rows // merge)])
-            for rows in vision_buckets(ctx)]
+
+    def zeros(rows: int, modality: str) -> MultiModalInputs:
+        packed = pack_items(ctx, [np.zeros((rows, cfg.patch_dim), np.float32)], [(1, merge, rows // merge)], modality)
+        if modality == "image":
+            return packed
+        return MultiModalInputs({**packed, "video_text_ids": np.full(video_rows(ctx, rows), FRAME_ROW, np.int32)})
+
+    modalities = [m for m in ("image", "video") if item_limit(ctx, m) > 0]
+    singles = {m: [zeros(rows, m) for rows in vision_buckets(ctx, m)] for m in modalities}
+    variants = [v for m in modalities for v in singles[m]]
+    if len(modalities) == 2:
+        variants += [MultiModalInputs({**i, **v}) for i in singles["image"] for v in singles["video"]]
+    return variants
