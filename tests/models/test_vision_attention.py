@@ -57,6 +57,14 @@ def banded(block: int, chunk: int):
 FULL_LAYOUTS = [(256, 256, 256), (300, 290, 70), (200, 131, 40), (96, 0, 1)]
 
 
+def test_blockwise_equals_dense_when_segments_are_scattered():
+    # Not runs in order: each block's partner range spans every block, and the mask alone decides.
+    rng = np.random.default_rng(7)
+    ids, valid = rng.integers(0, 5, size=200).astype(np.int32), rng.random(200) < 0.8
+    q, k, v = qkv(200, seed=7)
+    assert relative_error(blockwise(32)(q, k, v, ids, valid), dense(q, k, v, ids, valid)) < TOLERANCE
+
+
 @pytest.mark.parametrize("rows, real, longest", FULL_LAYOUTS)
 @pytest.mark.parametrize("block", [32, 64])
 def test_blockwise_equals_dense(rows, real, longest, block):

@@ -25,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.common.segment_blocks import MASKED, TINY, pad_to_blocks
+from mmjax.models.common.segment_blocks import MASKED, TINY, pad_to_blocks, pair_mask
 from mmjax.types import Array, Bool, Float, Int, shape_checked
 
 
@@ -75,9 +75,8 @@ def _attend_chunk(xs: tuple[Array, ...], *, block: int) -> Array:
     q = q.reshape(-1, block, *q.shape[1:])
     k, v, seg_k, valid_k = (_band(x, block) for x in (k, v, seg_k, valid_k))
     seg_q, valid_q = seg_q.reshape(-1, block), valid_q.reshape(-1, block)
-    mask = (seg_q[:, :, None] == seg_k[:, None, :]) & valid_q[:, :, None] & valid_k[:, None, :]  # b q k
+    mask = pair_mask(seg_q, valid_q, seg_k, valid_k)[:, None]  # [chunk, 1, block, band]: every head alike
     scores = jnp.einsum("bqNH,bkNH->bNqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-    mask = mask[:, None]
     scores = jnp.where(mask, scores, MASKED)
     weights = jnp.where(mask, jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)), 0.0)
     probs = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), TINY)

@@ -1,8 +1,8 @@
-"""Helpers shared by the blocked segment attentions: padding rows to whole blocks, a block pair's mask and scores.
+"""Helpers shared by the blocked segment attentions: padding rows to whole blocks, a block pair's mask.
 
 Shape letters: ``P`` packed rows (query and key rows alike), ``N`` heads, ``H``
-head dimension; ``blocks`` row blocks, ``block`` rows of one block. In einsum
-strings ``q`` and ``k`` are a block's query and key rows.
+head dimension; ``blocks`` row blocks, ``block`` rows of one block, ``q`` and
+``k`` a block's query and key rows.
 """
 
 from __future__ import annotations
@@ -33,26 +33,9 @@ def pad_to_blocks(
 
 
 def pair_mask(
-    q_segments: Int[Array, "q"], q_valid: Bool[Array, "q"], k_segments: Int[Array, "k"], k_valid: Bool[Array, "k"]
-) -> Bool[Array, "q k"]:
-    """``mask[q, k]``: query row ``q`` attends key row ``k`` (same segment, both real)."""
-    return (q_segments[:, None] == k_segments[None, :]) & q_valid[:, None] & k_valid[None, :]
-
-
-def pair_scores(q: Float[Array, "q N H"], k: Float[Array, "k N H"]) -> Float[Array, "N q k"]:
-    """Scaled float32 scores ``q . k / sqrt(H)``, whatever the inputs' dtype."""
-    return jnp.einsum("qNH,kNH->Nqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-
-
-def block_segment_range(
-    segments: Int[Array, "blocks block"], valid: Bool[Array, "blocks block"]
-) -> tuple[Int[Array, "blocks"], Int[Array, "blocks"]]:
-    """``(lowest, highest)`` segment id of each block's real rows; a block with none gets an empty range.
-
-    Two blocks can share a segment only if their ranges overlap: a test that holds for any layout, and is
-    tight when segments are contiguous runs (frames in row order), where it skips most block pairs.
-    """
-    info = jnp.iinfo(segments.dtype)
-    lowest = jnp.min(jnp.where(valid, segments, info.max), axis=1)
-    highest = jnp.max(jnp.where(valid, segments, info.min), axis=1)
-    return lowest, highest
+    q_segments: Int[Array, "*blocks q"], q_valid: Bool[Array, "*blocks q"],
+    k_segments: Int[Array, "*blocks k"], k_valid: Bool[Array, "*blocks k"],
+) -> Bool[Array, "*blocks q k"]:
+    """``mask[..., q, k]``: query row ``q`` attends key row ``k`` (same segment, both real)."""
+    same = q_segments[..., :, None] == k_segments[..., None, :]
+    return same & q_valid[..., :, None] & k_valid[..., None, :]
