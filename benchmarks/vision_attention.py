@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models.common.segment_attention import (
-    BANDED_CHUNK_ROWS, FLASH_BLOCK, Segments, dense_segment_attention, segment_attention, segment_mask,
+    BANDED_CHUNK_ROWS, FLASH_BLOCK, attention_kind, dense_segment_attention, segment_mask,
 )  # fmt: skip
 from mmjax.models.common.segment_attention_banded import banded_segment_attention
 from mmjax.models.common.segment_attention_blockwise import blockwise_segment_attention
@@ -67,38 +67,43 @@ def implementations(max_run: int | None, flash_blocks: list[int], chunks: list[i
         for rows in chunks:
             impls[f"banded_chunk{rows}"] = lambda q, k, v, s, m, c=rows: banded_segment_attention(
                 q, k, v, s, m, block=max_run, chunk=max(1, c // max_run))
-    impls["auto"] = lambda q, k, v, s, m: segment_attention(q, k, v, Segments(s, m, max_run))
     return impls
+
+
+def picked(rows: int, max_run: int | None) -> str:
+    """The name (as in ``implementations``) of what ``segment_attention`` runs here."""
+    names = {"dense": "dense", "blockwise": f"blockwise_{FLASH_BLOCK}", "banded": f"banded_chunk{BANDED_CHUNK_ROWS}"}
+    return names[attention_kind(rows, max_run)]
 
 
 def temp_mb(compiled) -> float:
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
-def best_seconds(fn, args, repeats: int) -> float:
+def best_seconds(fn, args, repeats: int, budget_s: float = 60.0) -> float:
+    """Best of ``repeats`` timed calls after a warm-up, fewer once ``budget_s`` is spent (16384 rows: ~35 s each)."""
     jax.block_until_ready(fn(*args))
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats and sum(times) < budget_s:
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def measure(fn, args, *, repeats: int, max_run_gb: float, grad: bool) -> dict:
+def measure(fn, args, *, repeats: int, max_run_gb: float, grad: bool, time_grad: bool) -> dict:
+    """``temp_mb`` and ``ms`` of the forward (``ms`` None: not run, over ``max_run_gb``); likewise ``grad_*``."""
     forward = jax.jit(fn).lower(*args).compile()
-    result = {"temp_mb": round(temp_mb(forward), 1)}
+    result = {"temp_mb": round(temp_mb(forward), 1), "ms": None}
     if result["temp_mb"] <= max_run_gb * 1024:
         result["ms"] = round(best_seconds(forward, args, repeats) * 1e3, 2)
-    else:
-        result["ms"] = None  # not run: its temporaries exceed --max-run-gb
     if grad:
         weights = jnp.ones_like(args[0])
         loss = lambda q, k, v, s, m: jnp.sum(fn(q, k, v, s, m) * weights)  # noqa: E731
         backward = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
-        result["grad_temp_mb"] = round(temp_mb(backward), 1)
-        if result["grad_temp_mb"] <= max_run_gb * 1024:
-            result["grad_ms"] = round(best_seconds(backward, args, max(1, repeats // 2)) * 1e3, 2)
+        result["grad_temp_mb"], result["grad_ms"] = round(temp_mb(backward), 1), None
+        if time_grad and result["grad_temp_mb"] <= max_run_gb * 1024:
+            result["grad_ms"] = round(best_seconds(backward, args, repeats) * 1e3, 2)
     return result
 
 
@@ -112,9 +117,10 @@ def main() -> None:
     parser.add_argument("--flash-blocks", type=int, nargs="+", default=[FLASH_BLOCK])
     parser.add_argument("--banded-chunks", type=int, nargs="+", default=[BANDED_CHUNK_ROWS],
                         help="query rows per step of the banded attention")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-run-gb", type=float, default=4.0)
     parser.add_argument("--grad", action="store_true", help="also compile (and time) jax.grad")
+    parser.add_argument("--grad-max-rows", type=int, default=4096, help="time jax.grad up to this bucket only")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     results = []
@@ -127,8 +133,9 @@ def main() -> None:
             for impl, fn in implementations(max_run, args.flash_blocks, args.banded_chunks).items():
                 if args.only and impl not in args.only:
                     continue
-                row = {"rows": rows, "layout": name, "impl": impl}
-                row.update(measure(fn, operands, repeats=args.repeats, max_run_gb=args.max_run_gb, grad=args.grad))
+                row = {"rows": rows, "layout": name, "impl": impl, "picked": impl == picked(rows, max_run)}
+                row.update(measure(fn, operands, repeats=args.repeats, max_run_gb=args.max_run_gb, grad=args.grad,
+                                   time_grad=rows <= args.grad_max_rows))
                 results.append(row)
                 print(json.dumps(row), flush=True)
     print(json.dumps({"device": jax.devices()[0].device_kind, "heads": args.heads, "head_dim": args.head_dim,

@@ -128,12 +128,9 @@ def test_segment_attention_dispatch_equals_dense(rows, run, monkeypatch):
     got = jax.jit(lambda q, k, v, ids, valid: segment_attention(q, k, v, Segments(ids, valid, run)))(
         q, k, v, ids, valid)
     assert relative_error(got, dense(q, k, v, ids, valid)) < TOLERANCE
-    if rows <= sa.DENSE_MAX_ROWS:
-        assert calls == ["dense_segment_attention"]
-    elif run is not None and 3 * run < rows:
-        assert calls == ["banded_segment_attention"]
-    else:
-        assert calls == ["blockwise_segment_attention"]  # no run bound, or one too long to band
+    assert calls == [f"{sa.attention_kind(rows, run)}_segment_attention"]
+    want = "dense" if rows <= sa.DENSE_MAX_ROWS else "banded" if run == RUN else "blockwise"  # 250: too long to band
+    assert sa.attention_kind(rows, run) == want
 
 
 def _temp_bytes(fn, rows: int) -> int:

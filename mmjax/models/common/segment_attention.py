@@ -13,7 +13,7 @@ Three implementations, equal up to float32 rounding:
 - ``banded_segment_attention``: O(P x run) compute and memory when each segment is a contiguous run of at
   most ``run`` rows (Qwen2.5-VL's windows in window order).
 
-``segment_attention`` picks one by ``P`` and ``Segments.max_run`` (thresholds measured by
+``segment_attention`` picks one by ``P`` and ``Segments.max_run`` (``attention_kind``; thresholds measured by
 ``benchmarks/vision_attention.py``; see the constants). All three are plain JAX: jit-able with
 static shapes, differentiable, and lowered alike for CPU, GPU and TPU.
 
@@ -80,16 +80,24 @@ def dense_segment_attention(
     return jnp.einsum("Nqk,kNH->qNH", probs.astype(v.dtype), v)
 
 
+def attention_kind(rows: int, max_run: int | None) -> str:
+    """``"dense"``, ``"banded"`` or ``"blockwise"``: what ``segment_attention`` runs for a bucket of ``rows``."""
+    if rows <= DENSE_MAX_ROWS:
+        return "dense"
+    if max_run is not None and 3 * max_run < rows:  # a band of 3 runs per query: only worth it when shorter than P
+        return "banded"
+    return "blockwise"
+
+
 @shape_checked
 def segment_attention(
     q: Float[Array, "P N H"], k: Float[Array, "P N H"], v: Float[Array, "P N H"], segments: Segments
 ) -> Float[Array, "P N H"]:
     """Bidirectional attention within segments, by the implementation that suits ``P`` and the layout."""
-    rows = q.shape[0]
-    ids, valid = jnp.asarray(segments.ids), jnp.asarray(segments.valid)
-    if rows <= DENSE_MAX_ROWS:
+    ids, valid, run = jnp.asarray(segments.ids), jnp.asarray(segments.valid), segments.max_run
+    kind = attention_kind(q.shape[0], run)
+    if kind == "dense":
         return dense_segment_attention(q, k, v, segment_mask(ids, valid))
-    run = segments.max_run
-    if run is not None and 3 * run < rows:  # a band of 3 runs per query: only worth it when shorter than P
+    if kind == "banded":
         return banded_segment_attention(q, k, v, ids, valid, block=run, chunk=max(1, BANDED_CHUNK_ROWS // run))
     return blockwise_segment_attention(q, k, v, ids, valid, block=FLASH_BLOCK)
