@@ -8,6 +8,8 @@ Small heads keep the file quick; the memory checks only compile (never run) a
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,6 +133,25 @@ def test_segment_attention_dispatch_equals_dense(rows, run, monkeypatch):
     assert calls == [f"{sa.attention_kind(rows, run)}_segment_attention"]
     want = "dense" if rows <= sa.DENSE_MAX_ROWS else "banded" if run == RUN else "blockwise"  # 250: too long to band
     assert sa.attention_kind(rows, run) == want
+
+
+@pytest.mark.parametrize("run", [None, RUN])
+def test_vmapped_over_examples_with_gradients(run):
+    # Training encodes the examples of one input shape in one vmapped call and differentiates through it.
+    rows = 300  # past the dense attention: blockwise, or banded
+    layouts = [layout(rows, real, run or 90, seed=real) for real in (280, 150)]
+    ids, valid = (jnp.asarray(np.stack(a)) for a in zip(*layouts))
+    q, k, v = (jnp.stack([x, x[::-1]]) for x in qkv(rows, seed=4))
+
+    def loss(attention, q, k, v):
+        return jnp.sum(jax.vmap(attention)(q, k, v, ids, valid) ** 2)
+
+    ours = lambda q, k, v, ids, valid: segment_attention(q, k, v, Segments(ids, valid, run))  # noqa: E731
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, ours), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.value_and_grad(functools.partial(loss, dense), argnums=(0, 1, 2))(q, k, v)
+    assert relative_error(got[0], want[0]) < TOLERANCE
+    for g, w in zip(got[1], want[1]):
+        assert relative_error(g, w) < TOLERANCE
 
 
 def _temp_bytes(fn, rows: int) -> int:

@@ -1,21 +1,22 @@
 """Banded segment attention: when every segment is a contiguous run of at most ``block`` rows, O(P x block).
 
 Qwen2.5-VL's windowed layers attend within windows, and rows are in window
-order, so each window is a run of at most ``(window_size // patch_size)**2``
-rows (known from the config). Cut the rows into blocks of ``block`` rows, at
-least the longest run: a run that touches a query block lies within it and
+order, so each window is a run of rows no longer than a full window's patches
+(known statically from the config). Cut the rows into blocks of ``block`` rows,
+at least the longest run: a run that touches a query block lies within it and
 its two neighbours, so each query block attends only those ``3 * block`` keys,
 under the same segment mask as the dense attention. The result equals it.
 
-Blocks go ``chunk`` at a time (``lax.map``), each chunk under
-``jax.checkpoint``: the forward's live scores are ``[chunk, N, block, 3 * block]``
+Query blocks go ``chunk`` at a time (``lax.map``), each chunk under
+``jax.checkpoint``: the forward's live scores are ``[chunk, N, block, band]``
 whatever ``P``, and the backward recomputes a chunk's probabilities rather than
 keeping all of them (a cheap band, not worth a hand-written gradient).
 
 Shape letters: ``P`` packed rows (query and key rows alike), ``N`` heads, ``H``
-head dimension; ``blocks`` row blocks, ``block`` rows of one block, ``band`` the
-``3 * block`` key rows of a query block. In einsum strings ``q`` and ``k`` are
-a block's query and key rows, ``b`` its blocks.
+head dimension; ``chunks`` steps of the map, ``chunk`` query blocks of a step,
+``block`` rows of one block, ``band`` the ``3 * block`` key rows of a query
+block. In einsum strings ``b`` is a chunk's blocks, ``q`` and ``k`` a block's
+query and key rows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def banded_segment_attention(
     scattered segment would silently lose its far rows). ``chunk``: query blocks per step; ``P``
     is padded (masked rows) up to whole chunks.
     """
+    if block < 1 or chunk < 1:
+        raise ValueError(f"block ({block}) and chunk ({chunk}) must be positive")
     rows = q.shape[0]
     blocks = -(-rows // block)
     chunk = -(-blocks // -(-blocks // chunk))  # as even as the chunks can be: padding under one block per chunk
