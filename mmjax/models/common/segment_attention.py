@@ -32,17 +32,20 @@ from mmjax.models.common.segment_attention_banded import banded_segment_attentio
 from mmjax.models.common.segment_attention_blockwise import blockwise_segment_attention
 from mmjax.types import Array, ArrayLike, Bool, Float, Int, shape_checked
 
-# Measured with benchmarks/vision_attention.py on this project's shared 2-core CPU (16 heads of 80, float32; see
-# its docstring for the table): dense and blockwise tie at 256 rows (8.8 vs 10.9 ms), blockwise wins from 512
-# (66 vs 37 ms) and the gap grows with P (dense holds [N, P, P] float32 scores: 2 GB at 4096, 17 GB at 16384).
-#: Buckets up to this many rows take the dense attention.
+# Measured with benchmarks/vision_attention.py on this project's shared 2-core CPU (16 heads of 80, float32, one
+# image nearly filling the bucket, full attention; forward / jax.grad): at 256 rows dense and blockwise tie
+# (10.8 / 24 ms against 7.8 / 30 ms), from 512 blockwise wins (33 / 129 against 28 / 96 ms; 1024: 308 / 824
+# against 140 / 633; 4096: 5.2 s against 2.1 s) and dense cannot run past that ([N, P, P] float32 scores:
+# 2 GB at 4096, 32 GB of temporaries at 16384, where blockwise needs 320 MB).
+#: Buckets up to this many rows take the dense attention (the smallest bucket of the default ladder).
 DENSE_MAX_ROWS = 256
 #: Rows of a query (and key) block of the blockwise attention: 256 is fastest on the costliest case, one
 #: image filling the bucket (16384 rows: 35 s against 40 s at 128 and 42 s at 512; 4096 rows: 2.9 s against 3.8 s
 #: at 128); 128 is within about 10% on videos.
 FLASH_BLOCK = 256
 #: Query rows per step of the banded attention (bounds its live scores whatever ``P``): 256 and 512 tie (4096 rows:
-#: 355 / 420 ms), 1024 and up are slower.
+#: 355 / 420 ms), 1024 and up are slower. Banded beats blockwise on windows: 4096 rows 154 / 368 ms against
+#: 291 / 798, 16384 rows 1.0 s against 1.5 s.
 BANDED_CHUNK_ROWS = 512
 
 
