@@ -4,7 +4,8 @@ A tiny random tower (distinct widths; windows of 2x2 merge units, so grids whose
 merge grid is not a multiple of 2 get partial windows; full attention at blocks
 1 and 3) is written under the published ``visual.*`` names and read back through
 the weight rows. Every call runs in the bucket of 256 rows (or unpadded for the
-padding check), so the whole file compiles two programs.
+padding check, or in 512 rows past the dense attention), so the whole file compiles
+three programs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from flax import nnx
 
 from mmjax.engine import count_compilations
+from mmjax.models.common.segment_attention import DENSE_MAX_ROWS
 from mmjax.models.qwen2_5_vl.vision import Qwen2_5_VisionConfig, Qwen2_5_VisionTransformer, vision_forward
 from mmjax.models.qwen2_5_vl.vision_layout import (
     bucket_rows, num_patches, pad_rows, patch_buckets, rotary_ids, windowed_vision_layout,
@@ -25,6 +27,7 @@ from mmjax.models.qwen2_5_vl.vision_weights import VISION_ALIASES, vision_target
 from tiny_qwen_vision import load_tower, patches, randomize, relative_error, write_checkpoint
 
 BUCKET = 256
+BIG_BUCKET = 512
 TOLERANCE = 1e-5  # relative to the largest output; float32 measures about 1e-6
 
 
@@ -59,10 +62,10 @@ def theirs(grids, pixels: np.ndarray) -> np.ndarray:
         return hf(torch.from_numpy(pixels), grid_thw=torch.tensor(grids)).pooler_output.numpy()
 
 
-def check_equal(grids, seed: int = 0) -> None:
+def check_equal(grids, seed: int = 0, rows: int = BUCKET) -> None:
     pixels = patches(grids, towers()[1].patch_dim, seed)
     reference = theirs(grids, pixels)
-    out = ours(grids, pixels)
+    out = ours(grids, pixels, rows)
     assert relative_error(out[: len(reference)], reference) < TOLERANCE
     assert not out[len(reference):].any(), "rows past the items' must be zeros"
 
@@ -77,6 +80,12 @@ def test_several_images_of_different_grids_in_one_call():
 
 def test_video_with_an_image():
     check_equal([(3, 6, 6), (1, 4, 6)], seed=2)  # full attention per frame; windows never span frames
+
+
+def test_a_bucket_past_the_dense_attention_equals_transformers():
+    # Full-attention blocks take the blockwise attention here, windowed ones the banded (windows of 16 rows).
+    assert BUCKET <= DENSE_MAX_ROWS < BIG_BUCKET and 3 * 16 < BIG_BUCKET
+    check_equal([(1, 6, 10), (2, 8, 4), (1, 16, 14), (3, 6, 6)], seed=4, rows=BIG_BUCKET)
 
 
 def test_padded_call_equals_the_unpadded_rows_and_padding_never_leaks():

@@ -4,7 +4,8 @@ A tiny random tower (distinct widths; an 8 x 8 learned position grid, so items
 both smaller and larger than it resample it; DeepStack after blocks 2 and 0,
 listed out of order) is written under the published ``model.visual.*`` names
 and read back through the weight rows. Calls run in the bucket of 256 rows (or
-unpadded for the padding check): the file compiles two programs.
+unpadded for the padding check, and one of 512 rows past the dense attention): the
+file compiles three programs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from flax import nnx
 
 from mmjax.engine import count_compilations
+from mmjax.models.common.segment_attention import DENSE_MAX_ROWS
 from mmjax.models.common.vision_packing import num_patches, pad_rows
 from mmjax.models.qwen3_vl.vision import Qwen3VisionConfig, Qwen3VisionModel, vision_forward
 from mmjax.models.qwen3_vl.vision_layout import vision_layout
@@ -24,6 +26,7 @@ from mmjax.models.qwen3_vl.vision_weights import VISION_ALIASES, vision_targets
 from tiny_qwen_vision import load_tower, patches, randomize, relative_error, write_checkpoint
 
 BUCKET = 256
+BIG_BUCKET = 512
 TOLERANCE = 1e-5  # relative to the largest output; float32 measures about 1e-6
 
 
@@ -61,10 +64,10 @@ def theirs(grids, pixels: np.ndarray) -> list[np.ndarray]:
     return [a.numpy() for a in (out.pooler_output, *out.deepstack_features)]
 
 
-def check_equal(grids, seed: int = 0) -> None:
+def check_equal(grids, seed: int = 0, rows: int = BUCKET) -> None:
     pixels = patches(grids, towers()[1].patch_dim, seed)
     references = theirs(grids, pixels)
-    outputs = ours(grids, pixels)
+    outputs = ours(grids, pixels, rows)
     assert len(outputs) == len(references) == 3
     for out, reference in zip(outputs, references):
         assert relative_error(out[: len(reference)], reference) < TOLERANCE
@@ -82,6 +85,11 @@ def test_several_images_of_different_grids_in_one_call():
 
 def test_video_with_an_image():
     check_equal([(3, 6, 6), (1, 4, 6)], seed=2)
+
+
+def test_a_bucket_past_the_dense_attention_equals_transformers():
+    assert BUCKET <= DENSE_MAX_ROWS < BIG_BUCKET  # the blocks take the blockwise attention here
+    check_equal([(1, 6, 10), (2, 8, 4), (1, 16, 14), (3, 6, 6)], seed=4, rows=BIG_BUCKET)
 
 
 def test_padded_call_equals_the_unpadded_rows_and_padding_never_leaks():

@@ -1,12 +1,9 @@
-"""Attention of the Qwen vision towers (Qwen2.5-VL and Qwen3-VL): 2-D rotary, segment-masked dense attention.
+"""Attention of the Qwen vision towers (Qwen2.5-VL and Qwen3-VL): 2-D rotary, then segment attention.
 
-transformers runs attention once per segment (a frame, or a window) of
-``cu_seqlens``. Here every row attends every row of its own segment through a
-dense ``[P, P]`` mask built from segment ids, so shapes never depend on the
-grids; padding rows (``valid`` false) see nothing and are seen by nothing.
+Which rows attend which (a frame, or a window: ``Segments``) and how that is
+computed for a bucket of any size is ``mmjax.models.common.segment_attention``.
 
-Shape letters: ``P`` packed patch rows (query and key rows alike), ``E`` tower width,
-``N`` heads, ``H`` head dimension. In einsum strings ``q`` and ``k`` are the query and key rows.
+Shape letters: ``P`` packed patch rows, ``E`` tower width, ``N`` heads, ``H`` head dimension.
 """
 
 from __future__ import annotations
@@ -15,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.types import Array, ArrayLike, Bool, Float, Int, shape_checked
+from mmjax.models.common.segment_attention import Segments, segment_attention
+from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
 
 def rotary_inv_freq(head_dim: int, theta: float) -> np.ndarray:
@@ -44,26 +42,6 @@ def _rotate(x: Float[Array, "P N H"], cos: Float[Array, "P H"], sin: Float[Array
     return (x32 * cos[:, None] + rotated * sin[:, None]).astype(x.dtype)
 
 
-@shape_checked
-def segment_mask(segments: Int[ArrayLike, "P"], valid: Bool[ArrayLike, "P"]) -> Bool[Array, "P P"]:
-    """``mask[q, k]``: row ``q`` attends row ``k`` (same segment, both real)."""
-    segments, valid = jnp.asarray(segments), jnp.asarray(valid)
-    return (segments[:, None] == segments[None, :]) & valid[:, None] & valid[None, :]
-
-
-@shape_checked
-def segment_attention(
-    q: Float[Array, "P N H"], k: Float[Array, "P N H"], v: Float[Array, "P N H"], mask: Bool[Array, "P P"]
-) -> Float[Array, "P N H"]:
-    """Bidirectional attention within segments; a row that sees nothing gets zeros (not NaN)."""
-    scores = jnp.einsum("qNH,kNH->Nqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jnp.where(mask, jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)), 0.0)
-    # A padding row's weights are all zero: dividing by ``tiny`` keeps its output 0.
-    probs = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
-    return jnp.einsum("Nqk,kNH->qNH", probs.astype(v.dtype), v)
-
-
 class VisionAttention(nnx.Module):
     """``qkv`` (one fused projection) -> 2-D rotary on q, k -> segment attention -> ``proj``."""
 
@@ -75,9 +53,9 @@ class VisionAttention(nnx.Module):
         self.proj = nnx.Linear(dim, dim, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
-        self, x: Float[Array, "P E"], cos: Float[Array, "P H"], sin: Float[Array, "P H"], mask: Bool[Array, "P P"]
+        self, x: Float[Array, "P E"], cos: Float[Array, "P H"], sin: Float[Array, "P H"], segments: Segments
     ) -> Float[Array, "P E"]:
         qkv = self.qkv(x).reshape(x.shape[0], 3, self.num_heads, -1)  # transformers' (3, heads, head_dim) split
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-        out = segment_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v, mask)
+        out = segment_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v, segments)
         return self.proj(out.reshape(x.shape))

@@ -27,9 +27,10 @@ from flax import nnx
 
 from mmjax.models.common.layers import ACTIVATIONS, RMSNorm, check_activation
 from mmjax.models.common.patch_embed import PatchEmbed
-from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq, segment_mask
+from mmjax.models.common.segment_attention import Segments
+from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq
 from mmjax.models.qwen2_5_vl.vision_layout import WindowedVisionLayout
-from mmjax.types import Array, Bool, Float
+from mmjax.types import Array, Float
 
 _NORM_EPS = 1e-6  # transformers hard-codes the vision norms' epsilon
 
@@ -110,9 +111,9 @@ class VisionBlock(nnx.Module):
         self.mlp = GatedMLP(cfg, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
-        self, x: Float[Array, "P E"], cos: Float[Array, "P H"], sin: Float[Array, "P H"], mask: Bool[Array, "P P"]
+        self, x: Float[Array, "P E"], cos: Float[Array, "P H"], sin: Float[Array, "P H"], segments: Segments
     ) -> Float[Array, "P E"]:
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        x = x + self.attn(self.norm1(x), cos, sin, segments)
         return x + self.mlp(self.norm2(x))
 
 
@@ -159,8 +160,10 @@ class Qwen2_5_VisionTransformer(nnx.Module):
         x = x.reshape(-1, unit, x.shape[-1])[layout.window_index].reshape(x.shape)
         x = jnp.where(layout.valid[:, None], x, 0)
         cos, sin = rotary_cos_sin(layout.rotary_ids, rotary_inv_freq(cfg.head_dim, cfg.rope_theta))
-        full = segment_mask(layout.frame_segments, layout.valid)
-        windowed = segment_mask(layout.window_segments, layout.valid)
+        full = Segments(layout.frame_segments, layout.valid)
+        # Windows are runs of rows in window order, each at most a full window of patches: the banded attention.
+        window_rows = (cfg.window_size // cfg.spatial_merge_size // cfg.patch_size * cfg.spatial_merge_size) ** 2
+        windowed = Segments(layout.window_segments, layout.valid, max_run=window_rows)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, full if i in cfg.fullatt_block_indexes else windowed)
         merged = jnp.where(layout.valid[::unit, None], self.merger(x), 0)

@@ -29,9 +29,10 @@ from flax import nnx
 
 from mmjax.models.common.layers import ACTIVATIONS, check_activation
 from mmjax.models.common.patch_embed import PatchEmbed
-from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq, segment_mask
+from mmjax.models.common.segment_attention import Segments
+from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq
 from mmjax.models.qwen3_vl.vision_layout import VisionLayout
-from mmjax.types import Array, Bool, Float
+from mmjax.types import Array, Float
 
 _NORM_EPS = 1e-6  # transformers hard-codes the vision norms' epsilon
 
@@ -120,9 +121,9 @@ class VisionBlock(nnx.Module):
         self.mlp = VisionMLP(cfg, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
-        self, x: Float[Array, "P E"], cos: Float[Array, "P H"], sin: Float[Array, "P H"], mask: Bool[Array, "P P"]
+        self, x: Float[Array, "P E"], cos: Float[Array, "P H"], sin: Float[Array, "P H"], segments: Segments
     ) -> Float[Array, "P E"]:
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        x = x + self.attn(self.norm1(x), cos, sin, segments)
         return x + self.mlp(self.norm2(x))
 
 
@@ -182,10 +183,10 @@ class Qwen3VisionModel(nnx.Module):
         x = x + pos.astype(x.dtype)
         x = jnp.where(layout.valid[:, None], x, 0)  # no input on a padding row (not even a NaN) reaches a real row
         cos, sin = rotary_cos_sin(layout.rotary_ids, rotary_inv_freq(cfg.head_dim, cfg.rope_theta))
-        mask = segment_mask(layout.frame_segments, layout.valid)
+        frames = Segments(layout.frame_segments, layout.valid)
         deepstack = []
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask)
+            x = block(x, cos, sin, frames)
             if i in cfg.deepstack_visual_indexes:
                 merger = self.deepstack_merger_list[cfg.deepstack_visual_indexes.index(i)]
                 deepstack.append(jnp.where(unit_valid, merger(x), 0))
