@@ -20,7 +20,7 @@ from flax import nnx
 from mmjax.models.common.attend import Attend
 from mmjax.models.common.decoder import LlamaForCausalLM
 from mmjax.models.common.interface import DecoderMethods
-from mmjax.models.common.placeholders import modality_major_rows
+from mmjax.models.common.placeholders import concat_real_rows, modality_major_rows
 from mmjax.models.qwen2_5_vl import hooks
 from mmjax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from mmjax.models.qwen2_5_vl.vision import Qwen2_5_VisionTransformer
@@ -86,14 +86,7 @@ class Qwen2_5_VLForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMul
                 layout = WindowedVisionLayout(**{name: inputs[prefix + name] for name in LAYOUT_FIELDS})
                 rows = self.visual(inputs[pixels_key].astype(self.visual.patch_embed.proj.kernel.dtype), layout)
                 parts.append((rows, jnp.sum(layout.valid) // self.config.merge_size**2))
-        if len(parts) == 1:
-            return parts[0][0]
-        (first, num_first), (second, _) = parts
-        # The first part's real rows, then the second's: each row reads its source by a computed index.
-        k = jnp.arange(first.shape[0] + second.shape[0])
-        index = jnp.where(k < num_first, k, first.shape[0] + k - num_first)
-        both = jnp.concatenate([first, second])
-        return jnp.take(both, jnp.clip(index, 0, both.shape[0] - 1), axis=0)
+        return concat_real_rows(parts)
 
     def embed(self, input_ids: Int[Array, "B T"], **vision_inputs: Array) -> Float[Array, "B T D"]:
         """Token embeddings with the items' embeddings merged in at the placeholders."""
