@@ -74,7 +74,7 @@ def timed_call(llm, prompts: list[dict], params) -> tuple[dict, list]:
     import mmjax
 
     engine = llm.engine()
-    before = {k: engine.stats[k] for k in ("encoder_calls", "encoded_requests", "prefill_tokens")}
+    before = {k: engine.stats[k] for k in ("encoder_calls", "encoded_items", "prefill_tokens")}
     start = time.perf_counter()
     outputs = mmjax.generate(llm, prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
@@ -132,7 +132,7 @@ def main() -> None:
             "later_calls_s_off": round(later_off, 3),
             "later_vs_new_images": round(later_on / new_on, 3),  # target <= 0.5
             "later_on_vs_off": round(later_on / later_off, 3),
-            "encoded_requests_on": sum(c["encoded_requests"] for c in on["vqa_same_images"]),  # target: 8
+            "encoded_items_on": sum(c["encoded_items"] for c in on["vqa_same_images"]),  # target: 8
         },
         "shared_instruction": {
             "prefill_tokens_on_vs_off": round(on["shared_instruction"]["prefill_tokens"]

@@ -123,13 +123,13 @@ def ask_again(llm: LoadedModel, request: dict, params: Any) -> dict:
 
     engine = llm.engine()
     before = engine.cache_stats()
-    encoded, prefilled = engine.stats["encoded_requests"], engine.stats["prefill_tokens"]
+    encoded, prefilled = engine.stats["encoded_items"], engine.stats["prefill_tokens"]
     start = time.perf_counter()
     [output] = mmjax.generate(llm, request, params, use_tqdm=False)
     seconds = time.perf_counter() - start
     after = engine.cache_stats()
     reused = after["prefix_cache"]["hits"] - before["prefix_cache"]["hits"]
-    runs = engine.stats["encoded_requests"] - encoded
+    runs = engine.stats["encoded_items"] - encoded
     print(f"{'asked again':>14}: {request['prompt']!r} -> {output.text!r} ({seconds:.2f} s)")
     print(f"{'caches':>14}: prefix cache reused {reused} of {len(output.prompt_token_ids)} prompt tokens "
           f"(computed {engine.stats['prefill_tokens'] - prefilled}); vision tower ran {runs} time(s); "

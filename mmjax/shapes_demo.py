@@ -91,7 +91,7 @@ def run_shapes_demo(seed: int | None = None, scene_path: str = DEFAULT_SCENE_PAT
     correct = sum(a == q.answer for q, a in zip(asked, answers))
     print(f"\n{'finished':>10}: {correct} of {len(asked)} right; load {loaded - start:.2f} s, "
           f"three questions (compiles first) {done - loaded:.2f} s; the vision tower ran "
-          f"{engine.stats['encoded_requests']} time(s) for {len(asked)} questions about one image")
+          f"{engine.stats['encoded_items']} time(s) for {len(asked)} questions about one image")
     print(f"{'your turn':>10}: draw shapes of your own and ask: mmjax demo --image my.png "
           f"--question \"What color is the circle?\"")
     return {"scene": describe_scene(scene), "scene_path": os.path.abspath(scene_path),

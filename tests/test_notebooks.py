@@ -67,3 +67,13 @@ def test_finetune_notebook(tmp_path, monkeypatch):
     assert len(rows) >= 2 and all(truth == shipped for _, truth, _, shipped in rows)
     outputs = str([c.get("outputs") for c in notebook.cells])
     assert outputs.count("image/png") >= 3  # training scenes, the loss curve, the new scene
+
+
+def test_qwen_vl_notebook(tmp_path):
+    notebook = run("04_qwen_vl.ipynb", tmp_path)
+    text = text_of(notebook)
+    counts = [int(n) for n in re.findall(r"(\d+) image tokens", text)]
+    assert len(counts) == 3 and len(set(counts)) == 3  # three sizes, three counts
+    assert "rope_positions: (3," in text
+    assert "finished: length" in text
+    assert "images in the follow-up: 3, encoded for it: 1" in text

@@ -57,8 +57,10 @@ class LLMEngine:
         placement = Placement(getattr(llm, "mesh", None), self.text_config.num_kv_heads, llm.state)
         self.num_replicas = placement.num_replicas
         max_mm_tokens = llm.mm_registry.get_max_multimodal_tokens(llm.model_config)
+        limits = llm.mm_registry.get_mm_limits_per_prompt(llm.model_config)
+        max_items = sum(n for key, n in limits.items() if llm.mm_registry.takes_modality(llm.model_config, key))
         self.shapes = StepShapes.build(self.config, max_model_len=self.max_model_len, num_replicas=self.num_replicas,
-                                       max_mm_tokens_per_prompt=max_mm_tokens)
+                                       max_mm_tokens_per_prompt=max_mm_tokens, max_mm_items_per_prompt=max_items)
         self.pages_per_seq = self.shapes.pages_per_seq
         self.memory = plan_engine_memory(llm, self.config, self.shapes, placement)
         self.runner = ModelRunner(llm.graphdef, llm.state, shapes=self.shapes, placement=placement,
@@ -77,7 +79,7 @@ class LLMEngine:
         self._seed_rng = np.random.default_rng(agreed_seed(int(np.random.SeedSequence().entropy % 2**31)))
         self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0,
                       "prefill_step_s": 0.0, "decode_step_s": 0.0, "prefill_steps": 0, "decode_steps": 0,
-                      "encoder_calls": 0, "encoded_requests": 0, "input_wait_s": 0.0,
+                      "encoder_calls": 0, "encoded_items": 0, "input_wait_s": 0.0,
                       "tokens_per_replica": [0] * self.num_replicas}
         self.stats["caches"] = self.cache_stats()
 
@@ -99,8 +101,9 @@ class LLMEngine:
                       request_id: str | None = None) -> Request:
         """Queue a prompt already mapped by ``llm.process`` (e.g. on another thread, off the step loop).
 
-        Raises (before any work): ValueError for a prompt longer than ``max_model_len`` or with more
-        placeholder tokens than the registry's maximum; TypeError for parameters that are not a
+        Raises (before any work): ValueError for a prompt longer than ``max_model_len``, with more
+        placeholder tokens than the registry's maximum, or whose placeholder runs and mapped items
+        disagree; TypeError for parameters that are not a
         ``SamplingParams``.
         """
         params = self._check_params(params)
@@ -123,6 +126,7 @@ class LLMEngine:
             cumulative_logprob=0.0 if params.logprobs is not None else None,  # as vLLM: tracked with logprobs
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
         )
+        request.encoder_items  # noqa: B018  (one mapped item and key per placeholder run, checked before any work)
         self.scheduler.add(request)
         return request
 
@@ -234,51 +238,60 @@ class LLMEngine:
         """Put these requests' placeholder embeddings in arena rows of their replicas (computed by
         that replica's devices; on a host holding none of them, only the rows are booked).
 
-        Requests of one replica whose items have the same shapes share encoder calls, up to
-        ``max_encoder_batch`` each. Should a shared call fail, its requests are encoded one
-        by one, so that the failure is blamed on the request that caused it.
+        The item is the unit: each request gets rows item by item, an item the encoder cache holds
+        (or another item of this step encodes) is not encoded, and the others are encoded alone or
+        with items of one replica whose inputs have the same shapes, up to ``max_encoder_batch`` per
+        call. Should a shared call fail, its items are encoded one by one, so that the failure is
+        blamed on the request whose item caused it.
         """
-        groups: dict[tuple, list[Request]] = {}
+        groups: dict[tuple, list[tuple[Request, int]]] = {}
         use_cache = self.config.encoder_cache_tokens != 0
         for request in requests:
             self._blame = request
-            num_rows = int(request.mm_rows.max()) + 1
-            request.mm_slots, cached = self.embedding_rows.assign(
-                request.request_id, request.replica, num_rows, request.encoder_key if use_cache else None)
-            if cached:
-                continue  # the encoder cache holds its items' embeddings (or another request of this step encodes them)
-            key = (request.replica, self.runner.input_key(request.processed.mm_kwargs))
-            groups.setdefault(key, []).append(request)
+            items = request.encoder_items
+            claims = self.embedding_rows.assign(
+                request.request_id, request.replica, [(i.key if use_cache else None, i.num_rows) for i in items])
+            request.mm_slots = np.concatenate([rows for rows, _ in claims])
+            for index, (item, (_, shared)) in enumerate(zip(items, claims)):
+                if not shared:  # else the cache holds its embeddings, or another item of this step encodes them
+                    key = (request.replica, self.runner.input_key(item.inputs))
+                    groups.setdefault(key, []).append((request, index))
         size = self.config.max_encoder_batch
         for (replica, _), members in groups.items():
             for part in (members[i:i + size] for i in range(0, len(members), size)):
                 if len(part) > 1 and self._encode_together(part, replica):
                     continue
-                for request in part:
+                for request, index in part:
                     self._blame = request
-                    self.runner.encode(request.processed.mm_kwargs, replica, request.mm_slots)
-                    self.embedding_rows.filled(request.request_id)
+                    self.runner.encode(request.encoder_items[index].inputs, replica, self._item_slots(request, index))
+                    self.embedding_rows.filled(request.request_id, index)
                     self._count_encode(1)
         self._blame = None
 
-    def _encode_together(self, requests: list[Request], replica: int) -> bool:
-        """One encoder call for ``requests``; False if it failed and left the device state as it was
-        (a failure that lost it has no one request to blame, and propagates)."""
+    @staticmethod
+    def _item_slots(request: Request, index: int) -> np.ndarray:
+        """The arena rows of item ``index`` of ``request`` (its stretch of ``mm_slots``)."""
+        start = sum(item.num_rows for item in request.encoder_items[:index])
+        return request.mm_slots[start:start + request.encoder_items[index].num_rows]
+
+    def _encode_together(self, items: list[tuple[Request, int]], replica: int) -> bool:
+        """One encoder call for ``items`` (request, item index); False if it failed and left the device
+        state as it was (a failure that lost it has no one request to blame, and propagates)."""
         self._blame = None
         try:
-            self.runner.encode_many([(r.processed.mm_kwargs, r.mm_slots) for r in requests], replica)
+            self.runner.encode_many([(r.encoder_items[i].inputs, self._item_slots(r, i)) for r, i in items], replica)
         except Exception:
             if self.runner.lost_device_state():
                 raise
             return False
-        for request in requests:
-            self.embedding_rows.filled(request.request_id)
-        self._count_encode(len(requests))
+        for request, index in items:
+            self.embedding_rows.filled(request.request_id, index)
+        self._count_encode(len(items))
         return True
 
-    def _count_encode(self, num_requests: int) -> None:
+    def _count_encode(self, num_items: int) -> None:
         self.stats["encoder_calls"] += 1
-        self.stats["encoded_requests"] += num_requests
+        self.stats["encoded_items"] += num_items
 
     def reset_caches(self) -> None:
         """Forget every cached KV page, encoder output and mapped input (vLLM's ``reset_prefix_cache``
@@ -293,8 +306,8 @@ class LLMEngine:
         """Hit rates and sizes of the prefix cache, the encoder cache and the (shared) processor cache.
 
         ``prefix_cache``: tokens of admitted requests looked up (``queries``) and found (``hits``),
-        full pages registered (``cached_pages``) and their bytes. ``encoder_cache``: requests whose
-        embeddings were found or not, entries, arena rows and bytes. ``processor_cache``: see
+        full pages registered (``cached_pages``) and their bytes. ``encoder_cache``: items whose
+        embeddings were found or not, entries (one per item), arena rows and bytes. ``processor_cache``: see
         ``ProcessorCache.stats``.
         """
         queries, hits = self.scheduler.prefix_queries, self.scheduler.prefix_hits

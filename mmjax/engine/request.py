@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,36 @@ def placeholder_rows(processed: ProcessedPrompt) -> np.ndarray:
     return rows
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncoderItem:
+    """One multimodal item of a request, as the engine encodes and caches it.
+
+    Attributes:
+      inputs: its mapped inputs (``ProcessedPrompt.mm_items``), encoded alone.
+      num_rows: its placeholder tokens: the first rows the encoder returns for it.
+      key: its item key (``ProcessedPrompt.mm_keys``); None: its embeddings are never shared.
+    """
+
+    inputs: Mapping[str, Any]
+    num_rows: int
+    key: str | None
+
+
+def encoder_items(processed: ProcessedPrompt) -> tuple[EncoderItem, ...]:
+    """The prompt's items in the order of their rows (``placeholder_rows``): modality by modality, each
+    modality's items in prompt order, so the request's rows are its items' rows one after another."""
+    items = []
+    for modality, ranges in processed.placeholders.items():
+        mapped = processed.mm_items.get(modality, ())
+        keys = processed.mm_keys.get(modality) or (None,) * len(ranges)
+        if len(mapped) != len(ranges) or len(keys) != len(ranges):
+            raise ValueError(f"{len(ranges)} {modality} placeholder runs, but {len(mapped)} mapped items and "
+                             f"{len(keys)} keys: the prompt must give one of each per item")
+        order = sorted(range(len(ranges)), key=lambda i: ranges[i].offset)
+        items += [EncoderItem(mapped[i], ranges[i].length, keys[i]) for i in order]
+    return tuple(items)
+
+
 def item_spans(processed: ProcessedPrompt) -> tuple[ItemSpan, ...] | None:
     """Each item's placeholder run with the item's key; None when an item has no key (never shared)."""
     spans = []
@@ -54,7 +85,8 @@ class Request:
       prompt_token_ids: i32 ``[L]``, placeholders expanded.
       mm_rows: i32 ``[L]``, see ``placeholder_rows``.
       mm_slots: i32 ``[M]``, the rows of the device's embedding arena that hold the
-        request's placeholder embeddings, while its prefill runs (None before and after).
+        request's placeholder embeddings (its items' rows one after another), while its prefill
+        runs (None before and after).
       seed: the sampling seed (the user's, or one drawn when the request arrived).
       num_computed_tokens: tokens whose K/V are in the cache.
       replica: the data-parallel replica whose pages hold its K/V (None while waiting).
@@ -150,10 +182,10 @@ class Request:
         """Whether it may start from cached pages: not when every prompt token's logits are wanted."""
         return self.shares_pages and getattr(self.params, "prompt_logprobs", None) is None
 
-    @property
-    def encoder_key(self) -> tuple | None:
-        """What its placeholder embeddings depend on, for the encoder cache (None: not cached)."""
-        return tuple(sorted(self.processed.mm_keys.items())) if self.item_spans else None
+    @functools.cached_property
+    def encoder_items(self) -> tuple[EncoderItem, ...]:
+        """Its items as the encoder takes them, in the order of its rows (``encoder_items``)."""
+        return encoder_items(self.processed)
 
     @functools.cached_property
     def placeholder_end(self) -> int:
@@ -163,7 +195,7 @@ class Request:
 
     @property
     def needs_mm_embeds(self) -> bool:
-        return self.mm_slots is None and bool(self.processed.mm_kwargs)
+        return self.mm_slots is None and bool(self.processed.mm_items)
 
     @property
     def finished(self) -> bool:

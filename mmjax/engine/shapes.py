@@ -51,15 +51,19 @@ class StepShapes:
 
     @classmethod
     def build(cls, config: EngineConfig, *, max_model_len: int, num_replicas: int,
-              max_mm_tokens_per_prompt: int) -> StepShapes:
+              max_mm_tokens_per_prompt: int, max_mm_items_per_prompt: int = 1) -> StepShapes:
         """The shapes for ``config``: the arena holds the placeholders of ``max_num_seqs`` prompts at
-        the limit, plus ``config.encoder_cache_tokens`` (default: 8 prompts at the limit) of cache."""
+        the limit, plus ``config.encoder_cache_tokens`` (default: 8 prompts at the limit) of cache.
+
+        Rows are handed out per item, each item's rounded up to whole blocks: a prompt of ``n`` items
+        takes at most ``n - 1`` blocks more than its placeholders rounded up."""
         rows = per_prompt = 0
         if max_mm_tokens_per_prompt:
             per_prompt = -(-max_mm_tokens_per_prompt // EMBEDDING_BLOCK_ROWS)
+            prompt_blocks = per_prompt + max(0, max_mm_items_per_prompt - 1)
             cache = config.encoder_cache_tokens
             cache = DEFAULT_ENCODER_CACHE_PROMPTS * max_mm_tokens_per_prompt if cache is None else cache
-            blocks = config.max_num_seqs * per_prompt + -(-cache // EMBEDDING_BLOCK_ROWS)
+            blocks = config.max_num_seqs * prompt_blocks + -(-cache // EMBEDDING_BLOCK_ROWS)
             rows = (blocks + 1) * EMBEDDING_BLOCK_ROWS  # + the reserved block
         return cls(num_replicas=num_replicas, token_buckets=config.token_buckets,
                    decode_buckets=config.decode_buckets, max_num_seqs=config.max_num_seqs,

@@ -243,6 +243,18 @@ class MultiModalRegistry:
             merged.update(outputs)
         return MultiModalInputs(merged)
 
+    def map_item(
+        self, model_config: ModelConfig, data_key: str, item: object,
+        mm_processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> MultiModalInputs:
+        """Map one item of modality ``data_key`` alone (the model's mapper given that item, as for a prompt
+        of one): the inputs of the engine's unit of encoding and caching. ``item`` is one entry of
+        ``parse_mm_data``'s form, which a list never is (a list there holds several items).
+
+        Raises: as ``MultiModalPlugin.map_input``; UnknownModalityError for a modality no plugin handles.
+        """
+        return self._get_plugin(data_key).map_input(model_config, item, mm_processor_kwargs)
+
     def create_input_mapper(self, model_config: ModelConfig) -> Callable[..., MultiModalInputs]:
         """``map_input`` bound to one model: ``mapper(data, mm_processor_kwargs=None)``."""
         return functools.partial(self.map_input, model_config)

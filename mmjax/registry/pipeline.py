@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,8 @@ class ProcessedPrompt:
     Attributes:
       token_ids: i32 ``[L]``, placeholders expanded.
       placeholders: modality → one ``PlaceholderRange`` per item, in order.
-      mm_kwargs: the forward kwargs of the multimodal data (a PyTree of arrays).
+      mm_items: modality → each item mapped alone (``MultiModalRegistry.map_item``), in order: the
+        engine's unit of encoding and caching (item ``i``'s rows fill ``placeholders[modality][i]``).
       prompt: the prompt text, when the user gave text.
       mm_keys: modality → one key per item, in order (``item_keys``): what the item's
         inputs, embeddings and placeholder KV depend on, for the caches.
@@ -39,16 +40,24 @@ class ProcessedPrompt:
         ``SupportsMRoPE`` (Qwen-VL: ``P = 3``); None: each token's index.
       rope_delta: what a token at index ``i >= L`` (generated) adds to ``i`` on every axis.
       cache_salt: the prompt's salt: in its item keys, and the root of its prefix-cache page hashes.
+      map_together: maps every item in one call of each modality's mapper (``mm_kwargs``); None: no items.
     """
 
     token_ids: np.ndarray
     placeholders: Mapping[str, tuple[PlaceholderRange, ...]]
-    mm_kwargs: MultiModalInputs
+    mm_items: Mapping[str, tuple[MultiModalInputs, ...]] = dataclasses.field(default_factory=dict)
     prompt: str | None = None
     mm_keys: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     rope_positions: np.ndarray | None = None
     rope_delta: int = 0
     cache_salt: str | None = None
+    map_together: Callable[[], MultiModalInputs] | None = dataclasses.field(default=None, repr=False)
+
+    @functools.cached_property
+    def mm_kwargs(self) -> MultiModalInputs:
+        """The forward kwargs of all the prompt's items mapped together (a PyTree of arrays): what the dense
+        forward (``LLM.logits``) and training take. Mapped when first read (the engine reads ``mm_items``)."""
+        return self.map_together() if self.map_together is not None else MultiModalInputs()
 
     @property
     def num_mm_tokens(self) -> int:
@@ -96,20 +105,22 @@ def process_prompt(
     )
     processed = input_registry.process_input(model_config, inputs, mm_registry)
     _check_length(model_config, processed)
-    mm_kwargs = _map_cached(model_config, processed, mm_keys, mm_registry, processor_cache) \
-        if processed.multi_modal_data else MultiModalInputs()
+    mm_items = _map_items(model_config, processed, mm_keys, mm_registry, processor_cache)
+    map_together = functools.partial(_map_together, model_config, processed, mm_keys, mm_registry, processor_cache) \
+        if processed.multi_modal_data else None
     token_ids = np.asarray(processed.prompt_token_ids, dtype=np.int32)
     placeholders = processed.multi_modal_placeholders
     rope_positions, rope_delta = prompt_rope_positions(InputContext(model_config), processed)
     return ProcessedPrompt(
         token_ids=token_ids,
         placeholders=placeholders,
-        mm_kwargs=mm_kwargs,
+        mm_items=mm_items,
         prompt=parsed.text,
         mm_keys=mm_keys,
         rope_positions=rope_positions,
         rope_delta=rope_delta,
         cache_salt=parsed.cache_salt,
+        map_together=map_together,
     )
 
 
@@ -151,18 +162,51 @@ def _resolve_items(
     return data, keys
 
 
-def _map_cached(
+def _map_items(
+    model_config: ModelConfig, processed: DecoderOnlyInputs, mm_keys: Mapping[str, tuple[str, ...]],
+    mm_registry: MultiModalRegistry, cache: ProcessorCache | None,
+) -> dict[str, tuple[MultiModalInputs, ...]]:
+    """Each item mapped alone, or its mapped inputs from the cache under its key (``item_keys``).
+
+    A follow-up prompt that adds one image to earlier ones maps only that image.
+
+    Raises:
+      ValueError: the input processor recorded placeholder runs, but not one per item.
+    """
+    if not processed.multi_modal_data:
+        return {}
+    mm_registry.warn_unaccepted_kwargs(model_config, processed.mm_processor_kwargs)
+    use_cache = cache is not None and cache.enabled
+    mapped: dict[str, tuple[MultiModalInputs, ...]] = {}
+    for modality, value in processed.multi_modal_data.items():
+        items = value if isinstance(value, list) else [value]
+        runs = processed.multi_modal_placeholders.get(modality, ())
+        if runs and len(runs) != len(items):
+            raise ValueError(f"{model_config.name}: the input processor recorded {len(runs)} placeholder runs for "
+                             f"{len(items)} {modality} item(s); it must record one per item")
+        keys = mm_keys.get(modality, (None,) * len(items))
+        outputs = []
+        for item, key in zip(items, keys):
+            slot = ("mapped", model_config.model, key)
+            inputs = cache.get(slot) if use_cache and key is not None else None
+            if inputs is None:
+                inputs = mm_registry.map_item(model_config, modality, item, processed.mm_processor_kwargs)
+                if use_cache and key is not None:
+                    cache.put(slot, inputs)
+            outputs.append(inputs)
+        mapped[modality] = tuple(outputs)
+    return mapped
+
+
+def _map_together(
     model_config: ModelConfig, processed: DecoderOnlyInputs, mm_keys: Mapping[str, tuple[str, ...]],
     mm_registry: MultiModalRegistry, cache: ProcessorCache | None,
 ) -> MultiModalInputs:
-    """``map_input`` of the prompt's data, or the mapped inputs of the same items from the cache.
-
-    Kept per prompt's set of items (every modality, in order): one image per prompt, the
-    default, is one entry per image.
-    """
+    """``map_input`` of all the prompt's data at once, or the same items' from the cache (kept per
+    prompt's set of items: every modality, in order)."""
     if cache is None or not cache.enabled or set(mm_keys) != set(processed.multi_modal_data):
         return mm_registry.map_input(model_config, processed.multi_modal_data, processed.mm_processor_kwargs)
-    slot = ("mapped", model_config.model, tuple(sorted(mm_keys.items())))
+    slot = ("mapped-together", model_config.model, tuple(sorted(mm_keys.items())))
     mapped = cache.get(slot)
     if mapped is None:
         mapped = mm_registry.map_input(model_config, processed.multi_modal_data, processed.mm_processor_kwargs)

@@ -49,11 +49,11 @@ def test_greedy_tokens_are_the_same_with_every_cache_on_and_off(kind):
     llm = load(kind)  # the defaults: every cache on
     engine = llm.engine(ON)
     assert run(llm, ON, calls()) == without
-    assert engine.stats["encoded_requests"] == 5, "the encoder runs once per distinct image"
+    assert engine.stats["encoded_items"] == 5, "the encoder runs once per distinct image"
     stats = engine.cache_stats()
     assert stats["prefix_cache"]["hits"] > 0 and stats["processor_cache"]["hits"] == 6
     again = run(llm, ON, calls())  # everything cached now: the same tokens again
-    assert again == without and engine.stats["encoded_requests"] == 5
+    assert again == without and engine.stats["encoded_items"] == 5
 
 
 def _placeholder_offset(llm, prompt) -> int:

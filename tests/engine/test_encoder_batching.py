@@ -70,7 +70,7 @@ def test_generate_with_shared_calls_gives_the_one_by_one_tokens(kind):
     together = mmjax.generate(llm, prompts, PARAMS, engine_config=config, use_tqdm=False)
     assert [list(o.token_ids) for o in together] == [list(o.token_ids) for o in alone]
     calls = engine.stats["encoder_calls"] - before["encoder_calls"]
-    encoded = engine.stats["encoded_requests"] - before["encoded_requests"]
+    encoded = engine.stats["encoded_items"] - before["encoded_items"]
     groups = len({engine.runner.input_key(llm.process(p).mm_kwargs) for p in prompts[:4]})
     assert encoded == 4 and calls == groups < 4, f"{calls} encoder calls for {groups} input shapes"
 
@@ -84,7 +84,7 @@ def test_no_compilation_after_warmup_with_shared_calls():
         for shapes in ([(30, 30)] * 3, [(30, 30)] * 2, [(30, 30)]):
             mmjax.generate(llm, image_prompts(shapes, seed=10 * len(shapes)), PARAMS, engine_config=config,
                            use_tqdm=False)  # six distinct images: the encoder cache finds none of them
-    assert engine.stats["encoder_calls"] == 3 and engine.stats["encoded_requests"] == 6
+    assert engine.stats["encoder_calls"] == 3 and engine.stats["encoded_items"] == 6
     assert compiled[0] == 0, f"{compiled[0]} programs compiled after warm-up"
 
 

@@ -116,27 +116,65 @@ def test_rows_and_pages_all_come_back_after_generate_with_preemption():
     assert all(a.num_free_pages == a.num_pages - 1 for a in engine.allocators)
 
 
+def claim(rows: EmbeddingRows, request: str, replica: int, num_rows: int, key: str | None = None):
+    """``(rows, shared)`` of a request with one item."""
+    return rows.assign(request, replica, [(key, num_rows)])[0]
+
+
 def test_embedding_rows_never_overlap_and_come_back():
     shapes = StepShapes.build(CONFIG, max_model_len=128, num_replicas=2, max_mm_tokens_per_prompt=40)
     rows = EmbeddingRows(shapes)
     assert rows.rows_per_prompt == 48  # 40 rounded up to blocks of 16
-    taken = {r: rows.assign(f"a{r}", r % 2, 40 - r)[0] for r in range(3)}
+    taken = {r: claim(rows, f"a{r}", r % 2, 40 - r)[0] for r in range(3)}
     for r in range(3):
         assert len(taken[r]) == 40 - r and (taken[r] >= EMBEDDING_BLOCK_ROWS).all()  # block 0 is reserved
     assert not set(taken[0]) & set(taken[2])  # both on replica 0
     assert rows.num_held == 3
     with pytest.raises(ValueError, match="already holds"):
-        rows.assign("a0", 0, 1)
+        claim(rows, "a0", 0, 1)
     rows.release("a0")
     rows.release("a0")  # twice: nothing left to give back
     rows.release("never")
-    again, shared = rows.assign("b", 0, 40)
+    again, shared = claim(rows, "b", 0, 40)
     assert set(again) == set(taken[0]) and not shared  # freed rows are handed out again
-    rows.assign("c", 0, 48)  # replica 0 now holds a2, b and c: 3 prompts (max_num_seqs) at the limit
-    rows.assign("c2", 0, 8 * 40)  # and the encoder cache's budget (8 prompts of 40)
+    claim(rows, "c", 0, 48)  # replica 0 now holds a2, b and c: 3 prompts (max_num_seqs) at the limit
+    claim(rows, "c2", 0, 8 * 40)  # and the encoder cache's budget (8 prompts of 40)
     with pytest.raises(OutOfPagesError):
-        rows.assign("d", 0, 1)
-    assert len(rows.assign("d", 1, 48)[0]) == 48  # replica 1 has its own rows
+        claim(rows, "d", 0, 1)
+    assert len(claim(rows, "d", 1, 48)[0]) == 48  # replica 1 has its own rows
+
+
+def test_prompts_of_several_items_at_the_limit_fit_with_each_item_rounded_up_to_blocks():
+    """Rows go per item, each rounded up to whole blocks: 3 items of 17 rows take 6 blocks, not the 4 that
+    51 rows would; the arena still holds max_num_seqs such prompts beside the cache's budget."""
+    config = dataclasses.replace(CONFIG, encoder_cache_tokens=0)
+    shapes = StepShapes.build(config, max_model_len=128, num_replicas=1, max_mm_tokens_per_prompt=51,
+                              max_mm_items_per_prompt=3)
+    rows = EmbeddingRows(shapes)
+    held = [rows.assign(f"p{i}", 0, [(None, 17)] * 3) for i in range(CONFIG.max_num_seqs)]
+    every = np.concatenate([r for claims in held for r, _ in claims])
+    assert len(every) == len(set(every.tolist())) == CONFIG.max_num_seqs * 51  # none shared, none overlapping
+    with pytest.raises(OutOfPagesError):
+        claim(rows, "one-more", 0, 1)
+
+
+def test_the_encoder_cache_shares_each_item_on_its_own():
+    """A follow-up prompt that adds one image to an earlier one's: only the new image gets rows to encode;
+    the same image twice in one prompt is encoded once."""
+    shapes = StepShapes.build(CONFIG, max_model_len=128, num_replicas=1, max_mm_tokens_per_prompt=48,
+                              max_mm_items_per_prompt=3)
+    rows = EmbeddingRows(shapes)
+    first = rows.assign("a", 0, [("image-1", 16), ("image-2", 8)])
+    assert [shared for _, shared in first] == [False, False]
+    rows.filled("a", 0)
+    rows.filled("a", 1)
+    rows.release("a")
+    follow_up = rows.assign("b", 0, [("image-1", 16), ("image-2", 8), ("image-3", 12)])
+    assert [shared for _, shared in follow_up] == [True, True, False]
+    assert [list(r) for r, _ in follow_up[:2]] == [list(r) for r, _ in first]
+    twice = rows.assign("c", 0, [("image-4", 4), ("image-4", 4)])
+    assert [shared for _, shared in twice] == [False, True] and list(twice[0][0]) == list(twice[1][0])
+    assert rows.stats()["hits"] == 3 and rows.stats()["misses"] == 4
 
 
 def test_models_implement_the_engine_interface_and_others_are_refused_by_name(llm):
@@ -159,19 +197,19 @@ def test_the_encoder_cache_shares_filled_rows_and_evicts_idle_entries_first_in_f
     shapes = StepShapes.build(dataclasses.replace(CONFIG, encoder_cache_tokens=32), max_model_len=128,
                               num_replicas=1, max_mm_tokens_per_prompt=16)
     rows = EmbeddingRows(shapes)  # room for 3 running prompts of 16 rows + 2 cached entries
-    first, shared = rows.assign("a", 0, 16, key="image-a")
+    first, shared = claim(rows, "a", 0, 16, key="image-a")
     assert not shared
-    rows.filled("a")
+    rows.filled("a", 0)
     rows.release("a")  # idle, kept
-    again, shared = rows.assign("b", 0, 16, key="image-a")
+    again, shared = claim(rows, "b", 0, 16, key="image-a")
     assert shared and list(again) == list(first)
     rows.release("b")
-    unfilled, _ = rows.assign("c", 0, 16, key="image-c")
+    unfilled, _ = claim(rows, "c", 0, 16, key="image-c")
     rows.release("c")  # never filled (its encoder call failed): dropped, not shared later
-    assert not rows.assign("d", 0, 16, key="image-c")[1]
-    rows.filled("d")
+    assert not claim(rows, "d", 0, 16, key="image-c")[1]
+    rows.filled("d", 0)
     rows.release("d")
     for name in ("e", "f", "g", "h"):  # four new prompts need the idle entries' rows: the oldest go first
-        rows.assign(name, 0, 16, key=name)
-    assert not rows.assign("x", 0, 16, key="image-a")[1]  # evicted
+        claim(rows, name, 0, 16, key=name)
+    assert not claim(rows, "x", 0, 16, key="image-a")[1]  # evicted
     assert rows.stats()["hits"] == 1

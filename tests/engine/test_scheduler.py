@@ -10,12 +10,11 @@ from mmjax.engine.config import EngineConfig
 from mmjax.engine.request import Request, RequestStatus
 from mmjax.engine.scheduler import Scheduler
 from mmjax.kv_cache import PageAllocator
-from mmjax.registry import MultiModalInputs, ProcessedPrompt
+from mmjax.registry import ProcessedPrompt
 
 
 def fake_request(name: str, length: int, arrival: int) -> Request:
-    processed = ProcessedPrompt(token_ids=np.arange(length, dtype=np.int32), placeholders={},
-                                mm_kwargs=MultiModalInputs())
+    processed = ProcessedPrompt(token_ids=np.arange(length, dtype=np.int32), placeholders={})
     return Request(request_id=name, processed=processed, params=None, seed=0, detokenizer=None,
                    arrival=arrival, mm_rows=np.full(length, -1, np.int32))
 

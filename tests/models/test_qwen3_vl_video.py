@@ -169,7 +169,8 @@ def test_engine_greedy_equals_transformers(llm):
 
 
 def test_warmup_variants_cover_the_shapes_videos_map_to(llm):
-    """Every video (with or without an image) maps to one of the encoder inputs warm-up compiles."""
+    """Every video and image (each mapped alone, as the engine encodes it) maps to one of the encoder inputs
+    warm-up compiles, with a row of ``video_text_ids`` for each token of its placeholder run."""
     variants = {ModelRunner.input_key(v) for v in encoder_input_variants(InputContext(llm.model_config))}
     prompts = [
         {"prompt": VIDEO, "multi_modal_data": {"video": clip(4, 30, 30)}},
@@ -178,8 +179,11 @@ def test_warmup_variants_cover_the_shapes_videos_map_to(llm):
     ]
     for prompt in prompts:
         processed = llm.process(prompt)
-        assert ModelRunner.input_key(processed.mm_kwargs) in variants
-        assert processed.mm_kwargs["video_text_ids"].shape[0] >= processed.num_mm_tokens
+        for modality, items in processed.mm_items.items():
+            for item, run in zip(items, processed.placeholders[modality]):
+                assert ModelRunner.input_key(item) in variants
+                if modality == "video":
+                    assert item["video_text_ids"].shape[0] >= run.length
 
 
 def test_dummy_data_holds_the_most_video_tokens(llm):

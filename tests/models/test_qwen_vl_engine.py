@@ -75,6 +75,28 @@ def test_preempted_requests_are_recomputed_with_their_positions(family, want):
     assert [list(o.token_ids) for o in outputs] == want
 
 
+def test_a_follow_up_prompt_with_one_more_image_maps_and_encodes_only_that_image(family, monkeypatch):
+    """The item is the unit: a second turn puts a new image before the first turn's two; the processor cache
+    maps only the new one, the encoder runs on it alone, and the answer is still transformers'."""
+    llm = loaded(family=family)
+    engine = llm.engine(CONFIG)
+    old = [picture(150, 60, seed=1), picture(90, 200, seed=2)]
+    first = {"prompt": chat(f"Compare {IMAGE} with this.", images=1), "multi_modal_data": {"image": old}}
+    follow_up = {"prompt": chat(f"Now {IMAGE} against {IMAGE} and {IMAGE}?"),
+                 "multi_modal_data": {"image": [picture(120, 80, seed=9), *old]}}
+    mmjax.generate(llm, first, PARAMS, engine_config=CONFIG, use_tqdm=False)
+    mapped, encoded, encode_many = llm.processor_cache.stats(), [], engine.runner.encode_many
+    monkeypatch.setattr(engine.runner, "encode_many",
+                        lambda items, replica: (encoded.extend(i for i, _ in items), encode_many(items, replica)))
+    [output] = mmjax.generate(llm, follow_up, PARAMS, engine_config=CONFIG, use_tqdm=False)
+    now = llm.processor_cache.stats()
+    assert (now["hits"] - mapped["hits"], now["misses"] - mapped["misses"]) == (2, 1)
+    [new_image] = encoded  # the tower ran once, on the new image's patches alone
+    alone = llm.process({"prompt": chat("", images=1), "multi_modal_data": {"image": picture(120, 80, seed=9)}})
+    np.testing.assert_array_equal(new_image["pixel_values"], alone.mm_items["image"][0]["pixel_values"])
+    assert list(output.token_ids) == transformers_greedy(llm, follow_up, family)
+
+
 def _bytes_for_pages(llm: mmjax.LLM, config: mmjax.EngineConfig, pages: int) -> int:
     text = llm.model.text_config
     per_page = 2 * text.num_layers * text.num_kv_heads * config.page_size * text.head_dim * np.dtype(llm.dtype).itemsize

@@ -15,7 +15,8 @@ PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
 
 
 class CountingRegistry:
-    """The default registry, counting ``map_input`` calls (the work the cache must save)."""
+    """The default registry, counting the items mapped (the work the cache must save): ``map_item``
+    calls, and the items of ``map_input`` calls."""
 
     def __init__(self):
         self.calls = 0
@@ -23,9 +24,13 @@ class CountingRegistry:
     def __getattr__(self, name):
         return getattr(MULTIMODAL_REGISTRY, name)
 
-    def map_input(self, *args, **kwargs):
+    def map_item(self, *args, **kwargs):
         self.calls += 1
-        return MULTIMODAL_REGISTRY.map_input(*args, **kwargs)
+        return MULTIMODAL_REGISTRY.map_item(*args, **kwargs)
+
+    def map_input(self, model_config, data, *args, **kwargs):
+        self.calls += sum(MULTIMODAL_REGISTRY.count_items(key, value) for key, value in data.items())
+        return MULTIMODAL_REGISTRY.map_input(model_config, data, *args, **kwargs)
 
 
 def _process(model_config, prompt, cache, registry=MULTIMODAL_REGISTRY):
@@ -43,11 +48,11 @@ def test_the_same_image_is_mapped_once_and_gives_identical_inputs(model_config):
                      cache, registry)  # an equal image, another object
     other = _process(model_config, {"prompt": PROMPT, "multi_modal_data": {"image": _image(1)}}, cache, registry)
     assert registry.calls == 2
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 2
     uncached = process_prompt(model_config, {"prompt": PROMPT, "multi_modal_data": {"image": _image(0)}})
     for out in (first, again):
-        np.testing.assert_array_equal(out.mm_kwargs["pixel_values"], uncached.mm_kwargs["pixel_values"])
+        np.testing.assert_array_equal(out.mm_items["image"][0]["pixel_values"], uncached.mm_kwargs["pixel_values"])
     assert first.mm_keys == again.mm_keys != other.mm_keys
-    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 2
 
 
 def test_the_key_covers_the_kwargs_in_effect(model_config):
@@ -73,10 +78,28 @@ def test_an_item_sent_with_an_id_can_be_sent_as_the_id_alone(model_config):
                                       "multi_modal_uuids": {"image": "photo-5"}}, cache, registry)
     assert registry.calls == 1
     np.testing.assert_array_equal(with_data.token_ids, id_only.token_ids)
-    np.testing.assert_array_equal(with_data.mm_kwargs["pixel_values"], id_only.mm_kwargs["pixel_values"])
+    np.testing.assert_array_equal(with_data.mm_items["image"][0]["pixel_values"],
+                                  id_only.mm_items["image"][0]["pixel_values"])
     assert with_data.mm_keys == id_only.mm_keys
     hashed = process_prompt(model_config, {"prompt": PROMPT, "multi_modal_data": {"image": image}})
     assert hashed.mm_keys != with_data.mm_keys  # an id replaces the content hash
+
+
+def test_items_are_mapped_and_cached_one_by_one(model_config):
+    """The item is the unit: a prompt that adds an image to an earlier prompt's maps only the new one; each
+    of ``mm_items`` is its item mapped alone, and ``mm_kwargs`` is every item mapped together."""
+    config = dataclasses.replace(model_config, limit_mm_per_prompt={"image": 2})
+    cache, registry = ProcessorCache(2**24), CountingRegistry()
+    _process(config, {"prompt": PROMPT, "multi_modal_data": {"image": _image(0)}}, cache, registry)
+    both = {"prompt": "USER: <image> <image>\nCompare. ASSISTANT:", "multi_modal_data": {"image": [_image(1), _image(0)]}}
+    out = _process(config, both, cache, registry)
+    assert registry.calls == 2 and cache.stats()["hits"] == 1  # the new image only
+    for item, seed in zip(out.mm_items["image"], (1, 0)):
+        alone = MULTIMODAL_REGISTRY.map_input(config, {"image": _image(seed)})
+        np.testing.assert_array_equal(item["pixel_values"], alone["pixel_values"])
+    together = MULTIMODAL_REGISTRY.map_input(config, {"image": [_image(1), _image(0)]})
+    np.testing.assert_array_equal(out.mm_kwargs["pixel_values"], together["pixel_values"])
+    assert registry.calls == 4  # mm_kwargs mapped both when first read
 
 
 def test_an_id_that_names_nothing_cached_is_a_clear_error(model_config):

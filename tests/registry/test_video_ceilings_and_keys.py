@@ -128,6 +128,7 @@ def test_the_processor_cache_maps_the_same_videos_once(checkpoint_dir):
     first = process_prompt(config, prompt((video(5), {"fps": 8.0})), processor_cache=cache)
     again = process_prompt(config, prompt(([Image.fromarray(f) for f in video(5)], {"fps": 8})), processor_cache=cache)
     assert CALLS["mapper"] == 1
-    np.testing.assert_array_equal(first.mm_kwargs["video_frame_means"], again.mm_kwargs["video_frame_means"])
+    [[first_video], [again_video]] = first.mm_items["video"], again.mm_items["video"]
+    np.testing.assert_array_equal(first_video["video_frame_means"], again_video["video_frame_means"])
     process_prompt(config, prompt((video(5), {"fps": 9.0})), processor_cache=cache)
     assert CALLS["mapper"] == 2

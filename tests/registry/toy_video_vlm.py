@@ -33,7 +33,7 @@ def map_videos(ctx: InputContext, data: object) -> MultiModalInputs:
     """``video_frame_means`` f32 ``[total frames, 3]``, ``video_fps`` f32 ``[videos]``."""
     CALLS["mapper"] += 1
     items = video_items(data)
-    SEEN[:] = items
+    SEEN.extend(items)  # every video the mapper was given, in order (each item is mapped alone)
     means = np.concatenate([item.frames.reshape(item.frames.shape[0], -1, 3).mean(1) for item in items])
     fps = np.array([np.nan if item.fps is None else item.fps for item in items], np.float32)
     return MultiModalInputs(video_frame_means=means.astype(np.float32), video_fps=fps)

@@ -116,11 +116,11 @@ class DecoderMethods:
 def encoder_inputs_from_dummy_data(
     ctx: InputContext, mm_registry: MultiModalRegistry, input_registry: InputRegistry = INPUT_REGISTRY
 ) -> list[Mapping[str, np.ndarray]]:
-    """The dummy data's items mapped in counts from 1 to the limit per prompt: every encoder input
-    shape of a model whose mapper gives each item the same shape."""
+    """One dummy item of each modality mapped alone: every encoder input shape of a model whose mapper
+    gives each item the same shape (the engine maps and encodes each item alone)."""
     dummy = input_registry.dummy_data_for_profiling(ctx.model_config, seq_len=1)
     inputs = []
     for key, items in dummy.multi_modal_data.items():
         items = items if isinstance(items, list) else [items]
-        inputs += [mm_registry.map_input(ctx.model_config, {key: items[:count]}) for count in range(1, len(items) + 1)]
+        inputs += [mm_registry.map_item(ctx.model_config, key, items[0])] if items else []
     return inputs

@@ -26,11 +26,6 @@ def anyres_geometry(ctx: InputContext) -> AnyresGeometry:
     return AnyresGeometry.from_hf(ctx.get_hf_config())
 
 
-def image_limit(ctx: InputContext) -> int:
-    """Most images one prompt may carry (vLLM's default: 1)."""
-    return int(ctx.model_config.limit_mm_per_prompt.get("image", 1))
-
-
 def max_image_tokens(ctx: InputContext) -> int:
     """The most tokens one image becomes (2928 for llava-v1.6's pinpoints)."""
     return anyres_geometry(ctx).max_image_tokens()
@@ -60,8 +55,9 @@ def map_images_for_llava_next(ctx: InputContext, data: object) -> MultiModalInpu
             f"the image processor's image_grid_pinpoints {processor_pins} differ from the model's "
             f"{geometry.pinpoints}; the tiles would not match the placeholders"
         )
-    batch = processor(_images(data), return_tensors="np")
-    buckets = tile_buckets(image_limit(ctx) * geometry.max_tiles)
+    images = _images(data)
+    batch = processor(images, return_tensors="np")
+    buckets = tile_buckets(len(images) * geometry.max_tiles)  # one image alone: the engine's unit
     packed = pack_images(geometry, np.asarray(batch["pixel_values"]), np.asarray(batch["image_sizes"]), buckets)
     return MultiModalInputs(dataclasses.asdict(packed))
 
@@ -110,11 +106,12 @@ def dummy_data_for_llava_next(ctx: InputContext, seq_len: int, mm_counts: Mappin
 
 
 def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
-    """One (zero) input per tile bucket: every shape ``map_images_for_llava_next`` can return.
+    """One (zero) input per tile bucket of one image: every shape ``map_images_for_llava_next`` returns
+    for the engine, which maps and encodes each image alone.
 
     Images of different aspect ratios fill different tile buckets, so the
-    dummy data (the largest image, 1 to the limit of them) does not cover them;
-    ``warmup()`` compiles the encoder for each of these instead.
+    dummy data (the largest image) does not cover them; ``warmup()`` compiles
+    the encoder for each of these instead.
     """
     geometry = anyres_geometry(ctx)
     rows_per_tile = geometry.base_tokens + geometry.patches_per_side
@@ -122,4 +119,4 @@ def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
     return [MultiModalInputs(dataclasses.asdict(AnyresImages(
         pixel_values=np.zeros((bucket, 3, side, side), np.float32), tile_valid=np.zeros(bucket, bool),
         placeholder_rows=np.full(bucket * rows_per_tile, TEXT, np.int32))))
-        for bucket in tile_buckets(image_limit(ctx) * geometry.max_tiles)]
+        for bucket in tile_buckets(geometry.max_tiles)]

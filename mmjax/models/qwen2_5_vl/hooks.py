@@ -94,11 +94,12 @@ def image_grids(images: Sequence[Image.Image | np.ndarray], config: QwenImageCon
                        min_pixels=config.min_pixels, max_pixels=config.max_pixels) for image in images]
 
 
-def vision_buckets(ctx: InputContext, modality: str = "image") -> tuple[int, ...]:
-    """The patch-row buckets of a prompt's images (or videos): up to the limit of the largest item."""
+def vision_buckets(ctx: InputContext, modality: str = "image", num_items: int = 1) -> tuple[int, ...]:
+    """The patch-row buckets of ``num_items`` images (or videos) packed together: up to that many of the
+    largest item. The engine encodes each item alone (``num_items`` 1); the dense forward packs a prompt's."""
     unit = qwen_config(ctx).merge_size**2
     most_tokens = max_image_tokens(ctx) if modality == "image" else max_video_tokens(ctx)
-    limit = max(1, item_limit(ctx, modality)) * most_tokens * unit
+    limit = max(1, num_items) * most_tokens * unit
     return patch_buckets(limit, smallest=min(SMALLEST_BUCKET, limit), merge=qwen_config(ctx).merge_size)
 
 
@@ -115,7 +116,7 @@ def pack_items(ctx: InputContext, pixel_values: Sequence[np.ndarray], grids: Seq
     """The items' patches in one bucket of rows, with the tower's layout for them (keys by ``INPUT_KEYS``)."""
     cfg = qwen_config(ctx).vision
     patches = np.concatenate(pixel_values).astype(np.float32)
-    rows = bucket_rows(patches.shape[0], vision_buckets(ctx, modality))
+    rows = bucket_rows(patches.shape[0], vision_buckets(ctx, modality, len(grids)))
     layout = windowed_vision_layout(grids, rows, merge=cfg.spatial_merge_size, window_size=cfg.window_size,
                                     patch_size=cfg.patch_size)
     pixels_key, prefix = INPUT_KEYS[modality]
@@ -212,8 +213,8 @@ def dummy_data(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) ->
 
 
 def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
-    """One (zero) input per patch bucket of each modality, and per pair of buckets when a prompt may hold
-    both: every shape the mappers return (for warm-up)."""
+    """One (zero) input per patch bucket of one item of each modality: every shape the mappers return for
+    the engine, which encodes each item alone (for warm-up)."""
     cfg = qwen_config(ctx).vision
     merge = cfg.spatial_merge_size
 
@@ -221,8 +222,4 @@ def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
         return pack_items(ctx, [np.zeros((rows, cfg.patch_dim), np.float32)], [(1, merge, rows // merge)], modality)
 
     modalities = [m for m in ("image", "video") if item_limit(ctx, m) > 0]
-    singles = {m: [zeros(rows, m) for rows in vision_buckets(ctx, m)] for m in modalities}
-    variants = [v for m in modalities for v in singles[m]]
-    if len(modalities) == 2:
-        variants += [MultiModalInputs({**i, **v}) for i in singles["image"] for v in singles["video"]]
-    return variants
+    return [zeros(rows, m) for m in modalities for rows in vision_buckets(ctx, m)]

@@ -54,14 +54,15 @@ def item_limit(ctx: InputContext, modality: str = "image") -> int:
     return int(ctx.model_config.limit_mm_per_prompt.get(modality, 1))
 
 
-def vision_buckets(ctx: InputContext, modality: str = "image") -> tuple[int, ...]:
-    """The patch-row buckets of a prompt's images (or videos): up to the limit of the largest item."""
+def vision_buckets(ctx: InputContext, modality: str = "image", num_items: int = 1) -> tuple[int, ...]:
+    """The patch-row buckets of ``num_items`` images (or videos) packed together: up to that many of the
+    largest item. The engine encodes each item alone (``num_items`` 1); the dense forward packs a prompt's."""
     unit = qwen_config(ctx).merge_size**2
     if modality == "image":
         t, h, w = largest_image(model_image_config(ctx))[1]
-        limit = max(1, item_limit(ctx)) * t * h * w
+        limit = max(1, num_items) * t * h * w
     else:
-        limit = max(1, item_limit(ctx, "video")) * max_frame_tokens(ctx) * unit
+        limit = max(1, num_items) * max_frame_tokens(ctx) * unit
     smallest = min(SMALLEST_BUCKET, -(-limit // unit) * unit)
     return patch_buckets(limit, smallest=smallest, merge=qwen_config(ctx).merge_size)
 
@@ -76,16 +77,16 @@ def pack_items(ctx: InputContext, pixel_values: Sequence[np.ndarray], grids: Seq
     """The items' patches in one bucket of rows, with the tower's layout for them (keys by ``INPUT_KEYS``)."""
     cfg = qwen_config(ctx).vision
     patches = np.concatenate(pixel_values).astype(np.float32)
-    rows = bucket_rows(patches.shape[0], vision_buckets(ctx, modality))
+    rows = bucket_rows(patches.shape[0], vision_buckets(ctx, modality, len(grids)))
     layout = vision_layout(grids, rows, merge=cfg.spatial_merge_size, side=cfg.position_side)
     pixels_key, prefix = INPUT_KEYS[modality]
     fields = {prefix + name: value for name, value in dataclasses.asdict(layout).items()}
     return MultiModalInputs({pixels_key: pad_rows(patches, rows), **fields})
 
 
-def video_rows(ctx: InputContext, patch_rows: int) -> int:
+def video_rows(ctx: InputContext, patch_rows: int, num_videos: int = 1) -> int:
     """Rows of a video bucket's ``video_text_ids``: its merged frame rows and room for their text tokens."""
-    return patch_rows // qwen_config(ctx).merge_size**2 + text_capacity(ctx, patch_rows, item_limit(ctx, "video"))
+    return patch_rows // qwen_config(ctx).merge_size**2 + text_capacity(ctx, patch_rows, num_videos)
 
 
 def map_images(ctx: InputContext, data: object, *, min_pixels: int | None = None,
@@ -103,7 +104,7 @@ def map_videos(ctx: InputContext, data: object, *, video_min_pixels: int | None 
     config = video_config(ctx, video_min_pixels, video_max_pixels)
     mapped = [process_video(item.frames, config, item.fps) for item in video_items(data)]
     packed = pack_items(ctx, [m.pixel_values for m in mapped], [tuple(m.grid_thw) for m in mapped], "video")
-    rows = video_rows(ctx, packed["pixel_values_videos"].shape[0])
+    rows = video_rows(ctx, packed["pixel_values_videos"].shape[0], len(mapped))
     text_ids = text_row_ids(video_runs(ctx, data, config), qwen_config(ctx).video_token_id, rows)
     return MultiModalInputs({**packed, "video_text_ids": text_ids})
 
@@ -182,8 +183,8 @@ def dummy_data(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) ->
 
 
 def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
-    """One (zero) input per patch bucket of each modality, and per pair of buckets when a prompt may hold
-    both: every shape the mappers return (for warm-up)."""
+    """One (zero) input per patch bucket of one item of each modality: every shape the mappers return for
+    the engine, which encodes each item alone (for warm-up)."""
     cfg = qwen_config(ctx).vision
     merge = cfg.spatial_merge_size
 
@@ -194,8 +195,4 @@ def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
         return MultiModalInputs({**packed, "video_text_ids": np.full(video_rows(ctx, rows), FRAME_ROW, np.int32)})
 
     modalities = [m for m in ("image", "video") if item_limit(ctx, m) > 0]
-    singles = {m: [zeros(rows, m) for rows in vision_buckets(ctx, m)] for m in modalities}
-    variants = [v for m in modalities for v in singles[m]]
-    if len(modalities) == 2:
-        variants += [MultiModalInputs({**i, **v}) for i in singles["image"] for v in singles["video"]]
-    return variants
+    return [zeros(rows, m) for m in modalities for rows in vision_buckets(ctx, m)]
