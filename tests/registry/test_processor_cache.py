@@ -91,7 +91,8 @@ def test_items_are_mapped_and_cached_one_by_one(model_config):
     config = dataclasses.replace(model_config, limit_mm_per_prompt={"image": 2})
     cache, registry = ProcessorCache(2**24), CountingRegistry()
     _process(config, {"prompt": PROMPT, "multi_modal_data": {"image": _image(0)}}, cache, registry)
-    both = {"prompt": "USER: <image> <image>\nCompare. ASSISTANT:", "multi_modal_data": {"image": [_image(1), _image(0)]}}
+    both = {"prompt": "USER: <image> <image>\nCompare. ASSISTANT:",
+            "multi_modal_data": {"image": [_image(1), _image(0)]}}
     out = _process(config, both, cache, registry)
     assert registry.calls == 2 and cache.stats()["hits"] == 1  # the new image only
     for item, seed in zip(out.mm_items["image"], (1, 0)):
