@@ -3,14 +3,21 @@
 Set before anything imports mmjax: the switch is read once, at import. Subprocess
 workers (tests/sharding) inherit it from the environment.
 
-The persistent compilation cache and the built CPU kernels go to directories
-of this run (the tests never write into the user's caches); programs compiled
-again by later tests, in this process or in the sharding workers, load from there.
+The built CPU kernels go to a directory of this run (the tests never write into the
+user's caches). The persistent compilation cache is off in this process and on, in a
+directory of this run, in the worker processes tests start (``MMJAX_WORKER_COMPILATION_CACHE``:
+the sharding and server workers load what an earlier worker compiled). Off here because
+this one process compiles and reloads hundreds of programs, and twice in three full runs
+(2026-12-07, CI and a clean clone here) it died of a segmentation fault inside JAX's
+``compilation_cache.put_executable_and_time`` (``executable.serialize()``) while storing a
+step program of the Qwen3-VL bfloat16 test; the third run passed, and that test passes
+alone with an empty cache. Not understood yet: see the issue notes.
 """
 
 import os
 import tempfile
 
 os.environ.setdefault("MMJAX_SHAPE_CHECKS", "1")
-os.environ.setdefault("MMJAX_COMPILATION_CACHE", tempfile.mkdtemp(prefix="mmjax-test-xla-cache-"))
+os.environ.setdefault("MMJAX_WORKER_COMPILATION_CACHE", tempfile.mkdtemp(prefix="mmjax-test-xla-cache-"))
+os.environ.setdefault("MMJAX_COMPILATION_CACHE", "0")
 os.environ.setdefault("MMJAX_KERNEL_CACHE", tempfile.mkdtemp(prefix="mmjax-test-kernels-"))

@@ -142,7 +142,8 @@ def test_mmjax_serve_starts_answers_and_stops_on_ctrl_c():
     command = [sys.executable, "-m", "mmjax", "serve", "--model", checkpoint(LLAVA), "--port", str(port),
                "--no-warmup", "--shutdown-drain", "5", "--served-model-name", "tiny"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                              env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                   "MMJAX_COMPILATION_CACHE": os.environ["MMJAX_WORKER_COMPILATION_CACHE"]})
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180

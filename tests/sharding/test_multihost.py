@@ -33,7 +33,8 @@ def _free_port() -> int:
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
     checkpoint = make_tiny_llava_checkpoint(str(tmp / "llava"), head_dim=8, **DIMS, seed=5)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               MMJAX_COMPILATION_CACHE=os.environ["MMJAX_WORKER_COMPILATION_CACHE"])
     port = str(_free_port())
     outs = [str(tmp / f"process{i}.npz") for i in range(2)]
     procs = [subprocess.Popen([sys.executable, WORKER, checkpoint, port, str(i), outs[i]], env=env,

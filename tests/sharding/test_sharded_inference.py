@@ -16,7 +16,8 @@ WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
 
 @functools.cache
 def _results(tmp: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               MMJAX_COMPILATION_CACHE=os.environ["MMJAX_WORKER_COMPILATION_CACHE"])
     proc = subprocess.run([sys.executable, WORKER, tmp], env=env, capture_output=True, text=True, timeout=1200,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 
-from mmjax.registry import PlaceholderRange
+from mmjax.registry import DummyData, PlaceholderRange
 from mmjax.types import Array, ArrayLike, Float, Int
 
 
@@ -142,3 +142,21 @@ def concat_real_rows(parts: Sequence[tuple[Array, ArrayLike]]) -> Float[Array, "
         both = jnp.concatenate([rows, more.astype(rows.dtype)])
         rows, total = jnp.take(both, jnp.clip(index, 0, both.shape[0] - 1), axis=0), total + count
     return rows
+
+
+def dummy_runs(seq_len: int, runs: Sequence[tuple[str, int, object, int, int]]) -> DummyData:
+    """Dummy data of whole placeholder runs, modality after modality, then zeros up to ``seq_len``.
+
+    ``runs``: ``(modality, token id, item, tokens per item, count)``: ``count`` copies of ``item``, each
+    with a run of ``tokens per item`` copies of the token id (a modality of count 0 is left out).
+    """
+    data, placeholders, token_ids = {}, {}, []
+    for modality, token_id, item, per_item, count in runs:
+        if not count:
+            continue
+        start = len(token_ids)
+        data[modality] = [item] * count
+        placeholders[modality] = [PlaceholderRange(start + i * per_item, per_item) for i in range(count)]
+        token_ids += [token_id] * (per_item * count)
+    token_ids += [0] * max(0, seq_len - len(token_ids))
+    return DummyData(prompt_token_ids=token_ids, multi_modal_data=data, multi_modal_placeholders=placeholders)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.models.common.mrope import VisionSpan, mrope_positions
-from mmjax.models.common.placeholders import expand_each_modality
+from mmjax.models.common.placeholders import dummy_runs, expand_each_modality
 from mmjax.models.common.vision_packing import Grid, bucket_rows, pad_rows, patch_buckets
 from mmjax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from mmjax.models.qwen2_5_vl.video_hooks import (
@@ -32,7 +32,7 @@ from mmjax.models.qwen2_5_vl.vision_layout import windowed_vision_layout
 from mmjax.processing.qwen_vl_config import QwenImageConfig
 from mmjax.processing.qwen_vl_geometry import image_grid, largest_image_size
 from mmjax.processing.qwen_vl_image import process_image
-from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs, PlaceholderRange
+from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs
 from mmjax.registry.processor_kwargs import merge_kwargs
 
 #: The smallest patch bucket of the tower (a 448 x 448 image; smaller ones pad up to it).
@@ -192,24 +192,17 @@ def mrope_input_positions(ctx: InputContext, inputs: DecoderOnlyInputs) -> tuple
 def dummy_data(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) -> DummyData:
     """``mm_counts["image"]`` images of the size with the most tokens and ``mm_counts["video"]`` videos of
     about the most tokens one video may have, each with its full placeholder run (images first)."""
-    cfg, data, placeholders, token_ids = qwen_config(ctx), {}, {}, []
-    num_images, num_videos = mm_counts.get("image", 0), mm_counts.get("video", 0)
-    if num_images:
+    cfg, runs = qwen_config(ctx), []
+    if mm_counts.get("image", 0):
         config = model_image_config(ctx)
         height, width = largest_image_size(patch_size=config.patch_size, merge_size=config.merge_size,
                                            min_pixels=config.min_pixels, max_pixels=config.max_pixels)
-        per_image = max_image_tokens(ctx)
-        data["image"] = [Image.new("RGB", (width, height))] * num_images
-        placeholders["image"] = [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]
-        token_ids += [cfg.image_token_id] * (per_image * num_images)
-    if num_videos:
+        runs.append(("image", cfg.image_token_id, Image.new("RGB", (width, height)), max_image_tokens(ctx),
+                     mm_counts["image"]))
+    if mm_counts.get("video", 0):
         video, per_video = dummy_video(ctx, video_token_bound(ctx))
-        data["video"] = [(video, {"fps": 24.0})] * num_videos
-        start = len(token_ids)
-        placeholders["video"] = [PlaceholderRange(start + i * per_video, per_video) for i in range(num_videos)]
-        token_ids += [cfg.video_token_id] * (per_video * num_videos)
-    token_ids += [0] * max(0, seq_len - len(token_ids))
-    return DummyData(prompt_token_ids=token_ids, multi_modal_data=data, multi_modal_placeholders=placeholders)
+        runs.append(("video", cfg.video_token_id, (video, {"fps": 24.0}), per_video, mm_counts["video"]))
+    return dummy_runs(seq_len, runs)
 
 
 def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:

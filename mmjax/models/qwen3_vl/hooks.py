@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.models.common.mrope import VisionSpan, mrope_positions
-from mmjax.models.common.placeholders import replace_each_modality
+from mmjax.models.common.placeholders import dummy_runs, replace_each_modality
 from mmjax.models.common.vision_packing import Grid, bucket_rows, pad_rows, patch_buckets
 from mmjax.models.qwen3_vl.config import Qwen3VLConfig
 from mmjax.models.qwen3_vl.embedding_rows import FRAME_ROW
@@ -38,7 +38,7 @@ from mmjax.models.qwen3_vl.video_hooks import (
 from mmjax.models.qwen3_vl.vision_layout import vision_layout
 from mmjax.processing.qwen_vl_image import process_image
 from mmjax.processing.qwen_vl_video import process_video
-from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs, PlaceholderRange
+from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs
 from mmjax.registry.processor_kwargs import merge_kwargs
 from mmjax.registry.video_items import video_items
 
@@ -164,22 +164,15 @@ def mrope_input_positions(ctx: InputContext, inputs: DecoderOnlyInputs) -> tuple
 def dummy_data(ctx: InputContext, seq_len: int, mm_counts: Mapping[str, int]) -> DummyData:
     """``mm_counts["image"]`` images of the size with the most tokens and ``mm_counts["video"]`` videos of
     about the most tokens one video may have, each with a placeholder range of its modality's max tokens."""
-    cfg, data, placeholders, token_ids = qwen_config(ctx), {}, {}, []
-    num_images, num_videos = mm_counts.get("image", 0), mm_counts.get("video", 0)
-    if num_images:
+    cfg, runs = qwen_config(ctx), []
+    if mm_counts.get("image", 0):
         (height, width), _ = largest_image(model_image_config(ctx))
-        per_image = max_image_tokens(ctx)
-        data["image"] = [Image.new("RGB", (width, height))] * num_images
-        placeholders["image"] = [PlaceholderRange(i * per_image, per_image) for i in range(num_images)]
-        token_ids += [cfg.image_token_id] * (per_image * num_images)
-    if num_videos:
+        runs.append(("image", cfg.image_token_id, Image.new("RGB", (width, height)), max_image_tokens(ctx),
+                     mm_counts["image"]))
+    if mm_counts.get("video", 0):
         per_video = max_video_tokens(ctx)
-        data["video"] = [dummy_video(ctx, per_video)[0]] * num_videos
-        start = len(token_ids)
-        placeholders["video"] = [PlaceholderRange(start + i * per_video, per_video) for i in range(num_videos)]
-        token_ids += [cfg.video_token_id] * (per_video * num_videos)
-    token_ids += [0] * max(0, seq_len - len(token_ids))
-    return DummyData(prompt_token_ids=token_ids, multi_modal_data=data, multi_modal_placeholders=placeholders)
+        runs.append(("video", cfg.video_token_id, dummy_video(ctx, per_video)[0], per_video, mm_counts["video"]))
+    return dummy_runs(seq_len, runs)
 
 
 def encoder_input_variants(ctx: InputContext) -> list[MultiModalInputs]:
