@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from mmjax.processing.resample import BICUBIC
 
@@ -227,3 +227,33 @@ class QwenVideoConfig:
             max_video_tokens=int(get("max_video_tokens")),
             cap_pixels_per_frame=bool(config.get("cap_pixels_per_frame") or False),
         )
+
+
+Budgeted = TypeVar("Budgeted", QwenImageConfig, QwenVideoConfig)
+
+
+def lower_pixel_budget(config: Budgeted, min_pixels: int | None, max_pixels: int | None, *, prefix: str = "",
+                       budget: str = "pixel budget", hint: str = "") -> Budgeted:
+    """``config`` with a request's ``min_pixels`` / ``max_pixels`` (None: the model's), which may only lower it.
+
+    ``prefix`` is the kwargs' prefix (``"video_"``), ``budget`` what the model's ``max_pixels`` is called in the
+    error, ``hint`` what the error adds after "a request may only lower it".
+
+    Raises:
+      ValueError: naming the ``mm_processor_kwargs`` field: not a positive int, ``max_pixels`` above the
+        model's, or ``min_pixels`` above ``max_pixels``.
+    """
+    for name, value in ((f"{prefix}min_pixels", min_pixels), (f"{prefix}max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"mm_processor_kwargs {name} must be a positive int, got {value!r}")
+    if max_pixels is not None and max_pixels > config.max_pixels:
+        raise ValueError(f"mm_processor_kwargs {prefix}max_pixels={max_pixels} is above the model's {budget} "
+                         f"({config.max_pixels}); a request may only lower it{hint}")
+    request = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    if not request:
+        return config
+    config = dataclasses.replace(config, **request)
+    if config.min_pixels > config.max_pixels:
+        raise ValueError(f"mm_processor_kwargs {prefix}min_pixels={config.min_pixels} is above "
+                         f"{prefix}max_pixels={config.max_pixels}")
+    return config

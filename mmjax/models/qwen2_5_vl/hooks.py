@@ -29,7 +29,7 @@ from mmjax.models.qwen2_5_vl.video_hooks import (
     dummy_video, map_video_items, max_video_tokens, video_config, video_spans, video_token_bound, video_token_counts,
 )  # fmt: skip
 from mmjax.models.qwen2_5_vl.vision_layout import windowed_vision_layout
-from mmjax.processing.qwen_vl_config import QwenImageConfig
+from mmjax.processing.qwen_vl_config import QwenImageConfig, lower_pixel_budget
 from mmjax.processing.qwen_vl_geometry import image_grid, largest_image_size
 from mmjax.processing.qwen_vl_image import process_image
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs
@@ -57,21 +57,8 @@ def image_config(ctx: InputContext, min_pixels: int | None = None, max_pixels: i
     Raises:
       ValueError: ``max_pixels`` above the model-wide budget, or a budget that is not positive ints.
     """
-    config = model_image_config(ctx)
-    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"mm_processor_kwargs {name} must be a positive int, got {value!r}")
-    if max_pixels is not None and max_pixels > config.max_pixels:
-        raise ValueError(f"mm_processor_kwargs max_pixels={max_pixels} is above the model's pixel budget "
-                         f"({config.max_pixels}); a request may only lower it (raise it model-wide with "
-                         f"mmjax.load(..., mm_processor_kwargs={{'max_pixels': ...}}))")
-    request = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-    if not request:
-        return config
-    config = dataclasses.replace(config, **request)
-    if config.min_pixels > config.max_pixels:
-        raise ValueError(f"mm_processor_kwargs min_pixels={config.min_pixels} is above max_pixels={config.max_pixels}")
-    return config
+    hint = " (raise it model-wide with mmjax.load(..., mm_processor_kwargs={'max_pixels': ...}))"
+    return lower_pixel_budget(model_image_config(ctx), min_pixels, max_pixels, hint=hint)
 
 
 def _images(data: object) -> list[Image.Image | np.ndarray]:

@@ -15,14 +15,13 @@ from that bound.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from mmjax.models.common.mrope import VisionSpan
 from mmjax.models.common.vision_packing import Grid
-from mmjax.processing.qwen_vl_config import QwenVideoConfig
+from mmjax.processing.qwen_vl_config import QwenVideoConfig, lower_pixel_budget
 from mmjax.processing.qwen_vl_frames import metadata_fps, sample_frame_indices, second_per_grid_ts
 from mmjax.processing.qwen_vl_video import QwenVideoInputs, frame_size, process_video
 from mmjax.registry import InputContext, PlaceholderRange
@@ -41,14 +40,7 @@ def video_config(ctx: InputContext, video_min_pixels: int | None = None,
       ValueError: ``video_max_pixels`` above the model's, or a budget that is not positive ints.
     """
     config = QwenVideoConfig.from_hf_dict(ctx.get_hf_video_processor_config(), family="qwen2_vl")
-    for name, value in (("video_min_pixels", video_min_pixels), ("video_max_pixels", video_max_pixels)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"mm_processor_kwargs {name} must be a positive int, got {value!r}")
-    if video_max_pixels is not None and video_max_pixels > config.max_pixels:
-        raise ValueError(f"mm_processor_kwargs video_max_pixels={video_max_pixels} is above the model's per-frame "
-                         f"budget ({config.max_pixels}); a request may only lower it")
-    budget = {k: v for k, v in (("min_pixels", video_min_pixels), ("max_pixels", video_max_pixels)) if v is not None}
-    return dataclasses.replace(config, **budget) if budget else config
+    return lower_pixel_budget(config, video_min_pixels, video_max_pixels, prefix="video_", budget="per-frame budget")
 
 
 def video_grid_of(item: VideoItem, config: QwenVideoConfig) -> tuple[Grid, float]:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.models.common.vision_packing import Grid
-from mmjax.processing.qwen_vl_config import QwenImageConfig
+from mmjax.processing.qwen_vl_config import QwenImageConfig, lower_pixel_budget
 from mmjax.processing.qwen_vl_geometry import image_grid, largest_image_size
 from mmjax.registry import InputContext
 
@@ -39,24 +39,8 @@ def image_config(ctx: InputContext, min_pixels: int | None = None, max_pixels: i
       ValueError: ``max_pixels`` above the model-wide budget, ``min_pixels`` above ``max_pixels``, or a
         budget that is not positive ints.
     """
-    config = model_image_config(ctx)
-    request = {}
-    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"mm_processor_kwargs {name} must be a positive int, got {value!r}")
-        request[name] = value
-    if request.get("max_pixels", 0) > config.max_pixels:
-        raise ValueError(f"mm_processor_kwargs max_pixels={max_pixels} is above the model's pixel budget "
-                         f"({config.max_pixels}); a request may only lower it (raise it model-wide with "
-                         f"mmjax.load(..., mm_processor_kwargs={{'max_pixels': ...}}))")
-    if not request:
-        return config
-    config = dataclasses.replace(config, **request)
-    if config.min_pixels > config.max_pixels:
-        raise ValueError(f"mm_processor_kwargs min_pixels={config.min_pixels} is above max_pixels={config.max_pixels}")
-    return config
+    hint = " (raise it model-wide with mmjax.load(..., mm_processor_kwargs={'max_pixels': ...}))"
+    return lower_pixel_budget(model_image_config(ctx), min_pixels, max_pixels, hint=hint)
 
 
 def images_of(data: object) -> list[ImageItem]:

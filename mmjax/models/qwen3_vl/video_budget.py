@@ -15,11 +15,10 @@ tokens than ``longest_edge / (2 * factor**2)``. ``max_vision_tokens`` bounds the
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from mmjax.models.common.vision_packing import Grid
-from mmjax.processing.qwen_vl_config import QwenVideoConfig
+from mmjax.processing.qwen_vl_config import QwenVideoConfig, lower_pixel_budget
 from mmjax.processing.qwen_vl_frames import frame_timestamps, metadata_fps, sample_frame_indices
 from mmjax.processing.qwen_vl_geometry import MAX_ASPECT_RATIO
 from mmjax.processing.qwen_vl_video import frame_size
@@ -39,20 +38,8 @@ def video_config(ctx: InputContext, video_min_pixels: int | None = None,
         that are not positive ints.
     """
     config = QwenVideoConfig.from_hf_dict(ctx.get_hf_video_processor_config(), family="qwen3_vl")
-    for name, value in (("video_min_pixels", video_min_pixels), ("video_max_pixels", video_max_pixels)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"mm_processor_kwargs {name} must be a positive int, got {value!r}")
-    if video_max_pixels is not None and video_max_pixels > config.max_pixels:
-        raise ValueError(f"mm_processor_kwargs video_max_pixels={video_max_pixels} is above the model's video "
-                         f"budget ({config.max_pixels} pixels over all sampled frames); a request may only lower it")
-    budget = {k: v for k, v in (("min_pixels", video_min_pixels), ("max_pixels", video_max_pixels)) if v is not None}
-    if not budget:
-        return config
-    config = dataclasses.replace(config, **budget)
-    if config.min_pixels > config.max_pixels:
-        raise ValueError(f"mm_processor_kwargs video_min_pixels={config.min_pixels} is above the video budget "
-                         f"{config.max_pixels}")
-    return config
+    return lower_pixel_budget(config, video_min_pixels, video_max_pixels, prefix="video_", budget="video budget",
+                              hint=" (the budget counts the pixels of all sampled frames)")
 
 
 def video_grid_of(item: VideoItem, config: QwenVideoConfig, index: int = 0) -> tuple[Grid, list[float]]:
