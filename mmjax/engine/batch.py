@@ -122,7 +122,7 @@ def build_step_batch(
                      rope)
 
 
-_ARRAY_FIELDS = ("block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions")
+_ARRAY_FIELDS = ("block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions", "key_ends")
 
 
 def _replica_metadata(

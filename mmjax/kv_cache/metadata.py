@@ -5,6 +5,11 @@ A step's query tokens are packed along one axis ``T``: sequence ``b`` owns token
 ``i`` sits at absolute position ``kv_lens[b] - q_len + i``. Decode (q_len 1),
 prefill and chunked prefill share this one description.
 
+A query token sees the keys ``[0, key_ends[t])`` of its sequence: ``position + 1`` (causal) unless it
+belongs to a bidirectional span (the tokens of one image, for a model such as Gemma 3), whose tokens
+all see up to the span's end. A layer with a sliding window also starts its keys at ``position - window + 1``
+(``mmjax.attention.dispatch.paged_attention``).
+
 Every array is padded to a bucketed shape (tokens, sequences, pages per sequence)
 and the one static field, ``max_q_len``, is bucketed too, so a workload compiles a
 small, known set of programs. Padding sequences have ``kv_len == q_len == 0`` and
@@ -27,7 +32,7 @@ from mmjax.types import ArrayLike, Int
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions"],
+    data_fields=["block_tables", "kv_lens", "cu_q_lens", "num_seqs", "slot_mapping", "positions", "key_ends"],
     meta_fields=["max_q_len"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +42,8 @@ class AttentionMetadata:
     ``B`` sequences, ``W`` pages per sequence, ``T`` packed tokens. The arrays are
     host (numpy) ones as ``build_attention_metadata`` makes them, device ones once
     placed; an engine step stacks a leading replica axis ``R`` onto every field.
-    ``max_q_len`` (static) bounds ``q_len`` of every sequence; the reference path
+    ``key_ends[t]``: one past the last key token ``t`` sees (``position + 1``, or its bidirectional span's
+    end; 0 for padding). ``max_q_len`` (static) bounds ``q_len`` of every sequence; the reference path
     sizes its per-sequence query gather with it (1 for a pure decode step).
     """
 
@@ -47,6 +53,7 @@ class AttentionMetadata:
     num_seqs: Int[ArrayLike, "1"]
     slot_mapping: Int[ArrayLike, "T"]
     positions: Int[ArrayLike, "T"]
+    key_ends: Int[ArrayLike, "T"]
     max_q_len: int
 
     @property
@@ -73,12 +80,15 @@ def build_attention_metadata(
     token_buckets: Sequence[int] | None = None,
     seq_buckets: Sequence[int] | None = None,
     page_buckets: Sequence[int] | None = None,
+    bidirectional_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
 ) -> AttentionMetadata:
     """Host-side (numpy) metadata for sequences with the given pages and lengths.
 
     ``kv_lens[b]`` counts all tokens of sequence b including this step's
     ``q_lens[b]`` new ones, whose pages must already be in ``block_tables[b]``
-    (e.g. from `PageAllocator.allocate` / `append_slots`).
+    (e.g. from `PageAllocator.allocate` / `append_slots`). ``bidirectional_spans[b]``: sequence b's spans
+    ``(start, stop)`` of positions whose tokens see each other (one image's); a span must lie in the
+    sequence's first ``kv_lens[b]`` tokens wherever it holds one of this step's tokens.
     """
     num_seqs = len(kv_lens)
     if not len(block_tables) == len(q_lens) == num_seqs:
@@ -105,16 +115,30 @@ def build_attention_metadata(
     cu[num_seqs + 1 :] = total
     slots = np.full(t_pad, PADDING_SLOT, np.int32)
     positions = np.zeros(t_pad, np.int32)
+    key_ends = np.zeros(t_pad, np.int32)
     for b in range(num_seqs):
         pos = np.arange(kv_lens[b] - q_lens[b], kv_lens[b])
         tokens = slice(cu[b], cu[b + 1])
         positions[tokens] = pos
+        key_ends[tokens] = _key_ends(pos, kv_lens[b], () if bidirectional_spans is None else bidirectional_spans[b], b)
         slots[tokens] = tables[b, pos // page_size] * page_size + pos % page_size
     return AttentionMetadata(
         block_tables=tables, kv_lens=kv, cu_q_lens=cu,
-        num_seqs=np.array([num_seqs], np.int32), slot_mapping=slots, positions=positions,
+        num_seqs=np.array([num_seqs], np.int32), slot_mapping=slots, positions=positions, key_ends=key_ends,
         max_q_len=bucket(max(q_lens, default=1)),
     )
+
+
+def _key_ends(pos: np.ndarray, kv_len: int, spans: Sequence[tuple[int, int]], seq: int) -> np.ndarray:
+    """``pos + 1``, raised to its span's end for a token inside a bidirectional span."""
+    ends = pos + 1
+    for start, stop in spans:
+        inside = (pos >= start) & (pos < stop)
+        if inside.any() and stop > kv_len:
+            raise ValueError(f"sequence {seq}: a bidirectional span [{start}, {stop}) ends past its "
+                             f"{kv_len} tokens in the cache; a step must hold a span's tokens up to its end")
+        ends = np.where(inside, np.maximum(ends, stop), ends)
+    return ends.astype(np.int32)
 
 
 def as_device(metadata: AttentionMetadata, device: jax.Device | None = None) -> AttentionMetadata:

@@ -38,7 +38,7 @@ def test_build_from_allocator_mixed_batch():
 def test_pytree_keeps_max_q_len_static():
     md = build_attention_metadata([[1]], [3], [1], page_size=4)
     leaves, treedef = jax.tree.flatten(md)
-    assert len(leaves) == 6 and all(isinstance(x, np.ndarray) for x in leaves)
+    assert len(leaves) == 7 and all(isinstance(x, np.ndarray) for x in leaves)
     traces = []
 
     @jax.jit
@@ -58,3 +58,17 @@ def test_build_rejects_inconsistent_input():
         build_attention_metadata([[1]], [9], [1], page_size=4)
     with pytest.raises(ValueError, match="one entry per sequence"):
         build_attention_metadata([[1], [2]], [3], [1], page_size=4)
+
+
+def test_key_ends_are_causal_except_inside_a_bidirectional_span():
+    # Sequence 0: 10 tokens, the last 6 of them this step; positions 5..7 are one image.
+    # Sequence 1: decode of its 4th token, no spans.
+    md = build_attention_metadata([[0, 1, 2], [3]], [10, 4], [6, 1], page_size=4,
+                                  bidirectional_spans=[[(5, 8)], []], token_buckets=[8])
+    np.testing.assert_array_equal(md.positions[:7], [4, 5, 6, 7, 8, 9, 3])
+    np.testing.assert_array_equal(md.key_ends, [5, 8, 8, 8, 9, 10, 4, 0])
+
+
+def test_a_span_past_the_cached_tokens_is_refused():
+    with pytest.raises(ValueError, match=r"span \[5, 12\) ends past its 10 tokens"):
+        build_attention_metadata([[0, 1, 2]], [10], [6], page_size=4, bidirectional_spans=[[(5, 12)]])
