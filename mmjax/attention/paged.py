@@ -49,8 +49,12 @@ class PagedAttend:
         v: Float[Array, "R T K H"],
         positions: Int[Array, "R T"],
         pages: KVPages,
+        *,
+        window: int | None = None,
     ) -> tuple[Float[Array, "R T N H"], KVPages]:
         del positions  # the metadata places every token
+        if window is not None:
+            raise NotImplementedError("sliding-window paged attention is not implemented yet")
         options = dict(self.kernel_options, impl=self.impl)
         if self.mesh is not None:
             from mmjax.attention.sharded import sharded_write_and_attend

@@ -132,7 +132,8 @@ def _replica_metadata(
     return build_attention_metadata(
         [allocator.block_table(c.request.request_id) for c in chunks], kv_lens=[c.stop for c in chunks],
         q_lens=[c.num_tokens for c in chunks], page_size=allocator.page_size, token_buckets=[num_tokens],
-        seq_buckets=[max_num_seqs], page_buckets=[pages_per_seq])
+        seq_buckets=[max_num_seqs], page_buckets=[pages_per_seq],
+        bidirectional_spans=[c.request.bidirectional_spans for c in chunks])
 
 
 def _embedding_slots(

@@ -9,6 +9,7 @@ through the runner's public methods. ``warmup()`` compiles every program ahead o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from mmjax.engine.embedding_rows import EmbeddingRows
 from mmjax.engine.errors import StepError
 from mmjax.engine.logprobs import record_prompt_logprobs, record_sample
 from mmjax.engine.memory import plan_engine_memory
-from mmjax.engine.request import Request, item_spans, placeholder_rows
+from mmjax.engine.request import Request, bidirectional_spans, item_spans, placeholder_rows
 from mmjax.engine.runner import ModelRunner, StepOutput, model_text_config
 from mmjax.engine.sampler import SamplingTensors, SeenTokens
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
@@ -83,6 +84,11 @@ class LLMEngine:
                       "tokens_per_replica": [0] * self.num_replicas}
         self.stats["caches"] = self.cache_stats()
 
+    @functools.cached_property
+    def bidirectional_token_id(self) -> int | None:
+        """The token whose runs attend to each other (Gemma 3's image soft token); None for causal models."""
+        return getattr(self.llm.model, "bidirectional_token_id", None)
+
     def _max_model_len(self) -> int:
         limit = self.config.max_model_len or self.llm.model_config.context_length
         if limit is None:
@@ -116,12 +122,17 @@ class LLMEngine:
         if num_placeholders > self.shapes.rows_per_prompt:
             raise ValueError(f"the prompt has {num_placeholders} multimodal placeholder tokens; the model's "
                              f"registered maximum per prompt allows {self.shapes.rows_per_prompt}")
+        spans = bidirectional_spans(processed.token_ids, self.bidirectional_token_id)
+        longest = max((b - a for a, b in spans), default=0)
+        if longest > self.config.max_num_batched_tokens:
+            raise ValueError(f"the prompt has an image of {longest} tokens that attend to each other, which must run "
+                             f"in one step; max_num_batched_tokens is {self.config.max_num_batched_tokens}")
         seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**31 - 1))
         request = Request(
             request_id=str(next(self._ids)) if request_id is None else request_id, processed=processed,
             params=params, seed=seed, arrival=next(self._ids),
             detokenizer=IncrementalDetokenizer(self.llm.tokenizer, processed.token_ids, params),
-            mm_rows=mm_rows, item_spans=item_spans(processed),
+            mm_rows=mm_rows, item_spans=item_spans(processed), bidirectional_spans=spans,
             logprobs=[] if params.logprobs is not None else None,
             cumulative_logprob=0.0 if params.logprobs is not None else None,  # as vLLM: tracked with logprobs
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,

@@ -66,6 +66,16 @@ def encoder_items(processed: ProcessedPrompt) -> tuple[EncoderItem, ...]:
     return tuple(items)
 
 
+def bidirectional_spans(token_ids: np.ndarray, token_id: int | None) -> tuple[tuple[int, int], ...]:
+    """Each maximal run ``[start, stop)`` of ``token_id`` in the prompt: tokens that attend to each other in
+    both directions (Gemma 3's image soft tokens, transformers' ``token_type_ids`` groups); () when None."""
+    if token_id is None:
+        return ()
+    marked = np.concatenate([[False], np.asarray(token_ids) == token_id, [False]])
+    edges = np.flatnonzero(marked[1:] != marked[:-1])
+    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]))
+
+
 def item_spans(processed: ProcessedPrompt) -> tuple[ItemSpan, ...] | None:
     """Each item's placeholder run with the item's key; None when an item has no key (never shared)."""
     spans = []
@@ -92,6 +102,8 @@ class Request:
       replica: the data-parallel replica whose pages hold its K/V (None while waiting).
       error: why the request failed (``finish_reason == "error"``), else None.
       item_spans: its items' placeholder runs and keys (``item_spans``); None: its pages are never shared.
+      bidirectional_spans: its prompt's runs of tokens that see each other (``bidirectional_spans``): a
+        prefill chunk never ends inside one.
     """
 
     request_id: str
@@ -114,6 +126,7 @@ class Request:
     replica: int | None = None
     error: str | None = None
     item_spans: tuple[ItemSpan, ...] | None = ()
+    bidirectional_spans: tuple[tuple[int, int], ...] = ()
     _page_hashes: list[bytes] = dataclasses.field(default_factory=list, repr=False)
 
     @property

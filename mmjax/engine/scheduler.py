@@ -19,6 +19,15 @@ Prefix caching (allocators with ``enable_caching``): an admitted request starts
 from the longest chain of its full pages the replica has cached (at most all
 but its last token, whose logits it needs), and its first chunk begins there.
 A preempted request's pages stay cached, so coming back costs only what was evicted.
+
+Bidirectional spans (Gemma 3's images: their tokens see each other, ``Request.bidirectional_spans``): a
+prefill chunk never ends strictly inside one, since the span's first tokens would otherwise be computed
+before its last ones exist (``fit_chunk``). A chunk that would end inside a span stops at the span's start,
+or, when it starts inside the span, runs to the span's end or waits for a step with budget for it. A chunk
+starts inside a span only after a prefix-cache hit (cached pages end on a page boundary): the span's cached
+K/V came from a step that held the whole span, so they are what a full recomputation would give, and the
+rest of the span's tokens see them. A preempted request recomputes from its cached pages the same way.
+The engine refuses a span longer than the step's token budget (``max_num_batched_tokens``).
 """
 
 from __future__ import annotations
@@ -54,6 +63,21 @@ class ScheduledChunk:
 class SchedulerOutput:
     chunks: tuple[ScheduledChunk, ...]
     preempted: tuple[Request, ...]
+
+
+def fit_chunk(spans: Sequence[tuple[int, int]], start: int, n: int, remaining: int) -> int:
+    """How many of ``n`` tokens from ``start`` to run so the chunk does not end strictly inside a span.
+
+    ``remaining``: the request's tokens left from ``start`` (a chunk never runs past them). 0: nothing
+    fits this step (the chunk starts inside a span longer than ``n`` tokens).
+    """
+    stop = start + n
+    for span_start, span_stop in spans:
+        if span_start < stop < span_stop:
+            if span_start > start:
+                return span_start - start
+            return 0 if span_stop - start > n or span_stop - start > remaining else span_stop - start
+    return n
 
 
 class Scheduler:
@@ -99,7 +123,11 @@ class Scheduler:
             replica = request.replica
             if budgets[replica] == 0:
                 continue
-            n = min(request.num_tokens - request.num_computed_tokens, budgets[replica])
+            remaining = request.num_tokens - request.num_computed_tokens
+            n = fit_chunk(request.bidirectional_spans, request.num_computed_tokens,
+                          min(remaining, budgets[replica]), remaining)
+            if n == 0:
+                continue  # its next chunk is a whole span: it waits for a step with room for it
             if not self._make_room(request, n, preempted, closed):
                 continue
             self.allocators[replica].append_slots(request.request_id, n)
@@ -165,8 +193,9 @@ class Scheduler:
             allocator = self.allocators[replica]
             cached = self._cached_pages(request, allocator)
             start = len(cached) * allocator.page_size
-            n = min(request.num_tokens - start, budgets[replica])
-            if allocator.can_allocate(-(-(start + n) // allocator.page_size) - len(cached), cached):
+            remaining = request.num_tokens - start
+            n = fit_chunk(request.bidirectional_spans, start, min(remaining, budgets[replica]), remaining)
+            if n > 0 and allocator.can_allocate(-(-(start + n) // allocator.page_size) - len(cached), cached):
                 return replica, n, cached
         return None
 

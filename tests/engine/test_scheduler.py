@@ -114,3 +114,31 @@ def test_token_buckets():
     assert EngineConfig(max_num_seqs=8, max_num_batched_tokens=100).token_buckets == (8, 16, 32, 64, 100)
     assert EngineConfig(max_num_seqs=16).decode_buckets == (1, 2, 4, 8, 16)
     assert EngineConfig(max_num_seqs=12).decode_buckets == (1, 2, 4, 8, 12)
+
+
+def test_a_prefill_chunk_never_ends_inside_a_bidirectional_span():
+    scheduler = Scheduler(PageAllocator(64, 4), max_num_seqs=4, max_num_batched_tokens=10)
+    a = fake_request("a", 20, 0)
+    a.bidirectional_spans = ((6, 14),)  # an 8-token image: a 10-token chunk from 0 would end inside it
+    scheduler.add(a)
+    assert run_step(scheduler) == {"a": (0, 6)}  # stops at the image's start
+    assert run_step(scheduler) == {"a": (6, 16)}  # the whole image in one chunk
+    assert run_step(scheduler) == {"a": (16, 20)}
+
+
+def test_a_chunk_starting_inside_a_span_runs_to_its_end_or_waits():
+    from mmjax.engine.scheduler import fit_chunk
+
+    spans = ((4, 12),)
+    assert fit_chunk(spans, 8, 2, remaining=10) == 0  # from a cache hit at 8: 4 tokens needed, 2 fit
+    assert fit_chunk(spans, 8, 4, remaining=10) == 4  # exactly to the span's end
+    assert fit_chunk(spans, 8, 6, remaining=10) == 6  # past it
+    assert fit_chunk(spans, 0, 12, remaining=20) == 12  # ends exactly at the end: whole
+    assert fit_chunk(spans, 12, 3, remaining=3) == 3  # after it: anything
+    # A budget another request used: the image waits for the next step, nothing else is cut.
+    scheduler = Scheduler(PageAllocator(64, 4), max_num_seqs=4, max_num_batched_tokens=10)
+    a, b = fake_request("a", 8, 0), fake_request("b", 20, 1)
+    b.bidirectional_spans = ((2, 11),)
+    scheduler.add(a), scheduler.add(b)
+    assert run_step(scheduler) == {"a": (0, 8), "b": (0, 2)}
+    assert run_step(scheduler) == {"a": (8, 9), "b": (2, 11)}

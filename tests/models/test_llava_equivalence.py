@@ -114,13 +114,14 @@ def test_attention_seam_serves_every_layer():
     input_ids = np.random.default_rng(7).integers(4, 300, (1, 6)).astype(np.int32)
     seen = []
 
-    def recording_attend(q, k, v, positions, cache):  # layers call it in order, each with its own cache
-        seen.append((len(seen), q.shape, k.shape))
-        return dense_causal_attention(q, k, v, positions), cache
+    def recording_attend(q, k, v, positions, cache, *, window=None):  # layers call it in order, with their cache
+        seen.append((len(seen), q.shape, k.shape, window))
+        return dense_causal_attention(q, k, v, positions, sliding_window=window), cache
 
     got = model(jnp.asarray(input_ids), jnp.asarray(positions_for(input_ids)), attend=recording_attend)
     cfg = model.config.text
     assert seen == [
-        (i, (1, 6, cfg.num_heads, cfg.head_dim), (1, 6, cfg.num_kv_heads, cfg.head_dim)) for i in range(cfg.num_layers)
+        (i, (1, 6, cfg.num_heads, cfg.head_dim), (1, 6, cfg.num_kv_heads, cfg.head_dim), None)
+        for i in range(cfg.num_layers)
     ]
     np.testing.assert_allclose(np.asarray(got), our_logits(model, input_ids, None), rtol=1e-5, atol=1e-5)

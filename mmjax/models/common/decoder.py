@@ -57,7 +57,7 @@ class LlamaAttention(nnx.Module):
         q = apply_rope(q, angle_positions, inv_freq, axes)
         k = apply_rope(k, angle_positions, inv_freq, axes)
         v = heads(self.v_proj(x), self.num_kv_heads)
-        out, cache = attend(q, k, v, positions, cache)
+        out, cache = attend(q, k, v, positions, cache, window=self.config.window_of(self.layer))
         return self.o_proj(out.reshape(*out.shape[:2], -1)), cache
 
 

@@ -35,7 +35,8 @@ class DecoderConfig:
     ``mrope_interleaved``: the frequencies take the three positions in turn
     (Qwen3-VL) instead of in three blocks (Qwen2.5-VL). ``qk_norm``: an RMSNorm
     over each query and key head (weights ``[head_dim]``) before the rotary
-    embedding (Qwen3).
+    embedding (Qwen3). ``layer_windows``: each layer's sliding window when the layers differ
+    (None for a global layer; empty: every layer has ``sliding_window``).
     """
 
     vocab_size: int
@@ -58,6 +59,12 @@ class DecoderConfig:
     mrope_section: tuple[int, ...] = ()
     mrope_interleaved: bool = False
     qk_norm: bool = False
+    layer_windows: tuple[int | None, ...] = ()
+
+    def window_of(self, layer: int) -> int | None:
+        """Layer ``layer``'s sliding window (None: it attends to the whole context): its entry of
+        ``layer_windows`` when the layers differ (Gemma 3), else ``sliding_window``."""
+        return self.layer_windows[layer] if self.layer_windows else self.sliding_window
 
     @property
     def rope_position_axes(self) -> int:

@@ -41,7 +41,7 @@ DECODER_PARTITION_RULES: tuple[tuple[str, P], ...] = (
     (_LM + r"layers/\d+/mlp/(gate|up)_proj/bias$", SPLIT),
     (_LM + r"layers/\d+/mlp/down_proj/kernel$", ROW),
     (_LM + r"layers/\d+/mlp/down_proj/bias$", REPLICATED),
-    (_LM + r"(layers/\d+/(input|post_attention)_layernorm|norm)/weight$", REPLICATED),
+    (_LM + r"(layers/\d+/(input|post_attention|pre_feedforward|post_feedforward)_layernorm|norm)/weight$", REPLICATED),
     (_LM + r"layers/\d+/self_attn/[qk]_norm/weight$", REPLICATED),  # per-head norms ([head_dim]): Qwen3
 )
 
