@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.models.common.attend import bidirectional_key_ends, dense_attend
 from mmjax.training.examples import TrainBatch
 from mmjax.types import Array, Float, Int
 
@@ -27,13 +28,17 @@ def target_loss(logits: Float[Array, "B T V"], labels: Int[Array, "B T"]) -> Flo
 
 def batch_logits(model: Any, batch: TrainBatch) -> Float[Array, "B T V"]:
     """The model's float32 logits on ``batch`` through the engine's model interface (``EngineModel``), with
-    dense causal attention: each example's items encoded (``multimodal_embeddings``), its rows put in at its
+    dense causal attention (a model's image tokens bidirectional where it says so: ``bidirectional_token_id``,
+    Gemma 3): each example's items encoded (``multimodal_embeddings``), its rows put in at its
     placeholders (``merge_embeddings``), the decoder turned by the batch's rotary positions."""
     embeds, extras = model.embed_text(batch.input_ids), {}
     if any(batch.example_mm_kwargs):
         rows = example_rows(model, batch.example_mm_kwargs)
         embeds, extras = model.merge_embeddings(embeds, rows, batch.embedding_slots)
-    hidden, _ = model.decoder_hidden_states(embeds, batch.positions, None, None, batch.rope_positions, **extras)
+    attend, token = None, getattr(model, "bidirectional_token_id", None)
+    if token is not None:
+        attend = dense_attend(key_ends=bidirectional_key_ends(batch.positions, batch.input_ids == token))
+    hidden, _ = model.decoder_hidden_states(embeds, batch.positions, attend, None, batch.rope_positions, **extras)
     return model.logits(hidden)
 
 
