@@ -188,7 +188,8 @@ def load(
     limits = MULTIMODAL_REGISTRY.init_mm_limits_per_prompt(model_config)  # fail now on bad limits
     context = InputContext(model_config)
     tokenizer = context.get_tokenizer()
-    if limits.get("image", 0) > 0:  # read now (cached), not at the first image prompt
+    # read now (cached), not at the first image prompt; a text-only model (Gemma3ForCausalLM) has none
+    if limits.get("image", 0) > 0 and MULTIMODAL_REGISTRY.takes_modality(model_config, "image"):
         try:
             context.get_hf_image_processor()
         except FileNotFoundError as err:

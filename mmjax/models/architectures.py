@@ -14,6 +14,7 @@ from flax import nnx
 from transformers import PretrainedConfig
 
 from mmjax.models.common.family import ModelFamily
+from mmjax.models.gemma3 import GEMMA3, GEMMA3_TEXT
 from mmjax.models.llava import LLAVA
 from mmjax.models.llava_next import LLAVA_NEXT
 from mmjax.models.qwen2_5_vl import QWEN2_5_VL
@@ -25,6 +26,8 @@ ARCHITECTURES: Mapping[str, ModelFamily] = MappingProxyType({
     "LlavaNextForConditionalGeneration": LLAVA_NEXT,
     "Qwen2_5_VLForConditionalGeneration": QWEN2_5_VL,
     "Qwen3VLForConditionalGeneration": QWEN3_VL,
+    "Gemma3ForConditionalGeneration": GEMMA3,
+    "Gemma3ForCausalLM": GEMMA3_TEXT,
 })
 
 for _name, _family in ARCHITECTURES.items():

@@ -88,6 +88,9 @@ class DecoderMethods:
     """``EngineModel``'s decoder members for a model whose decoder is ``self.language_model``."""
 
     language_model: Any  # a LlamaForCausalLM
+    #: A token whose runs in a prompt attend to each other in both directions (an image's soft tokens, Gemma 3);
+    #: None: every token is causal. The engine's attention metadata and scheduler read it.
+    bidirectional_token_id: int | None = None
 
     @property
     def text_config(self) -> DecoderConfig:

@@ -18,9 +18,11 @@ from flax import nnx
 from mmjax.models.common.attend import Attend, bidirectional_key_ends, dense_attend
 from mmjax.models.common.interface import DecoderMethods
 from mmjax.models.common.siglip import SiglipVisionTower
+from mmjax.models.gemma3 import hooks
 from mmjax.models.gemma3.config import Gemma3Config
 from mmjax.models.gemma3.decoder import Gemma3TextModel, GemmaRMSNorm
-from mmjax.types import Array, Float, Int
+from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, InputContext, SupportsMultiModal
+from mmjax.types import Array, Bool, Float, Int
 
 
 class Gemma3MultiModalProjector(nnx.Module):
@@ -42,14 +44,29 @@ class Gemma3MultiModalProjector(nnx.Module):
         return jnp.matmul(normed, self.mm_input_projection_weight[...]).astype(patches.dtype)
 
 
-class Gemma3ForConditionalGeneration(DecoderMethods, nnx.Module):
-    """Gemma 3 with images: ``(input_ids, positions, pixel_values) -> logits``; the engine's ``EngineModel``."""
+@MULTIMODAL_REGISTRY.register_image_input_mapper(hooks.map_images)
+@MULTIMODAL_REGISTRY.register_max_image_tokens(hooks.max_image_tokens)
+@INPUT_REGISTRY.register_dummy_data(hooks.dummy_data)
+@INPUT_REGISTRY.register_input_processor(hooks.input_processor)
+class Gemma3ForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiModal):
+    """Gemma 3 with images: ``(input_ids, positions, pixel_values) -> logits``; the engine's ``EngineModel``.
+
+    An image's placeholder range (``hooks``) is its ``1 + crops`` sequences of ``<start_of_image>``, soft
+    tokens and ``<end_of_image>`` with pan and scan's text between them: ``multimodal_embeddings`` gives one
+    row per range token, the tower's next soft-token row at a soft token and the token's own embedding at
+    the others, so a request's rows fill its ranges as the engine expects.
+    """
 
     def __init__(self, cfg: Gemma3Config, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.vision_tower = SiglipVisionTower(cfg.vision, param_dtype=param_dtype, rngs=rngs)
         self.multi_modal_projector = Gemma3MultiModalProjector(cfg, param_dtype=param_dtype, rngs=rngs)
         self.language_model = Gemma3TextModel(cfg.text, param_dtype=param_dtype, rngs=rngs)
+
+    @staticmethod
+    def encoder_input_variants(ctx: InputContext, mm_registry=None) -> list:
+        """One zero input per crop count an image may have: every shape the tower is called with."""
+        return hooks.encoder_input_variants(ctx)
 
     @property
     def bidirectional_token_id(self) -> int:
@@ -60,6 +77,20 @@ class Gemma3ForConditionalGeneration(DecoderMethods, nnx.Module):
         """Each image's soft-token embeddings (``tokens = mm_tokens_per_image``)."""
         dtype = self.multi_modal_projector.mm_input_projection_weight[...].dtype
         return self.multi_modal_projector(self.vision_tower(pixel_values.astype(dtype)))
+
+    def multimodal_embeddings(
+        self, pixel_values: Float[Array, "I C S S"], range_token_ids: Int[Array, "L"],
+        soft_token_mask: Bool[Array, "L"], num_crops: Int[Array, "N"] | None = None,
+    ) -> Float[Array, "L D"]:
+        """One row per token of the images' placeholder ranges (``L``): at a soft token the next of the images'
+        soft-token embeddings (``I = sum(1 + crops)`` tower images, in order), elsewhere the token's own.
+        ``num_crops`` (the mapper's) is not needed: the soft tokens follow the images in order."""
+        del num_crops
+        features = self.image_features(pixel_values)
+        features = features.reshape(-1, features.shape[-1])
+        text = self.language_model.embed(jnp.where(soft_token_mask, 0, range_token_ids))
+        index = jnp.clip(jnp.cumsum(soft_token_mask) - 1, 0, features.shape[0] - 1)
+        return jnp.where(soft_token_mask[:, None], features[index].astype(text.dtype), text)
 
     def embed(self, input_ids: Int[Array, "B T"], pixel_values: Float[Array, "I C S S"] | None = None
               ) -> Float[Array, "B T D"]:
@@ -79,11 +110,14 @@ class Gemma3ForConditionalGeneration(DecoderMethods, nnx.Module):
         positions: Int[Array, "B T"],
         pixel_values: Float[Array, "I C S S"] | None = None,
         attend: Attend | None = None,
+        **range_inputs: Array,
     ) -> Float[Array, "B T V"]:
         """Float32 logits for every position.
 
-        ``attend`` (default: dense attention with each image's soft tokens bidirectional, the rest causal,
-        each layer's window) replaces the attention; ``positions`` are each token's index, ``-1`` padding.
+        ``range_inputs``: the mapper's other outputs (``num_crops``, ``range_token_ids``, ``soft_token_mask``),
+        not needed here: the soft tokens of ``input_ids`` take the images' rows in order. ``attend``
+        (default: dense attention with each image's soft tokens bidirectional, the rest causal, each layer's
+        window) replaces the attention; ``positions`` are each token's index, ``-1`` padding.
         """
         if attend is None:
             in_image = input_ids == self.config.image_token_index
