@@ -1,10 +1,12 @@
 """``PagedAttend``: the decoder's attention over the paged KV cache, for one traced step.
 
 It plugs into the decoder's ``Attend`` seam (``mmjax.models.common.attend``): each
-layer hands it rotated ``q, k, v`` and its own ``KVPages``; it writes ``k, v``
-into those pages, attends over them (``paged_attention``: the Pallas kernel
-on GPU/TPU, plain XLA on CPU) and returns the output with the new pages. It
-holds no state: the pages go in and come out, layer by layer.
+layer hands it rotated ``q, k, v`` and its own ``KVPages`` (and its sliding window,
+if it has one); it writes ``k, v`` into those pages, attends over them
+(``paged_attention``: the Pallas kernel on GPU/TPU, the native kernel on CPU) and
+returns the output with the new pages. It holds no state: the pages go in and come
+out, layer by layer. Bidirectional spans (an image's tokens seeing each other) come
+with the step's metadata (``AttentionMetadata.key_ends``), the same for every layer.
 """
 
 from __future__ import annotations
@@ -52,10 +54,10 @@ class PagedAttend:
         *,
         window: int | None = None,
     ) -> tuple[Float[Array, "R T N H"], KVPages]:
+        """Writes this layer's ``k, v`` and attends; `window`: the layer's sliding window (keys, its own
+        included), None for full attention."""
         del positions  # the metadata places every token
-        if window is not None:
-            raise NotImplementedError("sliding-window paged attention is not implemented yet")
-        options = dict(self.kernel_options, impl=self.impl)
+        options = dict(self.kernel_options, impl=self.impl, sliding_window=window)
         if self.mesh is not None:
             from mmjax.attention.sharded import sharded_write_and_attend
 

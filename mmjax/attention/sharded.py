@@ -49,7 +49,8 @@ def sharded_write_and_attend(
 ) -> tuple[Float[Array, "R T N H"], KVPages]:
     """``write_and_attend`` with each device doing its own replica and heads (see the module docstring).
 
-    ``metadata``'s fields have a leading replica axis ``R`` (the "data" axis), as ``q``.
+    ``metadata``'s fields have a leading replica axis ``R`` (the "data" axis), as ``q``; each device gets
+    its replica's positions and key ends. `options` go to ``paged_attention`` (sliding_window, impl, ...).
     """
     model, num_kv_heads = mesh.shape[MODEL], k.shape[2]
     layout = kv_head_layout(num_kv_heads, model)

@@ -2,11 +2,14 @@
 //
 // Same contract as mmjax.kernels_pallas.ragged_paged_attention_reference:
 //   q [T, N, H], k_pages / v_pages [K, A, G, H] (KV heads, pages, page size, head dim),
-//   kv_lens [B], block_tables [B, W], cu_q_lens [B+1], num_seqs [1]  ->  out [T, N, H].
-// Sequence b's query tokens are q[cu_q_lens[b]:cu_q_lens[b+1]], its last tokens,
-// attending causally over its first kv_lens[b] keys; query head n reads KV head
-// n / (N / K). Tokens of no live sequence come out as zeros. float32 or bfloat16
-// in and out; logits, softmax and the running sums are float32.
+//   kv_lens [B], block_tables [B, W], cu_q_lens [B+1], num_seqs [1],
+//   key_start [T] or [0], key_end [T] or [0]  ->  out [T, N, H].
+// Sequence b's query tokens are q[cu_q_lens[b]:cu_q_lens[b+1]], its last tokens;
+// token t at position p sees the keys k with key_start[t] <= k < key_end[t] and
+// k < kv_lens[b] (an empty key_start means 0, an empty key_end means p + 1: causal).
+// Query head n reads KV head n / (N / K). Tokens of no live sequence, and tokens that
+// see no key, come out as zeros. float32 or bfloat16 in and out; logits, softmax and
+// the running sums are float32.
 //
 // Why a custom call: XLA's CPU backend copies every gathered page out of the
 // cache before it multiplies (a gather fusion at ~10 GB/s, three quarters of
@@ -15,8 +18,9 @@
 //
 // Work items are (sequence, KV head, tile of up to kTileTokens query tokens),
 // spread over XLA's intra-op thread pool. A tile's rows are (token, query head of
-// the group); it walks its keys in blocks of kBlockKeys up to its last query
-// (causal), with one online-softmax update per block:
+// the group); it walks the keys its rows see, [lowest start, highest end) (a sliding
+// window's keys, not the whole context), in blocks of kBlockKeys, with one
+// online-softmax update per block:
 //   S = Q_tile K_block^T, masked, then acc = alpha * acc + P V_block (V rows read in
 //   place). Tiles of fewer than kManyRows rows (decode) take one dot product per
 //   (row, key) straight from the page; bigger ones (prefill) transpose the K block
@@ -87,6 +91,8 @@ struct Problem {
   const int32_t* kv_lens;
   const int32_t* block_tables;
   const int32_t* cu_q_lens;
+  const int32_t* key_start;  // [num_tokens], or null: 0
+  const int32_t* key_end;    // [num_tokens], or null: position + 1
   T* out;
   int64_t num_tokens, num_heads, num_kv_heads, num_pages, page_size, pages_per_seq;
   float sm_scale;
@@ -195,35 +201,48 @@ void AttendTile(const Problem<T>& pr, const WorkItem& item) {
   const int padded_rows = num_rows < kManyRows ? num_rows : (num_rows + kRowBlock - 1) / kRowBlock * kRowBlock;
 
   std::vector<float> qs(padded_rows * H, 0.0f), acc(padded_rows * H, 0.0f);
-  std::vector<float> m(padded_rows, kMaskValue), l(padded_rows, 0.0f), row_pos(padded_rows, -1.0f);
+  std::vector<float> m(padded_rows, kMaskValue), l(padded_rows, 0.0f);
   std::vector<float> s(padded_rows * kBlockKeys), kt(num_rows < kManyRows ? 0 : H * kBlockKeys);
+  // Each row's keys [row_start, row_end), clamped to [0, kv_len) whatever the arrays hold; the
+  // tile reads the keys [lo, hi) of their union only (the keys of no row are never touched).
+  std::vector<int64_t> row_start(num_rows), row_end(num_rows);
+  int64_t lo = kv_len, hi = 0;
   for (int r = 0; r < num_rows; ++r) {
     const int64_t token = q_begin + item.first_token + r / group;
     const int64_t head = item.kv_head * group + r % group;
     const T* src = pr.q + (token * pr.num_heads + head) * H;
     for (int d = 0; d < H; ++d) qs[r * H + d] = ToFloat(src[d]) * pr.sm_scale;
-    row_pos[r] = static_cast<float>(pos0 + r / group);
+    const int64_t start = pr.key_start ? pr.key_start[token] : 0;
+    const int64_t end = pr.key_end ? pr.key_end[token] : pos0 + r / group + 1;
+    row_start[r] = std::min<int64_t>(std::max<int64_t>(start, 0), kv_len);
+    row_end[r] = std::min<int64_t>(std::max<int64_t>(end, 0), kv_len);
+    if (row_start[r] < row_end[r]) {
+      lo = std::min(lo, row_start[r]);
+      hi = std::max(hi, row_end[r]);
+    }
   }
-  const int64_t num_keys = std::min<int64_t>(pos0 + item.num_tokens, kv_len);  // up to the last query
+  const int64_t num_keys = hi;  // no key at or past it is read (nor prefetched)
 
-  for (int64_t key0 = 0; key0 < num_keys; key0 += kBlockKeys) {
-    const int block = static_cast<int>(std::min<int64_t>(kBlockKeys, num_keys - key0));
+  for (int64_t key0 = lo; key0 < hi; key0 += kBlockKeys) {
+    const int block = static_cast<int>(std::min<int64_t>(kBlockKeys, hi - key0));
     BlockLogits<T, H>(pr, item, key0, block, num_keys, qs.data(), padded_rows, kt.data(), s.data());
     for (int r = 0; r < num_rows; ++r) {  // online softmax; s becomes p in place
       float* sr = s.data() + r * kBlockKeys;
-      // Key key0 + j is visible iff it is in the block and at or before the row's position.
-      const float limit = std::min(row_pos[r] - static_cast<float>(key0), static_cast<float>(block - 1));
+      // Key key0 + j is visible iff it is in the block and in the row's [row_start, row_end).
+      const float first = static_cast<float>(row_start[r] - key0);
+      const float limit = std::min(static_cast<float>(row_end[r] - 1 - key0), static_cast<float>(block - 1));
       float block_max = kMaskValue;
 #pragma omp simd reduction(max : block_max)
       for (int j = 0; j < kBlockKeys; ++j) {
-        if (static_cast<float>(j) <= limit) block_max = std::max(block_max, sr[j]);
+        if (static_cast<float>(j) >= first && static_cast<float>(j) <= limit) block_max = std::max(block_max, sr[j]);
       }
       const float m_new = std::max(m[r], block_max);
       const float alpha = ExpNonPositive(m[r] - m_new);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int j = 0; j < kBlockKeys; ++j) {
-        sr[j] = static_cast<float>(j) <= limit ? ExpNonPositive(sr[j] - m_new) : 0.0f;
+        sr[j] = static_cast<float>(j) >= first && static_cast<float>(j) <= limit ? ExpNonPositive(sr[j] - m_new)
+                                                                                  : 0.0f;
         sum += sr[j];
       }
       l[r] = alpha * l[r] + sum;
@@ -265,27 +284,36 @@ void Run(ffi::ThreadPool& pool, const Problem<T>& pr, int64_t num_seqs) {
 template <typename T>
 Problem<T> MakeProblem(ffi::AnyBuffer q, ffi::AnyBuffer k_pages, ffi::AnyBuffer v_pages,
                        ffi::Buffer<ffi::S32> kv_lens, ffi::Buffer<ffi::S32> block_tables,
-                       ffi::Buffer<ffi::S32> cu_q_lens, float sm_scale, ffi::Result<ffi::AnyBuffer> out) {
+                       ffi::Buffer<ffi::S32> cu_q_lens, const int32_t* key_start, const int32_t* key_end,
+                       float sm_scale, ffi::Result<ffi::AnyBuffer> out) {
   auto qd = q.dimensions();
   auto kd = k_pages.dimensions();
   return Problem<T>{static_cast<const T*>(q.untyped_data()),
                     static_cast<const T*>(k_pages.untyped_data()),
                     static_cast<const T*>(v_pages.untyped_data()),
                     kv_lens.typed_data(), block_tables.typed_data(), cu_q_lens.typed_data(),
-                    static_cast<T*>(out->untyped_data()),
+                    key_start, key_end, static_cast<T*>(out->untyped_data()),
                     qd[0], qd[1], kd[0], kd[1], kd[2], block_tables.dimensions()[1], sm_scale};
 }
 
 ffi::Error RaggedPagedAttention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k_pages,
                                 ffi::AnyBuffer v_pages, ffi::Buffer<ffi::S32> kv_lens,
                                 ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> cu_q_lens,
-                                ffi::Buffer<ffi::S32> num_seqs, float sm_scale,
-                                ffi::Result<ffi::AnyBuffer> out) {
+                                ffi::Buffer<ffi::S32> num_seqs, ffi::Buffer<ffi::S32> key_start,
+                                ffi::Buffer<ffi::S32> key_end, float sm_scale, ffi::Result<ffi::AnyBuffer> out) {
   if (q.dimensions().size() != 3 || k_pages.dimensions().size() != 4)
     return ffi::Error::InvalidArgument("expected q [T, N, H] and pages [K, A, G, H]");
   if (q.dimensions()[2] != MMJAX_HEAD_DIM || k_pages.dimensions()[3] != MMJAX_HEAD_DIM)
     return ffi::Error::InvalidArgument("this build of the kernel is for head dim " +
                                        std::to_string(MMJAX_HEAD_DIM));
+  // key_start / key_end: one per token, or empty for the causal default; any other size would be read past.
+  const int64_t num_tokens = q.dimensions()[0];
+  for (const auto* bound : {&key_start, &key_end}) {
+    if (bound->element_count() != 0 && bound->element_count() != num_tokens)
+      return ffi::Error::InvalidArgument("key_start and key_end must have one entry per query token, or none");
+  }
+  const int32_t* starts = key_start.element_count() ? key_start.typed_data() : nullptr;
+  const int32_t* ends = key_end.element_count() ? key_end.typed_data() : nullptr;
   const int64_t num_batch = kv_lens.dimensions()[0];
   const int64_t live = std::min<int64_t>(std::max<int32_t>(num_seqs.typed_data()[0], 0), num_batch);
   // Only sequences whose tokens lie inside q: a malformed cu_q_lens must not read or write past it.
@@ -297,7 +325,8 @@ ffi::Error RaggedPagedAttention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::Any
   return ForElementType(q.element_type(), [&](auto element) {
     using T = decltype(element);
     Run<T, MMJAX_HEAD_DIM>(
-        pool, MakeProblem<T>(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, sm_scale, out), live_checked);
+        pool, MakeProblem<T>(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, starts, ends, sm_scale, out),
+        live_checked);
   });
 }
 
@@ -313,5 +342,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxRaggedPagedAttention, RaggedPagedAttention,
                                   .Arg<ffi::Buffer<ffi::S32>>()   // block_tables
                                   .Arg<ffi::Buffer<ffi::S32>>()   // cu_q_lens
                                   .Arg<ffi::Buffer<ffi::S32>>()   // num_seqs
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // key_start ([T], or [0]: 0)
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // key_end ([T], or [0]: position + 1)
                                   .Attr<float>("sm_scale")
                                   .Ret<ffi::AnyBuffer>());        // out

@@ -1,10 +1,12 @@
 """Ragged paged attention as a native CPU kernel (an XLA FFI custom call; C++ in the .cc beside this file).
 
 Same inputs, outputs and semantics as ``ragged_paged_attention_reference``
-(causal, GQA, float32 softmax, tokens of no live sequence are zeros); float32
-and bfloat16. XLA's CPU backend copies every gathered K/V page out of the
-cache before it multiplies; this kernel reads each page where it lies and
-spreads (sequence, KV head, 64-query tile) items over XLA's intra-op threads.
+(causal unless ``key_start``/``key_end`` bound the keys each token sees, GQA, float32
+softmax, tokens of no live sequence are zeros); float32 and bfloat16. A tile reads only
+the keys its rows see, so a sliding window's layer costs its window, not its context.
+XLA's CPU backend copies every gathered K/V page out of the cache before it multiplies;
+this kernel reads each page where it lies and spreads (sequence, KV head, 64-query tile)
+items over XLA's intra-op threads.
 Measured on the 2-core benchmark host, one layer of the benchmark's shapes
 (8 heads of 64, 16-token pages, pages in random order; ``benchmarks/paged_attention.py``
 prints the current figures): a decode step over eight ~630-token contexts
@@ -80,12 +82,15 @@ def ragged_paged_attention_cpu(
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
+    key_start: Int[Array, "T"] | None = None,
+    key_end: Int[Array, "T"] | None = None,
     sm_scale: float | None = None,
 ) -> Float[Array, "T N H"]:
     """Attention of each packed query token over its sequence's pages, on the CPU kernel.
 
     Inputs as ``ragged_paged_attention_reference``. Raises a ValueError naming
     the reason if the kernel cannot serve these inputs here (see `kernel_unavailable`).
+    A bound left None goes to the kernel as an empty array, which it reads as the causal default.
     """
     head_dim = q.shape[2]
     reason = kernel_unavailable(head_dim, q.dtype)
@@ -93,4 +98,6 @@ def ragged_paged_attention_cpu(
         raise ValueError(f"the CPU attention kernel cannot run: {reason}")
     scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
     call = jax.ffi.ffi_call(target_name(head_dim), jax.ShapeDtypeStruct(q.shape, q.dtype))
-    return call(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, sm_scale=np.float32(scale))
+    causal = jnp.zeros((0,), jnp.int32)
+    bounds = (causal if key_start is None else key_start, causal if key_end is None else key_end)
+    return call(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, *bounds, sm_scale=np.float32(scale))

@@ -10,8 +10,13 @@ each K/V page is read once per KV head and multiplied against all ``block_q * Q`
 Shapes: ``num_tiles`` tiles of ``tile_len`` (= ``block_q``) tokens; ``tile_rows``
 (= ``block_q * Q``) rows of a tile; ``num_keys`` keys of a K/V block.
 
-Causality without division (which Mosaic vectors handle poorly): key position
-``s`` is visible to row ``i`` iff ``s <= pos0 + i // Q`` iff ``(s - pos0) * Q <= i``.
+Which keys a row sees: query token ``t`` sees the keys ``[key_start[t], key_end[t])`` of its
+sequence, clamped to ``[0, kv_len)`` — causal by default (``[0, position + 1)``), cut by a
+sliding window (``key_start = position - window + 1``) or reaching to the end of a bidirectional
+span (``key_end`` past ``position + 1``). ``key_bounds`` expands them to one ``[start, end)`` per
+row (so the kernels' masks need no division by ``Q``, which Mosaic vectors handle poorly) and takes
+each tile's union ``[lo, hi)``: a kernel reads only the K/V blocks that meet it, so a windowed
+tile costs its window, not its context.
 """
 
 from __future__ import annotations
@@ -93,6 +98,43 @@ def scatter_output_tiles(
     return out.at[idx].set(o, mode="drop")
 
 
+class KeyBounds(NamedTuple):
+    """The keys each row of each tile sees, ``[row_start, row_end)``, and their union per tile ``[lo, hi)``.
+
+    Rows of padding tokens, and rows whose interval is empty, have ``row_start == row_end == 0`` and
+    do not widen their tile's ``[lo, hi)``; a tile with no visible key has ``lo == hi == 0``. Every
+    bound lies in ``[0, kv_len]`` of the tile's sequence, so a kernel that reads keys of ``[lo, hi)``
+    only never reads past the sequence, whatever ``key_start``/``key_end`` held.
+    """
+
+    lo: Int[Array, "num_tiles"]  # first key any row of the tile sees
+    hi: Int[Array, "num_tiles"]  # one past the last key any row of the tile sees
+    row_start: Int[Array, "num_tiles tile_rows"]  # rows ordered (token, head in group), as the query tiles
+    row_end: Int[Array, "num_tiles tile_rows"]
+
+
+def key_bounds(
+    tiles: QueryTiles, kv_lens: Int[Array, "B"], group: int,
+    key_start: Int[Array, "T"] | None = None, key_end: Int[Array, "T"] | None = None,
+) -> KeyBounds:
+    """Per-row and per-tile key intervals of `tiles` (see `KeyBounds`); None means the causal default."""
+    num_tiles, block_q = tiles.token_idx.shape
+    valid = tiles.token_idx >= 0  # [num_tiles, tile_len]
+    token = jnp.maximum(tiles.token_idx, 0)
+    kv_len = kv_lens[tiles.seq][:, None]
+    causal_end = tiles.pos0[:, None] + jnp.arange(block_q)[None, :] + 1
+    start = jnp.zeros_like(token) if key_start is None else key_start[token]
+    end = causal_end if key_end is None else key_end[token]
+    start, end = jnp.clip(start, 0, kv_len), jnp.clip(end, 0, kv_len)
+    seen = valid & (start < end)
+    start, end = jnp.where(seen, start, 0), jnp.where(seen, end, 0)
+    any_seen = jnp.any(seen, axis=1)
+    lo = jnp.where(any_seen, jnp.min(jnp.where(seen, start, jnp.iinfo(jnp.int32).max), axis=1), 0)
+    hi = jnp.max(end, axis=1)
+    rows = lambda x: jnp.repeat(x, group, axis=1).astype(jnp.int32)  # noqa: E731  (token -> its Q rows)
+    return KeyBounds(lo.astype(jnp.int32), hi.astype(jnp.int32), rows(start), rows(end))
+
+
 class SoftmaxState(NamedTuple):
     m: Float[Array, "tile_rows 1"]  # running max of the logits
     l: Float[Array, "tile_rows 1"]  # running sum of exp(logits - m)  # noqa: E741 (the flash-attention name)
@@ -107,11 +149,10 @@ def init_softmax_state(num_rows: int, head_dim: int) -> SoftmaxState:
     )
 
 
-def visible(num_rows: int, block_k: int, key_start, pos0, rows, group: int) -> Array:
-    """``[num_rows, block_k]`` causal mask for keys ``key_start + j`` of a tile (see module doc)."""
-    i = lax.broadcasted_iota(jnp.int32, (num_rows, block_k), 0)
-    s = lax.broadcasted_iota(jnp.int32, (num_rows, block_k), 1) + key_start
-    return ((s - pos0) * group <= i) & (i < rows * group)
+def visible(block_k: int, key0, row_start: Int[Array, "tile_rows 1"], row_end: Int[Array, "tile_rows 1"]) -> Array:
+    """``[tile_rows, block_k]`` mask: key ``key0 + j`` lies in its row's ``[row_start, row_end)``."""
+    s = lax.broadcasted_iota(jnp.int32, (row_start.shape[0], block_k), 1) + key0
+    return (s >= row_start) & (s < row_end)
 
 
 def attend_block(

@@ -2,9 +2,16 @@
 
 One call serves a ragged batch mixing decode (1 query token per sequence) and
 prefill / chunked prefill (many): sequence b's query tokens are its last
-``q_len_b`` tokens, packed in ``q[cu_q_lens[b]:cu_q_lens[b+1]]``, causally masked,
-with grouped-query attention (``N = K * Q`` query heads; a KV page is read once
+``q_len_b`` tokens, packed in ``q[cu_q_lens[b]:cu_q_lens[b+1]]``, with
+grouped-query attention (``N = K * Q`` query heads; a KV page is read once
 for its Q query heads). Softmax accumulates in float32 for float32 and bfloat16.
+
+Which keys a query sees: token ``t`` at position ``p`` sees the keys ``k`` of its sequence with
+``key_start[t] <= k < key_end[t]`` and ``k < kv_len`` (absolute positions; optional ``[T]`` int32
+arrays). The default is causal, ``[0, p + 1)``; a sliding window of ``W`` keys starts at
+``max(p - W + 1, 0)``; a token of a bidirectional span (one image's tokens) ends at the span's end.
+A token that sees no key outputs zeros. The kernels read only the K/V blocks that meet a query
+tile's keys, so a windowed layer costs its window, not its context.
 
 Writing the new K/V is a separate step, `mmjax.kv_cache.write_kv_to_pages`,
 run before this kernel. Why not fused: a program would read pages that other
@@ -47,7 +54,8 @@ def _fail(name: str, expected: str, got) -> None:
     raise ValueError(f"{name}: expected {expected}, got {got}")
 
 
-def validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs) -> None:
+def validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs,
+                    key_start=None, key_end=None) -> None:
     """Raises a ValueError naming the argument and the expected vs actual shape/dtype."""
     if q.ndim != 3:
         _fail("q", "3 dims [T, N, H]", q.shape)
@@ -73,13 +81,17 @@ def validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_s
                            ("num_seqs", num_seqs, (1,))):
         if tuple(x.shape) != shape:
             _fail(name, f"shape {shape} (B={num_batch} from block_tables)", tuple(x.shape))
+    for name, x in (("key_start", key_start), ("key_end", key_end)):
+        if x is not None and tuple(x.shape) != (num_tokens,):
+            _fail(name, f"shape ({num_tokens},) (T={num_tokens} from q)", tuple(x.shape))
     for name, x in (("kv_lens", kv_lens), ("block_tables", block_tables), ("cu_q_lens", cu_q_lens),
-                    ("num_seqs", num_seqs)):
-        if x.dtype != jnp.int32:
+                    ("num_seqs", num_seqs), ("key_start", key_start), ("key_end", key_end)):
+        if x is not None and x.dtype != jnp.int32:
             _fail(name, "dtype int32", x.dtype)
 
 
 _ARRAY_ARGS = ("q", "k_pages", "v_pages", "kv_lens", "block_tables", "cu_q_lens", "num_seqs")
+_OPTIONAL_ARRAY_ARGS = ("key_start", "key_end")
 
 
 def with_validated_inputs(fn):
@@ -93,7 +105,8 @@ def with_validated_inputs(fn):
     @functools.wraps(fn)
     def validated(*args, **kwargs):
         arguments = signature.bind(*args, **kwargs).arguments
-        validate_inputs(*(arguments[name] for name in _ARRAY_ARGS))
+        validate_inputs(*(arguments[name] for name in _ARRAY_ARGS),
+                        **{name: arguments.get(name) for name in _OPTIONAL_ARRAY_ARGS})
         return fn(*args, **kwargs)
 
     return validated
@@ -111,14 +124,17 @@ def ragged_paged_attention_reference(
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
+    key_start: Int[Array, "T"] | None = None,
+    key_end: Int[Array, "T"] | None = None,
     sm_scale: float | None = None,
     max_q_len: int | None = None,
 ) -> Float[Array, "T N H"]:
-    """Plain-jnp ragged paged attention (the CPU path), float32 throughout.
+    """Plain-jnp ragged paged attention (the test oracle), float32 throughout.
 
     Gathers each sequence's pages into ``[B, W*G]`` keys and its queries into
     ``[B, max_q_len]`` rows; `max_q_len` (static, default T) must bound every q_len.
     Memory is O(B N max_q_len W G): fine for decode and short chunks on CPU.
+    `key_start` / `key_end`: the keys each token sees (module docstring); None: causal.
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, _, page_size, _ = k_pages.shape
@@ -144,7 +160,11 @@ def ragged_paged_attention_reference(
     k, v = gather(k_pages), gather(v_pages)
     logits = jnp.einsum("BtKQH,BSKH->BKQtS", qs, k) * scale
     q_pos = kv[:, None] - q_lens[:, None] + t  # absolute position of each query
-    mask = (q_valid[:, :, None] & (s[None, None, :] <= q_pos[:, :, None]))[:, None, None]
+    gathered = jnp.minimum(tok, num_tokens - 1)
+    start = jnp.zeros_like(q_pos) if key_start is None else key_start[gathered]  # [B, max_q]
+    end = q_pos + 1 if key_end is None else key_end[gathered]
+    seen = (s[None, None, :] >= start[:, :, None]) & (s[None, None, :] < end[:, :, None])
+    mask = (q_valid[:, :, None] & k_valid[:, None, :] & seen)[:, None, None]
     logits = jnp.where(mask, logits, -jnp.inf)
     m = jnp.max(logits, axis=-1, keepdims=True)
     p = jnp.where(mask, jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
@@ -181,6 +201,8 @@ def ragged_paged_attention(
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
+    key_start: Int[Array, "T"] | None = None,
+    key_end: Int[Array, "T"] | None = None,
     sm_scale: float | None = None,
     backend: str | None = None,
     block_q: int | None = None,
@@ -193,7 +215,8 @@ def ragged_paged_attention(
     `block_q` (query tokens per tile) and `pages_per_block` (pages per step)
     default per backend; a known `max_q_len` (static) caps `block_q`, so a decode
     step uses one-token tiles. `interpret` runs the kernel on CPU (True, or a
-    `pltpu.InterpretParams` for the TPU kernel).
+    `pltpu.InterpretParams` for the TPU kernel). `key_start` / `key_end`: the keys
+    each token sees (module docstring); None: causal.
     """
     backend = backend or _default_backend(interpret)
     if backend not in BACKENDS:
@@ -209,5 +232,5 @@ def ragged_paged_attention(
             _fail(name, "a positive int", value)
     scale = 1.0 / math.sqrt(q.shape[2]) if sm_scale is None else float(sm_scale)
     return kernel(
-        q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs,
+        q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, key_start=key_start, key_end=key_end,
         sm_scale=scale, block_q=block_q, pages_per_block=pages_per_block, interpret=interpret)

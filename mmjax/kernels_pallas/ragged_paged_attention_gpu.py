@@ -7,8 +7,10 @@ and cannot be interpreted. Triton wants power-of-two block shapes, so rows and
 the head dim are padded to powers of two (80 -> 128) in the wrapper for Q, and
 K/V pages are read with masked gathers (no copy of the cache is padded).
 
-Grid: (query tile, KV head). Each program walks the pages its tile can see
-(causally), ``pages_per_block`` pages per step, with an online softmax in float32.
+Grid: (query tile, KV head). Each program walks the blocks of ``pages_per_block`` pages that meet
+the keys its tile sees (``_tiles.key_bounds``: ``[lo, hi)``, from a sliding window's start to the
+last visible key), with an online softmax in float32; blocks before a window are never loaded.
+Each row's own ``[start, end)`` comes in as a block of the tile's rows.
 Public entry point: `mmjax.kernels_pallas.ragged_paged_attention(backend="gpu")`.
 """
 
@@ -42,15 +44,16 @@ def default_block_sizes(group: int, page_size: int) -> tuple[int, int]:
 
 
 def _kernel(
-    seq_ref, pos0_ref, rows_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *,
-    sm_scale: float, group: int, head_dim: int, pages_per_block: int,
+    seq_ref, lo_ref, hi_ref, bt_ref, row_start_ref, row_end_ref, q_ref, k_ref, v_ref, o_ref, *,
+    sm_scale: float, head_dim: int, pages_per_block: int,
 ):
     m = pl.program_id(0)
-    seq, pos0, rows = seq_ref[m], pos0_ref[m], rows_ref[m]
+    seq, lo, hi = seq_ref[m], lo_ref[m], hi_ref[m]
     num_rows, padded_dim = q_ref.shape
     page_size = k_ref.shape[1]
     block_k = pages_per_block * page_size
-    kv_end = pos0 + rows
+    first_page = lax.div(lo, page_size)  # blocks start at the page of the tile's first key
+    row_start, row_end = row_start_ref[...][:, None], row_end_ref[...][:, None]
     q = q_ref[...]
     shape = (pages_per_block, page_size, padded_dim)
     local_page = lax.broadcasted_iota(jnp.int32, shape, 0)
@@ -58,18 +61,22 @@ def _kernel(
     col = lax.broadcasted_iota(jnp.int32, shape, 2)
 
     def body(j, state):
-        pages = bt_ref[seq, pl.ds(j * pages_per_block, pages_per_block)]
+        page0 = first_page + j * pages_per_block
+        pages = bt_ref[seq, pl.ds(page0, pages_per_block)]
         page = jnp.broadcast_to(pages[:, None, None], shape)
-        key = j * block_k + local_page * page_size + offset
-        # Masked loads: never touch slots past the sequence (stale or NaN) or pad columns.
-        load_mask = (col < head_dim) & (key < kv_end)
+        key0 = page0 * page_size
+        key = key0 + local_page * page_size + offset
+        # Masked loads: no key at or past hi (slots past the sequence may be stale or NaN), no pad columns.
+        load_mask = (col < head_dim) & (key < hi)
         k = plgpu.load(k_ref.at[page, offset, col], mask=load_mask, other=0.0)
         v = plgpu.load(v_ref.at[page, offset, col], mask=load_mask, other=0.0)
-        mask = _tiles.visible(num_rows, block_k, j * block_k, pos0, rows, group)
+        mask = _tiles.visible(block_k, key0, row_start, row_end)
         return _tiles.attend_block(
             state, q, k.reshape(block_k, padded_dim), v.reshape(block_k, padded_dim), mask, sm_scale)
 
-    state = lax.fori_loop(0, pl.cdiv(kv_end, block_k), body, _tiles.init_softmax_state(num_rows, padded_dim))
+    # Only the blocks that meet [lo, hi): from the window's first page to the last visible key.
+    init = _tiles.init_softmax_state(num_rows, padded_dim)
+    state = lax.fori_loop(0, pl.cdiv(hi - first_page * page_size, block_k), body, init)
     o_ref[...] = _tiles.finish(state).astype(o_ref.dtype)
 
 
@@ -82,6 +89,8 @@ def ragged_paged_attention_gpu(
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
+    key_start: Int[Array, "T"] | None = None,
+    key_end: Int[Array, "T"] | None = None,
     sm_scale: float,
     block_q: int,
     pages_per_block: int,
@@ -99,26 +108,29 @@ def ragged_paged_attention_gpu(
             f"page_size={page_size}")
     tiles = _tiles.plan_query_tiles(cu_q_lens, kv_lens, num_seqs, num_tokens, block_q)
     qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads)  # [num_tiles, K, block_q * Q, H]
+    bounds = _tiles.key_bounds(tiles, kv_lens, group, key_start, key_end)
     num_rows = max(16, pl.next_power_of_2(block_q * group))  # tensor-core minimum is 16 rows
     padded_dim = max(16, pl.next_power_of_2(head_dim))
     qt = jnp.pad(qt, ((0, 0), (0, 0), (0, num_rows - qt.shape[2]), (0, padded_dim - head_dim)))
-    pad_pages = -block_tables.shape[1] % pages_per_block
-    block_tables = jnp.pad(block_tables, ((0, 0), (0, pad_pages)))  # never read: masked by kv_end
+    pad_rows = ((0, 0), (0, num_rows - block_q * group))  # pad rows see no key: [0, 0)
+    row_start, row_end = jnp.pad(bounds.row_start, pad_rows), jnp.pad(bounds.row_end, pad_rows)
+    # A block from any page of the table is whole; the pad pages are never read (masked by hi).
+    block_tables = jnp.pad(block_tables, ((0, 0), (0, pages_per_block)))
     num_tiles = qt.shape[0]
     whole = pl.BlockSpec()  # the full array: scalars read by index
+    row_spec = pl.BlockSpec((None, num_rows), lambda m, h: (m, 0))
     tile_spec = pl.BlockSpec((None, None, num_rows, padded_dim), lambda m, h: (m, h, 0, 0))
     page_spec = pl.BlockSpec((None, *k_pages.shape[1:]), lambda m, h: (h, 0, 0, 0))
-    kernel = functools.partial(
-        _kernel, sm_scale=sm_scale, group=group, head_dim=head_dim, pages_per_block=pages_per_block)
+    kernel = functools.partial(_kernel, sm_scale=sm_scale, head_dim=head_dim, pages_per_block=pages_per_block)
     out = pl.pallas_call(
         kernel,
         grid=(num_tiles, num_kv_heads),
-        in_specs=[whole, whole, whole, whole, tile_spec, page_spec, page_spec],
+        in_specs=[whole, whole, whole, whole, row_spec, row_spec, tile_spec, page_spec, page_spec],
         out_specs=tile_spec,
         out_shape=jax.ShapeDtypeStruct(qt.shape, q.dtype),
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="mmjax_ragged_paged_attention_gpu",
-    )(tiles.seq, tiles.pos0, tiles.rows, block_tables, qt, k_pages, v_pages)
+    )(tiles.seq, bounds.lo, bounds.hi, block_tables, row_start, row_end, qt, k_pages, v_pages)
     out = out[:, :, : block_q * group, :head_dim]
     return _tiles.scatter_output_tiles(out, tiles, num_tokens, num_heads)

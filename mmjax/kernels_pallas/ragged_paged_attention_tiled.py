@@ -3,11 +3,13 @@
 The packed tokens are cut into query tiles of at most ``block_q`` tokens of one
 sequence (``_tiles.plan_query_tiles``, the plan the Pallas kernels use). Two
 loops with traced trip counts, like a kernel's grid, do the work: over the
-step's real tiles, and inside each over the K/V blocks of ``block_kv`` keys up
-to the tile's last query (causal). So a step costs what its real tokens and
-contexts cost, never the block-table width (``max_model_len``): a decode step
-over 600-token contexts in an engine of ``max_model_len`` 4096 reads 600
-tokens of K/V per sequence, and a prefill tile skips the blocks after it.
+step's real tiles, and inside each over the K/V blocks of ``block_kv`` keys that
+meet the keys its rows see (``_tiles.key_bounds``: from the window's start, or 0,
+up to its last query, or to the end of a bidirectional span). So a step costs what
+its real tokens and windows cost, never the block-table width (``max_model_len``):
+a decode step over 600-token contexts in an engine of ``max_model_len`` 4096 reads 600
+tokens of K/V per sequence (256 with a window of 256), and a prefill tile skips the
+blocks after it (and those before its window).
 
 Each block is one online-softmax update (float32, as the kernels and the
 reference; ``_tiles.attend_block``, the kernels' own step, once per KV head)
@@ -54,11 +56,13 @@ def ragged_paged_attention_tiled(
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
+    key_start: Int[Array, "T"] | None = None,
+    key_end: Int[Array, "T"] | None = None,
     sm_scale: float | None = None,
     block_q: int = DEFAULT_BLOCK_Q,
     block_kv: int = DEFAULT_BLOCK_KV,
 ) -> Float[Array, "T N H"]:
-    """Attention of each packed query token over its sequence's pages (causal, GQA).
+    """Attention of each packed query token over its sequence's pages (GQA; causal unless bounded).
 
     Inputs as ``ragged_paged_attention_reference``; tokens of no sequence come out as zeros.
     In the einsums ``r`` is a row of a query tile (``block_q * Q`` rows: token, then
@@ -72,34 +76,37 @@ def ragged_paged_attention_tiled(
     block_q = min(block_q, num_tokens)
     block_pages = max(1, min(pages_per_seq, block_kv // page_size))
     block_keys = block_pages * page_size
-    max_blocks = -(-pages_per_seq // block_pages)
 
     tiles = _tiles.plan_query_tiles(cu_q_lens, kv_lens, num_seqs, num_tokens, block_q)
     qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads).astype(jnp.float32)  # [m, K, r, H]
+    bounds = _tiles.key_bounds(tiles, kv_lens, group, key_start, key_end)
     _, _, num_rows, _ = qt.shape
-    # Block tables padded with the null page to whole blocks.
-    tables = jnp.pad(block_tables, ((0, 0), (0, max_blocks * block_pages - pages_per_seq)))  # [B, W']
+    # Block tables padded with the null page by a block, so a block from any page of the table is whole.
+    tables = jnp.pad(block_tables, ((0, 0), (0, block_pages)))  # [B, W + block_pages]
     # The kernels' online-softmax step, once per KV head (the mask is the same for every head).
     attend_heads = jax.vmap(_tiles.attend_block, in_axes=(0, 0, 0, 0, None, None))
     init = jax.vmap(lambda _: _tiles.init_softmax_state(num_rows, head_dim))(jnp.arange(num_kv_heads))
 
     def attend_tile(t: Array, out: Array) -> Array:
-        seq, pos0, rows = tiles.seq[t], tiles.pos0[t], tiles.rows[t]
-        q_tile, kv_len = qt[t], kv_lens[seq]  # [K, r, H]
+        seq, lo, hi, q_tile = tiles.seq[t], bounds.lo[t], bounds.hi[t], qt[t]  # q_tile [K, r, H]
+        row_start, row_end = bounds.row_start[t][:, None], bounds.row_end[t][:, None]  # [r, 1]
 
         def gather(pages: Array, ids: Array) -> Array:  # [K, A, G, H], [P] -> [K, S, H]
             return pages[:, ids].reshape(num_kv_heads, block_keys, head_dim).astype(jnp.float32)
 
+        first_page = lo // page_size  # blocks start at the page of the tile's first key: none before it is read
+
         def attend_block(j: Array, state: _tiles.SoftmaxState) -> _tiles.SoftmaxState:
-            ids = lax.dynamic_slice_in_dim(tables[seq], j * block_pages, block_pages)  # [P]
-            key_start = j * block_keys
-            visible = _tiles.visible(num_rows, block_keys, key_start, pos0, rows, group)  # [r, S]
-            # Slots past a sequence may hold stale or NaN values: zero them so 0 * NaN cannot leak.
-            in_sequence = key_start + jnp.arange(block_keys) < kv_len
-            v = jnp.where(in_sequence[None, :, None], gather(v_pages, ids), 0.0)
+            page0 = first_page + j * block_pages
+            ids = lax.dynamic_slice_in_dim(tables[seq], page0, block_pages)  # [P]
+            key0 = page0 * page_size
+            visible = _tiles.visible(block_keys, key0, row_start, row_end)  # [r, S]
+            # Slots past hi may be past the sequence (stale or NaN): zero them so 0 * NaN cannot leak.
+            v = jnp.where((key0 + jnp.arange(block_keys) < hi)[None, :, None], gather(v_pages, ids), 0.0)
             return attend_heads(state, q_tile, gather(k_pages, ids), v, visible, scale)
 
-        num_blocks = (pos0 + rows + block_keys - 1) // block_keys  # up to the tile's last query
+        # Only the blocks that meet [lo, hi): from the window's first page to the last visible key.
+        num_blocks = (hi - first_page * page_size + block_keys - 1) // block_keys
         state = lax.fori_loop(0, num_blocks, attend_block, init)
         return lax.dynamic_update_index_in_dim(out, _tiles.finish(state), t, 0)
 

@@ -1,14 +1,18 @@
 """Ragged paged attention for TPU: Pallas with the Mosaic lowering.
 
-The tile plan (per-tile sequence, first position, valid rows) and the flattened
-block tables are scalar-prefetched into SMEM (`PrefetchScalarGridSpec`), so the
-BlockSpec index maps can follow a sequence's block table: the Pallas pipeline
+The tile plan (per-tile sequence and the keys ``[lo, hi)`` its rows see, see
+``_tiles.key_bounds``) and the flattened block tables are scalar-prefetched into
+SMEM (`PrefetchScalarGridSpec`): four arrays of ``num_tiles`` (or ``B * W``) ints,
+so the BlockSpec index maps can follow a sequence's block table: the Pallas pipeline
 then double-buffers the page DMAs for us. ``pages_per_block`` pages are fetched
 per grid step by passing the page arrays that many times, each BlockSpec
-picking the next page of the table; past the last page a tile can see, the
-index is clamped to that page, so the pipeline issues no new DMA and the body
-is skipped. Every block equals the array's trailing dims (``[G, H]``,
-``[block_q * Q, H]``), which keeps Mosaic's tiling rules satisfied for any H.
+picking the next page of the table, counted from the page holding ``lo`` (a
+sliding window's first key: the pages before it are never fetched); past the
+page holding ``hi - 1`` the index is clamped to that page, so the pipeline issues
+no new DMA and the body is skipped. Each row's own ``[start, end)`` is a VMEM
+block ``[block_q * Q, 1]`` that follows the query tile (one per tile, not per
+token in SMEM). Every block equals the array's trailing dims (``[G, H]``,
+``[block_q * Q, H]``, ``[block_q * Q, 1]``), which keeps Mosaic's tiling rules satisfied for any H.
 
 Grid: (query tile, KV head, page block) — the last axis reduces (online softmax
 in float32 VMEM scratch). Public entry point:
@@ -38,17 +42,17 @@ def default_block_sizes(group: int, page_size: int) -> tuple[int, int]:
 
 
 def _kernel(
-    seq_ref, pos0_ref, rows_ref, bt_ref,  # scalar prefetch (SMEM)
-    q_ref, *refs, sm_scale: float, group: int, pages_per_block: int,
+    seq_ref, lo_ref, hi_ref, bt_ref,  # scalar prefetch (SMEM)
+    row_start_ref, row_end_ref, q_ref, *refs, sm_scale: float, pages_per_block: int,
 ):
     del seq_ref, bt_ref  # used by the index maps only
     k_refs, v_refs = refs[:pages_per_block], refs[pages_per_block : 2 * pages_per_block]
     o_ref, m_ref, l_ref, acc_ref = refs[2 * pages_per_block :]
     m, j = pl.program_id(0), pl.program_id(2)
-    pos0, rows = pos0_ref[m], rows_ref[m]
-    kv_end = pos0 + rows
+    lo, hi = lo_ref[m], hi_ref[m]
     num_rows, head_dim = q_ref.shape
     page_size = k_refs[0].shape[0]
+    first_page = lax.div(lo, page_size)
 
     @pl.when(j == 0)
     def _init():
@@ -56,14 +60,14 @@ def _kernel(
         m_ref[...], l_ref[...], acc_ref[...] = state.m, state.l, state.acc
 
     for i in range(pages_per_block):
-        key_start = (j * pages_per_block + i) * page_size
+        key0 = (first_page + j * pages_per_block + i) * page_size
 
-        @pl.when(key_start < kv_end)
-        def _attend(i=i, key_start=key_start):
-            key = lax.broadcasted_iota(jnp.int32, (page_size, head_dim), 0) + key_start
-            # Slots past the sequence may hold stale data or NaN, and 0 * NaN = NaN.
-            v = jnp.where(key < kv_end, v_refs[i][...], 0)
-            mask = _tiles.visible(num_rows, page_size, key_start, pos0, rows, group)
+        @pl.when(key0 < hi)
+        def _attend(i=i, key0=key0):
+            key = lax.broadcasted_iota(jnp.int32, (page_size, head_dim), 0) + key0
+            # Slots past hi may be past the sequence (stale data or NaN), and 0 * NaN = NaN.
+            v = jnp.where(key < hi, v_refs[i][...], 0)
+            mask = _tiles.visible(page_size, key0, row_start_ref[...], row_end_ref[...])
             state = _tiles.SoftmaxState(m_ref[...], l_ref[...], acc_ref[...])
             state = _tiles.attend_block(state, q_ref[...], k_refs[i][...], v, mask, sm_scale)
             m_ref[...], l_ref[...], acc_ref[...] = state.m, state.l, state.acc
@@ -75,10 +79,11 @@ def _kernel(
 
 
 def _page_spec(i: int, pages_per_block: int, page_size: int, pages_per_seq: int, head_dim: int):
-    def index_map(m, h, j, seq_ref, pos0_ref, rows_ref, bt_ref):
+    def index_map(m, h, j, seq_ref, lo_ref, hi_ref, bt_ref):
         # lax.div (truncating) not //: floor division lowers to `sign`, which needs a real TPU.
-        last = jnp.maximum(lax.div(pos0_ref[m] + rows_ref[m] + page_size - 1, page_size) - 1, 0)
-        page = jnp.minimum(j * pages_per_block + i, last)
+        first = lax.div(lo_ref[m], page_size)  # the page of the tile's first visible key
+        last = jnp.maximum(lax.div(hi_ref[m] + page_size - 1, page_size) - 1, first)
+        page = jnp.minimum(first + j * pages_per_block + i, last)
         return h, bt_ref[seq_ref[m] * pages_per_seq + page], 0, 0
 
     return pl.BlockSpec((None, None, page_size, head_dim), index_map)
@@ -93,6 +98,8 @@ def ragged_paged_attention_tpu(
     cu_q_lens: Int[Array, "B+1"],
     num_seqs: Int[Array, "1"],
     *,
+    key_start: Int[Array, "T"] | None = None,
+    key_end: Int[Array, "T"] | None = None,
     sm_scale: float,
     block_q: int,
     pages_per_block: int,
@@ -105,13 +112,15 @@ def ragged_paged_attention_tpu(
     tiles = _tiles.plan_query_tiles(cu_q_lens, kv_lens, num_seqs, num_tokens, block_q)
     qt = _tiles.gather_query_tiles(q, tiles, num_kv_heads)  # [num_tiles, K, block_q * Q, H]
     num_tiles, _, num_rows, _ = qt.shape
+    bounds = _tiles.key_bounds(tiles, kv_lens, group, key_start, key_end)
     pages_per_seq = block_tables.shape[1]
     tile_spec = pl.BlockSpec((None, None, num_rows, head_dim), lambda m, h, j, *_: (m, h, 0, 0))
+    row_spec = pl.BlockSpec((None, num_rows, 1), lambda m, h, j, *_: (m, 0, 0))
     page_specs = [_page_spec(i, pages_per_block, page_size, pages_per_seq, head_dim) for i in range(pages_per_block)]
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=4,
         grid=(num_tiles, num_kv_heads, pl.cdiv(pages_per_seq, pages_per_block)),
-        in_specs=[tile_spec, *page_specs, *page_specs],
+        in_specs=[row_spec, row_spec, tile_spec, *page_specs, *page_specs],
         out_specs=tile_spec,
         scratch_shapes=[
             pltpu.VMEM((num_rows, 1), jnp.float32),
@@ -119,7 +128,7 @@ def ragged_paged_attention_tpu(
             pltpu.VMEM((num_rows, head_dim), jnp.float32),
         ],
     )
-    kernel = functools.partial(_kernel, sm_scale=sm_scale, group=group, pages_per_block=pages_per_block)
+    kernel = functools.partial(_kernel, sm_scale=sm_scale, pages_per_block=pages_per_block)
     out = pl.pallas_call(
         kernel,
         grid_spec=grid_spec,
@@ -127,6 +136,6 @@ def ragged_paged_attention_tpu(
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
         interpret=interpret,
         name="mmjax_ragged_paged_attention_tpu",
-    )(tiles.seq, tiles.pos0, tiles.rows, block_tables.reshape(-1), qt,
-      *([k_pages] * pages_per_block), *([v_pages] * pages_per_block))
+    )(tiles.seq, bounds.lo, bounds.hi, block_tables.reshape(-1), bounds.row_start[:, :, None],
+      bounds.row_end[:, :, None], qt, *([k_pages] * pages_per_block), *([v_pages] * pages_per_block))
     return _tiles.scatter_output_tiles(out, tiles, num_tokens, num_heads)
