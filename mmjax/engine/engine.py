@@ -30,7 +30,6 @@ from mmjax.engine.sampler import SamplingTensors, SeenTokens
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.scheduler import ScheduledChunk, Scheduler
 from mmjax.engine.shapes import StepShapes
-from mmjax.engine.step import check_paged_support
 from mmjax.engine.warmup import warm_up
 from mmjax.kv_cache import PageAllocator
 from mmjax.registry import InputContext, ProcessedPrompt, PromptInputs
@@ -53,7 +52,6 @@ class LLMEngine:
         self.config = config or EngineConfig()
         enable_compilation_cache()  # before the first program compiles (MMJAX_COMPILATION_CACHE=0: off)
         self.text_config, _ = model_text_config(llm.graphdef, llm.state)
-        check_paged_support(self.text_config)
         self.max_model_len = self._max_model_len()
         placement = Placement(getattr(llm, "mesh", None), self.text_config.num_kv_heads, llm.state)
         self.num_replicas = placement.num_replicas

@@ -35,18 +35,7 @@ from mmjax.kernels_cpu import few_rows_dot_general
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
 from mmjax.models.common.decoder import LlamaForCausalLM
-from mmjax.models.common.decoder_config import DecoderConfig
 from mmjax.types import Array, Float, Int
-
-
-def check_paged_support(text_config: DecoderConfig) -> None:
-    """Raise for a decoder feature the paged kernels do not implement."""
-    window = getattr(text_config, "sliding_window", None)
-    if window is not None:
-        raise NotImplementedError(
-            f"the paged KV cache does not implement sliding-window attention (sliding_window={window}); "
-            f"run such a model with llm.logits (dense attention)"
-        )
 
 
 @functools.partial(jax.jit, static_argnums=0)

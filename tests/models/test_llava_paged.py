@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax.engine import check_paged_support, encode_multimodal, paged_step
+from mmjax.engine import encode_multimodal, paged_step
 from mmjax.kv_cache import KVPages, PageAllocator, build_attention_metadata
 from tiny_llava import loaded, our_logits, relative_error
 
@@ -44,10 +44,10 @@ def schedule(len_a_prompt: int):
 
 
 @pytest.mark.parametrize("name, impl", [("gqa_default", "reference"), ("mha_full_sharded_tied", "xla"),
-                                        ("gqa_default", "pallas")])
+                                        ("gqa_default", "pallas"), ("mistral_sliding_window", "cpu"),
+                                        ("mistral_sliding_window", "xla")])
 def test_paged_steps_equal_dense_forward(name, impl):
     model, hf_config = loaded(name)
-    check_paged_support(model.text_config)
     per_image = model.config.image_tokens_per_image
     a, b, pixels = sequences(hf_config.image_token_id, per_image)
     dense_a = our_logits(model, a[None], pixels)[0]
@@ -84,9 +84,3 @@ def test_paged_steps_equal_dense_forward(name, impl):
         assert np.isfinite(logits).all(), f"step {step} read an unwritten (NaN) cache slot"
         assert relative_error(logits[0], dense_a[a1 - 1]) < 1e-4, f"sequence a, step {step}"
         assert relative_error(logits[1], dense_b[b1 - 1]) < 1e-4, f"sequence b, step {step}"
-
-
-def test_sliding_window_models_are_refused_by_the_paged_path():
-    model, _ = loaded("mistral_sliding_window")
-    with pytest.raises(NotImplementedError, match="sliding-window attention \\(sliding_window=9\\)"):
-        check_paged_support(model.text_config)
