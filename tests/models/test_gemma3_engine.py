@@ -39,7 +39,8 @@ def transformers_greedy(prompt, name: str = "hub", **processor_kwargs) -> list[i
     """transformers' greedy continuation, one full forward a token (its processor's ``input_ids`` checked equal
     to ours first). Not ``generate``: the checkpoint's generation config makes ``<end_of_turn>`` an EOS, which
     ``min_new_tokens`` would forbid, where ``ignore_eos`` lets it be generated."""
-    text, images = (prompt, None) if isinstance(prompt, str) else (prompt["prompt"], prompt["multi_modal_data"]["image"])
+    text, images = ((prompt, None) if isinstance(prompt, str)
+                    else (prompt["prompt"], prompt["multi_modal_data"]["image"]))
     inputs = dict(hf_processor(name)(text=text, images=images, return_tensors="pt", **processor_kwargs))
     assert inputs["input_ids"][0].tolist() == list(loaded(name).process(prompt).token_ids)
     inputs.pop("attention_mask", None)
