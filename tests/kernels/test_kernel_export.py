@@ -37,6 +37,21 @@ def test_kernel_lowers(backend, platform, marker, dtype, head_dim):
 
 @pytest.mark.parametrize("backend,platform,marker", [("tpu", "tpu", "tpu_custom_call"),
                                                       ("gpu", "cuda", "__gpu$xla.gpu.triton")])
+@pytest.mark.parametrize("dtype,head_dim,group", [(jnp.bfloat16, 128, 2), (jnp.float32, 80, 5)])
+def test_kernel_lowers_with_key_bounds(backend, platform, marker, dtype, head_dim, group):
+    """With key_start/key_end (sliding windows, bidirectional spans), for prefill and decode tiles."""
+    bound = jax.ShapeDtypeStruct((32,), jnp.int32)
+    for max_q_len in (None, 1):
+        fn = jax.jit(lambda *a, m=max_q_len: ragged_paged_attention(
+            *a[:7], key_start=a[7], key_end=a[8], backend=backend, max_q_len=m))
+        exported = export.export(fn, platforms=(platform,), disabled_checks=TRITON_OK)(
+            *_abstract_args(dtype, head_dim, group=group), bound, bound)
+        assert marker in exported.mlir_module()
+        assert exported.out_avals[0].shape == (32, 2 * group, head_dim)
+
+
+@pytest.mark.parametrize("backend,platform,marker", [("tpu", "tpu", "tpu_custom_call"),
+                                                      ("gpu", "cuda", "__gpu$xla.gpu.triton")])
 @pytest.mark.parametrize("group", [5, 7])  # LLaVA-NeXT-34B has 56 query heads over 8 KV heads
 def test_kernel_lowers_for_non_power_of_two_groups(backend, platform, marker, group):
     fn = jax.jit(functools.partial(ragged_paged_attention, backend=backend))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
+from mmjax.kernels_cpu import ragged_paged_attention_cpu
 from mmjax.kernels_pallas import ragged_paged_attention, ragged_paged_attention_reference
 
 
@@ -37,6 +38,10 @@ BAD = [
     (dict(num_seqs=jnp.zeros((), jnp.int32)), r"num_seqs: expected shape \(1,\)"),
     (dict(block_tables=jnp.zeros((3, 2), jnp.float32)), r"block_tables: expected dtype int32"),
     (dict(block_tables=jnp.zeros((6,), jnp.int32)), r"block_tables: expected 2 dims \[B, P\]"),
+    (dict(key_start=jnp.zeros((7,), jnp.int32)), r"key_start: expected shape \(8,\) \(T=8 from q\), got \(7,\)"),
+    (dict(key_end=jnp.zeros((8, 1), jnp.int32)), r"key_end: expected shape \(8,\) \(T=8 from q\), got \(8, 1\)"),
+    (dict(key_start=jnp.zeros((8,), jnp.float32)), r"key_start: expected dtype int32, got float32"),
+    (dict(key_end=jnp.zeros((8,), jnp.int16)), r"key_end: expected dtype int32, got int16"),
 ]
 
 
@@ -59,3 +64,9 @@ def test_bad_kernel_options():
 def test_no_kernel_on_cpu_without_interpret():
     with pytest.raises(ValueError, match="backend: no Pallas kernel for platform 'cpu'"):
         ragged_paged_attention(**_args())
+
+
+@pytest.mark.parametrize("over,message", BAD[-4:])
+def test_bad_key_bounds_are_named_by_the_cpu_kernel(over, message):
+    with pytest.raises(ValueError, match=message):
+        ragged_paged_attention_cpu(**_args(**over))
