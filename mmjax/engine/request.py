@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mmjax.kv_cache.prefix_hash import ItemSpan, hash_pages, salt_root
+from mmjax.processing.token_runs import token_runs
 from mmjax.registry import ProcessedPrompt
 
 
@@ -69,11 +70,7 @@ def encoder_items(processed: ProcessedPrompt) -> tuple[EncoderItem, ...]:
 def bidirectional_spans(token_ids: np.ndarray, token_id: int | None) -> tuple[tuple[int, int], ...]:
     """Each maximal run ``[start, stop)`` of ``token_id`` in the prompt: tokens that attend to each other in
     both directions (Gemma 3's image soft tokens, transformers' ``token_type_ids`` groups); () when None."""
-    if token_id is None:
-        return ()
-    marked = np.concatenate([[False], np.asarray(token_ids) == token_id, [False]])
-    edges = np.flatnonzero(marked[1:] != marked[:-1])
-    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]))
+    return () if token_id is None else token_runs(token_ids, token_id)
 
 
 def item_spans(processed: ProcessedPrompt) -> tuple[ItemSpan, ...] | None:

@@ -34,6 +34,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from mmjax.processing.token_runs import token_runs
+
 PREAMBLE = "Here is the original image "
 CROPS_INTRO = " and here are some crops to help you see better "
 NEWLINES = "\n\n"
@@ -91,9 +93,7 @@ def soft_token_mask(range_ids: Sequence[int], soft: int) -> np.ndarray:
 def bidirectional_spans(token_ids: Sequence[int] | np.ndarray, soft: int) -> list[tuple[int, int]]:
     """``(start, stop)`` of each maximal run of ``<image_soft_token>`` ids, in order: the groups whose tokens
     attend to each other both ways (transformers' ``token_type_ids == 1`` blocks, one per image sequence)."""
-    is_soft = np.asarray(token_ids, dtype=np.int64).reshape(-1) == soft
-    edges = np.diff(np.concatenate([[0], is_soft.astype(np.int8), [0]]))
-    return [(int(a), int(b)) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+    return list(token_runs(token_ids, soft))
 
 
 def marker_positions(token_ids: Sequence[int], boi: int) -> list[int]:
