@@ -282,6 +282,23 @@ def compare_qwen(tmp: str) -> dict:
     return out
 
 
+def compare_gemma3(tmp: str) -> dict:
+    """Gemma 3 on each mesh (per-layer windows, each image's soft tokens both ways): logits and greedy tokens."""
+    from mmjax.testing.gemma3_checkpoints import make_tiny_gemma3_checkpoint
+
+    turn = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+    prompts = [{"prompt": turn.format("<start_of_image>What is it, in a few words?"),
+                "multi_modal_data": {"image": _image(9, (60, 90))}},
+               turn.format("Write a poem about the sea, the wind and the long grey evening."),
+               {"prompt": turn.format("And this one?<start_of_image>"),
+                "multi_modal_data": {"image": _image(10, (40, 40))}},
+               turn.format("Count to ten.")]
+    # A SigLIP of 4 heads and a 44-wide MLP, split over "model" as LLaVA's CLIP is (``_split_but_replicated``).
+    path = make_tiny_gemma3_checkpoint(f"{tmp}/gemma3", seed=4, vision_heads=4, vision_intermediate_size=44)
+    return {"logits": compare(path, prompts[0], QWEN_MESHES),
+            "generate": compare_generate(path, QWEN_MESHES, prompts, details=False, engine_config=QWEN_ENGINE)}
+
+
 def main(tmp: str) -> None:
     import time
     t0 = time.perf_counter()
@@ -312,6 +329,7 @@ def main(tmp: str) -> None:
                           "next": compare_caching(nxt, {"data": 2, "model": 4}, NEXT_ENGINE)}
     results["training"] = compare_training(llava, {"data": 4, "model": 2})
     results["qwen"] = compare_qwen(tmp)
+    results["gemma3"] = compare_gemma3(tmp)
     results["t_all"] = time.perf_counter() - t0
     print("RESULTS " + json.dumps(results))
 

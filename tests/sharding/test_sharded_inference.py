@@ -211,3 +211,21 @@ def test_qwen_on_a_mesh_equals_one_device(results, family, mesh):
     assert generated[mesh]["tokens"] == generated["single"]
     assert all(len(tokens) == 6 for tokens in generated["single"])
     assert all(n > 0 for n in generated[mesh]["tokens_per_replica"])
+
+
+# -- Gemma 3 on a mesh (per-layer sliding windows, bidirectional image spans in each replica's metadata) -------
+
+
+@pytest.mark.parametrize("mesh", ["2x4", "4x2"])
+def test_gemma3_on_a_mesh_equals_one_device(results, mesh):
+    found = results["gemma3"]
+    logits = found["logits"][mesh]
+    assert logits["mesh_devices"] == 8 and logits["split_but_replicated"] == []
+    assert logits["max_abs_diff"] <= 1e-5 * max(1.0, logits["max_abs"]), logits["max_abs_diff"]
+    assert logits["shardings"]["language_model/layers/0/self_attn/q_proj/kernel"] == "P(None, 'model')"
+    assert logits["shardings"]["language_model/layers/0/pre_feedforward_layernorm/weight"] == "P()"
+    assert logits["shardings"]["vision_tower/layers/0/self_attn/q_proj/kernel"] == "P(None, 'model')"
+    generated = found["generate"]
+    assert generated[mesh]["tokens"] == generated["single"]
+    assert all(len(tokens) == 6 for tokens in generated["single"])
+    assert all(n > 0 for n in generated[mesh]["tokens_per_replica"])
