@@ -1,0 +1,82 @@
+"""Gemma 3 in ``mmjax.chat`` and the OpenAI-compatible server, with the checkpoint's own chat template.
+
+The rendered prompt equals transformers' ``apply_chat_template`` (Gemma's template folds a system message
+into the first user turn); the server (on 127.0.0.1) answers a chat with an image, streams it and gives
+logprobs, each equal to the offline engine's answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+
+import mmjax
+from mmjax.serving.app import ServerConfig
+from mmjax.serving.chat import chat_prompt
+from mmjax.serving.server import ServerThread
+from tiny_gemma3 import checkpoint, hf_processor, picture
+
+PARAMS = mmjax.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+SYSTEM = {"role": "system", "content": "Answer in one short sentence."}
+
+
+def _messages(image) -> list[dict]:
+    return [SYSTEM, {"role": "user", "content": [{"type": "image", "image": image},
+                                                 {"type": "text", "text": "What is it?"}]}]
+
+
+def _data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return mmjax.load(checkpoint(), limit_mm_per_prompt={"image": 2})
+
+
+def test_the_chat_prompt_is_the_checkpoints_template_as_transformers_renders_it(llm):
+    image = picture(60, 90)
+    prompt = chat_prompt(llm, _messages(image))
+    want = hf_processor().apply_chat_template(
+        [{"role": "system", "content": [{"type": "text", "text": SYSTEM["content"]}]},
+         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        tokenize=False, add_generation_prompt=True)
+    assert "<bos><start_of_turn>user\nAnswer in one short sentence.\n\n<start_of_image>What is it?" in want
+    # It starts with the BOS text: token ids, with no second BOS, as transformers' processor tokenizes a chat.
+    assert prompt["prompt_token_ids"] == llm.tokenizer(want, add_special_tokens=False).input_ids
+    assert prompt["multi_modal_data"]["image"] is image
+    inputs = hf_processor()(text=want, images=[image], return_tensors="pt", add_special_tokens=False)
+    assert list(llm.process(prompt).token_ids) == inputs["input_ids"][0].tolist()
+
+
+def test_chat_equals_generate_on_the_rendered_prompt(llm):
+    image = picture(80, 50, seed=3)
+    chatted = mmjax.chat(llm, _messages(image), PARAMS, use_tqdm=False)[0]
+    generated = mmjax.generate(llm, chat_prompt(llm, _messages(image)), PARAMS, use_tqdm=False)[0]
+    assert chatted.token_ids == generated.token_ids and len(chatted.token_ids) == 6
+
+
+def test_the_server_answers_streams_and_scores_a_chat_with_an_image(llm):
+    from openai import OpenAI
+
+    image = picture(70, 110, seed=4)
+    offline = mmjax.load(checkpoint(), limit_mm_per_prompt={"image": 2})  # the server's engine is its own
+    want = mmjax.chat(offline, _messages(image), mmjax.SamplingParams(temperature=0.0, max_tokens=6, logprobs=2),
+                      use_tqdm=False)[0]
+    messages = [SYSTEM, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(image)}},
+                                                     {"type": "text", "text": "What is it?"}]}]
+    with ServerThread(llm, llm.engine(), ServerConfig(model_name="tiny-gemma3")) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model="tiny-gemma3", messages=messages, max_tokens=6, temperature=0,
+                                               logprobs=True, top_logprobs=2)
+        stream = client.chat.completions.create(model="tiny-gemma3", messages=messages, max_tokens=6, temperature=0,
+                                                stream=True)
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert reply.choices[0].message.content == want.text == streamed
+    got = [entry.logprob for entry in reply.choices[0].logprobs.content]
+    expected = [entry[token].logprob for entry, token in zip(want.logprobs, want.token_ids)]
+    assert got == pytest.approx(expected, abs=1e-5)
