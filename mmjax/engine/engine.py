@@ -67,6 +67,7 @@ class LLMEngine:
         self.allocators = [PageAllocator(self.memory.num_pages, self.config.page_size,
                                          enable_caching=self.config.enable_prefix_caching)
                            for _ in range(self.num_replicas)]
+        self._check_budget_holds_a_span()
         self.embedding_rows = EmbeddingRows(self.shapes)
         self.scheduler = Scheduler(self.allocators, max_num_seqs=self.config.max_num_seqs,
                                    max_num_batched_tokens=self.config.max_num_batched_tokens)
@@ -86,6 +87,20 @@ class LLMEngine:
     def bidirectional_token_id(self) -> int | None:
         """The token whose runs attend to each other (Gemma 3's image soft token); None for causal models."""
         return getattr(self.llm.model, "bidirectional_token_id", None)
+
+    def _check_budget_holds_a_span(self) -> None:
+        """A bidirectional span (an image whose tokens see each other) runs in one step: refuse a token budget
+        shorter than the longest one the model's worst-case prompt (its dummy data) holds."""
+        if self.bidirectional_token_id is None:
+            return
+        dummy = self.llm.input_registry.dummy_data_for_profiling(self.llm.model_config, seq_len=1,
+                                                                 mm_registry=self.llm.mm_registry)
+        longest = max((b - a for a, b in bidirectional_spans(dummy.prompt_token_ids, self.bidirectional_token_id)),
+                      default=0)
+        if longest > self.config.max_num_batched_tokens:
+            raise ValueError(f"EngineConfig.max_num_batched_tokens ({self.config.max_num_batched_tokens}) is below "
+                             f"the {longest} tokens of an image that attend to each other and must run in one "
+                             f"step; raise it to at least {longest}")
 
     def _max_model_len(self) -> int:
         limit = self.config.max_model_len or self.llm.model_config.context_length

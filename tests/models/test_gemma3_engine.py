@@ -136,3 +136,21 @@ def test_bfloat16_weights_stay_close_to_transformers_float32():
     assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 5e-2
     outputs = mmjax.generate(llm, BATCH, PARAMS, engine_config=CONFIG, use_tqdm=False)
     assert all(len(o.token_ids) == MAX_TOKENS for o in outputs)
+
+
+def test_a_token_budget_shorter_than_an_image_is_refused_when_the_engine_is_built():
+    with pytest.raises(ValueError, match=r"max_num_batched_tokens \(12\) is below the 16 tokens of an image"):
+        loaded().engine(dataclasses.replace(CONFIG, max_num_batched_tokens=12, max_num_seqs=4))
+
+
+def test_the_text_only_checkpoint_generates_as_transformers_does():
+    llm = mmjax.load(checkpoint("text"), max_model_len=256)
+    prompt = chat("Count from one to twenty, slowly, and then say the alphabet backwards twice.")
+    ids = list(llm.process(prompt).token_ids)
+    generated = []
+    with torch.no_grad():
+        for _ in range(MAX_TOKENS):
+            logits = reference("text")(input_ids=torch.tensor([ids + generated])).logits[0, -1]
+            generated.append(int(logits.argmax()))
+    [output] = mmjax.generate(llm, prompt, PARAMS, engine_config=CONFIG, use_tqdm=False)
+    assert list(output.token_ids) == generated

@@ -133,6 +133,14 @@ class Gemma3ForCausalLM(DecoderMethods, nnx.Module):
         self.config = cfg
         self.language_model = Gemma3TextModel(cfg, param_dtype=param_dtype, rngs=rngs)
 
+    @staticmethod
+    def encoder_input_variants(ctx: InputContext, mm_registry=None) -> list:
+        """None: the model takes no images, so nothing is encoded."""
+        return []
+
+    def multimodal_embeddings(self, **inputs: Array) -> Float[Array, "M D"]:
+        raise ValueError(f"Gemma3ForCausalLM takes text only; got multimodal inputs {sorted(inputs)}")
+
     def __call__(self, input_ids: Int[Array, "B T"], positions: Int[Array, "B T"],
                  attend: Attend | None = None) -> Float[Array, "B T V"]:
         hidden, _ = self.language_model.hidden_states(self.language_model.embed(input_ids), positions, attend)
