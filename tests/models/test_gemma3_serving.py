@@ -7,15 +7,13 @@ logprobs, each equal to the offline engine's answer.
 
 from __future__ import annotations
 
-import base64
-import io
-
 import pytest
 
 import mmjax
 from mmjax.serving.app import ServerConfig
 from mmjax.serving.chat import chat_prompt
 from mmjax.serving.server import ServerThread
+from tests.serving.serving_fixtures import data_url
 from tiny_gemma3 import checkpoint, hf_processor, picture
 
 PARAMS = mmjax.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
@@ -26,11 +24,6 @@ def _messages(image) -> list[dict]:
     return [SYSTEM, {"role": "user", "content": [{"type": "image", "image": image},
                                                  {"type": "text", "text": "What is it?"}]}]
 
-
-def _data_url(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +60,7 @@ def test_the_server_answers_streams_and_scores_a_chat_with_an_image(llm):
     offline = mmjax.load(checkpoint(), limit_mm_per_prompt={"image": 2})  # the server's engine is its own
     want = mmjax.chat(offline, _messages(image), mmjax.SamplingParams(temperature=0.0, max_tokens=6, logprobs=2),
                       use_tqdm=False)[0]
-    messages = [SYSTEM, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(image)}},
+    messages = [SYSTEM, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
                                                      {"type": "text", "text": "What is it?"}]}]
     with ServerThread(llm, llm.engine(), ServerConfig(model_name="tiny-gemma3")) as server:
         client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)

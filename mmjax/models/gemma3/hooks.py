@@ -33,12 +33,12 @@ from PIL import Image
 from mmjax.processing.gemma3_config import PAN_AND_SCAN_KEYS, Gemma3ImageConfig, PanAndScan
 from mmjax.processing.gemma3_crops import num_crops
 from mmjax.processing.gemma3_image import process_image
+from mmjax.processing.image_items import ImageItem, image_size, images_of
 from mmjax.processing.gemma3_prompt import (
     ImageRun, ImageTokens, bidirectional_spans, image_run, marker_positions, soft_token_mask, splice_images,
 )  # fmt: skip
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs, PlaceholderRange
 
-ImageItem = Image.Image | np.ndarray
 
 
 def image_tokens(ctx: InputContext) -> ImageTokens:
@@ -90,19 +90,8 @@ def image_config(ctx: InputContext, **request: Any) -> Gemma3ImageConfig:
     return dataclasses.replace(config, pan_and_scan=request_pan_and_scan(config.pan_and_scan, request))
 
 
-def images_of(data: object) -> list[ImageItem]:
-    """One image or a list of them, checked to be PIL images or arrays."""
-    items = data if isinstance(data, list) else [data]
-    for index, item in enumerate(items):
-        if not isinstance(item, (Image.Image, np.ndarray)):
-            raise TypeError(f"image {index}: Gemma 3 takes PIL images or uint8 [height, width, 3] arrays, "
-                            f"got {type(item).__name__}")
-    return items
 
 
-def image_size(image: ImageItem) -> tuple[int, int]:
-    """``(height, width)`` of a PIL image or an ``[height, width, 3]`` array."""
-    return (image.height, image.width) if isinstance(image, Image.Image) else tuple(np.shape(image)[:2])
 
 
 def image_runs(ctx: InputContext, images: Sequence[ImageItem], config: Gemma3ImageConfig) -> list[ImageRun]:
@@ -131,7 +120,7 @@ def map_images(ctx: InputContext, data: object, *, do_pan_and_scan: bool | None 
     config = image_config(ctx, **_pan_and_scan_kwargs(do_pan_and_scan, pan_and_scan_min_crop_size,
                                                        pan_and_scan_max_num_crops, pan_and_scan_min_ratio_to_activate))
     tokens, tokenizer = image_tokens(ctx), ctx.get_tokenizer()
-    mapped = [process_image(image, config) for image in images_of(data)]
+    mapped = [process_image(image, config) for image in images_of(data, "Gemma 3")]
     ranges = np.concatenate([np.asarray(image_run(m.num_crops, tokens, tokenizer).range_ids) for m in mapped])
     return MultiModalInputs(
         pixel_values=np.concatenate([m.pixel_values for m in mapped]),
@@ -187,7 +176,8 @@ def input_processor(ctx: InputContext, inputs: DecoderOnlyInputs, *, do_pan_and_
                                                        pan_and_scan_max_num_crops, pan_and_scan_min_ratio_to_activate))
     tokenizer = ctx.get_tokenizer()
     special = {int(i) for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    token_ids, ranges = splice_images(ids, image_runs(ctx, images_of(data), config), tokenizer, boi=tokens.boi,
+    runs = image_runs(ctx, images_of(data, "Gemma 3"), config)
+    token_ids, ranges = splice_images(ids, runs, tokenizer, boi=tokens.boi,
                                       special_ids=special)
     placeholders = {"image": tuple(PlaceholderRange(offset, length) for offset, length in ranges)}
     return dataclasses.replace(inputs, prompt_token_ids=token_ids, multi_modal_placeholders=placeholders)

@@ -30,6 +30,7 @@ from mmjax.models.qwen2_5_vl.video_hooks import (
 )  # fmt: skip
 from mmjax.models.qwen2_5_vl.vision_layout import windowed_vision_layout
 from mmjax.processing.qwen_vl_config import QwenImageConfig, lower_pixel_budget
+from mmjax.processing.image_items import image_size, images_of
 from mmjax.processing.qwen_vl_geometry import image_grid, largest_image_size
 from mmjax.processing.qwen_vl_image import process_image
 from mmjax.registry import DecoderOnlyInputs, DummyData, InputContext, MultiModalInputs
@@ -61,18 +62,8 @@ def image_config(ctx: InputContext, min_pixels: int | None = None, max_pixels: i
     return lower_pixel_budget(model_image_config(ctx), min_pixels, max_pixels, hint=hint)
 
 
-def _images(data: object) -> list[Image.Image | np.ndarray]:
-    items = data if isinstance(data, list) else [data]
-    for index, item in enumerate(items):
-        if not isinstance(item, (Image.Image, np.ndarray)):
-            raise TypeError(f"image {index}: Qwen2.5-VL takes PIL images or uint8 [height, width, 3] arrays, "
-                            f"got {type(item).__name__}")
-    return items
 
 
-def image_size(image: Image.Image | np.ndarray) -> tuple[int, int]:
-    """``(height, width)`` of a PIL image or an ``[height, width, 3]`` array."""
-    return (image.height, image.width) if isinstance(image, Image.Image) else tuple(np.shape(image)[:2])
 
 
 def image_grids(images: Sequence[Image.Image | np.ndarray], config: QwenImageConfig) -> list[Grid]:
@@ -115,7 +106,7 @@ def map_images(ctx: InputContext, data: object, *, min_pixels: int | None = None
                max_pixels: int | None = None) -> MultiModalInputs:
     """The image mapper: resize within the budget, normalise, cut into patches, pack into a bucket."""
     config = image_config(ctx, min_pixels, max_pixels)
-    mapped = [process_image(image, config) for image in _images(data)]
+    mapped = [process_image(image, config) for image in images_of(data, "Qwen2.5-VL")]
     return pack_items(ctx, [m.pixel_values for m in mapped], [tuple(m.grid_thw) for m in mapped])
 
 
@@ -148,7 +139,8 @@ def input_processor(ctx: InputContext, inputs: DecoderOnlyInputs, *, min_pixels:
     cfg, data, markers = qwen_config(ctx), inputs.multi_modal_data, {}
     if data.get("image") is not None:
         config = image_config(ctx, min_pixels, max_pixels)
-        counts = [t * h * w // config.merge_size**2 for t, h, w in image_grids(_images(data["image"]), config)]
+        grids = image_grids(images_of(data["image"], "Qwen2.5-VL"), config)
+        counts = [t * h * w // config.merge_size**2 for t, h, w in grids]
         markers["image"] = (cfg.image_token_id, counts)
     if data.get("video") is not None:
         counts = video_token_counts(data["video"], video_config(ctx, video_min_pixels, video_max_pixels))
@@ -166,7 +158,7 @@ def mrope_input_positions(ctx: InputContext, inputs: DecoderOnlyInputs) -> tuple
     if data.get("image") is not None:
         config = image_config(ctx, kwargs.get("min_pixels"), kwargs.get("max_pixels"))
         merge = config.merge_size
-        grids = image_grids(_images(data["image"]), config)
+        grids = image_grids(images_of(data["image"], "Qwen2.5-VL"), config)
         for placeholder, (t, h, w) in zip(inputs.multi_modal_placeholders["image"], grids):
             spans.append(VisionSpan(placeholder.offset, (t, h // merge, w // merge)))
     if data.get("video") is not None:

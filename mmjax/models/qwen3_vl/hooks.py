@@ -29,7 +29,8 @@ from mmjax.models.common.placeholders import dummy_runs, replace_each_modality
 from mmjax.models.common.vision_packing import Grid, bucket_rows, pad_rows, patch_buckets
 from mmjax.models.qwen3_vl.config import Qwen3VLConfig
 from mmjax.models.qwen3_vl.embedding_rows import FRAME_ROW
-from mmjax.models.qwen3_vl.image_budget import image_config, image_grids, images_of, largest_image, model_image_config
+from mmjax.models.qwen3_vl.image_budget import image_config, image_grids, largest_image, model_image_config
+from mmjax.processing.image_items import images_of
 from mmjax.models.qwen3_vl.video_budget import video_config, video_grid_of
 from mmjax.models.qwen3_vl.video_hooks import (
     dummy_video, max_frame_tokens, max_video_tokens, text_capacity, text_row_ids, timestamp_join, video_runs,
@@ -93,7 +94,7 @@ def map_images(ctx: InputContext, data: object, *, min_pixels: int | None = None
                max_pixels: int | None = None) -> MultiModalInputs:
     """The image mapper: resize within the budget, normalise, cut into patches, pack into a bucket."""
     config = image_config(ctx, min_pixels, max_pixels)
-    mapped = [process_image(image, config) for image in images_of(data)]
+    mapped = [process_image(image, config) for image in images_of(data, "Qwen3-VL")]
     return pack_items(ctx, [m.pixel_values for m in mapped], [tuple(m.grid_thw) for m in mapped])
 
 
@@ -129,7 +130,8 @@ def input_processor(ctx: InputContext, inputs: DecoderOnlyInputs, *, min_pixels:
     cfg, data, runs = qwen_config(ctx), inputs.multi_modal_data, {}
     if data.get("image") is not None:
         config = image_config(ctx, min_pixels, max_pixels)
-        counts = [t * h * w // config.merge_size**2 for t, h, w in image_grids(images_of(data["image"]), config)]
+        grids = image_grids(images_of(data["image"], "Qwen3-VL"), config)
+        counts = [t * h * w // config.merge_size**2 for t, h, w in grids]
         runs["image"] = (cfg.image_token_id, [((), [cfg.image_token_id] * count) for count in counts])
     if data.get("video") is not None:
         runs["video"] = (cfg.video_token_id, video_runs(ctx, data["video"], video_config(ctx, video_min_pixels,
@@ -150,7 +152,7 @@ def mrope_input_positions(ctx: InputContext, inputs: DecoderOnlyInputs) -> tuple
     if data.get("image") is not None:
         config = image_config(ctx, kwargs.get("min_pixels"), kwargs.get("max_pixels"))
         merge = config.merge_size
-        grids = image_grids(images_of(data["image"]), config)
+        grids = image_grids(images_of(data["image"], "Qwen3-VL"), config)
         for placeholder, (t, h, w) in zip(inputs.multi_modal_placeholders["image"], grids):
             spans.append(VisionSpan(placeholder.offset, (t, h // merge, w // merge)))
     if data.get("video") is not None:

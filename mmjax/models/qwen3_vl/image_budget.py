@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import numpy as np
-from PIL import Image
 
 from mmjax.models.common.vision_packing import Grid
 from mmjax.processing.qwen_vl_config import QwenImageConfig, lower_pixel_budget
+from mmjax.processing.image_items import ImageItem, image_size
 from mmjax.processing.qwen_vl_geometry import image_grid, largest_image_size
 from mmjax.registry import InputContext
 
-ImageItem = Image.Image | np.ndarray
 
 
 def model_image_config(ctx: InputContext) -> QwenImageConfig:
@@ -43,19 +41,8 @@ def image_config(ctx: InputContext, min_pixels: int | None = None, max_pixels: i
     return lower_pixel_budget(model_image_config(ctx), min_pixels, max_pixels, hint=hint)
 
 
-def images_of(data: object) -> list[ImageItem]:
-    """A prompt's ``multi_modal_data["image"]`` as a list, or raise naming the first item of a wrong type."""
-    items = data if isinstance(data, list) else [data]
-    for index, item in enumerate(items):
-        if not isinstance(item, (Image.Image, np.ndarray)):
-            raise TypeError(f"image {index}: Qwen3-VL takes PIL images or uint8 [height, width, 3] arrays, "
-                            f"got {type(item).__name__}")
-    return items
 
 
-def image_size(image: ImageItem) -> tuple[int, int]:
-    """``(height, width)`` of a PIL image or an ``[height, width, 3]`` array."""
-    return (image.height, image.width) if isinstance(image, Image.Image) else tuple(np.shape(image)[:2])
 
 
 def grid_of(height: int, width: int, config: QwenImageConfig) -> Grid:
