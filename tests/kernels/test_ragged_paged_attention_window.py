@@ -83,8 +83,12 @@ def test_reference(name):
     assert_matches(case, key_start, key_end, out)
 
 
-@pytest.mark.parametrize("block_q,block_pages", [(1, 1), (4, 2), (16, 64)])
-@pytest.mark.parametrize("name", IDS)
+#: Each case with one of the tile sizes in turn (one-token tiles, small tiles, big tiles), the long span with all.
+TILED_SAMPLES = sorted({(name, *[(1, 1), (4, 2), (16, 64)][i % 3]) for i, name in enumerate(IDS)}
+                       | {("long-span-window23", q, p) for q, p in [(1, 1), (4, 2), (16, 64)]})
+
+
+@pytest.mark.parametrize("name,block_q,block_pages", TILED_SAMPLES)
 def test_tiled(name, block_q, block_pages):
     case, key_start, key_end = windowed_case(name)
     out = ragged_paged_attention_tiled(*case.args(), **bounds(key_start, key_end), block_q=block_q,
@@ -110,13 +114,17 @@ def test_cpu_kernel_bfloat16(name):
     assert_matches(case, key_start, key_end, out.astype(jnp.float32), tol=1e-2)  # bf16 output rounding
 
 
-# Block sizes per backend: small tiles (a span longer than a tile, several tiles per sequence), and the defaults.
-KERNEL_BLOCKS = {"gpu": [(4, 2), (None, None)], "tpu": [(8, 2), (None, None)]}
+# Interpreted Pallas kernels are slow on CPU, so the (case, backend, block sizes) grid is sampled: every case on
+# one kernel, each kernel with small tiles (a span longer than a tile, several tiles per sequence) and its
+# defaults, and the 100-token span on both.
+KERNEL_SAMPLES = [
+    ("decode-window5", "gpu", 4, 2), ("chunked-window23", "tpu", 8, 2), ("spans-causal", "gpu", None, None),
+    ("long-span-window23", "tpu", None, None), ("long-span-window23", "gpu", 4, 2),
+    ("window-past-context", "gpu", None, None), ("mixed-gqa3", "tpu", 8, 2),
+]
 
 
-@pytest.mark.parametrize("backend,block_q,pages_per_block",
-                         [(b, q, p) for b, sizes in KERNEL_BLOCKS.items() for q, p in sizes])
-@pytest.mark.parametrize("name", IDS)
+@pytest.mark.parametrize("name,backend,block_q,pages_per_block", KERNEL_SAMPLES)
 def test_pallas_kernel_interpret(name, backend, block_q, pages_per_block):
     case, key_start, key_end = windowed_case(name)
     out = ragged_paged_attention(*case.args(), **bounds(key_start, key_end), backend=backend, interpret=True,
