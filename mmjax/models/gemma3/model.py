@@ -19,7 +19,7 @@ from mmjax.models.common.attend import Attend, bidirectional_key_ends, dense_att
 from mmjax.models.common.interface import DecoderMethods
 from mmjax.models.common.siglip import SiglipVisionTower
 from mmjax.models.gemma3 import hooks
-from mmjax.models.gemma3.config import Gemma3Config
+from mmjax.models.gemma3.config import Gemma3Config, Gemma3TextConfig
 from mmjax.models.gemma3.decoder import Gemma3TextModel, GemmaRMSNorm
 from mmjax.registry import INPUT_REGISTRY, MULTIMODAL_REGISTRY, InputContext, SupportsMultiModal
 from mmjax.types import Array, Bool, Float, Int
@@ -129,7 +129,7 @@ class Gemma3ForConditionalGeneration(DecoderMethods, nnx.Module, SupportsMultiMo
 class Gemma3ForCausalLM(DecoderMethods, nnx.Module):
     """Text-only Gemma 3 (``google/gemma-3-1b-it``): the same decoder, no images."""
 
-    def __init__(self, cfg, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: Gemma3TextConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.language_model = Gemma3TextModel(cfg, param_dtype=param_dtype, rngs=rngs)
 
