@@ -228,6 +228,38 @@ def run_transformers(path: str, size: int, new_tokens: int, repeats: int) -> dic
             "token_ids": out[:, inputs["input_ids"].shape[1]:].tolist()}
 
 
+def add_rates(side: dict, work: dict[str, float], step_bytes: float, limits: dict[str, float]) -> None:
+    """One side's prefill GFLOP/s (and vision GFLOP/s where it has ``vision_s``), decode GB/s, and their
+    fractions of the machine's limits (``machine_limits``)."""
+    side["prefill_gflops"] = work["total"] / side["prefill_s"] / 1e9
+    side["prefill_fraction_of_matmul_rate"] = side["prefill_gflops"] / limits["matmul_gflops_xla"]
+    if "vision_s" in side:
+        side["vision_gflops"] = work["vision"] / side["vision_s"] / 1e9
+    side["decode_gb_per_s"] = step_bytes / (side["decode_ms_per_step"] / 1e3) / 1e9
+    side["decode_fraction_of_bandwidth"] = side["decode_gb_per_s"] / limits["read_gb_per_s"]
+    side["decode_step_over_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / limits["read_gb_per_s"])
+    # Against what this host's skinny matmuls stream (the fastest of XLA's, PyTorch's and mmjax's
+    # kernel): a decode step cannot read its bytes faster than its products do.
+    skinny = max(limits["decode_matmul_gb_per_s_xla"], limits["decode_matmul_gb_per_s_torch"],
+                 limits["decode_matmul_gb_per_s_mmjax_kernel"])
+    side["decode_step_over_skinny_matmul_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / skinny)
+
+
+def rounded(d: dict) -> dict:
+    """``d`` with its floats rounded to 3 places."""
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def summary(ours: dict, theirs: dict, first: dict, identical: str, **extra) -> str:
+    """The one-line JSON a run ends with."""
+    return json.dumps({"mmjax_tokens_per_s": round(ours["tokens_per_s"], 2),
+                       "transformers_tokens_per_s": round(theirs["tokens_per_s"], 2),
+                       "ratio": round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3),
+                       "second_process_first_call_ratio":
+                           round(first["mmjax_warm_cache"] / first["mmjax_empty_cache"], 3),
+                       **extra, "identical_greedy_outputs": identical})
+
+
 def first_call(side: str, path: str, batch_size: int, new_tokens: int) -> float:
     """Load + the first generate, in this (fresh) process."""
     start = time.perf_counter()
@@ -252,31 +284,48 @@ def first_call(side: str, path: str, batch_size: int, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def first_call_in_fresh_process(side: str, path: str, args, env: dict[str, str]) -> float:
-    command = [sys.executable, __file__, "--first-call", side, "--checkpoint", path, "--batch", str(args.batch),
+def first_call_in_fresh_process(side: str, path: str, args, env: dict[str, str], script: str = __file__) -> float:
+    """``first_call`` in a new process running ``script`` (this benchmark, or another with the same flags)."""
+    command = [sys.executable, script, "--first-call", side, "--checkpoint", path, "--batch", str(args.batch),
                "--new-tokens", str(args.new_tokens)]
     out = subprocess.run(command, env={**os.environ, **env}, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["first_call_s"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def first_calls(path: str, args, script: str = __file__) -> dict[str, float]:
+    """A new user's first process (it builds the CPU kernel and compiles every program), then a second one
+    with the compilation cache the first wrote, then transformers' first process: ``script``'s ``first_call``."""
+    cache = {"MMJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-xla-cache-"),
+             "MMJAX_KERNEL_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-kernels-")}
+    return {"mmjax_empty_cache": first_call_in_fresh_process("mmjax", path, args, cache, script),
+            "mmjax_warm_cache": first_call_in_fresh_process("mmjax", path, args, cache, script),
+            "transformers": first_call_in_fresh_process("transformers", path, args, {}, script)}
+
+
+def parse_args(doc: str, first_call, extra=None):
+    """The benchmark's flags (``extra(parser)`` adds its own). In a ``--first-call`` process: runs
+    ``first_call(side, checkpoint, batch, new_tokens)``, prints its seconds as JSON and returns None."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--first-call", choices=["mmjax", "transformers"], help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help="reuse a checkpoint built by an earlier run")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
-    if args.first_call:
-        print(json.dumps({"first_call_s": first_call(args.first_call, args.checkpoint, args.batch, args.new_tokens)}))
+    if not args.first_call:
+        return args
+    print(json.dumps({"first_call_s": first_call(args.first_call, args.checkpoint, args.batch, args.new_tokens)}))
+    return None
+
+
+def main() -> None:
+    args = parse_args(__doc__, first_call)
+    if args is None:
         return
-    path = make_checkpoint(tempfile.mkdtemp(prefix="mmjax-bench-"))
-    # A new user's first process (it builds the CPU kernel and compiles every program), then a second one.
-    cache = {"MMJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-xla-cache-"),
-             "MMJAX_KERNEL_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-kernels-")}
-    first = {"mmjax_empty_cache": first_call_in_fresh_process("mmjax", path, args, cache),
-             "mmjax_warm_cache": first_call_in_fresh_process("mmjax", path, args, cache),
-             "transformers": first_call_in_fresh_process("transformers", path, args, {})}
+    path = args.checkpoint or make_checkpoint(tempfile.mkdtemp(prefix="mmjax-bench-"))
+    first = first_calls(path, args)
     limits = machine_limits(args.batch)
     ours = run_mmjax(path, args.batch, args.new_tokens, args.repeats)
     theirs = run_transformers(path, args.batch, args.new_tokens, args.repeats)
@@ -286,17 +335,7 @@ def main() -> None:
     step_contexts = [n + args.new_tokens // 2 for n in ours["prompt_lens"]]  # the mean decode step's contexts
     step_bytes = decode_bytes_per_step(step_contexts)
     for side in (ours, theirs):
-        side["prefill_gflops"] = work["total"] / side["prefill_s"] / 1e9
-        side["prefill_fraction_of_matmul_rate"] = side["prefill_gflops"] / limits["matmul_gflops_xla"]
-        side["decode_gb_per_s"] = step_bytes / (side["decode_ms_per_step"] / 1e3) / 1e9
-        side["decode_fraction_of_bandwidth"] = side["decode_gb_per_s"] / limits["read_gb_per_s"]
-        side["decode_step_over_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / limits["read_gb_per_s"])
-        # Against what this host's skinny matmuls stream (the fastest of XLA's, PyTorch's and mmjax's
-        # kernel): a decode step cannot read its bytes faster than its products do.
-        skinny = max(limits["decode_matmul_gb_per_s_xla"], limits["decode_matmul_gb_per_s_torch"],
-                     limits["decode_matmul_gb_per_s_mmjax_kernel"])
-        side["decode_step_over_skinny_matmul_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / skinny)
-    rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
+        add_rates(side, work, step_bytes, limits)
     report = {
         "config": {"batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", "greedy": True,
                    "text": TEXT, "vision": VISION, "cpu_count": os.cpu_count(), "mmjax_engine": "defaults"},
@@ -307,12 +346,7 @@ def main() -> None:
         "mmjax": rounded(ours), "transformers": rounded(theirs), "identical_greedy_outputs": f"{same}/{args.batch}",
     }
     print(json.dumps(report, indent=1))
-    print(json.dumps({"mmjax_tokens_per_s": round(ours["tokens_per_s"], 2),
-                      "transformers_tokens_per_s": round(theirs["tokens_per_s"], 2),
-                      "ratio": round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3),
-                      "second_process_first_call_ratio":
-                          round(first["mmjax_warm_cache"] / first["mmjax_empty_cache"], 3),
-                      "identical_greedy_outputs": f"{same}/{args.batch}"}))
+    print(summary(ours, theirs, first, f"{same}/{args.batch}"))
 
 
 if __name__ == "__main__":

@@ -41,11 +41,9 @@ transformers' top-two logit gap there (teacher-forced on its own prefix) are giv
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -166,15 +164,19 @@ def _params(new_tokens: int):
     return mmjax.SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
 
 
-def run_mmjax(path: str, size: int, new_tokens: int, repeats: int) -> dict:
+def run_mmjax(path: str, size: int, new_tokens: int, repeats: int, make_prompts=None, dtype: str | None = None) -> dict:
     """The defaults, warmed up on one batch, then timed on ``repeats`` batches it has not seen
     (``prompts`` variants 1..repeats; the last one's outputs are returned). Then the vision tower
-    alone: one more batch of new images with every encoder call timed to completion."""
+    alone: one more batch of new images with every encoder call timed to completion.
+
+    ``make_prompts``: another benchmark's ``prompts(batch, variant)``; ``dtype``: passed to ``mmjax.load``
+    (None: the checkpoint's, as a new user gets)."""
     import jax
 
     import mmjax
 
-    llm = mmjax.load(path)
+    prompts = make_prompts or globals()["prompts"]
+    llm = mmjax.load(path) if dtype is None else mmjax.load(path, dtype=dtype)
     params = _params(new_tokens)
     mmjax.generate(llm, prompts(size), params, use_tqdm=False)  # compiles what the workload needs
     engine = llm.engine()
@@ -240,16 +242,38 @@ class Reference:
         self.processor = AutoImageProcessor.from_pretrained(path)
         self.pad = self.model.generation_config.pad_token_id
 
-    def inputs(self, token_ids: list[list[int]], batch: list[dict]) -> dict:
+    def left_padded(self, token_ids: list[list[int]]):
+        """``input_ids`` and ``attention_mask`` of these prompts, left-padded."""
         import torch
 
         width = max(len(ids) for ids in token_ids)
         ids = torch.tensor([[self.pad] * (width - len(t)) + list(t) for t in token_ids], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in token_ids], dtype=torch.long)
+        return ids, mask
+
+    def inputs(self, token_ids: list[list[int]], batch: list[dict]) -> dict:
+        ids, mask = self.left_padded(token_ids)
         pixels = self.processor(images=[p["multi_modal_data"]["image"] for p in batch], return_tensors="pt")
         return {"input_ids": ids, "attention_mask": mask,
                 "mm_token_type_ids": (ids == self.model.config.image_token_id).int(),
                 "pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
+
+    def image_features(self, inputs: dict):
+        """The vision tower and merger on the batch's pixels."""
+        return self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+
+    def teacher_forced(self, inputs: dict, row: int, prefix: list[int]) -> dict:
+        """The model's inputs for prompt ``row`` of the batch alone, followed by ``prefix``."""
+        import torch
+
+        one = {k: inputs[k][row:row + 1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        rows = torch.cumsum(inputs["image_grid_thw"].prod(-1), 0)
+        lo, hi = (int(rows[row - 1]) if row else 0), int(rows[row])
+        follow = torch.tensor([prefix], dtype=torch.long)
+        return {"input_ids": torch.cat([one["input_ids"], follow], 1),
+                "attention_mask": torch.cat([one["attention_mask"], torch.ones_like(follow)], 1),
+                "mm_token_type_ids": torch.cat([one["mm_token_type_ids"], torch.zeros_like(follow).int()], 1),
+                "pixel_values": inputs["pixel_values"][lo:hi], "image_grid_thw": inputs["image_grid_thw"][row:row + 1]}
 
     def generate(self, inputs: dict, new_tokens: int):
         import torch
@@ -267,13 +291,15 @@ def mmjax_token_ids(path: str, batch: list[dict]) -> list[list[int]]:
     return [list(map(int, llm.process(p).token_ids)) for p in batch]
 
 
-def run_transformers(path: str, size: int, new_tokens: int, repeats: int, token_ids: list[list[int]]) -> dict:
+def run_transformers(path: str, size: int, new_tokens: int, repeats: int, token_ids: list[list[int]],
+                     reference_class=None, make_prompts=None) -> dict:
     """transformers' ``generate`` on the batch mmjax's last timed run saw (it caches nothing
-    across calls, so the same batch again costs the same)."""
+    across calls, so the same batch again costs the same). ``reference_class`` and ``make_prompts``:
+    another benchmark's ``Reference`` (the same methods) and ``prompts``."""
     import torch
 
-    reference = Reference(path)
-    batch = prompts(size, repeats)
+    reference = (reference_class or Reference)(path)
+    batch = (make_prompts or prompts)(size, repeats)
     start = time.perf_counter()
     inputs = reference.inputs(token_ids, batch)
     processor_s = time.perf_counter() - start
@@ -293,7 +319,7 @@ def run_transformers(path: str, size: int, new_tokens: int, repeats: int, token_
         vision = []
         for _ in range(repeats):
             start = time.perf_counter()
-            reference.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            reference.image_features(inputs)
             vision.append(time.perf_counter() - start)
     seconds = min(times)
     width = inputs["input_ids"].shape[1]
@@ -314,17 +340,8 @@ def logit_gaps(reference: Reference, inputs: dict, ours: list[list[int]], theirs
         if a == b:
             continue
         step = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-        one = {k: inputs[k][row:row + 1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        rows = torch.cumsum(inputs["image_grid_thw"].prod(-1), 0)
-        lo, hi = (int(rows[row - 1]) if row else 0), int(rows[row])
-        prefix = torch.tensor([b[:step]], dtype=torch.long)
-        ids = torch.cat([one["input_ids"], prefix], 1)
         with torch.no_grad():
-            logits = reference.model(
-                input_ids=ids, attention_mask=torch.cat([one["attention_mask"], torch.ones_like(prefix)], 1),
-                mm_token_type_ids=torch.cat([one["mm_token_type_ids"], torch.zeros_like(prefix).int()], 1),
-                pixel_values=inputs["pixel_values"][lo:hi], image_grid_thw=inputs["image_grid_thw"][row:row + 1],
-            ).logits[0, -1]
+            logits = reference.model(**reference.teacher_forced(inputs, row, b[:step])).logits[0, -1]
         top = torch.topk(logits, 2)
         found.append({"prompt": row, "first_differing_step": step, "mmjax_token": a[step],
                       "transformers_token": b[step],
@@ -359,31 +376,23 @@ def first_call(side: str, path: str, batch_size: int, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def first_call_in_fresh_process(side: str, path: str, args, env: dict[str, str]) -> float:
-    command = [sys.executable, __file__, "--first-call", side, "--checkpoint", path, "--batch", str(args.batch),
-               "--new-tokens", str(args.new_tokens)]
-    out = subprocess.run(command, env={**os.environ, **env}, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["first_call_s"]
+def report_of(config: dict, limits: dict, work: dict, step_bytes: float, first: dict, ours: dict, theirs: dict,
+              identical: str, mismatches: list[dict]) -> dict:
+    """The printed report: the run's configuration, the machine, the work, both sides' figures, the outputs."""
+    rounded = llava_bench.rounded
+    return {"config": config, "machine": rounded(limits),
+            "work": {"prefill_gflop": rounded({k: v / 1e9 for k, v in work.items()}),
+                     "decode_mb_per_step": round(step_bytes / 1e6, 1)},
+            "first_call_s": rounded(first), "mmjax": rounded(ours), "transformers": rounded(theirs),
+            "identical_greedy_outputs": identical, "mismatches": mismatches}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--first-call", choices=["mmjax", "transformers"], help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", help="reuse a checkpoint built by an earlier run")
-    args = parser.parse_args()
-    if args.first_call:
-        print(json.dumps({"first_call_s": first_call(args.first_call, args.checkpoint, args.batch, args.new_tokens)}))
+    args = llava_bench.parse_args(__doc__, first_call)
+    if args is None:
         return
     path = args.checkpoint or make_checkpoint(tempfile.mkdtemp(prefix="mmjax-qwen-bench-"))
-    # A new user's first process (it builds the CPU kernel and compiles every program), then a second one.
-    cache = {"MMJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-xla-cache-"),
-             "MMJAX_KERNEL_CACHE": tempfile.mkdtemp(prefix="mmjax-bench-kernels-")}
-    first = {"mmjax_empty_cache": first_call_in_fresh_process("mmjax", path, args, cache),
-             "mmjax_warm_cache": first_call_in_fresh_process("mmjax", path, args, cache),
-             "transformers": first_call_in_fresh_process("transformers", path, args, {})}
+    first = llava_bench.first_calls(path, args, __file__)
     limits = llava_bench.machine_limits(args.batch)
     ours = run_mmjax(path, args.batch, args.new_tokens, args.repeats)
     theirs = run_transformers(path, args.batch, args.new_tokens, args.repeats,
@@ -398,35 +407,14 @@ def main() -> None:
     step_contexts = [n + args.new_tokens // 2 for n in ours["prompt_lens"]]  # the mean decode step's contexts
     step_bytes = decode_bytes_per_step(step_contexts)
     for side in (ours, theirs):
-        side["prefill_gflops"] = work["total"] / side["prefill_s"] / 1e9
-        side["prefill_fraction_of_matmul_rate"] = side["prefill_gflops"] / limits["matmul_gflops_xla"]
-        side["vision_gflops"] = work["vision"] / side["vision_s"] / 1e9
-        side["decode_gb_per_s"] = step_bytes / (side["decode_ms_per_step"] / 1e3) / 1e9
-        side["decode_fraction_of_bandwidth"] = side["decode_gb_per_s"] / limits["read_gb_per_s"]
-        side["decode_step_over_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / limits["read_gb_per_s"])
-        skinny = max(limits["decode_matmul_gb_per_s_xla"], limits["decode_matmul_gb_per_s_torch"],
-                     limits["decode_matmul_gb_per_s_mmjax_kernel"])
-        side["decode_step_over_skinny_matmul_limit"] = side["decode_ms_per_step"] / 1e3 / (step_bytes / 1e9 / skinny)
-    rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
-    report = {
-        "config": {"batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", "greedy": True,
-                   "text": TEXT, "vision": VISION, "image_sizes_hw": SIZES[:args.batch], "image_grids_thw": grids,
-                   "cpu_count": os.cpu_count(), "mmjax_engine": "defaults",
-                   "transformers": "one batched generate, left-padded"},
-        "machine": rounded(limits),
-        "work": {"prefill_gflop": rounded({k: v / 1e9 for k, v in work.items()}),
-                 "decode_mb_per_step": round(step_bytes / 1e6, 1)},
-        "first_call_s": rounded(first),
-        "mmjax": rounded(ours), "transformers": rounded(theirs), "identical_greedy_outputs": f"{same}/{args.batch}",
-        "mismatches": mismatches,
-    }
+        llava_bench.add_rates(side, work, step_bytes, limits)
+    config = {"batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", "greedy": True,
+              "text": TEXT, "vision": VISION, "image_sizes_hw": SIZES[:args.batch], "image_grids_thw": grids,
+              "cpu_count": os.cpu_count(), "mmjax_engine": "defaults",
+              "transformers": "one batched generate, left-padded"}
+    report = report_of(config, limits, work, step_bytes, first, ours, theirs, f"{same}/{args.batch}", mismatches)
     print(json.dumps(report, indent=1))
-    print(json.dumps({"mmjax_tokens_per_s": round(ours["tokens_per_s"], 2),
-                      "transformers_tokens_per_s": round(theirs["tokens_per_s"], 2),
-                      "ratio": round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3),
-                      "second_process_first_call_ratio":
-                          round(first["mmjax_warm_cache"] / first["mmjax_empty_cache"], 3),
-                      "identical_greedy_outputs": f"{same}/{args.batch}"}))
+    print(llava_bench.summary(ours, theirs, first, f"{same}/{args.batch}"))
 
 
 if __name__ == "__main__":
