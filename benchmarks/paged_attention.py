@@ -11,7 +11,12 @@ attention over contiguous K/V, for decode steps and a prefill step, with the ker
 per second. On GPU/TPU also: the Pallas kernel's
 achieved HBM bandwidth for decode (batch 1-64, context 512-32k) as a fraction of
 the device's peak, beside `jax.experimental.pallas.ops` paged attention on the
-same pages. What cannot run here is listed under "skipped" with the reason.
+same pages. On every backend, "windowed": each path (CPU: the native kernel and the XLA path;
+GPU/TPU: the Pallas kernel) on decode and chunked-prefill steps over 2048-token contexts, with no
+key bounds (the kernels' causal default), with causal bounds given as arrays (``key_end = position
++ 1``, what ``mmjax.attention.paged_attention`` passes for a layer without a window) and with a
+sliding window of 256: the windowed time follows the window, not the context. What cannot run here
+is listed under "skipped" with the reason.
 
     python benchmarks/paged_attention.py [--quick]
 """
@@ -34,6 +39,7 @@ from mmjax.kernels_pallas import (
     ragged_paged_attention_reference,
     ragged_paged_attention_tiled,
 )
+from mmjax.kernels_pallas.ragged_paged_attention_tiled import DECODE_BLOCK_KV, DEFAULT_BLOCK_KV, DEFAULT_BLOCK_Q
 
 # Peak HBM bandwidth (bytes/s) by device_kind prefix, from the vendors' data sheets.
 PEAK_HBM = {
@@ -154,6 +160,49 @@ def cpu_kernel_vs_xla(decode_shapes: list[tuple[int, int]], prefill: tuple[int, 
     return rows
 
 
+def chunk_inputs(batch: int, context: int, q_len: int, dtype, seed: int = 0):
+    """A step whose `batch` sequences hold `context` tokens, the last `q_len` of them this step's queries
+    (q_len 1: decode; more: a prefill chunk that starts mid-context). Pages in random order."""
+    q, k_pages, v_pages, kv_lens, tables, _, num_seqs = decode_inputs(batch, context, dtype, seed)
+    q = jax.random.normal(jax.random.key(seed + 7), (batch * q_len, NUM_KV_HEADS * GROUP, HEAD_DIM), dtype)
+    cu_q_lens = jnp.arange(batch + 1, dtype=jnp.int32) * q_len
+    positions = np.tile(np.arange(context - q_len, context), batch).astype(np.int32)
+    return (q, k_pages, v_pages, kv_lens, tables, cu_q_lens, num_seqs), positions
+
+
+def key_bounds(positions: np.ndarray, bounds: str, window: int) -> dict:
+    """No arrays ("none": the kernels' causal default), causal ones ("causal": key_end = position + 1, as
+    paged_attention passes for a full-attention layer) or a sliding window ("window")."""
+    if bounds == "none":
+        return {}
+    key_end = jnp.asarray(positions + 1)
+    return dict(key_end=key_end) if bounds == "causal" else dict(
+        key_start=jnp.asarray(np.maximum(positions - window + 1, 0)), key_end=key_end)
+
+
+def windowed(paths: dict[str, Callable], steps: list[tuple[str, int, int, int]], dtype,
+             window: int = 256) -> list[dict]:
+    """Each path's time on each step (kind, batch, context, q_len) with no bounds, causal bounds, a window."""
+    rows = []
+    for kind, batch, context, q_len in steps:
+        args, positions = chunk_inputs(batch, context, q_len, dtype)
+        for bounds in ("none", "causal", "window"):
+            row = dict(step=kind, batch=batch, context=context, q_len=q_len, bounds=bounds,
+                       window=window if bounds == "window" else None)
+            kwargs = key_bounds(positions, bounds, window)
+            for name, path in paths.items():
+                row[f"{name}_ms"] = 1e3 * timeit(lambda *a, p=path, kind=kind: p(kind, *a, **kwargs), *args)
+            rows.append(row)
+    return rows
+
+
+def xla_path(kind: str, *args, **kwargs):
+    """The XLA path with the block sizes ``paged_attention`` picks for the step."""
+    decode = kind == "decode"
+    return ragged_paged_attention_tiled(*args, **kwargs, block_q=1 if decode else DEFAULT_BLOCK_Q,
+                                        block_kv=DECODE_BLOCK_KV if decode else DEFAULT_BLOCK_KV)
+
+
 def jax_peer(backend: str) -> Callable:
     """`jax.experimental.pallas.ops` paged attention on the same ``[K, A, G, H]`` pages."""
     if backend == "gpu":
@@ -208,6 +257,11 @@ def main() -> None:
                 [(1, 512), (8, 600)] if flags.quick else [(1, 512), (8, 600), (8, 2048)], (4, 512), jnp.float32)
         else:
             report["skipped"]["cpu_kernel"] = reason
+        steps = [("decode", 8, 2048, 1), ("prefill_chunk", 2, 2048, 512)]
+        paths = {"xla_path": xla_path}
+        if reason is None:
+            paths["cpu_kernel"] = lambda kind, *a, **k: ragged_paged_attention_cpu(*a, **k)
+        report["windowed"] = windowed(paths, steps, jnp.float32)
         report["skipped"]["kernel_bandwidth"] = (
             f"no GPU/TPU (jax.default_backend() == {backend!r}); the kernels run here only in "
             "interpret mode, whose timings say nothing about the hardware")
@@ -216,6 +270,9 @@ def main() -> None:
         rows, peak = kernel_bandwidth(backend, batches, contexts, jnp.bfloat16)
         report["peak_hbm_bytes_per_s"] = peak
         report["kernel_decode_bandwidth"] = rows
+        steps = [("decode", 8, 2048, 1), ("decode", 8, 32768, 1), ("prefill_chunk", 2, 2048, 512)]
+        report["windowed"] = windowed({"pallas": lambda kind, *a, **k: ragged_paged_attention(
+            *a, **k, backend=backend, max_q_len=1 if kind == "decode" else None)}, steps, jnp.bfloat16)
         if peak is None:
             report["skipped"]["hbm_fraction"] = f"peak bandwidth of {report['device']!r} not in the table"
     print(json.dumps(report, indent=1))

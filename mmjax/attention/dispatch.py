@@ -7,7 +7,8 @@ attend), returning the new pages.
 
 Which keys a token sees: up to ``metadata.key_ends`` (its position + 1, or the end of its
 bidirectional span), from ``position - sliding_window + 1`` in a layer with a sliding window
-(transformers' ``kv > q - window``), else from 0. Every path reads only those keys' blocks.
+(transformers' ``kv > q - window``), else from 0. The kernels and the XLA path read only those
+keys' blocks (the reference reads every key of a sequence).
 """
 
 from __future__ import annotations

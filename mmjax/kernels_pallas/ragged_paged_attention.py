@@ -134,7 +134,8 @@ def ragged_paged_attention_reference(
     Gathers each sequence's pages into ``[B, W*G]`` keys and its queries into
     ``[B, max_q_len]`` rows; `max_q_len` (static, default T) must bound every q_len.
     Memory is O(B N max_q_len W G): fine for decode and short chunks on CPU.
-    `key_start` / `key_end`: the keys each token sees (module docstring); None: causal.
+    `key_start` / `key_end`: the keys each token sees (module docstring); None: causal. Unlike the
+    kernels it reads every key of a sequence (masking, not skipping, those outside a window).
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, _, page_size, _ = k_pages.shape
