@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.kernels_cpu import kernel_unavailable, ragged_paged_attention_cpu
+from mmjax.kernels_cpu.write_kv_pages import write_kv_rows_cpu, write_kv_unavailable
 from mmjax.kernels_pallas.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
@@ -106,6 +107,17 @@ def paged_attention(
         *args, **bounds, sm_scale=sm_scale, max_q_len=metadata.max_q_len, interpret=interpret, **kernel_options)
 
 
+def write_kv(pages: KVPages, k: Float[Array, "T K H"], v: Float[Array, "T K H"],
+             slot_mapping: Int[Array, "T"]) -> KVPages:
+    """``write_kv_to_pages``; a 16-bit cache on CPU through the native kernel (``write_kv_rows_cpu``: XLA's CPU
+    backend would convert every page to float32 and back around its scatter, each step and layer)."""
+    if write_kv_unavailable(pages.k.dtype) is not None:
+        return write_kv_to_pages(pages, k, v, slot_mapping)
+    rows = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  [T, K, H] -> [K, T, H]
+    return KVPages(write_kv_rows_cpu(pages.k, rows(k), slot_mapping),
+                   write_kv_rows_cpu(pages.v, rows(v), slot_mapping))
+
+
 @shape_checked
 def write_and_attend(
     q: Float[Array, "T N H"],
@@ -118,5 +130,5 @@ def write_and_attend(
     """Stores this step's K/V at ``metadata.slot_mapping``, then attends; returns (out, new pages).
 
     `options` go to ``paged_attention`` (sliding_window, sm_scale, impl, kernel options)."""
-    pages = write_kv_to_pages(pages, k, v, metadata.slot_mapping)
+    pages = write_kv(pages, k, v, metadata.slot_mapping)
     return paged_attention(q, pages, metadata, **options), pages

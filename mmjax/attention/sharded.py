@@ -28,9 +28,9 @@ import jax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from mmjax.attention.dispatch import paged_attention, write_and_attend
+from mmjax.attention.dispatch import paged_attention, write_and_attend, write_kv
 from mmjax.kv_cache.metadata import AttentionMetadata
-from mmjax.kv_cache.pages import KVPages, write_kv_to_pages
+from mmjax.kv_cache.pages import KVPages
 from mmjax.sharding.axes import DATA, MODEL
 from mmjax.sharding.kv_heads import kv_head_layout
 from mmjax.types import Array, Float
@@ -64,7 +64,7 @@ def sharded_write_and_attend(
         kv = P(DATA)
 
         def local(q, k, v, pages, metadata):
-            pages = write_kv_to_pages(pages, k, v, metadata.slot_mapping)  # all heads, same on every device
+            pages = write_kv(pages, k, v, metadata.slot_mapping)  # all heads, same on every device
             head = jax.lax.axis_index(MODEL) * num_kv_heads // model  # the one KV head of this device's queries
             own = KVPages(*(jax.lax.dynamic_slice_in_dim(x, head, 1, axis=0) for x in (pages.k, pages.v)))
             return paged_attention(q, own, metadata, **options), pages
