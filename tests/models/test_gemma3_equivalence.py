@@ -88,3 +88,27 @@ def test_text_only_checkpoint_equals_transformers(tmp_path):
         want = reference(input_ids=torch.tensor(ids)).logits.numpy()
     assert np.abs(want).max() < 3.0  # the soft cap is applied (and would be missed otherwise)
     np.testing.assert_allclose(our_logits(ours, ids), want, atol=1e-4, rtol=1e-4)
+
+
+def test_pan_and_scan_on_a_wide_image_equals_transformers(tmp_path):
+    """A wide image cut into crops (transformers' processor, its settings given explicitly: it does not read
+    them from the file) through mmjax's user path: the same ids and float32 logits."""
+    import mmjax
+    from PIL import Image
+
+    settings = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 16, "pan_and_scan_max_num_crops": 3,
+                "pan_and_scan_min_ratio_to_activate": 1.2}
+    path = make_tiny_gemma3_checkpoint(tmp_path, seed=7, processor=settings)
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 90, 3), dtype=np.uint8))
+    prompt = "<bos><start_of_turn>user\n<start_of_image>What do the crops show?<end_of_turn>\n<start_of_turn>model\n"
+    llm = mmjax.load(path)
+    ids, ours = llm.logits({"prompt": prompt, "multi_modal_data": {"image": image}})
+    inputs = transformers.AutoProcessor.from_pretrained(path)(text=prompt, images=[image], return_tensors="pt",
+                                                               **settings)
+    assert int(inputs["pixel_values"].shape[0]) == 4  # the whole image and three crops
+    assert list(ids) == inputs["input_ids"][0].tolist()
+    reference = transformers.Gemma3ForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = reference(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                         token_type_ids=inputs["token_type_ids"]).logits[0].numpy()
+    np.testing.assert_allclose(ours, want, atol=1e-4, rtol=1e-4)
