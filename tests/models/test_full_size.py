@@ -7,17 +7,14 @@ on ``torch.device("meta")``.
 from __future__ import annotations
 
 import json
-import math
 
-import jax.numpy as jnp
 import pytest
-from flax import nnx
 
 from mmjax.models.llava import LlavaConfig
 from mmjax.models.llava import LLAVA
 from mmjax.models.llava.weights import LLAVA_ALIASES
 from mmjax.registry.config import load_hf_config as read_hf_config
-from mmjax.models.common.weights import canonical_name
+from full_size_checks import assert_parameters_match
 
 # The published llava-hf/llava-1.5-{7b,13b}-hf text configs (Vicuna v1.5).
 TEXT_SIZES = {
@@ -58,21 +55,8 @@ def test_parameter_count_and_shapes_match_transformers(size):
     hf_config = _hf_config(size)
     cfg = LlavaConfig.from_hf(hf_config)
     assert cfg.image_tokens_per_image == 576
-    params = dict(nnx.to_flat_state(nnx.state(LLAVA.abstract_model(cfg, jnp.bfloat16), nnx.Param)))
-    torch_shapes = _torch_shapes(hf_config)
-
-    ours = sum(math.prod(v.get_value().shape) for v in params.values())
-    theirs = sum(math.prod(s) for s in torch_shapes.values())
-    print(f"llava-1.5-{size}: {ours:,} parameters")
-    assert ours == theirs
-
-    # Every transformers parameter maps, through the weight table, to a leaf of the same size.
-    targets = LLAVA.targets(cfg, set(params))
-    assert {canonical_name(n, LLAVA_ALIASES) for n in torch_shapes} == set(targets)
-    for name, shape in torch_shapes.items():
-        target = targets[canonical_name(name, LLAVA_ALIASES)]
-        perm = target.permutation or tuple(range(len(shape)))
-        assert params[target.path].get_value().shape == tuple(shape[p] for p in perm), name
+    count = assert_parameters_match(LLAVA, cfg, LLAVA_ALIASES, _torch_shapes(hf_config))
+    print(f"llava-1.5-{size}: {count:,} parameters")
 
 
 # llava-hf/llava-1.5-7b-hf's config.json as published (written by transformers 4.36).

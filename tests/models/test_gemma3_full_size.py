@@ -4,15 +4,10 @@ transformers' parameters, shape for shape (nothing allocated: ``nnx.eval_shape``
 from __future__ import annotations
 
 import json
-import math
-
-import jax.numpy as jnp
-from flax import nnx
-
-from mmjax.models.common.weights import canonical_name
 from mmjax.models.gemma3 import GEMMA3, Gemma3Config
 from mmjax.models.gemma3.weights import GEMMA3_ALIASES
 from mmjax.registry.config import load_hf_config
+from full_size_checks import assert_parameters_match
 
 # google/gemma-3-4b-it's config.json as published (written by transformers 4.50); the rest are defaults.
 PUBLISHED_4B_CONFIG = {
@@ -47,13 +42,4 @@ def test_the_published_4b_config_reads_as_gemma_3_4b(tmp_path):
     with torch.device("meta"):
         reference = Gemma3ForConditionalGeneration(hf_config)
     torch_shapes = {name: tuple(p.shape) for name, p in reference.named_parameters()}
-    params = dict(nnx.to_flat_state(nnx.state(GEMMA3.abstract_model(cfg, jnp.bfloat16), nnx.Param)))
-    ours = sum(math.prod(v.get_value().shape) for v in params.values())
-    assert ours == sum(math.prod(s) for s in torch_shapes.values())
-    assert 4.2e9 < ours < 4.4e9  # "4B"
-    targets = GEMMA3.targets(cfg, set(params))
-    assert {canonical_name(n, GEMMA3_ALIASES) for n in torch_shapes} == set(targets)
-    for name, shape in torch_shapes.items():
-        target = targets[canonical_name(name, GEMMA3_ALIASES)]
-        perm = target.permutation or tuple(range(len(shape)))
-        assert params[target.path].get_value().shape == tuple(shape[p] for p in perm), name
+    assert 4.2e9 < assert_parameters_match(GEMMA3, cfg, GEMMA3_ALIASES, torch_shapes) < 4.4e9  # "4B"

@@ -9,9 +9,8 @@ from __future__ import annotations
 import pytest
 
 import mmjax
-from mmjax.serving.app import ServerConfig
 from mmjax.serving.chat import chat_prompt
-from mmjax.serving.server import ServerThread
+from server_checks import assert_server_answers_as_offline
 from tests.serving.serving_fixtures import data_url
 from tiny_qwen import checkpoint, picture
 
@@ -50,22 +49,8 @@ def test_chat_equals_generate_on_the_rendered_prompt(llm):
 
 
 def test_the_server_answers_streams_and_scores_a_chat_with_an_image(llm):
-    from openai import OpenAI
-
     image = picture(70, 110, seed=4)
     offline = mmjax.load(checkpoint(), limit_mm_per_prompt={"image": 2})  # the server's engine is its own
-    want = mmjax.chat(offline, _messages(image), mmjax.SamplingParams(temperature=0.0, max_tokens=6, logprobs=2),
-                      use_tqdm=False)[0]
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
-                                             {"type": "text", "text": "What is it?"}]}]
-    with ServerThread(llm, llm.engine(), ServerConfig(model_name="tiny-qwen")) as server:
-        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-        reply = client.chat.completions.create(model="tiny-qwen", messages=messages, max_tokens=6, temperature=0,
-                                               logprobs=True, top_logprobs=2)
-        stream = client.chat.completions.create(model="tiny-qwen", messages=messages, max_tokens=6, temperature=0,
-                                                stream=True)
-        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-    assert reply.choices[0].message.content == want.text == streamed
-    got = [entry.logprob for entry in reply.choices[0].logprobs.content]
-    expected = [entry[token].logprob for entry, token in zip(want.logprobs, want.token_ids)]
-    assert got == pytest.approx(expected, abs=1e-5)
+                                                     {"type": "text", "text": "What is it?"}]}]
+    assert_server_answers_as_offline(llm, offline, _messages(image), messages, "tiny-qwen")
