@@ -33,6 +33,7 @@ from mmjax.registry import (
 from mmjax.registry.processor_cache import DEFAULT_PROCESSOR_CACHE_GB
 from mmjax.models.architectures import family_for
 from mmjax.models.common.family import load_checkpoint
+from mmjax.models.common.linear import check_quantization
 from mmjax.sharding.multihost import fetch
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -149,6 +150,7 @@ def load(
     max_model_len: int | None = None,
     mesh: Any = None,
     mm_processor_cache_gb: float = DEFAULT_PROCESSOR_CACHE_GB,
+    quantization: str | None = None,
 ) -> LLM:
     """Load a Hugging Face checkpoint directory (e.g. a ``llava-hf/*`` download).
 
@@ -167,17 +169,24 @@ def load(
       mm_processor_cache_gb: host memory for the mapped inputs of recent multimodal items
         (kept by content, so a later prompt with the same image is not mapped again; LRU).
         Default 1; 0 disables it.
+      quantization: "int8": the decoder's projections are quantized as they are read (symmetric, one
+        float32 scale per output column; vLLM's argument name), a quarter of float32's bytes (half of
+        bfloat16's); activations, the vision tower, embedding and LM head stay in ``dtype``. None (the
+        default): as the checkpoint is stored (``save_pretrained`` of an int8 model writes int8).
+        See docs/quantization.md.
 
     Raises:
       FileNotFoundError: a file the checkpoint needs is missing (named): ``config.json``,
         a weight file or shard, the tokenizer's files, or, unless
         ``limit_mm_per_prompt={"image": 0}``, the image-processor config.
       ValueError: a file that is truncated or not valid JSON, a tensor of the wrong
-        shape (each named), or an unsupported architecture.
+        shape (each named), an unsupported architecture, or an unknown ``quantization``
+        (or a checkpoint quantized by another method).
       TypeError: a ``config.json`` field of the wrong type (named by its path).
       NotImplementedError: an unsupported config field.
     """
     dtype = _as_dtype(dtype)
+    quantization = check_quantization(quantization)
     processor_cache = ProcessorCache.from_gb(mm_processor_cache_gb)
     model_config = ModelConfig.from_pretrained(
         path,
@@ -201,7 +210,7 @@ def load(
     family = family_for(model_config.hf_config)
     if mesh is not None:
         mesh = _resolve_mesh(mesh, family.text_config(family.config_from_hf(model_config.hf_config)))
-    model, _ = load_checkpoint(family, os.fspath(path), dtype, mesh=mesh)
+    model, _ = load_checkpoint(family, os.fspath(path), dtype, mesh=mesh, quantization=quantization)
     graphdef, state = nnx.split(model)
     return LLM(model_config=model_config, graphdef=graphdef, state=state, tokenizer=tokenizer, dtype=dtype,
                mesh=mesh, processor_cache=processor_cache)

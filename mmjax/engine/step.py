@@ -20,6 +20,7 @@ of host time per step on the benchmark model, measured with ``jax.profiler``.)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,10 +32,9 @@ from flax import nnx
 from mmjax.attention import PagedAttend
 from mmjax.engine.compilation import compiler_options
 from mmjax.engine.sampler import first_argmax
-from mmjax.kernels_cpu import few_rows_dot_general
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
-from mmjax.models.common.decoder import LlamaForCausalLM
+from mmjax.models.common.linear import few_row_products_on_cpu
 from mmjax.types import Array, Float, Int
 
 
@@ -76,18 +76,6 @@ def encode_into_arena(
     return arena
 
 
-def send_few_row_products_to_cpu_kernel(model: nnx.Module) -> None:
-    """Every linear layer of `model` (merged inside the step's trace) multiplies 2-32 rows (a decode step's
-    tokens, the LM head's rows) on the native CPU kernel, and more rows with XLA's dot as before
-    (``mmjax.kernels_cpu.few_rows_dot_general``; plain XLA where the kernel cannot be built). So does a
-    tied LM head (``LlamaForCausalLM.head_dot_general``: ``hidden @ E.T`` on the transposed-weight kernel)."""
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, nnx.Linear):
-            module.dot_general = few_rows_dot_general
-        elif isinstance(module, LlamaForCausalLM):
-            module.head_dot_general = few_rows_dot_general
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl", "kv_sharding"), donate_argnames=("kv_pages",))
 def paged_step(
     graphdef: nnx.GraphDef,
@@ -121,29 +109,30 @@ def paged_step(
         attention runs per device (``shard_map``) and the new pages are pinned
         there, so the donated buffers are reused and the next step sees the same sharding.
       impl: the attention implementation; with "auto" or "cpu" on one CPU device, the linear layers'
-        few-row products (decode) run on the native CPU kernel too (``send_few_row_products_to_cpu_kernel``).
+        few-row products (decode) run on the native CPU kernels too (``few_row_products_on_cpu``).
 
     Returns:
       ``(logits f32[R * B, V], new kv_pages)``: replica ``r``'s rows are ``r * B:(r + 1) * B``.
     """
     model = nnx.merge(graphdef, state)
-    if kv_sharding is None and impl in ("auto", "cpu") and jax.default_backend() == "cpu":
-        send_few_row_products_to_cpu_kernel(model)
-    embeds, extras = model.embed_text(input_ids), {}
-    if embeddings is not None:
-        embeds, extras = model.merge_embeddings(embeds, embeddings, embedding_slots)
-    attend = PagedAttend(metadata, impl=impl, mesh=getattr(kv_sharding, "mesh", None))
-    hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages, rope_positions, **extras)
-    if kv_sharding is not None:
-        pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
-    # A step of T tokens holds at most T sequences: only the first min(T, B) rows of each replica can be
-    # real, so only they go through the LM head (a 1-token decode step multiplies 1 row, not B).
-    num_replicas, num_tokens = input_ids.shape
-    num_rows = logits_indices.shape[1]
-    real = min(num_tokens, num_rows)
-    rows = jnp.take_along_axis(hidden, logits_indices[:, :real, None], axis=1)  # [R, real, D]
-    logits = model.logits(rows.reshape(-1, rows.shape[-1])).reshape(num_replicas, real, -1)
-    logits = jnp.pad(logits, ((0, 0), (0, num_rows - real), (0, 0)))
+    on_cpu_kernels = kv_sharding is None and impl in ("auto", "cpu") and jax.default_backend() == "cpu"
+    with few_row_products_on_cpu() if on_cpu_kernels else contextlib.nullcontext():
+        embeds, extras = model.embed_text(input_ids), {}
+        if embeddings is not None:
+            embeds, extras = model.merge_embeddings(embeds, embeddings, embedding_slots)
+        attend = PagedAttend(metadata, impl=impl, mesh=getattr(kv_sharding, "mesh", None))
+        hidden, pages = model.decoder_hidden_states(embeds, metadata.positions, attend, kv_pages, rope_positions,
+                                                    **extras)
+        if kv_sharding is not None:
+            pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
+        # A step of T tokens holds at most T sequences: only the first min(T, B) rows of each replica can be
+        # real, so only they go through the LM head (a 1-token decode step multiplies 1 row, not B).
+        num_replicas, num_tokens = input_ids.shape
+        num_rows = logits_indices.shape[1]
+        real = min(num_tokens, num_rows)
+        rows = jnp.take_along_axis(hidden, logits_indices[:, :real, None], axis=1)  # [R, real, D]
+        logits = model.logits(rows.reshape(-1, rows.shape[-1])).reshape(num_replicas, real, -1)
+        logits = jnp.pad(logits, ((0, 0), (0, num_rows - real), (0, 0)))
     return logits.reshape(num_replicas * num_rows, -1), pages
 
 

@@ -24,6 +24,7 @@ import optax
 from tqdm.auto import tqdm
 
 from mmjax.models.architectures import family_of
+from mmjax.models.common.family import model_quantization
 from mmjax.training.examples import TrainBatch, TrainExample, collate
 from mmjax.training.lora import LoraConfig, adapted_leaves, apply_adapters, init_adapters
 from mmjax.training.loss import batch_loss
@@ -95,7 +96,8 @@ def train(
       seed: the shuffling and the adapters' initialisation.
 
     Raises:
-      ValueError / TypeError: bad arguments or a bad example (named by index), before any step.
+      ValueError / TypeError: bad arguments or a bad example (named by index), before any step; "lora" or
+        "all" on a model whose projections are int8 (``quantization="int8"``).
     """
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an int >= 1 or None, got {steps!r}")
@@ -104,6 +106,12 @@ def train(
     if lora is not None and trainable != "lora":
         raise ValueError(f"a LoraConfig was given but trainable={trainable!r}; pass trainable='lora'")
     family = family_of(llm.model)
+    if trainable in ("lora", "all") and model_quantization(llm.model) is not None:
+        raise ValueError(
+            f"trainable={trainable!r} needs float projections, but this model's are int8 (loaded with "
+            "quantization='int8'): train the float checkpoint and quantize the saved result "
+            "(mmjax.load(saved, quantization='int8')), or train the projector (trainable='projector')"
+        )
     split = ParamSplit.build(llm.state, trainable, family.trainable_groups)
     optimizer = optax.adamw(1e-3) if optimizer is None else optimizer
     leaves = jax.tree.leaves(llm.state)

@@ -15,9 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from mmjax.engine.step import send_few_row_products_to_cpu_kernel
 from mmjax.kernels_cpu import (
     few_rows_dot_general,
     matmul_unavailable,
@@ -26,8 +24,6 @@ from mmjax.kernels_cpu import (
     transposed_skinny_matmul_cpu,
 )
 from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS, MIN_ROWS, TARGET, TRANSPOSED_TARGET
-from mmjax.models.common.decoder import LlamaForCausalLM
-from mmjax.models.common.decoder_config import DecoderConfig
 
 SHAPES = [  # (M, K, N)
     (1, 8, 16), (2, 13, 5), (7, 64, 33), (8, 512, 512), (9, 37, 600), (16, 24, 1030), (17, 100, 1376), (32, 16, 48),
@@ -108,25 +104,6 @@ def test_dot_general_leaves_other_products_to_xla(monkeypatch):
     monkeypatch.setenv("MMJAX_CPU_KERNEL", "0")
     assert not custom_calls(lambda a, b: few_rows_dot_general(a, b, numbers), x + 0, w)
     assert "MMJAX_CPU_KERNEL=0" in matmul_unavailable(jnp.float32)
-
-
-def test_linear_layers_of_a_merged_model_use_it():
-    """What the engine's step does to its model: every nnx.Linear multiplies few rows on the kernel,
-    with the values of the unchanged layers."""
-    model = nnx.Sequential(nnx.Linear(24, 48, rngs=nnx.Rngs(0)), nnx.Linear(48, 16, use_bias=False, rngs=nnx.Rngs(1)))
-    graphdef, state = nnx.split(model)
-    x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 4, 24)), jnp.float32)
-
-    def run(state, x, native):
-        merged = nnx.merge(graphdef, state)
-        if native:
-            send_few_row_products_to_cpu_kernel(merged)
-        return merged(x)
-
-    assert len(custom_calls(lambda s, x: run(s, x, True), state, x)) >= 2
-    assert not custom_calls(lambda s, x: run(s, x, False), state, x)
-    np.testing.assert_allclose(np.asarray(jax.jit(lambda s, x: run(s, x, True))(state, x)), np.asarray(model(x)),
-                               rtol=1e-5, atol=1e-5)
 
 
 # ---- the transposed variant: x [M, K] . w [N, K]^T --------------------------------------------------
@@ -215,24 +192,3 @@ def test_transposed_kernel_is_switched_off_with_the_other(monkeypatch):
     monkeypatch.setenv("MMJAX_CPU_KERNEL", "0")
     assert not transposed_calls(lambda a, b: few_rows_dot_general(a, b, (((1,), (1,)), ((), ()))), x + 0, w)
     assert "MMJAX_CPU_KERNEL=0" in transposed_matmul_unavailable(jnp.float32)
-
-
-def test_tied_lm_head_of_a_merged_model_uses_it():
-    """What the engine's step does to a tied decoder: its LM head (hidden @ E.T) on the transposed kernel,
-    with attend's values; the untied model's head stays on the [K, N] kernel."""
-    config = DecoderConfig(vocab_size=301, hidden_size=40, intermediate_size=52, num_layers=1, num_heads=5,
-                           num_kv_heads=1, head_dim=8, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    hidden = jnp.asarray(np.random.default_rng(5).standard_normal((6, 40)), jnp.float32)
-
-    def head(state, hidden, native):
-        merged = nnx.merge(graphdef, state)
-        if native:
-            send_few_row_products_to_cpu_kernel(merged)
-        return merged.logits(hidden)
-
-    assert len(transposed_calls(lambda s, h: head(s, h, True), state, hidden)) == 1
-    assert not transposed_calls(lambda s, h: head(s, h, False), state, hidden)
-    np.testing.assert_allclose(np.asarray(jax.jit(lambda s, h: head(s, h, True))(state, hidden)),
-                               np.asarray(model.embed_tokens.attend(hidden)), rtol=1e-5, atol=1e-5)

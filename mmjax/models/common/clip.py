@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.common.layers import ACTIVATIONS, check_activation
+from mmjax.models.common.linear import Linear
 from mmjax.types import Array, Float
 
 
@@ -72,7 +73,7 @@ class CLIPAttention(nnx.Module):
     def __init__(self, cfg: CLIPVisionConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         d = cfg.hidden_size
         self.num_heads = cfg.num_heads
-        make = lambda: nnx.Linear(d, d, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
+        make = lambda: Linear(d, d, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = make(), make(), make(), make()
 
     def __call__(self, x: Float[Array, "I P E"]) -> Float[Array, "I P E"]:
@@ -90,8 +91,8 @@ class CLIPAttention(nnx.Module):
 class CLIPMLP(nnx.Module):
     def __init__(self, cfg: CLIPVisionConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         self.act = ACTIVATIONS[cfg.hidden_act]
-        self.fc1 = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, param_dtype=param_dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size, param_dtype=param_dtype, rngs=rngs)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: Float[Array, "I P E"]) -> Float[Array, "I P E"]:
         return self.fc2(self.act(self.fc1(x)))

@@ -13,7 +13,7 @@ one, and ``hidden_states`` returns every layer's new cache beside the hidden sta
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from mmjax.models.common.attend import Attend, dense_attend
 from mmjax.models.common.decoder_config import DecoderConfig
 from mmjax.models.common.deepstack import DeepStack
 from mmjax.models.common.layers import ACTIVATIONS, RMSNorm
+from mmjax.models.common.linear import Linear, tied_head_product
 from mmjax.models.common.rotary import apply_rope, rope_frequency_axes, rope_inv_freq
 from mmjax.types import Array, Float, Int
 
@@ -31,7 +32,7 @@ class LlamaAttention(nnx.Module):
     def __init__(self, cfg: DecoderConfig, layer: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         self.config, self.layer = cfg, layer
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        lin = functools.partial(nnx.Linear, param_dtype=param_dtype, rngs=rngs)
+        lin = functools.partial(Linear, param_dtype=param_dtype, rngs=rngs)
         qkv_bias = cfg.attention_bias or cfg.qkv_bias
         d, h = cfg.hidden_size, cfg.head_dim
         self.q_proj = lin(d, cfg.num_heads * h, use_bias=qkv_bias)
@@ -66,7 +67,7 @@ class LlamaMLP(nnx.Module):
 
     def __init__(self, cfg: DecoderConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         self.act = ACTIVATIONS[cfg.hidden_act]
-        lin = functools.partial(nnx.Linear, use_bias=cfg.mlp_bias, param_dtype=param_dtype, rngs=rngs)
+        lin = functools.partial(Linear, use_bias=cfg.mlp_bias, param_dtype=param_dtype, rngs=rngs)
         self.gate_proj = lin(cfg.hidden_size, cfg.intermediate_size)
         self.up_proj = lin(cfg.hidden_size, cfg.intermediate_size)
         self.down_proj = lin(cfg.intermediate_size, cfg.hidden_size)
@@ -101,12 +102,6 @@ class LlamaForCausalLM(nnx.Module):
     image features into the token embeddings before the decoder runs.
     """
 
-    #: The tied LM head's product, ``head_dot_general(hidden [..., D], embedding [V, D], numbers)`` contracting
-    #: both last axes (the embedding read where it lies, no transposed copy); None: ``nnx.Embed.attend``
-    #: (``jnp.dot(hidden, E.T)``, which cannot be swapped). The engine's CPU step programs set it, with the
-    #: linear layers' ``dot_general``, in ``mmjax.engine.step.send_few_row_products_to_cpu_kernel``.
-    head_dot_general: Callable[..., Array] | None = None
-
     def __init__(self, cfg: DecoderConfig, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
@@ -115,7 +110,7 @@ class LlamaForCausalLM(nnx.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nnx.Linear(
+            self.lm_head = Linear(
                 cfg.hidden_size, cfg.vocab_size, use_bias=False, param_dtype=param_dtype, rngs=rngs
             )
 
@@ -167,12 +162,9 @@ class LlamaForCausalLM(nnx.Module):
     def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
         """The LM head (tied or not), in float32. Apply it only where logits are needed."""
         if self.config.tie_word_embeddings:
-            if self.head_dot_general is None:
-                return self.embed_tokens.attend(hidden).astype(jnp.float32)
-            embed = self.embed_tokens  # attend's dtype promotion, then the product
+            embed = self.embed_tokens  # nnx.Embed.attend's dtype promotion, then the product
             query, embedding = embed.promote_dtype((hidden, embed.embedding[...]), dtype=embed.dtype)
-            numbers = (((query.ndim - 1,), (1,)), ((), ()))
-            return self.head_dot_general(query, embedding, numbers).astype(jnp.float32)
+            return tied_head_product(query, embedding).astype(jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
 
     def __call__(

@@ -7,7 +7,9 @@ On our layouts (an ``nnx.Linear`` kernel is ``[in, out]``):
 - MLP: gate/up column-split, down row-split; one all-reduce after down;
 - vocabulary: the embedding ``[V, D]`` and the LM head ``[D, V]`` split over V;
 - a bias follows its layer's output axis (split for q/k/v/gate/up, replicated
-  for o/down, which add it after the all-reduce); norms replicated.
+  for o/down, which add it after the all-reduce), and so do an int8 layer's
+  per-output-column scales (``kernel_scale``, applied before the all-reduce
+  for o/down: a scale per output column commutes with the sum); norms replicated.
 
 With fewer KV heads than devices on "model" the k/v projections are replicated
 (``decoder_partition_rules``; ``mmjax.sharding.kv_head_layout`` says why).
@@ -34,13 +36,13 @@ DECODER_PARTITION_RULES: tuple[tuple[str, P], ...] = (
     (_LM + r"embed_tokens/embedding$", ROW),  # [V, D]
     (_LM + r"lm_head/kernel$", COLUMN),  # [D, V]
     (_LM + r"layers/\d+/self_attn/[qkv]_proj/kernel$", COLUMN),
-    (_LM + r"layers/\d+/self_attn/[qkv]_proj/bias$", SPLIT),
+    (_LM + r"layers/\d+/self_attn/[qkv]_proj/(bias|kernel_scale)$", SPLIT),
     (_LM + r"layers/\d+/self_attn/o_proj/kernel$", ROW),
-    (_LM + r"layers/\d+/self_attn/o_proj/bias$", REPLICATED),
+    (_LM + r"layers/\d+/self_attn/o_proj/(bias|kernel_scale)$", REPLICATED),
     (_LM + r"layers/\d+/mlp/(gate|up)_proj/kernel$", COLUMN),
-    (_LM + r"layers/\d+/mlp/(gate|up)_proj/bias$", SPLIT),
+    (_LM + r"layers/\d+/mlp/(gate|up)_proj/(bias|kernel_scale)$", SPLIT),
     (_LM + r"layers/\d+/mlp/down_proj/kernel$", ROW),
-    (_LM + r"layers/\d+/mlp/down_proj/bias$", REPLICATED),
+    (_LM + r"layers/\d+/mlp/down_proj/(bias|kernel_scale)$", REPLICATED),
     (_LM + r"(layers/\d+/(input|post_attention|pre_feedforward|post_feedforward)_layernorm|norm)/weight$", REPLICATED),
     (_LM + r"layers/\d+/self_attn/[qk]_norm/weight$", REPLICATED),  # per-head norms ([head_dim]): Qwen3
 )

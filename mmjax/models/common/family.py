@@ -9,6 +9,7 @@ its partition rules, and which parameter groups train. ``load_checkpoint`` and
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
@@ -21,7 +22,13 @@ from jax.sharding import PartitionSpec
 from transformers import PretrainedConfig
 
 from mmjax.models.common.decoder_config import DecoderConfig
+from mmjax.models.common.linear import Linear, check_quantization, quantize_linear_layers
 from mmjax.models.common.weights import CheckpointReader, LeafRule, Target, expand_table, fill_state, save_state
+
+#: The decoder's projections (attention and MLP), which int8 quantization stores as int8 by default.
+DECODER_PROJECTIONS = r"^language_model/layers/\d+/(self_attn|mlp)/\w+_proj$"
+#: ``quantization_config.quant_method`` of a checkpoint ``save_pretrained`` wrote from an int8 model.
+INT8_METHOD = "mmjax_int8"
 
 #: ``(HF module path, our module path, leaf rules)``; paths may hold ``{i}`` (see ``expand_table``).
 WeightRow = tuple[str, str, tuple[LeafRule, ...]]
@@ -46,6 +53,8 @@ class ModelFamily:
       partition_rules: ``(family config, model-axis size) -> rules`` for a ``("data", "model")`` mesh.
       trainable_groups: ``mmjax.train``'s ``trainable=`` names -> parameter path prefixes.
       lora_prefix: the path prefix of the decoder layers LoRA adapts.
+      quantized_layers: a regex on module paths: the ``Linear`` layers ``quantization="int8"`` stores as int8
+        (by default the decoder's projections; the vision tower, projector, embedding and LM head stay float).
     """
 
     name: str
@@ -59,10 +68,17 @@ class ModelFamily:
     partition_rules: Callable[[Any, int], PartitionRules]
     trainable_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     lora_prefix: str = "language_model/layers/"
+    quantized_layers: str = DECODER_PROJECTIONS
 
-    def abstract_model(self, config: Any, dtype: jnp.dtype = jnp.float32) -> nnx.Module:
-        """The model with shapes and dtypes but no memory (``nnx.eval_shape``)."""
-        return nnx.eval_shape(lambda: self.model_class(config, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    def abstract_model(self, config: Any, dtype: jnp.dtype = jnp.float32, quantization: str | None = None
+                       ) -> nnx.Module:
+        """The model with shapes and dtypes but no memory (``nnx.eval_shape``); with ``quantization="int8"``,
+        ``quantized_layers`` hold int8 kernels and float32 ``kernel_scale``s."""
+        def build() -> nnx.Module:
+            model = self.model_class(config, param_dtype=dtype, rngs=nnx.Rngs(0))
+            return model if quantization is None else quantize_linear_layers(model, self.quantized_layers)
+
+        return nnx.eval_shape(build)
 
     def targets(self, config: Any, model_paths: set) -> dict[str, Target]:
         """``{canonical HF tensor name: Target}`` for a model with these parameter paths."""
@@ -84,13 +100,17 @@ def param_paths(model: nnx.Module) -> set[tuple[str | int, ...]]:
 
 
 def load_checkpoint(
-    family: ModelFamily, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, mesh: Any = None
+    family: ModelFamily, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, *, mesh: Any = None,
+    quantization: str | None = None,
 ) -> tuple[nnx.Module, PretrainedConfig]:
     """Load a checkpoint directory of ``family`` (its config, safetensors single or sharded).
 
     Args:
       mesh: None (one device), or a ``("data", "model")`` mesh or what ``mmjax.sharding.make_mesh``
         takes: each weight is placed by the family's partition rules as it is read.
+      quantization: "int8": the family's ``quantized_layers`` are quantized per output column as they are
+        read (or read as stored, from a checkpoint ``save_checkpoint`` wrote quantized). None: as the
+        checkpoint is stored (its ``quantization_config``), float otherwise.
 
     Returns:
       ``(model, hf_config)``.
@@ -98,8 +118,10 @@ def load_checkpoint(
     from mmjax.registry.config import load_hf_config
 
     hf_config = load_hf_config(path)
+    stored = stored_quantization(hf_config)  # refuses a quantization method it cannot read
+    quantization = check_quantization(quantization) or stored
     config = family.config_from_hf(hf_config)
-    abstract = family.abstract_model(config, dtype)
+    abstract = family.abstract_model(config, dtype, quantization)
     model_paths = param_paths(abstract)
     shardings = None if mesh is None else family.shardings(mesh, config, model_paths)[1]
     with CheckpointReader(path, family.aliases) as reader:
@@ -108,15 +130,46 @@ def load_checkpoint(
     return model, hf_config
 
 
+def stored_quantization(hf_config: PretrainedConfig) -> str | None:
+    """"int8" for a checkpoint ``save_checkpoint`` wrote quantized, None for a float one; a ValueError for
+    another quantization method (mmjax reads its own int8 layout only)."""
+    config = getattr(hf_config, "quantization_config", None)
+    if config is None:
+        return None
+    method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
+    if method != INT8_METHOD:
+        raise ValueError(f"config.json quantization_config.quant_method={method!r} is not supported: mmjax reads "
+                         f"float checkpoints (quantization='int8' quantizes them) and its own {INT8_METHOD!r} ones")
+    return "int8"
+
+
+def model_quantization(model: nnx.Module) -> str | None:
+    """"int8" if any ``Linear`` of ``model`` stores int8 weights, else None."""
+    quantized = any(isinstance(m, Linear) and m.quantized for _, m in nnx.iter_modules(model))
+    return "int8" if quantized else None
+
+
 def save_checkpoint(
     family: ModelFamily, model: nnx.Module, hf_config: PretrainedConfig, path: str | os.PathLike,
     *, max_shard_bytes: int = 2**30,
 ) -> str:
     """Write ``model`` as ``config.json`` + HF-named safetensors that transformers and ``load_checkpoint``
-    both read. Tokenizer and processor files are the caller's to add. Returns ``path``."""
+    both read (a quantized model: ``load_checkpoint`` only; see ``INT8_METHOD``). Tokenizer and processor
+    files are the caller's to add. Returns ``path``."""
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     save_state(model, family.targets(model.config, param_paths(model)), path, max_shard_bytes=max_shard_bytes)
+    hf_config = copy.deepcopy(hf_config)
+    if model_quantization(model) == "int8":
+        hf_config.quantization_config = int8_quantization_config(family)
+    elif hasattr(hf_config, "quantization_config"):
+        del hf_config.quantization_config
     hf_config.save_pretrained(path)
     return path
 
+
+def int8_quantization_config(family: ModelFamily) -> dict[str, Any]:
+    """The ``quantization_config`` of an int8 checkpoint: each quantized layer's ``weight`` is int8
+    ``[out, in]`` and its ``weight_scale`` float32 ``[out]``, ``weight ~= int8 * scale[:, None]``."""
+    return {"quant_method": INT8_METHOD, "bits": 8, "symmetric": True, "granularity": "per_output_channel",
+            "weight_dtype": "int8", "scale_dtype": "float32", "modules": family.quantized_layers}

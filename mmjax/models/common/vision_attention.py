@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmjax.models.common.linear import Linear
 from mmjax.models.common.segment_attention import Segments, segment_attention
 from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
@@ -49,8 +50,8 @@ class VisionAttention(nnx.Module):
         if dim % num_heads:
             raise ValueError(f"vision hidden_size {dim} is not a multiple of num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nnx.Linear(dim, 3 * dim, param_dtype=param_dtype, rngs=rngs)
-        self.proj = nnx.Linear(dim, dim, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = Linear(dim, 3 * dim, param_dtype=param_dtype, rngs=rngs)
+        self.proj = Linear(dim, dim, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
         self, x: Float[Array, "P E"], cos: Float[Array, "P H"], sin: Float[Array, "P H"], segments: Segments

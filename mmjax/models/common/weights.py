@@ -27,13 +27,18 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 
 SINGLE_FILE = "model.safetensors"
+#: safetensors' dtype names -> numpy's (those whose integer kind matters here; floats are cast anyway).
+_SAFETENSORS_DTYPES = {"I8": "int8", "U8": "uint8", "I32": "int32", "I64": "int64", "F64": "float64",
+                       "F32": "float32", "F16": "float16", "BF16": "float32"}
 INDEX_FILE = "model.safetensors.index.json"
 
 #: (HF parameter suffix, our leaf name, axis permutation from HF to ours).
 LeafRule = tuple[str, str, tuple[int, ...] | None]
 
 # torch's Linear stores (out, in); flax's kernel is (in, out).
-LINEAR: tuple[LeafRule, ...] = (("weight", "kernel", (1, 0)), ("bias", "bias", None))
+# A quantized layer (``mmjax.models.common.linear``) adds its per-output-column scales as ``weight_scale [out]``.
+LINEAR: tuple[LeafRule, ...] = (("weight", "kernel", (1, 0)), ("bias", "bias", None),
+                                ("weight_scale", "kernel_scale", None))
 LAYER_NORM: tuple[LeafRule, ...] = (("weight", "scale", None), ("bias", "bias", None))
 EMBEDDING: tuple[LeafRule, ...] = (("weight", "embedding", None),)
 RMS_NORM: tuple[LeafRule, ...] = (("weight", "weight", None),)
@@ -42,7 +47,8 @@ CONV2D: tuple[LeafRule, ...] = (("weight", "kernel", (2, 3, 1, 0)),)
 # torch's Conv3d kernel is (out, in, t, Y, X); flax's nnx.Conv wants (t, Y, X, in, out); a bias where the model has one.
 CONV3D: tuple[LeafRule, ...] = (("weight", "kernel", (2, 3, 4, 1, 0)), ("bias", "bias", None))
 PARAM: tuple[LeafRule, ...] = (("", "", None),)
-_OPTIONAL_LEAVES = ("bias",)  # present only when the config enables them
+_OPTIONAL_LEAVES = ("bias", "kernel_scale")  # present only when the config (or the quantization) enables them
+SCALE_LEAF = "kernel_scale"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +178,11 @@ class CheckpointReader:
         raw = self._raw_name[canonical]
         return tuple(self._open(raw).get_slice(raw).get_shape())
 
+    def dtype(self, canonical: str) -> np.dtype:
+        """The tensor's dtype in the file (read from its header)."""
+        raw = self._raw_name[canonical]
+        return np.dtype(_SAFETENSORS_DTYPES.get(self._open(raw).get_slice(raw).get_dtype(), "float32"))
+
     def read(self, canonical: str) -> np.ndarray:
         """The whole tensor, as a host array in the checkpoint's layout."""
         raw = self._raw_name[canonical]
@@ -257,9 +268,10 @@ def _permute_shape(shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tupl
     return shape if perm is None else tuple(shape[p] for p in perm)
 
 
-def _check_names(targets: dict[str, Target], reader: CheckpointReader, ignore: Iterable[str]) -> None:
+def _check_names(targets: dict[str, Target], reader: CheckpointReader, ignore: Iterable[str],
+                 derived: set[str]) -> None:
     present = reader.names()
-    missing = sorted(set(targets) - present)
+    missing = sorted(set(targets) - present - derived)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise KeyError(reader.describe_missing(missing[0]) + more)
@@ -287,10 +299,12 @@ def fill_state(
       shardings: ``{parameter path: sharding}``: each tensor is placed on the
         mesh as it is read, and this host reads only the blocks its devices hold.
     """
-    _check_names(targets, reader, ignore)
     graphdef, state = nnx.split(abstract_model)
     leaves = dict(nnx.to_flat_state(state))
-    for name, target in _in_file_order(targets, reader):
+    # int8 kernels read from float tensors are quantized as they are read; their scales come with them
+    derived = {name for name, t in targets.items() if t.path[-1] == SCALE_LEAF and name not in reader.names()}
+    _check_names(targets, reader, ignore, derived)
+    for name, target in _in_file_order({n: t for n, t in targets.items() if n not in derived}, reader):
         leaf = leaves[target.path]
         expected = tuple(leaf.get_value().shape)
         got = _permute_shape(reader.shape(name), target.permutation)
@@ -301,17 +315,51 @@ def fill_state(
                 f"has shape {reader.shape(name)}, expected {hf_expected} "
                 f"(our layout {expected} at {'/'.join(map(str, target.path))})"
             )
-        if shardings is not None:
-            leaf.set_value(_read_placed(reader, name, target, expected, shardings[target.path], dtype))
+        sharding = None if shardings is None else shardings[target.path]
+        if leaf.get_value().dtype == jnp.int8 and reader.dtype(name) != np.int8:
+            scale_path = target.path[:-1] + (SCALE_LEAF,)
+            q, scale = _quantized(reader, name, target)
+            leaf.set_value(_placed(q, sharding))
+            leaves[scale_path].set_value(_placed(scale, None if shardings is None else shardings[scale_path]))
+            continue
+        leaf_dtype = _stored_dtype(target, leaf.get_value().dtype, dtype)
+        if sharding is not None:
+            leaf.set_value(_read_placed(reader, name, target, expected, sharding, leaf_dtype))
             continue
         # Transposed and cast on the host: as jax ops, every shape compiled a program of its own
         # (0.5 s of a 3 s load of the benchmark checkpoint, in every process).
         value = reader.read(name)
         if target.permutation is not None:
             value = np.transpose(value, target.permutation)
-        leaf.set_value(jnp.asarray(np.ascontiguousarray(value, dtype=dtype)))
+        leaf.set_value(jnp.asarray(np.ascontiguousarray(value, dtype=leaf_dtype)))
         del value  # one tensor in flight at a time
     return nnx.merge(graphdef, state)
+
+
+def _stored_dtype(target: Target, leaf_dtype: np.dtype, dtype: jnp.dtype) -> np.dtype:
+    """The dtype a leaf keeps: int8 kernels and their float32 scales as they are, the rest in ``dtype``."""
+    if leaf_dtype == jnp.int8 or target.path[-1] == SCALE_LEAF:
+        return leaf_dtype
+    return dtype
+
+
+def _quantized(reader: CheckpointReader, name: str, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    """A float linear weight read whole and quantized on the host: ``(int8 [in, out], float32 scales [out])``."""
+    from mmjax.models.common.linear import quantize_int8
+
+    value = reader.read(name)
+    if target.permutation is not None:
+        value = np.transpose(value, target.permutation)
+    return quantize_int8(np.asarray(value, np.float32))
+
+
+def _placed(value: np.ndarray, sharding) -> jax.Array:
+    """A host array on the device, or split over a mesh by ``sharding``."""
+    if sharding is None:
+        return jnp.asarray(np.ascontiguousarray(value))
+    from mmjax.sharding.specs import read_sharded
+
+    return read_sharded(value.shape, sharding, lambda index: np.ascontiguousarray(value[index]))
 
 
 def _read_placed(reader: CheckpointReader, name: str, target: Target, shape: tuple[int, ...], sharding,

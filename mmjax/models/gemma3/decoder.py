@@ -11,8 +11,8 @@ Differences from the Llama-family decoder (``mmjax.models.common.decoder``), eac
 - a sliding layer attends over its window and turns by the local rotary base, a global layer over the
   whole context with the global base (and its linear scaling); every layer hands its window to ``attend``.
 
-``Gemma3TextModel`` keeps ``LlamaForCausalLM``'s members (``embed``, ``hidden_states``, ``logits``,
-``head_dot_general``), so the engine drives both decoders alike.
+``Gemma3TextModel`` keeps ``LlamaForCausalLM``'s members (``embed``, ``hidden_states``, ``logits``),
+so the engine drives both decoders alike.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from flax import nnx
 
 from mmjax.models.common.attend import Attend
 from mmjax.models.common.decoder import LlamaForCausalLM, LlamaMLP
+from mmjax.models.common.linear import Linear
 from mmjax.models.common.rotary import apply_rope, rope_inv_freq
 from mmjax.models.gemma3.config import Gemma3TextConfig
 from mmjax.types import Array, Float, Int
@@ -49,7 +50,7 @@ class Gemma3Attention(nnx.Module):
     def __init__(self, cfg: Gemma3TextConfig, layer: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         self.config, self.layer = cfg, layer
         self.window = cfg.window_of(layer)
-        lin = functools.partial(nnx.Linear, use_bias=cfg.attention_bias, param_dtype=param_dtype, rngs=rngs)
+        lin = functools.partial(Linear, use_bias=cfg.attention_bias, param_dtype=param_dtype, rngs=rngs)
         d, h = cfg.hidden_size, cfg.head_dim
         self.q_proj, self.k_proj = lin(d, cfg.num_heads * h), lin(d, cfg.num_kv_heads * h)
         self.v_proj, self.o_proj = lin(d, cfg.num_kv_heads * h), lin(cfg.num_heads * h, d)
@@ -103,7 +104,7 @@ class Gemma3TextModel(LlamaForCausalLM):
             [Gemma3DecoderLayer(cfg, i, param_dtype=param_dtype, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = GemmaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nnx.Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, param_dtype=param_dtype,
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, param_dtype=param_dtype,
                                       rngs=rngs)
 
     def embed(self, input_ids: Int[Array, "B T"]) -> Float[Array, "B T D"]:

@@ -18,6 +18,7 @@ from mmjax.models.common.attend import Attend
 from mmjax.models.common.clip import CLIPVisionTower
 from mmjax.models.common.layers import ACTIVATIONS
 from mmjax.models.common.decoder import LlamaForCausalLM
+from mmjax.models.common.linear import Linear
 from mmjax.models.llava.config import LlavaConfig
 from mmjax.models.common.interface import DecoderMethods, encoder_inputs_from_dummy_data
 from mmjax.models.llava.hooks import dummy_data_for_llava, image_token_count, input_processor_for_llava
@@ -30,7 +31,7 @@ class LlavaMultiModalProjector(nnx.Module):
     def __init__(self, cfg: LlavaConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         d_in = cfg.vision.hidden_size * len(cfg.feature_layers)
         d_out = cfg.text.hidden_size
-        lin = functools.partial(nnx.Linear, use_bias=cfg.projector_bias, param_dtype=param_dtype, rngs=rngs)
+        lin = functools.partial(Linear, use_bias=cfg.projector_bias, param_dtype=param_dtype, rngs=rngs)
         self.linear_1, self.linear_2 = lin(d_in, d_out), lin(d_out, d_out)
         self.act = ACTIVATIONS[cfg.projector_hidden_act]
 

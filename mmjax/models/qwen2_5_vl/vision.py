@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.common.layers import ACTIVATIONS, RMSNorm, check_activation
+from mmjax.models.common.linear import Linear
 from mmjax.models.common.patch_embed import PatchEmbed
 from mmjax.models.common.segment_attention import Segments
 from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq
@@ -93,7 +94,7 @@ class GatedMLP(nnx.Module):
     """``down(act(gate(x)) * up(x))``, with biases."""
 
     def __init__(self, cfg: Qwen2_5_VisionConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        lin = functools.partial(nnx.Linear, param_dtype=param_dtype, rngs=rngs)
+        lin = functools.partial(Linear, param_dtype=param_dtype, rngs=rngs)
         self.gate_proj = lin(cfg.hidden_size, cfg.intermediate_size)
         self.up_proj = lin(cfg.hidden_size, cfg.intermediate_size)
         self.down_proj = lin(cfg.intermediate_size, cfg.hidden_size)
@@ -123,8 +124,8 @@ class PatchMerger(nnx.Module):
     def __init__(self, cfg: Qwen2_5_VisionConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         wide = cfg.hidden_size * cfg.spatial_merge_size**2
         self.ln_q = RMSNorm(cfg.hidden_size, eps=_NORM_EPS, param_dtype=param_dtype, rngs=rngs)
-        self.fc1 = nnx.Linear(wide, wide, param_dtype=param_dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(wide, cfg.out_hidden_size, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = Linear(wide, wide, param_dtype=param_dtype, rngs=rngs)
+        self.fc2 = Linear(wide, cfg.out_hidden_size, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: Float[Array, "P E"]) -> Float[Array, "merged D"]:
         x = self.ln_q(x).reshape(-1, self.fc1.in_features)

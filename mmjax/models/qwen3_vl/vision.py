@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.common.layers import ACTIVATIONS, check_activation
+from mmjax.models.common.linear import Linear
 from mmjax.models.common.patch_embed import PatchEmbed
 from mmjax.models.common.segment_attention import Segments
 from mmjax.models.common.vision_attention import VisionAttention, rotary_cos_sin, rotary_inv_freq
@@ -105,8 +106,8 @@ def _layer_norm(dim: int, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNo
 
 class VisionMLP(nnx.Module):
     def __init__(self, cfg: Qwen3VisionConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.linear_fc1 = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, param_dtype=param_dtype, rngs=rngs)
-        self.linear_fc2 = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
+        self.linear_fc1 = Linear(cfg.hidden_size, cfg.intermediate_size, param_dtype=param_dtype, rngs=rngs)
+        self.linear_fc2 = Linear(cfg.intermediate_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def __call__(self, x: Float[Array, "P E"]) -> Float[Array, "P E"]:
@@ -137,8 +138,8 @@ class PatchMerger(nnx.Module):
         wide = cfg.hidden_size * cfg.spatial_merge_size**2
         self.postshuffle = postshuffle
         self.norm = _layer_norm(wide if postshuffle else cfg.hidden_size, param_dtype, rngs)
-        self.linear_fc1 = nnx.Linear(wide, wide, param_dtype=param_dtype, rngs=rngs)
-        self.linear_fc2 = nnx.Linear(wide, cfg.out_hidden_size, param_dtype=param_dtype, rngs=rngs)
+        self.linear_fc1 = Linear(wide, wide, param_dtype=param_dtype, rngs=rngs)
+        self.linear_fc2 = Linear(wide, cfg.out_hidden_size, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: Float[Array, "P E"]) -> Float[Array, "merged D"]:
         wide = self.linear_fc1.in_features

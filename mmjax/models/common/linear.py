@@ -1,0 +1,152 @@
+"""How a projection multiplies: the one linear-layer policy of mmjax's models.
+
+A ``Linear`` keeps its kernel ``[in, out]`` either in the model's dtype or quantized
+(``quantize_int8``): int8 with one float32 scale per output column, ``kernel_scale [out]``
+(symmetric: ``kernel ~= q * scale``). Which layers of a model are quantized is the family's
+choice (``ModelFamily.quantized_layers``, applied by ``quantize_linear_layers``); how every
+product runs is decided here, in ``project`` and ``tied_head_product``:
+
+- by default (training, dense forward passes, accelerators), XLA: ``x @ kernel``, or for an
+  int8 kernel ``(x @ q.astype(x.dtype)) * scale`` (the convert fuses into the dot on TPU and GPU,
+  so the weights are read as int8);
+- inside ``few_row_products_on_cpu()`` (the engine's CPU step programs on one device), products of
+  few rows, a decode step's, run on the native CPU kernels of ``mmjax.kernels_cpu``, which stream
+  the weights as stored (float32, bfloat16 or int8) and accumulate in float32.
+
+The stored form is what the partition rules, the memory plan and ``save_pretrained`` read:
+``kernel_scale`` is split like its layer's output axis, and saved as ``<name>.weight_scale``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.kernels_cpu import few_rows_dot_general
+try:  # TEMP until the int8 kernel lands
+    from mmjax.kernels_cpu import int8_matmul_unavailable, skinny_matmul_int8_cpu
+except ImportError:
+    int8_matmul_unavailable = lambda d: "not built"  # noqa: E731
+    skinny_matmul_int8_cpu = None
+from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS
+from mmjax.types import Array, Float
+
+#: The quantized forms ``mmjax.load(..., quantization=)`` takes.
+QUANTIZATIONS = ("int8",)
+
+_ON_CPU_KERNEL: contextvars.ContextVar[bool] = contextvars.ContextVar("mmjax_few_rows_on_cpu", default=False)
+
+
+@contextlib.contextmanager
+def few_row_products_on_cpu() -> Iterator[None]:
+    """Within this block (while tracing), products of few rows run on the native CPU kernels.
+
+    The engine's step programs trace their model inside it on one CPU device; everything else
+    (training, ``LLM.logits``, meshes, accelerators) keeps XLA's products.
+    """
+    token = _ON_CPU_KERNEL.set(True)
+    try:
+        yield
+    finally:
+        _ON_CPU_KERNEL.reset(token)
+
+
+def quantize_int8(kernel: Float[Array, "K N"]) -> tuple[Array, Array]:
+    """``(q int8 [K, N], scale f32 [N])`` with ``kernel ~= q * scale``: symmetric, per output column,
+    ``scale = max |kernel[:, n]| / 127`` (an all-zero column gets scale 1). Works on numpy arrays (on
+    the host, as a checkpoint is read) and on jax arrays alike."""
+    xp = np if isinstance(kernel, np.ndarray) else jnp
+    kernel = kernel.astype(xp.float32)
+    absmax = xp.max(xp.abs(kernel), axis=0)
+    scale = xp.where(absmax > 0, absmax / 127.0, 1.0).astype(xp.float32)
+    q = xp.clip(xp.round(kernel / scale), -127, 127).astype(xp.int8)
+    return q, scale
+
+
+class Linear(nnx.Module):
+    """``y = x @ kernel + bias`` with ``kernel [in, out]`` (``nnx.Linear``'s parameter names and layout), its
+    product decided by ``project``. ``quantize()`` turns it into the int8 form in place."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.in_features, self.out_features = in_features, out_features
+        # nnx.Linear's initialisation (the same values from the same rngs); checkpoints overwrite it
+        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (in_features, out_features),
+                                                               param_dtype))
+        self.bias = nnx.data(nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None)
+        self.kernel_scale: nnx.Param | None = nnx.data(None)  # float32 [out] once quantized
+
+    @property
+    def quantized(self) -> bool:
+        return self.kernel_scale is not None
+
+    def quantize(self) -> None:
+        """Store the kernel as int8 with per-column float32 scales (``quantize_int8``)."""
+        if self.quantized:
+            return
+        q, scale = quantize_int8(self.kernel[...])
+        self.kernel = nnx.Param(q)
+        self.kernel_scale = nnx.Param(scale)
+
+    def __call__(self, x: Float[Array, "*B K"]) -> Float[Array, "*B N"]:
+        scale = None if self.kernel_scale is None else self.kernel_scale[...]
+        y = project(x, self.kernel[...], scale)
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+
+
+def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | None = None) -> Float[Array, "*B N"]:
+    """``x @ kernel`` (``kernel`` float ``[K, N]``, both promoted to one dtype as ``nnx.Linear`` does), or
+    ``(x @ q) * scale`` for an int8 ``q [K, N]``, in x's dtype. Few rows go to the CPU kernels inside
+    ``few_row_products_on_cpu()``."""
+    numbers = (((x.ndim - 1,), (0,)), ((), ()))
+    if scale is None:
+        dtype = jnp.promote_types(x.dtype, kernel.dtype)
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        if _ON_CPU_KERNEL.get():
+            return few_rows_dot_general(x, kernel, numbers)
+        return jax.lax.dot_general(x, kernel, numbers)
+    rows = math.prod(x.shape[:-1])
+    if _ON_CPU_KERNEL.get() and 1 <= rows <= MAX_ROWS and int8_matmul_unavailable(x.dtype) is None:
+        y = skinny_matmul_int8_cpu(x.reshape(rows, x.shape[-1]), kernel, scale)
+        return y.reshape(*x.shape[:-1], kernel.shape[1])
+    y = jax.lax.dot_general(x, kernel.astype(x.dtype), numbers, preferred_element_type=jnp.float32)
+    return (y * scale).astype(x.dtype)
+
+
+def tied_head_product(hidden: Float[Array, "*B D"], embedding: Float[Array, "V D"]) -> Float[Array, "*B V"]:
+    """``hidden @ embedding.T`` (a tied LM head; the embedding read where it lies, no transposed copy),
+    on the CPU kernel for few rows inside ``few_row_products_on_cpu()``."""
+    numbers = (((hidden.ndim - 1,), (1,)), ((), ()))
+    if _ON_CPU_KERNEL.get():
+        return few_rows_dot_general(hidden, embedding, numbers)
+    return jax.lax.dot_general(hidden, embedding, numbers)
+
+
+def quantize_linear_layers(model: nnx.Module, pattern: str) -> nnx.Module:
+    """Quantize (``Linear.quantize``) every ``Linear`` of ``model`` whose "/"-joined path matches the regex
+    ``pattern`` (``re.search``); returns ``model``. Under ``nnx.eval_shape`` it only changes shapes and dtypes."""
+    regex = re.compile(pattern)
+    found = 0
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, Linear) and regex.search("/".join(map(str, path))):
+            module.quantize()
+            found += 1
+    if not found:
+        raise ValueError(f"no linear layer of {type(model).__name__} matches {pattern!r} to quantize")
+    return model
+
+
+def check_quantization(quantization: Any) -> str | None:
+    """``quantization`` if it is None or one of ``QUANTIZATIONS``, else a ValueError naming the choices."""
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be None or one of {list(QUANTIZATIONS)}, got {quantization!r}")
+    return quantization

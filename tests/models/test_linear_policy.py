@@ -1,0 +1,69 @@
+"""The linear-layer policy (``mmjax.models.common.linear``): ``Linear`` equals ``nnx.Linear``; inside
+``few_row_products_on_cpu`` few rows go to the native CPU kernels (float, tied head, int8), with the values
+of the XLA products; outside it, XLA only."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.kernels_cpu.skinny_matmul import TARGET, TRANSPOSED_TARGET
+from mmjax.models.common.decoder import LlamaForCausalLM
+from mmjax.models.common.decoder_config import DecoderConfig
+from mmjax.models.common.linear import Linear, few_row_products_on_cpu
+
+
+def custom_calls(fn, *args, target: str = TARGET) -> list[str]:
+    text = jax.jit(fn).lower(*args).as_text()
+    return [line for line in text.splitlines() if target in line]
+
+
+def transposed_calls(fn, *args) -> list[str]:
+    return custom_calls(fn, *args, target=TRANSPOSED_TARGET)
+
+
+def test_linear_layers_of_a_merged_model_use_it():
+    """What the engine's step does with its model: inside few_row_products_on_cpu every Linear multiplies few
+    rows on the kernel, with the values of nnx.Linear's layers of the same parameters."""
+    model = nnx.Sequential(Linear(24, 48, rngs=nnx.Rngs(0)), Linear(48, 16, use_bias=False, rngs=nnx.Rngs(1)))
+    reference = nnx.Sequential(nnx.Linear(24, 48, rngs=nnx.Rngs(0)), nnx.Linear(48, 16, use_bias=False,
+                                                                                rngs=nnx.Rngs(1)))
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 4, 24)), jnp.float32)
+
+    def run(state, x, native):
+        merged = nnx.merge(graphdef, state)
+        with few_row_products_on_cpu() if native else contextlib.nullcontext():
+            return merged(x)
+
+    assert len(custom_calls(lambda s, x: run(s, x, True), state, x)) >= 2
+    assert not custom_calls(lambda s, x: run(s, x, False), state, x)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda s, x: run(s, x, True))(state, x)), np.asarray(model(x)),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda s, x: run(s, x, True))(state, x)), np.asarray(reference(x)),
+                               rtol=1e-5, atol=1e-5)
+
+
+
+def test_tied_lm_head_of_a_merged_model_uses_it():
+    """What the engine's step does with a tied decoder: its LM head (hidden @ E.T) on the transposed kernel,
+    with attend's values; the untied model's head stays on the [K, N] kernel."""
+    config = DecoderConfig(vocab_size=301, hidden_size=40, intermediate_size=52, num_layers=1, num_heads=5,
+                           num_kv_heads=1, head_dim=8, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    hidden = jnp.asarray(np.random.default_rng(5).standard_normal((6, 40)), jnp.float32)
+
+    def head(state, hidden, native):
+        merged = nnx.merge(graphdef, state)
+        with few_row_products_on_cpu() if native else contextlib.nullcontext():
+            return merged.logits(hidden)
+
+    assert len(transposed_calls(lambda s, h: head(s, h, True), state, hidden)) == 1
+    assert not transposed_calls(lambda s, h: head(s, h, False), state, hidden)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda s, h: head(s, h, True))(state, hidden)),
+                               np.asarray(model.embed_tokens.attend(hidden)), rtol=1e-5, atol=1e-5)
