@@ -299,6 +299,21 @@ def compare_gemma3(tmp: str) -> dict:
             "generate": compare_generate(path, QWEN_MESHES, prompts, details=False, engine_config=QWEN_ENGINE)}
 
 
+def compare_int8(path: str, shape: dict) -> dict:
+    """An int8 model (``quantization="int8"``, quantized as it is read onto the mesh) against int8 on one
+    device: logits, greedy tokens and where the scales live."""
+    prompt = PROMPTS[0]
+    params = mmjax.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    single = mmjax.load(path, quantization="int8")
+    sharded = mmjax.load(path, mesh=shape, quantization="int8")
+    _, want = single.logits(prompt)
+    _, got = sharded.logits(prompt)
+    tokens = [[list(o.token_ids) for o in mmjax.generate(llm, PROMPTS, params, engine_config=ENGINE)]
+              for llm in (single, sharded)]
+    return {"max_abs_diff": float(np.abs(got - want).max()), "max_abs": float(np.abs(want).max()),
+            "single": tokens[0], "sharded": tokens[1], "shardings": _shardings(sharded)}
+
+
 def main(tmp: str) -> None:
     import time
     t0 = time.perf_counter()
@@ -328,6 +343,7 @@ def main(tmp: str) -> None:
     results["caching"] = {"llava": compare_caching(llava, {"data": 2, "model": 4}, ENGINE),
                           "next": compare_caching(nxt, {"data": 2, "model": 4}, NEXT_ENGINE)}
     results["training"] = compare_training(llava, {"data": 4, "model": 2})
+    results["int8"] = compare_int8(llava, {"data": 2, "model": 4})
     results["qwen"] = compare_qwen(tmp)
     results["gemma3"] = compare_gemma3(tmp)
     results["t_all"] = time.perf_counter() - t0

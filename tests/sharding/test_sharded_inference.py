@@ -229,3 +229,17 @@ def test_gemma3_on_a_mesh_equals_one_device(results, mesh):
     assert generated[mesh]["tokens"] == generated["single"]
     assert all(len(tokens) == 6 for tokens in generated["single"])
     assert all(n > 0 for n in generated[mesh]["tokens_per_replica"])
+
+
+# -- int8 weights on a mesh (quantized as they are read onto the devices; scales split like the outputs) --------
+
+
+def test_int8_on_a_mesh_equals_int8_on_one_device(results):
+    found = results["int8"]
+    assert found["max_abs_diff"] <= 1e-5 * max(1.0, found["max_abs"]), found["max_abs_diff"]
+    assert found["sharded"] == found["single"] and all(len(t) == 6 for t in found["single"])
+    specs = found["shardings"]
+    assert specs["language_model/layers/0/self_attn/q_proj/kernel"] == "P(None, 'model')"
+    assert specs["language_model/layers/0/self_attn/q_proj/kernel_scale"] == "P('model',)"
+    assert specs["language_model/layers/0/mlp/down_proj/kernel"] == "P('model', None)"
+    assert specs["language_model/layers/0/mlp/down_proj/kernel_scale"] == "P()"
