@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/demo_model_accuracy.py                 # 500 scenes, the shipped model
     .venv/bin/python benchmarks/demo_model_accuracy.py --model DIR --scenes 100
+    .venv/bin/python benchmarks/demo_model_accuracy.py --dtype bfloat16 --quantization int8
 
 Every question of every scene (``mmjax.testing.shape_scenes``: anti-aliased, equilateral
 triangles, its own placement; sides 224-400 px) is answered greedily through
@@ -29,8 +30,10 @@ def main() -> None:
     parser.add_argument("--model", help="a checkpoint directory (default: mmjax.demo_checkpoint())")
     parser.add_argument("--scenes", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quantization", choices=["int8"], help="int8 weights (mmjax.load's quantization=)")
     args = parser.parse_args()
-    llm = mmjax.load(args.model or mmjax.demo_checkpoint())
+    llm = mmjax.load(args.model or mmjax.demo_checkpoint(), dtype=args.dtype, quantization=args.quantization)
     tasks = task_images(args.scenes, args.seed)
     start = time.perf_counter()
     answers = answers_by_generate(llm, tasks)
@@ -46,7 +49,8 @@ def main() -> None:
         if not ok:
             confusions[f"{truth} -> {answer}"] += 1
     print(json.dumps({
-        "model": args.model or "mmjax.demo_checkpoint()", "scenes": len(tasks), "questions": len(asked),
+        "model": args.model or "mmjax.demo_checkpoint()", "dtype": args.dtype, "quantization": args.quantization,
+        "scenes": len(tasks), "questions": len(asked),
         "accuracy": round(right / len(asked), 4),
         "by_kind": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_kind.items())},
         "by_shape_count": {str(k): round(sum(v) / len(v), 4) for k, v in sorted(by_count.items())},

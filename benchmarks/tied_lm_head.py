@@ -8,7 +8,8 @@ questions; no image, so no vision tower) decoding ``--new-tokens`` tokens greedi
 program call timed to completion (``block_until_ready``); the figure is the median of the 8-sequence decode
 steps. Variants:
 
-- ``tied_kernel``: the default: the tied head on ``transposed_skinny_matmul_cpu`` (``head_dot_general``);
+- ``tied_kernel``: the default: the tied head on ``transposed_skinny_matmul_cpu`` (the linear-layer policy's
+  ``tied_head_product``);
 - ``tied_xla``: the tied head left to XLA's dot (``embed_tokens.attend``), the rest as the default:
   what every tied model ran before the transposed kernel;
 - ``untied``: the same checkpoint with ``tie_word_embeddings=False`` (its own ``[512, 32064]`` head, on
@@ -41,22 +42,13 @@ def decode_step_ms(path: str, variant: str, new_tokens: int) -> dict[str, float]
     """In this process: the workload once to compile, then once timed; the median 8-row decode step."""
     import jax
     import numpy as np
-    from flax import nnx
 
     import mmjax
-    import mmjax.engine.step as step
-    from mmjax.models import LlamaForCausalLM
+    import mmjax.models.common.decoder as decoder
 
-    if variant == "tied_xla":  # the engine's policy, with the tied head left on Embed.attend
-        policy = step.send_few_row_products_to_cpu_kernel
-
-        def without_head(model):
-            policy(model)
-            for _, module in nnx.iter_modules(model):
-                if isinstance(module, LlamaForCausalLM):
-                    module.head_dot_general = None
-
-        step.send_few_row_products_to_cpu_kernel = without_head
+    if variant == "tied_xla":  # the engine's policy, with the tied head left to XLA's dot
+        decoder.tied_head_product = lambda hidden, embedding: jax.lax.dot_general(
+            hidden, embedding, (((hidden.ndim - 1,), (1,)), ((), ())))
     llm = mmjax.load(path)
     prompts = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in QUESTIONS[:BATCH]]
     params = mmjax.SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
