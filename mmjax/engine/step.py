@@ -77,8 +77,8 @@ def encode_into_arena(
 
 
 def send_few_row_products_to_cpu_kernel(model: nnx.Module) -> None:
-    """Every linear layer of `model` (merged inside the step's trace) multiplies 2-32 rows (a decode step's
-    tokens, the LM head's rows) on the native CPU kernel, and more rows with XLA's dot as before
+    """Every linear layer of `model` (merged inside the step's trace) multiplies 2-32 rows, 1-32 in bfloat16
+    (a decode step's tokens, the LM head's rows) on the native CPU kernel, and more rows with XLA's dot as before
     (``mmjax.kernels_cpu.few_rows_dot_general``; plain XLA where the kernel cannot be built). So does a
     tied LM head (``LlamaForCausalLM.head_dot_general``: ``hidden @ E.T`` on the transposed-weight kernel)."""
     for _, module in nnx.iter_modules(model):
