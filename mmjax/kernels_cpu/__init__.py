@@ -6,7 +6,8 @@ kernel cannot be built (``kernel_unavailable`` says why). The engine's step
 programs on CPU send the decoder's few-row products (decode) to
 ``skinny_matmul_cpu`` through ``few_rows_dot_general`` (``matmul_unavailable``
 says why not, where not), and a tied LM head's (``x @ E.T``) to
-``transposed_skinny_matmul_cpu``.
+``transposed_skinny_matmul_cpu``. ``skinny_matmul_int8_cpu`` multiplies by int8
+weights with per-column scales (``int8_matmul_unavailable`` says why not, where not).
 """
 
 from mmjax.kernels_cpu.build import KernelBuildError, kernel_cache_dir
@@ -17,13 +18,16 @@ from mmjax.kernels_cpu.ragged_paged_attention import (
 )
 from mmjax.kernels_cpu.skinny_matmul import (
     few_rows_dot_general,
+    int8_matmul_unavailable,
     matmul_unavailable,
     skinny_matmul_cpu,
+    skinny_matmul_int8_cpu,
     transposed_matmul_unavailable,
     transposed_skinny_matmul_cpu,
 )
 from mmjax.kernels_cpu.skinny_matmul import build_in_background as build_matmul_in_background
 
 __all__ = ["KernelBuildError", "build_in_background", "build_matmul_in_background", "few_rows_dot_general",
-           "kernel_cache_dir", "kernel_unavailable", "matmul_unavailable", "ragged_paged_attention_cpu",
-           "skinny_matmul_cpu", "transposed_matmul_unavailable", "transposed_skinny_matmul_cpu"]
+           "int8_matmul_unavailable", "kernel_cache_dir", "kernel_unavailable", "matmul_unavailable",
+           "ragged_paged_attention_cpu", "skinny_matmul_cpu", "skinny_matmul_int8_cpu",
+           "transposed_matmul_unavailable", "transposed_skinny_matmul_cpu"]

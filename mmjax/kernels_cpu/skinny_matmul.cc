@@ -17,6 +17,14 @@
 // is the dot of a row of x with a row of w, which is contiguous: rows of w stream through a few at
 // a time, each vector of them feeding the FMAs of several rows of x (x in float32, in L1/L2), with
 // one accumulator vector per (row of x, row of w), summed across lanes at the end.
+//
+// The third handler takes w as int8 with one float32 scale per output column, y = (x . w) * scale
+// (symmetric per-channel quantization; x and y float32 or bfloat16): the same chunks, each int8 vector
+// widened to float32 as it is loaded and each column's sum scaled once. It reads a quarter of float32's
+// bytes, where XLA converts the whole weight to float every call (0.3-0.65 GB/s of int8). Measured with
+// benchmarks/skinny_matmul.py --int8 (64 MB of weights, [512, 1536] to [2560, 10240], 30 GB/s read
+// bandwidth): one row 12.8-15.7 GB/s of int8, 20-40x XLA and 2.5-3x faster than the float32 kernel (the widening
+// bounds it: 25-32 G weights/s with w in L3); 8 rows 6-8 GB/s; 32 rows 1-2 GB/s.
 
 #include <algorithm>
 #include <cstdint>
@@ -26,6 +34,10 @@
 
 #include "kernel_common.h"
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -40,49 +52,86 @@ using mmjax_cpu::ToFloat;
 constexpr int kRowsPerPass = 8;   // rows of x whose accumulators share each w vector
 constexpr int kRowsOfW = 8;       // rows of w streamed at once (one FMA chain each)
 constexpr int kMaxChunk = 512;    // columns per work item (8 x 512 floats of accumulators)
-constexpr int kLanes = 16;        // floats per vector
+constexpr int kChunkStep = 16;    // chunks are a whole number of 16 columns wide (64 bytes of accumulators)
 constexpr int kPrefetchBlocks = 2;  // w is prefetched this many blocks of kRowsOfW rows ahead
 
-typedef float Vec __attribute__((vector_size(64), aligned(4)));
-typedef uint16_t Vec16 __attribute__((vector_size(32), aligned(2)));
-typedef uint32_t VecU32 __attribute__((vector_size(64)));
+// Vectors as wide as the machine's registers (ymm: 8 floats; zmm with AVX-512: 16). With 16-float vectors on AVX2
+// (two registers each) GCC 12 spilled the 8 rows' vectors of w, once converted from bfloat16 or int8, one float at
+// a time (vextractps) and stored each row's accumulator through the stack and general registers. Against those,
+// in interleaved A/B runs on [512, 1536] to [2560, 10240]: float32 at 8 rows 14-17 GB/s (9-14 before), at 32
+// rows 4.8-6.2 (3.7-4.1); bfloat16 at 8 rows 9.4-12 (6.1-8.7), at 32 rows 2.5-3.6 (1.6-2.4); one row on par.
+#if defined(__AVX512F__)
+#define MMJAX_LANES 16
+#else
+#define MMJAX_LANES 8
+#endif
+constexpr int kLanes = MMJAX_LANES;
 
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+// Loads and stores are unaligned dereferences, not memcpy into a local: GCC otherwise bounces each vector through
+// the stack (two 16-byte stores, one 32-byte load: a failed store forwarding per load, ~15x slower measured).
+typedef float Vec __attribute__((vector_size(MMJAX_LANES * 4)));
+typedef float VecUnaligned __attribute__((vector_size(MMJAX_LANES * 4), aligned(4), may_alias));
+typedef uint16_t Vec16Unaligned __attribute__((vector_size(MMJAX_LANES * 2), aligned(2), may_alias));
+typedef uint32_t VecU32 __attribute__((vector_size(MMJAX_LANES * 4)));
+
+inline Vec Load(const float* p) { return *reinterpret_cast<const VecUnaligned*>(p); }
+// Widening loads by intrinsics where there are: for -march=znver3 GCC 12 lowers __builtin_convertvector of 8 uint16
+// to a 16-byte load, two 4-lane vpmovzxwd and an insert (not one vpmovzxwd from memory: bfloat16 at one row ~10%
+// slower in an A/B run), and of int8 (or a loop) to one scalar sign-extension per lane.
 inline Vec Load(const BF16* p) {  // bfloat16 is the top half of a float32
-  Vec16 h;
-  std::memcpy(&h, p, sizeof h);
-  const VecU32 u = __builtin_convertvector(h, VecU32) << 16;
-  Vec v;
-  std::memcpy(&v, &u, sizeof v);
-  return v;
+#if defined(__AVX512F__)
+  const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return reinterpret_cast<Vec>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+#elif defined(__AVX2__)
+  const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<Vec>(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+#else
+  const VecU32 u = __builtin_convertvector(*reinterpret_cast<const Vec16Unaligned*>(p), VecU32) << 16;
+  return reinterpret_cast<Vec>(u);
+#endif
 }
+// int8 -> int32 (sign-extended) -> float32, exactly: vpmovsxbd + vcvtdq2ps.
+inline Vec Load(const int8_t* p) {
+#if defined(__AVX512F__)
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<Vec>(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)));
+#elif defined(__AVX2__)
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<Vec>(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
+#else
+  Vec v;
+  for (int l = 0; l < kLanes; ++l) v[l] = p[l];
+  return v;
+#endif
+}
+inline void Store(float* p, Vec v) { *reinterpret_cast<VecUnaligned*>(p) = v; }
+inline float ToFloat(int8_t v) { return static_cast<float>(v); }
 
-// y[r, c0:c1] for the R rows of x starting at x (row stride K) and y (row stride N).
-template <typename T, int R>
-void Chunk(const T* x, int64_t K, const T* w, int64_t N, int64_t c0, int64_t c1, T* y) {
+// y[r, c0:c1] for the R rows of x starting at x (row stride K) and y (row stride N); with int8 weights, each
+// column's sum times scale[c] (once, before y's rounding).
+template <typename T, typename TW, int R>
+void Chunk(const T* x, int64_t K, const TW* w, int64_t N, int64_t c0, int64_t c1, const float* scale, T* y) {
   alignas(64) float acc[R][kMaxChunk];
   const int64_t width = c1 - c0, vectors = width / kLanes;
+  // One prefetch per 64-byte line of each row of w (a vector of int8 is an eighth of a line on AVX2).
+  constexpr int64_t kVectorsPerLine = std::max<int64_t>(1, 64 / (kLanes * sizeof(TW)));
   for (int r = 0; r < R; ++r) std::memset(acc[r], 0, width * sizeof(float));
   int64_t k = 0;
   for (; k + kRowsOfW <= K; k += kRowsOfW) {
     float xs[R][kRowsOfW];
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < kRowsOfW; ++i) xs[r][i] = ToFloat(x[r * K + k + i]);
-    const T* wk = w + k * N + c0;
+    const TW* wk = w + k * N + c0;
+    const bool prefetch = k + (kPrefetchBlocks + 1) * kRowsOfW <= K;  // the same columns, kPrefetchBlocks blocks ahead
     for (int64_t j = 0; j < vectors; ++j) {
       Vec wv[kRowsOfW];
       for (int i = 0; i < kRowsOfW; ++i) wv[i] = Load(wk + i * N + j * kLanes);
-      if (k + (kPrefetchBlocks + 1) * kRowsOfW <= K)  // the same columns, kPrefetchBlocks blocks of rows ahead
+      if (prefetch && j % kVectorsPerLine == 0)
         for (int i = 0; i < kRowsOfW; ++i) __builtin_prefetch(wk + (kPrefetchBlocks * kRowsOfW + i) * N + j * kLanes);
       for (int r = 0; r < R; ++r) {
-        Vec a;
-        std::memcpy(&a, &acc[r][j * kLanes], sizeof a);
+        Vec a = Load(&acc[r][j * kLanes]);
         for (int i = 0; i < kRowsOfW; ++i) a += xs[r][i] * wv[i];
-        std::memcpy(&acc[r][j * kLanes], &a, sizeof a);
+        Store(&acc[r][j * kLanes], a);
       }
     }
     for (int64_t c = vectors * kLanes; c < width; ++c)  // the chunk's last columns, if not whole vectors
@@ -95,43 +144,46 @@ void Chunk(const T* x, int64_t K, const T* w, int64_t N, int64_t c0, int64_t c1,
       for (int64_t c = 0; c < width; ++c) acc[r][c] += xv * ToFloat(w[k * N + c0 + c]);
     }
   for (int r = 0; r < R; ++r)
-    for (int64_t c = 0; c < width; ++c) FromFloat(acc[r][c], y + r * N + c0 + c);
+    for (int64_t c = 0; c < width; ++c)
+      FromFloat(scale != nullptr ? acc[r][c] * scale[c0 + c] : acc[r][c], y + r * N + c0 + c);
 }
 
 // Rows in passes of 8, then 4, 2 and 1 (four bodies per dtype, not eight: half the build time; the
 // engine's decode steps have power-of-two rows, and a pass of fewer rows rereads the chunk from cache).
-template <typename T>
-void Columns(int64_t M, const T* x, int64_t K, const T* w, int64_t N, int64_t c0, int64_t c1, T* y) {
+template <typename T, typename TW>
+void Columns(int64_t M, const T* x, int64_t K, const TW* w, int64_t N, int64_t c0, int64_t c1, const float* scale,
+             T* y) {
   for (int64_t r0 = 0; r0 < M;) {
     const int64_t left = M - r0;
     const T* xr = x + r0 * K;
     T* yr = y + r0 * N;
     if (left >= kRowsPerPass) {
-      Chunk<T, kRowsPerPass>(xr, K, w, N, c0, c1, yr);
+      Chunk<T, TW, kRowsPerPass>(xr, K, w, N, c0, c1, scale, yr);
       r0 += kRowsPerPass;
     } else if (left >= 4) {
-      Chunk<T, 4>(xr, K, w, N, c0, c1, yr);
+      Chunk<T, TW, 4>(xr, K, w, N, c0, c1, scale, yr);
       r0 += 4;
     } else if (left >= 2) {
-      Chunk<T, 2>(xr, K, w, N, c0, c1, yr);
+      Chunk<T, TW, 2>(xr, K, w, N, c0, c1, scale, yr);
       r0 += 2;
     } else {
-      Chunk<T, 1>(xr, K, w, N, c0, c1, yr);
+      Chunk<T, TW, 1>(xr, K, w, N, c0, c1, scale, yr);
       r0 += 1;
     }
   }
 }
 
-template <typename T>
-void Run(ffi::ThreadPool& pool, int64_t M, int64_t K, int64_t N, const T* x, const T* w, T* y) {
-  // At least one chunk per thread, a whole number of vectors wide, at most kMaxChunk.
+template <typename T, typename TW>
+void Run(ffi::ThreadPool& pool, int64_t M, int64_t K, int64_t N, const T* x, const TW* w, const float* scale, T* y) {
+  // At least one chunk per thread, a whole number of kChunkStep columns wide, at most kMaxChunk.
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
   int64_t chunks = std::max<int64_t>((N + kMaxChunk - 1) / kMaxChunk, threads);
   chunks = (chunks + threads - 1) / threads * threads;
-  const int64_t width = std::min<int64_t>(kMaxChunk, ((N + chunks - 1) / chunks + kLanes - 1) / kLanes * kLanes);
+  const int64_t width =
+      std::min<int64_t>(kMaxChunk, ((N + chunks - 1) / chunks + kChunkStep - 1) / kChunkStep * kChunkStep);
   const int64_t items = (N + width - 1) / width;
   ParallelFor(pool, items, [&](int64_t i) {
-    Columns<T>(M, x, K, w, N, i * width, std::min<int64_t>(N, (i + 1) * width), y);
+    Columns<T, TW>(M, x, K, w, N, i * width, std::min<int64_t>(N, (i + 1) * width), scale, y);
   });
 }
 
@@ -143,22 +195,38 @@ ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w
     return ffi::Error::InvalidArgument("x, w and y must have one dtype");
   return ForElementType(x.element_type(), [&](auto element) {
     using T = decltype(element);
-    Run<T>(pool, xd[0], xd[1], wd[1], static_cast<const T*>(x.untyped_data()),
-           static_cast<const T*>(w.untyped_data()), static_cast<T*>(y->untyped_data()));
+    Run<T, T>(pool, xd[0], xd[1], wd[1], static_cast<const T*>(x.untyped_data()),
+              static_cast<const T*>(w.untyped_data()), nullptr, static_cast<T*>(y->untyped_data()));
+  });
+}
+
+// ---- int8 weights: y [M, N] = (x [M, K] . w [K, N]) * scale [N] ------------------------------
+
+// The same chunks, each vector of int8 widened to float32 as it is loaded (Load: sign-extended, converted), so
+// the FMAs and accumulators are those of float32 and w is read at a quarter of float32's bytes. The per-column
+// scale (symmetric quantization) multiplies each column's sum once, before y's rounding.
+ffi::Error SkinnyMatmulInt8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer scale,
+                            ffi::Result<ffi::AnyBuffer> y) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 1 || yd.size() != 2 || xd[1] != wd[0] || sd[0] != wd[1] ||
+      yd[0] != xd[0] || yd[1] != wd[1])
+    return ffi::Error::InvalidArgument("expected x [M, K], w [K, N], scale [N] and y [M, N]");
+  if (w.element_type() != ffi::DataType::S8 || scale.element_type() != ffi::DataType::F32 ||
+      y->element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("expected w int8, scale float32, and y of x's dtype");
+  return ForElementType(x.element_type(), [&](auto element) {
+    using T = decltype(element);
+    Run<T, int8_t>(pool, xd[0], xd[1], wd[1], static_cast<const T*>(x.untyped_data()),
+                   static_cast<const int8_t*>(w.untyped_data()), static_cast<const float*>(scale.untyped_data()),
+                   static_cast<T*>(y->untyped_data()));
   });
 }
 
 // ---- w stored transposed: y [M, N] = x [M, K] . w [N, K]^T -----------------------------------
 
-// Vectors as wide as the machine's, and R x W accumulators that stay in registers with the W vectors of w
-// and one of x (4 x 3 + 3 + 1: AVX2's 16). Measured on the 2-core AVX2 benchmark host against 8 x 1, 4 x 2,
-// 3 x 3 and 2 x 5 (float32 and bfloat16, 2-16 rows, K 512 and 2048): 4 x 3 the fastest or within noise of it.
-#if defined(__AVX512F__)
-#define MMJAX_DOT_LANES 16
-#else
-#define MMJAX_DOT_LANES 8
-#endif
-constexpr int kDotLanes = MMJAX_DOT_LANES;
+// R x W accumulators that stay in registers with the W vectors of w and one of x (4 x 3 + 3 + 1: AVX2's 16).
+// Measured on the 2-core AVX2 benchmark host against 8 x 1, 4 x 2, 3 x 3 and 2 x 5 (float32 and bfloat16,
+// 2-16 rows, K 512 and 2048): 4 x 3 the fastest or within noise of it.
 constexpr int kDotRows = 4;   // rows of x per pass: each vector of w feeds this many FMAs
 constexpr int kDotWRows = 3;  // rows of w at once: each vector of x feeds this many FMAs
 // The next blocks of w's rows are prefetched this many rows ahead: W interleaved streams of K floats are
@@ -166,24 +234,11 @@ constexpr int kDotWRows = 3;  // rows of w at once: each vector of x feeds this 
 constexpr int kDotPrefetchRows = 2 * kDotWRows;
 constexpr int64_t kMaxWRowsPerItem = 256;  // rows of w per work item (at most)
 
-// Loads are unaligned dereferences, not memcpy into a local: GCC otherwise bounces each vector through the stack
-// (two 16-byte stores, one 32-byte load: a failed store forwarding per load, ~15x slower measured).
-typedef float DotVec __attribute__((vector_size(MMJAX_DOT_LANES * 4)));
-typedef float DotVecUnaligned __attribute__((vector_size(MMJAX_DOT_LANES * 4), aligned(4), may_alias));
-typedef uint16_t DotVec16Unaligned __attribute__((vector_size(MMJAX_DOT_LANES * 2), aligned(2), may_alias));
-typedef uint32_t DotVecU32 __attribute__((vector_size(MMJAX_DOT_LANES * 4)));
-
-inline DotVec LoadDot(const float* p) { return *reinterpret_cast<const DotVecUnaligned*>(p); }
-inline DotVec LoadDot(const BF16* p) {  // bfloat16 is the top half of a float32
-  const DotVecU32 u = __builtin_convertvector(*reinterpret_cast<const DotVec16Unaligned*>(p), DotVecU32) << 16;
-  return reinterpret_cast<DotVec>(u);
-}
-
 // GCC would fold each use of x's vector into its FMA as a memory operand, loading it W times (15 loads per
 // 12 FMAs, past the two load ports): an empty asm that needs it in a register makes it one load (20.9 against
 // 19.3 GB/s at 8 rows, float32, K = 512; 13.8 against 11.6 at 16 rows).
-inline void KeepInRegister(DotVec& v) {
-#if defined(__AVX__)  // a DotVec is one ymm (zmm with AVX-512) register; elsewhere it may not fit one: no hint
+inline void KeepInRegister(Vec& v) {
+#if defined(__AVX__)  // a Vec is one ymm (zmm with AVX-512) register; elsewhere it may not fit one: no hint
   asm("" : "+x"(v));
 #else
   (void)v;
@@ -192,34 +247,34 @@ inline void KeepInRegister(DotVec& v) {
 
 typedef float Quad __attribute__((vector_size(16)));
 
-inline float LaneSum(DotVec v) {  // a tree: 128-bit quarters added, then the four lanes pairwise
-  Quad quarters[kDotLanes / 4];
+inline float LaneSum(Vec v) {  // a tree: 128-bit quarters added, then the four lanes pairwise
+  Quad quarters[kLanes / 4];
   std::memcpy(quarters, &v, sizeof quarters);
   Quad s = quarters[0];
-  for (int i = 1; i < kDotLanes / 4; ++i) s += quarters[i];
+  for (int i = 1; i < kLanes / 4; ++i) s += quarters[i];
   return (s[0] + s[2]) + (s[1] + s[3]);
 }
 
 // y[r, n + j] = x[r] . w[n + j] for the R rows of xf (float32, row stride K; y's row stride N) and W rows of w.
 template <typename T, int R, int W>
 void Dots(const float* xf, int64_t K, const T* w, int64_t n, int64_t N, T* y) {
-  DotVec acc[R][W];  // in registers: the loops over r and j are unrolled
+  Vec acc[R][W];  // in registers: the loops over r and j are unrolled
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int j = 0; j < W; ++j) acc[r][j] = DotVec{};
+    for (int j = 0; j < W; ++j) acc[r][j] = Vec{};
   const T* wn = w + n * K;
-  const int64_t vectors = K / kDotLanes;
+  const int64_t vectors = K / kLanes;
   for (int64_t v = 0; v < vectors; ++v) {
-    DotVec wv[W];
+    Vec wv[W];
 #pragma GCC unroll 16
-    for (int j = 0; j < W; ++j) wv[j] = LoadDot(wn + j * K + v * kDotLanes);
-    if (v % (64 / (kDotLanes * sizeof(T))) == 0)  // once per 64-byte line; a prefetch past the end does not fault
+    for (int j = 0; j < W; ++j) wv[j] = Load(wn + j * K + v * kLanes);
+    if (v % (64 / (kLanes * sizeof(T))) == 0)  // once per 64-byte line; a prefetch past the end does not fault
 #pragma GCC unroll 16
-      for (int j = 0; j < W; ++j) __builtin_prefetch(wn + (j + kDotPrefetchRows) * K + v * kDotLanes);
+      for (int j = 0; j < W; ++j) __builtin_prefetch(wn + (j + kDotPrefetchRows) * K + v * kLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      DotVec xv = LoadDot(xf + r * K + v * kDotLanes);
+      Vec xv = Load(xf + r * K + v * kLanes);
       KeepInRegister(xv);
 #pragma GCC unroll 16
       for (int j = 0; j < W; ++j) acc[r][j] += xv * wv[j];
@@ -228,7 +283,7 @@ void Dots(const float* xf, int64_t K, const T* w, int64_t n, int64_t N, T* y) {
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < W; ++j) {
       float sum = LaneSum(acc[r][j]);
-      for (int64_t k = vectors * kDotLanes; k < K; ++k) sum += xf[r * K + k] * ToFloat(wn[j * K + k]);  // K's tail
+      for (int64_t k = vectors * kLanes; k < K; ++k) sum += xf[r * K + k] * ToFloat(wn[j * K + k]);  // K's tail
       FromFloat(sum, y + r * N + n + j);
     }
 }
@@ -300,6 +355,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxTransposedSkinnyMatmul, TransposedSkinnyMatmu
                                   .Arg<ffi::AnyBuffer>()   // x [M, K]
                                   .Arg<ffi::AnyBuffer>()   // w [N, K]
                                   .Ret<ffi::AnyBuffer>());  // y [M, N]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxSkinnyMatmulInt8, SkinnyMatmulInt8,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()   // x [M, K], float32 or bfloat16
+                                  .Arg<ffi::AnyBuffer>()   // w [K, N], int8
+                                  .Arg<ffi::AnyBuffer>()   // scale [N], float32
+                                  .Ret<ffi::AnyBuffer>());  // y [M, N], x's dtype
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxSkinnyMatmul, SkinnyMatmul,
                               ffi::Ffi::Bind()

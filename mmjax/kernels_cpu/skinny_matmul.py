@@ -17,7 +17,12 @@ XLA products, so a step stays differentiable.
 head: ``hidden @ E.T``, E the ``[V, D]`` embedding), which XLA's CPU dot streams
 at a fraction of the read bandwidth; ``few_rows_dot_general`` sends a
 contraction of ``rhs``'s last axis there, and the decoder's tied head calls it
-through ``LlamaForCausalLM.head_dot_general``. One library holds both handlers.
+through ``LlamaForCausalLM.head_dot_general``.
+
+``skinny_matmul_int8_cpu`` multiplies by int8 weights with one float32 scale
+per output column (symmetric per-channel quantization), ``(x @ w) * scale``,
+streaming a quarter of float32's bytes; XLA would convert the whole weight to
+float every call. One library holds the three handlers.
 """
 
 from __future__ import annotations
@@ -29,19 +34,26 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.kernels_cpu.registration import register, register_in_background, runs_here
-from mmjax.types import Array, Float
+from mmjax.types import Array, Float, Int
 
 SOURCE = Path(__file__).with_name("skinny_matmul.cc")
 TARGET = "mmjax_skinny_matmul"
 SYMBOL = "MmjaxSkinnyMatmul"
 TRANSPOSED_TARGET = "mmjax_transposed_skinny_matmul"
 TRANSPOSED_SYMBOL = "MmjaxTransposedSkinnyMatmul"
+INT8_TARGET = "mmjax_int8_skinny_matmul"
+INT8_SYMBOL = "MmjaxSkinnyMatmulInt8"
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-#: Row counts the kernel takes: from 2 to 32 rows it streams the weights faster than XLA's dot
-#: (1.1-1.6x at 8 rows); one row XLA streams at the read bandwidth already (benchmarks/skinny_matmul.py).
-MIN_ROWS, MAX_ROWS = 2, 32
+#: The most rows ``few_rows_dot_general`` sends to the kernels. At 8 rows the kernel is 1.2-1.5x XLA's dot in
+#: float32 and 8-12x in bfloat16, at 32 bfloat16 rows 3-4x; at 32 float32 rows XLA's blocked dot catches up
+#: (0.6-1.0x on [512, 4096] to [2560, 10240]; benchmarks/skinny_matmul.py).
+MAX_ROWS = 32
+#: The fewest: one float32 row XLA's dot streams at the read bandwidth already, one bfloat16 row at a
+#: twentieth of it (figures at ``min_rows``).
+_MIN_ROWS = {jnp.dtype(jnp.float32): 2, jnp.dtype(jnp.bfloat16): 1}
 
 
 def build_in_background() -> threading.Thread | None:
@@ -64,6 +76,23 @@ def transposed_matmul_unavailable(dtype: Any) -> str | None:
     way awaited) for the first handler, so the second only registers the library already on disk."""
     reason = matmul_unavailable(dtype)
     return reason if reason is not None else register(TRANSPOSED_TARGET, SOURCE, TRANSPOSED_SYMBOL)
+
+
+def int8_matmul_unavailable(dtype: Any) -> str | None:
+    """``matmul_unavailable`` for ``skinny_matmul_int8_cpu`` with x (and y) of `dtype`: its handler is
+    registered from the library built for the first."""
+    reason = matmul_unavailable(dtype)
+    return reason if reason is not None else register(INT8_TARGET, SOURCE, INT8_SYMBOL)
+
+
+def min_rows(dtype: Any) -> int:
+    """The fewest rows ``few_rows_dot_general`` multiplies on the kernel for `dtype`: 2 for float32, 1 for
+    bfloat16. XLA's dot of one row streams float32 weights near the read bandwidth, as the kernel does (21-25
+    against 17-25 GB/s), but bfloat16 ones at 1.0-1.4 GB/s against the kernel's 14-20 ([512, 1536] to
+    [2560, 10240] on the 2-core benchmark host, 30 GB/s read bandwidth; benchmarks/skinny_matmul.py). The
+    transposed kernel takes the same rows: for a tied head's bfloat16 row (``[1, 512] . [32064, 512]^T``) it is
+    0.95-1.8x XLA's dot in five runs."""
+    return _MIN_ROWS.get(jnp.dtype(dtype), 2)
 
 
 def _check(x: Array, w: Array, transposed: bool = False) -> None:
@@ -123,9 +152,49 @@ def _transposed_backward(saved: tuple[Array, Array], grad: Array) -> tuple[Array
 transposed_skinny_matmul_cpu.defvjp(_transposed_forward, _transposed_backward)
 
 
+def _check_int8(x: Array, w: Array, scale: Array) -> None:
+    name = "skinny_matmul_int8_cpu"
+    if x.ndim != 2 or w.ndim != 2 or scale.ndim != 1 or x.shape[1] != w.shape[0] or scale.shape[0] != w.shape[1]:
+        raise ValueError(f"{name}: expected x [M, K], w [K, N] and scale [N], got {x.shape}, {w.shape} and "
+                         f"{scale.shape}")
+    if x.dtype not in DTYPES or w.dtype != jnp.int8 or scale.dtype != jnp.float32:
+        raise ValueError(f"{name}: expected x float32 or bfloat16, w int8 and scale float32, got {x.dtype}, "
+                         f"{w.dtype} and {scale.dtype}")
+    reason = int8_matmul_unavailable(x.dtype)
+    if reason is not None:
+        raise ValueError(f"the CPU matmul kernel cannot run: {reason}")
+
+
+@jax.custom_vjp
+def skinny_matmul_int8_cpu(x: Float[Array, "M K"], w: Int[Array, "K N"], scale: Float[Array, "N"]
+                           ) -> Float[Array, "M N"]:
+    """``(x @ w) * scale`` for int8 weights with one float32 scale per output column, accumulated in float32,
+    in x's dtype (float32 or bfloat16).
+
+    Differentiable with respect to x only: the cotangents of w and scale are zeros (quantized weights are
+    constants; train their float originals). Raises a ValueError for other shapes or dtypes, or where the
+    kernel cannot run (``int8_matmul_unavailable``).
+    """
+    _check_int8(x, w, scale)
+    return jax.ffi.ffi_call(INT8_TARGET, jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype))(x, w, scale)
+
+
+def _int8_forward(x: Array, w: Array, scale: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+    return skinny_matmul_int8_cpu(x, w, scale), (x, w, scale)
+
+
+def _int8_backward(saved: tuple[Array, Array, Array], grad: Array) -> tuple[Array, np.ndarray, Array]:
+    x, w, scale = saved
+    dx = (grad.astype(jnp.float32) * scale) @ w.astype(jnp.float32).T
+    return dx.astype(x.dtype), np.zeros(w.shape, jax.dtypes.float0), jnp.zeros_like(scale)
+
+
+skinny_matmul_int8_cpu.defvjp(_int8_forward, _int8_backward)
+
+
 def few_rows_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
                          preferred_element_type: Any = None, **kwargs: Any) -> Array:
-    """``jax.lax.dot_general``, except that ``lhs [..., K] . rhs [K, N]`` of ``MIN_ROWS`` to ``MAX_ROWS`` rows
+    """``jax.lax.dot_general``, except that ``lhs [..., K] . rhs [K, N]`` of ``min_rows`` to ``MAX_ROWS`` rows
     in all (contracting ``lhs``'s last axis with ``rhs``'s first, one dtype, no batch axes, default precision)
     runs on the kernel where it can (``matmul_unavailable``), and so does ``lhs [..., K] . rhs [N, K]``
     (``rhs``'s last axis contracted: a tied LM head) on ``transposed_skinny_matmul_cpu``."""
@@ -135,7 +204,7 @@ def few_rows_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precisi
     few_rows = (
         rhs.ndim == 2 and lhs.ndim >= 1 and tuple(lhs_contract) == (lhs.ndim - 1,)
         and tuple(rhs_contract) in ((0,), (1,))
-        and not lhs_batch and not rhs_batch and MIN_ROWS <= rows <= MAX_ROWS and lhs.dtype == rhs.dtype
+        and not lhs_batch and not rhs_batch and min_rows(lhs.dtype) <= rows <= MAX_ROWS and lhs.dtype == rhs.dtype
         and precision is None and preferred_element_type in (None, lhs.dtype)
         and not kwargs.get("out_sharding")
         and (transposed_matmul_unavailable if transposed else matmul_unavailable)(lhs.dtype) is None

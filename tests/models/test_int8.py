@@ -205,3 +205,13 @@ def test_quantized_model_refuses_lora_training_with_a_reason(int8_llm):
     with pytest.raises(ValueError, match="int8"):
         mmjax.train(int8_llm, [example], trainable="lora", steps=1)
 
+
+
+def test_int8_decode_steps_run_every_projection_on_the_int8_kernel(int8_llm):
+    """The engine's one-sequence decode step (one row) reads each projection as int8 on the CPU kernel."""
+    from mmjax.kernels_cpu.skinny_matmul import INT8_TARGET
+
+    config = mmjax.EngineConfig(max_num_seqs=2, max_num_batched_tokens=64, num_pages=40, page_size=8,
+                                max_model_len=256)
+    text = int8_llm.engine(config).runner.lower_step(1, decode=True).as_text()
+    assert text.count(INT8_TARGET) >= 7 * int8_llm.hf_config.text_config.num_hidden_layers

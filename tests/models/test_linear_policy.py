@@ -9,6 +9,7 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from mmjax.kernels_cpu.skinny_matmul import TARGET, TRANSPOSED_TARGET
@@ -67,3 +68,31 @@ def test_tied_lm_head_of_a_merged_model_uses_it():
     assert not transposed_calls(lambda s, h: head(s, h, False), state, hidden)
     np.testing.assert_allclose(np.asarray(jax.jit(lambda s, h: head(s, h, True))(state, hidden)),
                                np.asarray(model.embed_tokens.attend(hidden)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("rows", [1, 8, 32, 33])
+def test_int8_layers_send_up_to_32_rows_to_the_int8_kernel(dtype, rows):
+    """An int8 Linear inside few_row_products_on_cpu: 1-32 rows on the int8 kernel (even one row: XLA would
+    convert the whole weight), more rows to XLA; the values of the plain formula (x @ q) * scale either way."""
+    from mmjax.kernels_cpu.skinny_matmul import INT8_TARGET
+
+    layer = Linear(48, 40, rngs=nnx.Rngs(3))
+    layer.quantize()
+    graphdef, state = nnx.split(layer)
+    x = jnp.asarray(np.random.default_rng(rows).standard_normal((1, rows, 48)), dtype)
+
+    def run(state, x, native):
+        with few_row_products_on_cpu() if native else contextlib.nullcontext():
+            return nnx.merge(graphdef, state)(x)
+
+    calls = custom_calls(lambda s, x: run(s, x, True), state, x, target=INT8_TARGET)
+    assert bool(calls) == (rows <= 32)
+    assert not custom_calls(lambda s, x: run(s, x, False), state, x, target=INT8_TARGET)
+    q = np.asarray(layer.kernel[...], np.float64)
+    want = (np.asarray(x, np.float64) @ q) * np.asarray(layer.kernel_scale[...], np.float64) \
+        + np.asarray(layer.bias[...], np.float64)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for native in (True, False):
+        got = np.asarray(jax.jit(lambda s, x: run(s, x, native))(state, x), np.float64)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

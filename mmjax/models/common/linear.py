@@ -31,12 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.kernels_cpu import few_rows_dot_general
-try:  # TEMP until the int8 kernel lands
-    from mmjax.kernels_cpu import int8_matmul_unavailable, skinny_matmul_int8_cpu
-except ImportError:
-    int8_matmul_unavailable = lambda d: "not built"  # noqa: E731
-    skinny_matmul_int8_cpu = None
+from mmjax.kernels_cpu import few_rows_dot_general, int8_matmul_unavailable, skinny_matmul_int8_cpu
 from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS
 from mmjax.types import Array, Float
 
@@ -115,7 +110,8 @@ def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | N
             return few_rows_dot_general(x, kernel, numbers)
         return jax.lax.dot_general(x, kernel, numbers)
     rows = math.prod(x.shape[:-1])
-    if _ON_CPU_KERNEL.get() and 1 <= rows <= MAX_ROWS and int8_matmul_unavailable(x.dtype) is None:
+    if (_ON_CPU_KERNEL.get() and 1 <= rows <= MAX_ROWS and kernel.dtype == jnp.int8
+            and int8_matmul_unavailable(x.dtype) is None):
         y = skinny_matmul_int8_cpu(x.reshape(rows, x.shape[-1]), kernel, scale)
         return y.reshape(*x.shape[:-1], kernel.shape[1])
     y = jax.lax.dot_general(x, kernel.astype(x.dtype), numbers, preferred_element_type=jnp.float32)
