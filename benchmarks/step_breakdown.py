@@ -9,7 +9,10 @@ is left of a step. The same run is then repeated in a fresh process with the pag
 by the identity (the query comes out as the output; KV pages are still written): the difference per
 step kind is what attention costs. That second run's tokens are meaningless; only its times are used.
 
-    python benchmarks/step_breakdown.py
+    python benchmarks/step_breakdown.py [--batch 1] [--dtype bfloat16] [--quantization int8]
+
+``--batch 1`` breaks down one sequence's steps (the notebook user's case); ``--dtype`` and ``--quantization``
+are ``mmjax.load``'s.
 
 Prints JSON: for each part, calls, seconds in all and the median milliseconds a call, with and without
 attention, and attention's seconds per step kind.
@@ -31,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from generate_vs_transformers import make_checkpoint, prompts  # noqa: E402
 
 
-def timed_parts(path: str, without_attention: bool) -> dict[str, dict[str, float]]:
+def timed_parts(path: str, without_attention: bool, batch: int = 8, dtype: str = "float32",
+                quantization: str | None = None) -> dict[str, dict[str, float]]:
     """Run the workload once to compile, then once on new images with every device call timed."""
     import jax
     import numpy as np
@@ -42,9 +46,9 @@ def timed_parts(path: str, without_attention: bool) -> dict[str, dict[str, float
         import mmjax.attention.dispatch as dispatch
 
         dispatch.paged_attention = lambda q, pages, metadata, **options: q
-    llm = mmjax.load(path)
+    llm = mmjax.load(path, dtype=dtype, quantization=quantization)
     params = mmjax.SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
-    mmjax.generate(llm, prompts(8), params, use_tqdm=False)
+    mmjax.generate(llm, prompts(batch), params, use_tqdm=False)
     engine = llm.engine()
     runner = engine.runner
     times: dict[str, list[float]] = collections.defaultdict(list)
@@ -65,7 +69,7 @@ def timed_parts(path: str, without_attention: bool) -> dict[str, dict[str, float
     runner.sample = timed("sampler", runner.sample)
     runner.fetch_greedy_tokens = timed("greedy_tokens", runner.fetch_greedy_tokens)
     engine._step = timed("whole_step", engine._step)
-    mmjax.generate(llm, prompts(8, variant=1), params, use_tqdm=False)
+    mmjax.generate(llm, prompts(batch, variant=1), params, use_tqdm=False)
     return {name: {"calls": len(t), "seconds": round(sum(t), 3), "median_ms": round(1e3 * float(np.median(t)), 2)}
             for name, t in sorted(times.items())}
 
@@ -73,14 +77,19 @@ def timed_parts(path: str, without_attention: bool) -> dict[str, dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="reuse a checkpoint built by an earlier run")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--quantization", choices=["int8"])
     parser.add_argument("--without-attention", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    options = dict(batch=args.batch, dtype=args.dtype, quantization=args.quantization)
     if args.without_attention:
-        print(json.dumps(timed_parts(args.checkpoint, without_attention=True)))
+        print(json.dumps(timed_parts(args.checkpoint, without_attention=True, **options)))
         return
     path = args.checkpoint or make_checkpoint(tempfile.mkdtemp(prefix="mmjax-breakdown-"))
-    with_attention = timed_parts(path, without_attention=False)
-    command = [sys.executable, __file__, "--checkpoint", path, "--without-attention"]
+    with_attention = timed_parts(path, without_attention=False, **options)
+    command = [sys.executable, __file__, "--checkpoint", path, "--without-attention", "--batch", str(args.batch),
+               "--dtype", args.dtype] + (["--quantization", args.quantization] if args.quantization else [])
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     without = json.loads(out.strip().splitlines()[-1])
     attention = {name: round(part["seconds"] - without[name]["seconds"], 3)

@@ -101,21 +101,36 @@ class Linear(nnx.Module):
 def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | None = None) -> Float[Array, "*B N"]:
     """``x @ kernel`` (``kernel`` float ``[K, N]``, both promoted to one dtype as ``nnx.Linear`` does), or
     ``(x @ q) * scale`` for an int8 ``q [K, N]``, in x's dtype. Few rows go to the CPU kernels inside
-    ``few_row_products_on_cpu()``."""
+    ``few_row_products_on_cpu()``; the rest to XLA (``_xla_product``)."""
     numbers = (((x.ndim - 1,), (0,)), ((), ()))
     if scale is None:
         dtype = jnp.promote_types(x.dtype, kernel.dtype)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         if _ON_CPU_KERNEL.get():
             return few_rows_dot_general(x, kernel, numbers)
-        return jax.lax.dot_general(x, kernel, numbers)
+        return _xla_product(x, kernel, numbers)
     rows = math.prod(x.shape[:-1])
     if (_ON_CPU_KERNEL.get() and 1 <= rows <= MAX_ROWS and kernel.dtype == jnp.int8
             and int8_matmul_unavailable(x.dtype) is None):
         y = skinny_matmul_int8_cpu(x.reshape(rows, x.shape[-1]), kernel, scale)
         return y.reshape(*x.shape[:-1], kernel.shape[1])
-    y = jax.lax.dot_general(x, kernel.astype(x.dtype), numbers, preferred_element_type=jnp.float32)
-    return (y * scale).astype(x.dtype)
+    return (_xla_product(x, kernel, numbers, jnp.float32) * scale).astype(x.dtype)
+
+
+def _xla_product(x: Array, kernel: Array, numbers: Any, out_dtype: Any = None) -> Array:
+    """XLA's ``dot_general`` in ``out_dtype`` (default x's). On TPU and GPU the operands go in as they are
+    (the int8 kernel converted to x's dtype in the dot's fusion). On CPU both are converted to float32 first:
+    XLA:CPU multiplies float32 fastest, and 16-bit or mixed operands slower (``[2048, 512] @ [512, 1376]`` on
+    the 2-core host, ``benchmarks/prefill_matmul.py``: float32 16.0 ms; bfloat16 17.0, through float32 16.7,
+    with a float32 result 22.4; int8 weights with bfloat16 activations 23.4, through float32 16.8).
+    """
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if jax.default_backend() == "cpu":
+        y = jax.lax.dot_general(x.astype(jnp.float32), kernel.astype(jnp.float32), numbers)
+        return y.astype(out_dtype)
+    if kernel.dtype == jnp.int8:
+        kernel = kernel.astype(x.dtype)
+    return jax.lax.dot_general(x, kernel, numbers, preferred_element_type=out_dtype)
 
 
 def tied_head_product(hidden: Float[Array, "*B D"], embedding: Float[Array, "V D"]) -> Float[Array, "*B V"]:
