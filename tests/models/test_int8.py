@@ -28,7 +28,9 @@ from mmjax.engine.memory import per_device_bytes
 from tiny_llava import checkpoint, relative_error
 
 PROMPT = "USER: <image>\nWhat is shown here? ASSISTANT:"
-PROJECTION = re.compile(r"language_model\.(model\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
+#: The decoder's projections in every family's hub spelling (LLaVA's and Gemma 3's ``language_model.model.``,
+#: Qwen2.5-VL's ``model.``, Qwen3-VL's ``model.language_model.``), not the vision towers' (``vision_tower.``).
+PROJECTION = re.compile(r"^(model\.)?(language_model\.)?(model\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
 #: int8 against float32 logits on the tiny checkpoints: max |difference| / max |float32 logit|. Per-column
 #: int8 rounds each weight by at most 1/254 of its column's largest; measured 0.026 on this checkpoint.
 INT8_BOUND = 0.06
@@ -48,17 +50,23 @@ def ckpt() -> str:
     return checkpoint("gqa_default")
 
 
+def write_dequantized(ckpt: str, out: str) -> str:
+    """A copy of ``ckpt`` whose decoder projections went through int8 and back (``numpy_dequantized``)."""
+    shutil.copytree(ckpt, out, dirs_exist_ok=True)
+    matched = 0
+    for file in sorted(f for f in os.listdir(ckpt) if f.endswith(".safetensors")):
+        tensors = load_file(os.path.join(ckpt, file))
+        for name in [n for n in tensors if PROJECTION.search(n)]:
+            tensors[name] = numpy_dequantized(tensors[name])
+            matched += 1
+        save_file(tensors, os.path.join(out, file), metadata={"format": "pt"})
+    assert matched, "the reference found no decoder projection to quantize"
+    return out
+
+
 @pytest.fixture(scope="module")
 def dequantized_ckpt(ckpt, tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("dequantized"))
-    shutil.copytree(ckpt, out, dirs_exist_ok=True)
-    tensors = load_file(os.path.join(ckpt, "model.safetensors"))
-    matched = [name for name in tensors if PROJECTION.search(name)]
-    assert matched, "the reference found no decoder projection to quantize"
-    for name in matched:
-        tensors[name] = numpy_dequantized(tensors[name])
-    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-    return out
+    return write_dequantized(ckpt, str(tmp_path_factory.mktemp("dequantized")))
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +223,21 @@ def test_int8_decode_steps_run_every_projection_on_the_int8_kernel(int8_llm):
                                 max_model_len=256)
     text = int8_llm.engine(config).runner.lower_step(1, decode=True).as_text()
     assert text.count(INT8_TARGET) >= 7 * int8_llm.hf_config.text_config.num_hidden_layers
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl", "qwen3_vl"])
+def test_every_family_quantizes_its_decoder_projections(family, tmp_path):
+    """Gemma 3 and Qwen-VL in int8: the logits of their float model on the weights dequantized by the test
+    (an image prompt), and their projections' kernels int8."""
+    import tiny_gemma3
+    import tiny_qwen
+
+    helpers = tiny_gemma3 if family == "gemma3" else tiny_qwen
+    ckpt = tiny_gemma3.checkpoint() if family == "gemma3" else tiny_qwen.checkpoint(family=family)
+    image = helpers.picture(48, 64)
+    prompt = {"prompt": helpers.chat("What is this?", images=1), "multi_modal_data": {"image": image}}
+    int8 = mmjax.load(ckpt, quantization="int8")
+    reference = mmjax.load(write_dequantized(ckpt, str(tmp_path / "dequantized")))
+    assert relative_error(int8.logits(prompt)[1], reference.logits(prompt)[1]) < 2e-5
+    kernel = int8.model.language_model.layers[0].mlp.down_proj.kernel[...]
+    assert kernel.dtype == jnp.int8
