@@ -169,9 +169,9 @@ def load(
       mm_processor_cache_gb: host memory for the mapped inputs of recent multimodal items
         (kept by content, so a later prompt with the same image is not mapped again; LRU).
         Default 1; 0 disables it.
-      quantization: "int8": the decoder's projections are quantized as they are read (symmetric, one
-        float32 scale per output column; vLLM's argument name), a quarter of float32's bytes (half of
-        bfloat16's); activations, the vision tower, embedding and LM head stay in ``dtype``. None (the
+      quantization: "int8": the decoder's projections and an untied LM head are quantized as they are
+        read (symmetric, one float32 scale per output column; vLLM's argument name), a quarter of float32's
+        bytes (half of bfloat16's); activations, the vision tower, the embedding and norms stay in ``dtype``. None (the
         default): as the checkpoint is stored (``save_pretrained`` of an int8 model writes int8).
         See docs/quantization.md.
 

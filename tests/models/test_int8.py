@@ -29,8 +29,10 @@ from tiny_llava import checkpoint, relative_error
 
 PROMPT = "USER: <image>\nWhat is shown here? ASSISTANT:"
 #: The decoder's projections in every family's hub spelling (LLaVA's and Gemma 3's ``language_model.model.``,
-#: Qwen2.5-VL's ``model.``, Qwen3-VL's ``model.language_model.``), not the vision towers' (``vision_tower.``).
-PROJECTION = re.compile(r"^(model\.)?(language_model\.)?(model\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
+#: Qwen2.5-VL's ``model.``, Qwen3-VL's ``model.language_model.``), not the vision towers' (``vision_tower.``),
+#: and an untied LM head.
+PROJECTION = re.compile(r"^((model\.)?(language_model\.)?(model\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj"
+                        r"|(language_model\.)?lm_head)\.weight$")
 #: int8 against float32 logits on the tiny checkpoints: max |difference| / max |float32 logit|. Per-column
 #: int8 rounds each weight by at most 1/254 of its column's largest; measured 0.026 on this checkpoint.
 INT8_BOUND = 0.06
@@ -106,11 +108,12 @@ def test_int8_logits_are_transformers_on_the_dequantized_weights(int8_llm, dequa
 
 def test_int8_stores_the_projections_as_int8_and_the_rest_as_loaded(int8_llm, float_llm):
     dtypes = {"/".join(map(str, p)): v.get_value().dtype for p, v in nnx.to_flat_state(int8_llm.state)}
-    projections = [p for p in dtypes if re.search(r"^language_model/layers/\d+/(self_attn|mlp)/\w+_proj/kernel$", p)]
-    assert len(projections) == 7 * int8_llm.hf_config.text_config.num_hidden_layers
+    projections = [p for p in dtypes
+                   if re.search(r"^language_model/(layers/\d+/(self_attn|mlp)/\w+_proj|lm_head)/kernel$", p)]
+    assert len(projections) == 7 * int8_llm.hf_config.text_config.num_hidden_layers + 1  # + the untied head
     assert all(dtypes[p] == jnp.int8 and dtypes[p + "_scale"] == jnp.float32 for p in projections)
     others = [p for p in dtypes if p not in projections and not p.endswith("kernel_scale")]
-    assert all(dtypes[p] == jnp.float32 for p in others)  # vision tower, projector, embedding, norms, head
+    assert all(dtypes[p] == jnp.float32 for p in others)  # vision tower, projector, embedding, norms
     # the memory plan reads the stored form: each projection's bytes drop from 4 to 1 per weight (+ scales)
     kernels = {p: v.get_value() for p, v in nnx.to_flat_state(float_llm.state)
                if "/".join(map(str, p)) in projections}
@@ -203,8 +206,8 @@ def test_quantize_int8_is_the_symmetric_per_column_formula():
     want = numpy_dequantized(w.T).T
     np.testing.assert_allclose(np.asarray(q, np.float32) * scale, want, rtol=1e-6, atol=1e-7)
     assert q.dtype == np.int8 and q[5, 0] == -127 and scale[3] == 1.0
-    jq, jscale = jax.jit(quantize_int8)(jnp.asarray(w))  # the same on device
-    np.testing.assert_array_equal(np.asarray(jq), q)
+    jq, jscale = jax.jit(quantize_int8)(jnp.asarray(w))  # on device in float32: at most a step at a half
+    assert np.abs(np.asarray(jq, np.int32) - q).max() <= 1 and np.mean(np.asarray(jq) == q) > 0.99
     np.testing.assert_allclose(np.asarray(jscale), scale, rtol=1e-7)
 
 
@@ -216,13 +219,14 @@ def test_quantized_model_refuses_lora_training_with_a_reason(int8_llm):
 
 
 def test_int8_decode_steps_run_every_projection_on_the_int8_kernel(int8_llm):
-    """The engine's one-sequence decode step (one row) reads each projection as int8 on the CPU kernel."""
+    """The engine's one-sequence decode step (one row) reads each projection and the LM head as int8 on the
+    CPU kernel."""
     from mmjax.kernels_cpu.skinny_matmul import INT8_TARGET
 
     config = mmjax.EngineConfig(max_num_seqs=2, max_num_batched_tokens=64, num_pages=40, page_size=8,
                                 max_model_len=256)
     text = int8_llm.engine(config).runner.lower_step(1, decode=True).as_text()
-    assert text.count(INT8_TARGET) >= 7 * int8_llm.hf_config.text_config.num_hidden_layers
+    assert text.count(INT8_TARGET) >= 7 * int8_llm.hf_config.text_config.num_hidden_layers + 1  # + the LM head
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl", "qwen3_vl"])

@@ -243,3 +243,4 @@ def test_int8_on_a_mesh_equals_int8_on_one_device(results):
     assert specs["language_model/layers/0/self_attn/q_proj/kernel_scale"] == "P('model',)"
     assert specs["language_model/layers/0/mlp/down_proj/kernel"] == "P('model', None)"
     assert specs["language_model/layers/0/mlp/down_proj/kernel_scale"] == "P()"
+    assert specs["language_model/lm_head/kernel_scale"] == "P('model',)"

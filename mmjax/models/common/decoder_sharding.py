@@ -34,7 +34,8 @@ KV_PROJECTIONS = _LM + r"layers/\d+/self_attn/[kv]_proj/"
 #: ``(regex on the "/"-joined parameter path, spec)``; the first match wins.
 DECODER_PARTITION_RULES: tuple[tuple[str, P], ...] = (
     (_LM + r"embed_tokens/embedding$", ROW),  # [V, D]
-    (_LM + r"lm_head/kernel$", COLUMN),  # [D, V]
+    (_LM + r"lm_head/kernel$", COLUMN),
+    (_LM + r"lm_head/kernel_scale$", SPLIT),  # [V]: an int8 head's scales, split as its outputs  # [D, V]
     (_LM + r"layers/\d+/self_attn/[qkv]_proj/kernel$", COLUMN),
     (_LM + r"layers/\d+/self_attn/[qkv]_proj/(bias|kernel_scale)$", SPLIT),
     (_LM + r"layers/\d+/self_attn/o_proj/kernel$", ROW),

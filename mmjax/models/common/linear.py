@@ -57,14 +57,17 @@ def few_row_products_on_cpu() -> Iterator[None]:
 
 def quantize_int8(kernel: Float[Array, "K N"]) -> tuple[Array, Array]:
     """``(q int8 [K, N], scale f32 [N])`` with ``kernel ~= q * scale``: symmetric, per output column,
-    ``scale = max |kernel[:, n]| / 127`` (an all-zero column gets scale 1). Works on numpy arrays (on
-    the host, as a checkpoint is read) and on jax arrays alike."""
-    xp = np if isinstance(kernel, np.ndarray) else jnp
-    kernel = kernel.astype(xp.float32)
+    ``scale = max |kernel[:, n]| / 127`` (an all-zero column gets scale 1), ``q = round(kernel / scale)``.
+
+    A numpy array (a checkpoint's tensor, as it is read) is quantized on the host in float64, so ``q`` does
+    not depend on float32 rounding at a half step; a jax array on its device in float32 (``q`` may then
+    differ by one step where ``kernel / scale`` lies within float32's rounding of a half)."""
+    xp, wide = (np, np.float64) if isinstance(kernel, np.ndarray) else (jnp, jnp.float32)
+    kernel = kernel.astype(wide)
     absmax = xp.max(xp.abs(kernel), axis=0)
-    scale = xp.where(absmax > 0, absmax / 127.0, 1.0).astype(xp.float32)
+    scale = xp.where(absmax > 0, absmax / 127.0, 1.0)
     q = xp.clip(xp.round(kernel / scale), -127, 127).astype(xp.int8)
-    return q, scale
+    return q, scale.astype(xp.float32)
 
 
 class Linear(nnx.Module):
