@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 from mmjax.models.architectures import family_of
 from mmjax.models.common.family import model_quantization
 from mmjax.training.examples import TrainBatch, TrainExample, collate
-from mmjax.training.lora import LoraConfig, adapted_leaves, apply_adapters, init_adapters
+from mmjax.training.lora import (
+    LoraConfig, adapted_leaves, apply_adapters, init_adapters, merge_adapters, scale_leaves,
+)
 from mmjax.training.loss import batch_loss
 from mmjax.training.params import ParamSplit
 from mmjax.engine.loaded_model import LoadedModel
@@ -54,7 +56,8 @@ def objective(graphdef: Any, split: ParamSplit, lora_scale: float | None) -> Cal
         if lora_scale is None:
             leaves = split.merge(params, frozen)
         else:
-            leaves = jax.tree.unflatten(split.treedef, apply_adapters(frozen, params, lora_scale))
+            scales = scale_leaves(split, list(params))
+            leaves = jax.tree.unflatten(split.treedef, apply_adapters(frozen, params, lora_scale, scales))
         return batch_loss(graphdef, leaves, batch)
 
     return loss
@@ -96,8 +99,8 @@ def train(
       seed: the shuffling and the adapters' initialisation.
 
     Raises:
-      ValueError / TypeError: bad arguments or a bad example (named by index), before any step; "lora" or
-        "all" on a model whose projections are int8 (``quantization="int8"``).
+      ValueError / TypeError: bad arguments or a bad example (named by index), before any step; "all" on a
+        model whose projections are int8 (``quantization="int8"``; "lora" trains float adapters over them).
     """
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an int >= 1 or None, got {steps!r}")
@@ -106,11 +109,11 @@ def train(
     if lora is not None and trainable != "lora":
         raise ValueError(f"a LoraConfig was given but trainable={trainable!r}; pass trainable='lora'")
     family = family_of(llm.model)
-    if trainable in ("lora", "all") and model_quantization(llm.model) is not None:
+    if trainable == "all" and model_quantization(llm.model) is not None:
         raise ValueError(
-            f"trainable={trainable!r} needs float projections, but this model's are int8 (loaded with "
-            "quantization='int8'): train the float checkpoint and quantize the saved result "
-            "(mmjax.load(saved, quantization='int8')), or train the projector (trainable='projector')"
+            "trainable='all' needs float projections, but this model's are int8 (loaded with "
+            "quantization='int8'): train LoRA adapters over them (trainable='lora'), or train the float "
+            "checkpoint and quantize the saved result (mmjax.load(saved, quantization='int8'))"
         )
     split = ParamSplit.build(llm.state, trainable, family.trainable_groups)
     optimizer = optax.adamw(1e-3) if optimizer is None else optimizer
@@ -137,7 +140,7 @@ def train(
     if not losses:
         raise ValueError("no training example was given")
     if trainable == "lora":
-        new_leaves = apply_adapters(leaves, params, scale)
+        new_leaves = merge_adapters(leaves, params, scale, scale_leaves(split, list(params)))
     else:
         new_leaves = jax.tree.leaves(split.merge(params, frozen))
     state = jax.tree.unflatten(split.treedef, new_leaves)

@@ -18,6 +18,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from safetensors import safe_open
@@ -211,10 +212,42 @@ def test_quantize_int8_is_the_symmetric_per_column_formula():
     np.testing.assert_allclose(np.asarray(jscale), scale, rtol=1e-7)
 
 
-def test_quantized_model_refuses_lora_training_with_a_reason(int8_llm):
-    example = mmjax.TrainExample(prompt={"prompt": "USER: hi ASSISTANT:"}, target=" hello")
-    with pytest.raises(ValueError, match="int8"):
-        mmjax.train(int8_llm, [example], trainable="lora", steps=1)
+def numpy_target_loss(llm, prompt: str, target: str) -> float:
+    """Mean cross-entropy of ``target`` + EOS after ``prompt``, from ``llm.logits`` (numpy, written here)."""
+    prompt_ids = llm.tokenizer(prompt).input_ids
+    target_ids = llm.tokenizer(target, add_special_tokens=False).input_ids + [llm.tokenizer.eos_token_id]
+    _, logits = llm.logits({"prompt_token_ids": prompt_ids + target_ids})
+    rows = logits[len(prompt_ids) - 1:-1].astype(np.float64)
+    logprobs = rows - rows.max(-1, keepdims=True)
+    logprobs -= np.log(np.exp(logprobs).sum(-1, keepdims=True))
+    return float(-np.mean(logprobs[np.arange(len(target_ids)), target_ids]))
+
+
+def test_lora_trains_float_adapters_over_int8_weights_and_merges_back_to_int8(int8_llm):
+    """QLoRA: the int8 projections stay frozen while float adapters train; the merged model is int8 again
+    and keeps what was learnt (its loss, computed here from its logits, falls as training's did)."""
+    prompt, target = "USER: What is the secret word? ASSISTANT:", " banana banana"
+    example = mmjax.TrainExample(prompt=prompt, target=target)
+    before = numpy_target_loss(int8_llm, prompt, target)
+    result = mmjax.train(int8_llm, [example] * 4, trainable="lora", steps=12, batch_size=4,
+                         optimizer=optax.adam(3e-2), use_tqdm=False)
+    assert result.losses[0] == pytest.approx(before, rel=1e-4)  # step 0 is the int8 model itself
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    after = numpy_target_loss(result.llm, prompt, target)
+    assert after < 0.6 * before  # quantized again, the learnt adapter survives
+    layer = result.llm.model.language_model.layers[0].self_attn
+    assert layer.q_proj.kernel[...].dtype == jnp.int8 and layer.q_proj.kernel_scale[...].dtype == jnp.float32
+    base = int8_llm.model.language_model.layers[0].self_attn
+    assert not np.array_equal(np.asarray(layer.q_proj.kernel[...]), np.asarray(base.q_proj.kernel[...]))
+    assert "up_proj" not in mmjax.LoraConfig().targets  # an unadapted layer is the base's, bit for bit
+    np.testing.assert_array_equal(np.asarray(result.llm.model.language_model.layers[0].mlp.up_proj.kernel[...]),
+                                  np.asarray(int8_llm.model.language_model.layers[0].mlp.up_proj.kernel[...]))
+
+
+def test_training_every_parameter_of_an_int8_model_is_refused_with_the_way_out(int8_llm):
+    example = mmjax.TrainExample(prompt="USER: hi ASSISTANT:", target=" hello")
+    with pytest.raises(ValueError, match=r"trainable='all' needs float projections.*trainable='lora'"):
+        mmjax.train(int8_llm, [example], trainable="all", steps=1)
 
 
 

@@ -131,9 +131,28 @@ def _xla_product(x: Array, kernel: Array, numbers: Any, out_dtype: Any = None) -
     if jax.default_backend() == "cpu":
         y = jax.lax.dot_general(x.astype(jnp.float32), kernel.astype(jnp.float32), numbers)
         return y.astype(out_dtype)
-    if kernel.dtype == jnp.int8:
+    if kernel.dtype != x.dtype:  # int8 (the convert fuses into the dot), or LoRA's float32 ``lora_kernel``
         kernel = kernel.astype(x.dtype)
     return jax.lax.dot_general(x, kernel, numbers, preferred_element_type=out_dtype)
+
+
+def lora_kernel(kernel: Array, scale: Float[Array, "N"] | None, delta: Float[Array, "K N"]) -> Array:
+    """The kernel that multiplies as ``kernel`` plus a LoRA delta (``alpha / r · a @ b``) in ``project``, for
+    training: a float kernel gives ``kernel + delta`` in its dtype; an int8 ``q`` with its ``scale`` gives the
+    float32 ``q + delta / scale``, which ``project`` (a float kernel beside a scale: XLA's product) multiplies
+    as ``x @ (q * scale) + x @ delta``: the base stays int8 and frozen, the adapter float (QLoRA)."""
+    if scale is None:
+        return kernel + delta.astype(kernel.dtype)
+    return kernel.astype(jnp.float32) + delta.astype(jnp.float32) / scale
+
+
+def merged_kernel(kernel: Array, scale: Float[Array, "N"] | None, delta: Float[Array, "K N"]
+                  ) -> tuple[Array, Array | None]:
+    """``(kernel, scale)`` with a LoRA delta folded in for good: float ``kernel + delta``; int8: the sum
+    ``q * scale + delta`` quantized again (``quantize_int8``), so the trained model is stored as the base was."""
+    if scale is None:
+        return kernel + delta.astype(kernel.dtype), None
+    return quantize_int8(kernel.astype(jnp.float32) * scale + delta.astype(jnp.float32))
 
 
 def tied_head_product(hidden: Float[Array, "*B D"], embedding: Float[Array, "V D"]) -> Float[Array, "*B V"]:
