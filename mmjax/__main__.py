@@ -17,6 +17,8 @@ import sys
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a llava-hf checkpoint directory (default: the shipped demo model)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quantization", choices=["int8"],
+                        help="int8: the decoder's projections and LM head as int8 (default: as stored)")
     parser.add_argument("--mesh", type=_mesh, help='shard over a device mesh: "auto" or "data=D,model=M"')
     parser.add_argument("--chat-template", help="Jinja text or a file to use instead of the checkpoint's template")
 
@@ -96,16 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         from mmjax.shapes_demo import DEFAULT_SCENE_PATH, ask_about_images, run_shapes_demo
 
         if images:
-            ask_about_images(images, args.question or [], dtype=args.dtype, mesh=args.mesh)
+            ask_about_images(images, args.question or [], dtype=args.dtype, mesh=args.mesh,
+                             quantization=args.quantization)
         else:
-            run_shapes_demo(args.seed, args.scene or DEFAULT_SCENE_PATH, dtype=args.dtype, mesh=args.mesh)
+            run_shapes_demo(args.seed, args.scene or DEFAULT_SCENE_PATH, dtype=args.dtype, mesh=args.mesh,
+                            quantization=args.quantization)
         return 0
     prompt = args.prompt or ("USER: " + "<image>\n" * max(1, len(images)) + "What is shown? ASSISTANT:")
     follow_up = None  # the same prompt again
     if args.command == "demo" and not args.prompt and not images:
         prompt, follow_up = DEMO_PROMPT, FOLLOW_UP_PROMPT
     run_demo(args.model, images, prompt, args.dtype, args.max_tokens, args.temperature, args.seed, mesh=args.mesh,
-             follow_up=follow_up)
+             follow_up=follow_up, quantization=args.quantization)
     return 0
 
 

@@ -72,18 +72,21 @@ def open_images(paths: list[str] | None) -> list[Image.Image]:
 
 def run_demo(model: str | None = None, images: list[str] | None = None, prompt: str = DEMO_PROMPT,
              dtype: str = "float32", max_tokens: int = 24, temperature: float = 0.0, seed: int | None = None,
-             stream: bool = True, mesh: Any = None, follow_up: str | None = None) -> dict:
+             stream: bool = True, mesh: Any = None, follow_up: str | None = None,
+             quantization: str | None = None) -> dict:
     """Load, process, generate (streaming to stdout); ask ``follow_up`` (default: the prompt again)
     about the same images, and show what the caches saved; print it all and return it as a dict.
 
-    ``mesh``: shard the model (``mmjax.load``'s ``mesh=``: "auto", ``{"data": d, "model": m}``, a Mesh).
+    ``mesh``: shard the model (``mmjax.load``'s ``mesh=``: "auto", ``{"data": d, "model": m}``, a Mesh);
+    ``quantization``: ``mmjax.load``'s ("int8").
     """
     import mmjax
 
     path = resolve_model(model)
     pictures = open_images(images)
     start = time.perf_counter()
-    llm = mmjax.load(path, dtype=dtype, limit_mm_per_prompt={"image": max(1, len(pictures))}, mesh=mesh)
+    llm = mmjax.load(path, dtype=dtype, limit_mm_per_prompt={"image": max(1, len(pictures))}, mesh=mesh,
+                     quantization=quantization)
     if llm.mesh is not None:
         print(f"{'mesh':>14}: {dict(llm.mesh.shape)} over {llm.mesh.devices.size} {llm.mesh.devices.flat[0].platform} "
               f"devices, {jax.process_count()} process(es)")

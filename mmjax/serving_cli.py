@@ -93,9 +93,9 @@ def run_serve(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     # The registry checks the same video ceilings model-wide (a request may only lower them).
     video_ceilings = {"max_video_frames": args.max_video_frames, "max_video_pixels": args.max_video_pixels}
-    llm = mmjax.load(model, dtype=args.dtype, limit_mm_per_prompt=args.limit_mm_per_prompt,
-                     max_model_len=args.max_model_len, mesh=args.mesh, mm_processor_cache_gb=args.mm_processor_cache_gb,
-                     mm_processor_kwargs=video_ceilings)
+    llm = mmjax.load(model, dtype=args.dtype, quantization=args.quantization,
+                     limit_mm_per_prompt=args.limit_mm_per_prompt, max_model_len=args.max_model_len, mesh=args.mesh,
+                     mm_processor_cache_gb=args.mm_processor_cache_gb, mm_processor_kwargs=video_ceilings)
     engine_fields = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
                      "kv_cache_bytes": args.kv_cache_bytes, "enable_prefix_caching": args.enable_prefix_caching,
                      "encoder_cache_tokens": args.encoder_cache_tokens}
@@ -140,7 +140,7 @@ def run_chat(args: argparse.Namespace) -> int:
         messages = [{"role": "user", "content": [*content, {"type": "text", "text": args.message}]}]
     path = resolve_model(args.model)
     llm = mmjax.load(path, dtype=args.dtype, limit_mm_per_prompt={"image": max(1, len(args.image or []))},
-                     mesh=args.mesh)
+                     mesh=args.mesh, quantization=args.quantization)
     params = mmjax.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     shown = 0
     try:

@@ -39,7 +39,8 @@ def describe_scene(scene: Any) -> str:
     return ", ".join(f"{'an' if s.color[0] in 'aeiou' else 'a'} {s.color} {s.kind}" for s in scene.shapes)
 
 
-def ask_about_images(paths: list[str], asked: list[str], dtype: str = "float32", mesh: Any = None) -> list[str]:
+def ask_about_images(paths: list[str], asked: list[str], dtype: str = "float32", mesh: Any = None,
+                     quantization: str | None = None) -> list[str]:
     """Ask the demo model each question in ``asked`` (default: how many shapes) about each image
     file (the user's own drawings); print and return the answers, image by image."""
     import mmjax
@@ -47,7 +48,7 @@ def ask_about_images(paths: list[str], asked: list[str], dtype: str = "float32",
     from mmjax.training.shapes_task import PROMPT_TEMPLATE
 
     asked = asked or ["How many shapes are there?"]
-    llm = mmjax.load(mmjax.demo_checkpoint(), dtype=dtype, mesh=mesh)
+    llm = mmjax.load(mmjax.demo_checkpoint(), dtype=dtype, mesh=mesh, quantization=quantization)
     requests = [{"prompt": PROMPT_TEMPLATE.format(question=q), "multi_modal_data": {"image": image}}
                 for image in open_images(paths) for q in asked]
     outputs = mmjax.generate(llm, requests, mmjax.SamplingParams(max_tokens=4, temperature=0.0), use_tqdm=False)
@@ -58,7 +59,7 @@ def ask_about_images(paths: list[str], asked: list[str], dtype: str = "float32",
 
 
 def run_shapes_demo(seed: int | None = None, scene_path: str = DEFAULT_SCENE_PATH, side: int = 336,
-                    dtype: str = "float32", mesh: Any = None) -> dict:
+                    dtype: str = "float32", mesh: Any = None, quantization: str | None = None) -> dict:
     """Draw a scene (from ``seed``, or fresh randomness), save it to ``scene_path``, ask the demo
     model about it, print the answers beside the truth, and return it all as a dict."""
     import mmjax
@@ -71,7 +72,7 @@ def run_shapes_demo(seed: int | None = None, scene_path: str = DEFAULT_SCENE_PAT
     image.save(scene_path)
     asked = one_question_of_each_kind(rng, scene)
     start = time.perf_counter()
-    llm = mmjax.load(mmjax.demo_checkpoint(), dtype=dtype, mesh=mesh)
+    llm = mmjax.load(mmjax.demo_checkpoint(), dtype=dtype, mesh=mesh, quantization=quantization)
     loaded = time.perf_counter()
     print(f"{'model':>10}: the demo model, a tiny LLaVA-1.5 trained by mmjax on drawn shapes "
           f"(mmjax.demo_checkpoint())")
