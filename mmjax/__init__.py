@@ -7,25 +7,30 @@ prompts and conversations through the engine; ``mmjax.train(llm, examples)`` fin
 (vLLM's names) lives in ``mmjax.registry``; the most used names are re-exported here.
 """
 
-from mmjax.registry import (
-    INPUT_REGISTRY,
-    MULTIMODAL_REGISTRY,
-    ModelConfig,
-    MultiModalInputs,
-    PromptInputs,
-    SupportsMultiModal,
-    TextPrompt,
-    TokensPrompt,
-    process_prompt,
-)
+from mmjax.gc_pause import gc_paused as _gc_paused
 
-from mmjax.assets import demo_checkpoint
-from mmjax.engine.config import EngineConfig
-from mmjax.engine.errors import PromptError, StepError
-from mmjax.engine.generate import generate
-from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
-from mmjax.engine.sampling_params import SamplingParams
-from mmjax.llm import LLM, load
+# jax, flax and transformers (and torch, where installed) come in here: ~500k objects that the collector would
+# walk again and again as they accumulate (see mmjax.gc_pause)
+with _gc_paused():
+    from mmjax.registry import (
+        INPUT_REGISTRY,
+        MULTIMODAL_REGISTRY,
+        ModelConfig,
+        MultiModalInputs,
+        PromptInputs,
+        SupportsMultiModal,
+        TextPrompt,
+        TokensPrompt,
+        process_prompt,
+    )
+
+    from mmjax.assets import demo_checkpoint
+    from mmjax.engine.config import EngineConfig
+    from mmjax.engine.errors import PromptError, StepError
+    from mmjax.engine.generate import generate
+    from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
+    from mmjax.engine.sampling_params import SamplingParams
+    from mmjax.llm import LLM, load
 
 __version__ = "0.1.0"
 
