@@ -7,29 +7,58 @@ prompts and conversations through the engine; ``mmjax.train(llm, examples)`` fin
 (vLLM's names) lives in ``mmjax.registry``; the most used names are re-exported here.
 """
 
-from mmjax.registry import (
-    INPUT_REGISTRY,
-    MULTIMODAL_REGISTRY,
-    ModelConfig,
-    MultiModalInputs,
-    PromptInputs,
-    SupportsMultiModal,
-    TextPrompt,
-    TokensPrompt,
-    process_prompt,
-)
+from mmjax.gc_pause import gc_paused as _gc_paused
 
-from mmjax.assets import demo_checkpoint
-from mmjax.engine.config import EngineConfig
-from mmjax.engine.errors import PromptError, StepError
-from mmjax.engine.generate import generate
-from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
-from mmjax.engine.sampling_params import SamplingParams
-from mmjax.llm import LLM, load
-from mmjax.serving.chat import chat
-from mmjax.training import LoraConfig, TrainExample, TrainResult, save_pretrained, train
+# jax, flax and transformers (and torch, where installed) come in here: ~500k objects that the collector would
+# walk again and again as they accumulate (see mmjax.gc_pause)
+with _gc_paused():
+    from mmjax.registry import (
+        INPUT_REGISTRY,
+        MULTIMODAL_REGISTRY,
+        ModelConfig,
+        MultiModalInputs,
+        PromptInputs,
+        SupportsMultiModal,
+        TextPrompt,
+        TokensPrompt,
+        process_prompt,
+    )
+
+    from mmjax.assets import demo_checkpoint
+    from mmjax.engine.config import EngineConfig
+    from mmjax.engine.errors import PromptError, StepError
+    from mmjax.engine.generate import generate
+    from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
+    from mmjax.engine.sampling_params import SamplingParams
+    from mmjax.llm import LLM, load
 
 __version__ = "0.1.0"
+
+#: Names imported on first use (PEP 562): ``load`` + ``generate`` need neither the chat front end nor
+#: training, whose modules would otherwise be imported by every ``import mmjax``.
+_LAZY = {
+    "chat": "mmjax.serving.chat",
+    "LoraConfig": "mmjax.training",
+    "TrainExample": "mmjax.training",
+    "TrainResult": "mmjax.training",
+    "save_pretrained": "mmjax.training",
+    "train": "mmjax.training",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # the next lookup does not come here
+        return value
+    raise AttributeError(f"module 'mmjax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "CompletionOutput",

@@ -31,6 +31,7 @@ from mmjax.registry import (
     process_prompt,
 )
 from mmjax.registry.processor_cache import DEFAULT_PROCESSOR_CACHE_GB
+from mmjax.gc_pause import gc_paused
 from mmjax.models.architectures import family_for
 from mmjax.models.common.family import load_checkpoint
 from mmjax.models.common.linear import check_quantization
@@ -141,6 +142,7 @@ class LLM:
         return processed.token_ids, np.asarray(fetch(logits)[0, :length], np.float32)
 
 
+@gc_paused()  # transformers' config and processor modules, the traced abstract model: see mmjax.gc_pause
 def load(
     path: str | os.PathLike,
     dtype: str | jnp.dtype = jnp.float32,

@@ -29,25 +29,38 @@ Output tokens that belong to no live sequence are zeros.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
-from mmjax.kernels_pallas import ragged_paged_attention_gpu as _gpu
-from mmjax.kernels_pallas import ragged_paged_attention_tpu as _tpu
 from mmjax.types import Array, Float, Int, shape_checked
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
-# backend -> (default (block_q, pages_per_block) for a group size and page size, kernel call)
-_KERNELS = {
-    "gpu": (_gpu.default_block_sizes, _gpu.ragged_paged_attention_gpu),
-    "tpu": (_tpu.default_block_sizes, _tpu.ragged_paged_attention_tpu),
-}
-BACKENDS = tuple(_KERNELS)
+BACKENDS = ("gpu", "tpu")
+
+
+def _kernel(backend: str) -> tuple:
+    """``(default (block_q, pages_per_block) for a group size and page size, kernel call)`` of ``backend``.
+
+    Its module is imported here, on first use: the TPU kernel's (Pallas' Mosaic lowering) takes 0.2 s to
+    import and the GPU kernel's (Triton) 0.03 s, which a process on another backend (the CPU kernel
+    imports this module for ``with_validated_inputs``) would pay in every ``import mmjax``.
+    """
+    module = importlib.import_module(f"mmjax.kernels_pallas.ragged_paged_attention_{backend}")
+    return module.default_block_sizes, getattr(module, f"ragged_paged_attention_{backend}")
+
+
+def _is_tpu_interpret_params(interpret) -> bool:
+    """Whether ``interpret`` is a ``pltpu.InterpretParams`` (asks for the TPU kernel, interpreted)."""
+    if interpret is None or isinstance(interpret, bool):
+        return False
+    from jax.experimental.pallas import tpu as pltpu
+
+    return isinstance(interpret, pltpu.InterpretParams)
 
 
 def _fail(name: str, expected: str, got) -> None:
@@ -179,7 +192,7 @@ def _default_backend(interpret) -> str:
     platform = jax.default_backend()
     if platform in BACKENDS:
         return platform
-    if isinstance(interpret, pltpu.InterpretParams):
+    if _is_tpu_interpret_params(interpret):
         return "tpu"
     if interpret:
         return "gpu"  # the Triton-style kernel interprets fastest on CPU
@@ -222,7 +235,7 @@ def ragged_paged_attention(
     backend = backend or _default_backend(interpret)
     if backend not in BACKENDS:
         _fail("backend", f"one of {BACKENDS}", repr(backend))
-    default_block_sizes, kernel = _KERNELS[backend]
+    default_block_sizes, kernel = _kernel(backend)
     group = q.shape[1] // k_pages.shape[0]
     default_q, default_pages = default_block_sizes(group, k_pages.shape[2])
     if block_q is None:

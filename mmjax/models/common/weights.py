@@ -327,11 +327,12 @@ def fill_state(
             leaf.set_value(_read_placed(reader, name, target, expected, sharding, leaf_dtype))
             continue
         # Transposed and cast on the host: as jax ops, every shape compiled a program of its own
-        # (0.5 s of a 3 s load of the benchmark checkpoint, in every process).
+        # (0.5 s of a 3 s load of the benchmark checkpoint, in every process). Put with device_put:
+        # jnp.asarray of a numpy array runs a program per shape too (jax 0.10: an identity, 13 of them).
         value = reader.read(name)
         if target.permutation is not None:
             value = np.transpose(value, target.permutation)
-        leaf.set_value(jnp.asarray(np.ascontiguousarray(value, dtype=leaf_dtype)))
+        leaf.set_value(jax.device_put(np.ascontiguousarray(value, dtype=leaf_dtype)))
         del value  # one tensor in flight at a time
     return nnx.merge(graphdef, state)
 
@@ -356,7 +357,7 @@ def _quantized(reader: CheckpointReader, name: str, target: Target) -> tuple[np.
 def _placed(value: np.ndarray, sharding) -> jax.Array:
     """A host array on the device, or split over a mesh by ``sharding``."""
     if sharding is None:
-        return jnp.asarray(np.ascontiguousarray(value))
+        return jax.device_put(np.ascontiguousarray(value))
     from mmjax.sharding.specs import read_sharded
 
     return read_sharded(value.shape, sharding, lambda index: np.ascontiguousarray(value[index]))
