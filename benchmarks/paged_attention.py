@@ -18,7 +18,13 @@ key bounds (the kernels' causal default), with causal bounds given as arrays (``
 sliding window of 256: the windowed time follows the window, not the context. What cannot run here
 is listed under "skipped" with the reason.
 
-    python benchmarks/paged_attention.py [--quick]
+    python benchmarks/paged_attention.py [--quick] [--dtype bfloat16] [--head-dim 64 --group 1]
+    python benchmarks/paged_attention.py --kernel-only --dtype bfloat16 --head-dim 64 --group 1
+
+``--dtype`` is the CPU kernel's (and its XLA peer's) dtype; ``--head-dim`` and ``--group`` replace the
+Llama-3-like attention (``--head-dim 64 --group 1``: the LLaVA benchmark model's 8 heads of 64).
+``--kernel-only`` prints only the CPU kernel beside the XLA path, for decode steps of 1 and 8 sequences of
+630 and 2048 tokens and prefill steps of one 600-token and one 1024-token prompt.
 """
 
 from __future__ import annotations
@@ -134,14 +140,17 @@ def prefill_inputs(batch: int, prompt: int, dtype, seed: int = 0):
     return q, k_pages, v_pages, kv_lens, tables, cu_q_lens, num_seqs
 
 
-def cpu_kernel_vs_xla(decode_shapes: list[tuple[int, int]], prefill: tuple[int, int], dtype) -> list[dict]:
+def cpu_kernel_vs_xla(decode_shapes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtype) -> list[dict]:
     """The native CPU kernel beside the plain-XLA path on the same pages (and dense attention for decode);
-    decode with each sequence's pages in order (as the allocator reserves them) and in random order."""
+    decode with each sequence's pages in order (as the allocator reserves them) and in random order.
+    ``kernel_kv_gb_per_s``: the K/V bytes of the step over the kernel's time (a prefill reads them more than once)."""
     rows = []
-    cases = [("decode", order, b, c, decode_inputs(b, c, dtype, consecutive=order == "consecutive"))
-             for b, c in decode_shapes for order in ("consecutive", "random")]
-    cases.append(("prefill", "consecutive", *prefill, prefill_inputs(*prefill, dtype)))
-    for kind, order, batch, context, args in cases:
+    cases = [("decode", order, b, c, lambda b=b, c=c, order=order: decode_inputs(
+        b, c, dtype, consecutive=order == "consecutive"))
+        for b, c in decode_shapes for order in ("consecutive", "random")]
+    cases += [("prefill", "consecutive", b, p, lambda b=b, p=p: prefill_inputs(b, p, dtype)) for b, p in prefills]
+    for kind, order, batch, context, make in cases:
+        args = make()
         q, k_pages, v_pages, kv_lens, tables = args[:5]
         block_q = 1 if kind == "decode" else 128
         t_kernel = timeit(ragged_paged_attention_cpu, *args)
@@ -149,7 +158,8 @@ def cpu_kernel_vs_xla(decode_shapes: list[tuple[int, int]], prefill: tuple[int, 
         err = float(jnp.max(jnp.abs(ragged_paged_attention_cpu(*args).astype(jnp.float32)
                                     - ragged_paged_attention_tiled(*args, block_q=block_q).astype(jnp.float32))))
         kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(dtype).itemsize
-        row = dict(step=kind, pages=order, batch=batch, context=context, cpu_kernel_ms=1e3 * t_kernel,
+        row = dict(step=kind, pages=order, batch=batch, context=context, dtype=jnp.dtype(dtype).name,
+                   cpu_kernel_ms=1e3 * t_kernel,
                    xla_path_ms=1e3 * t_xla,
                    xla_over_kernel=t_xla / t_kernel, kernel_kv_gb_per_s=kv_bytes / t_kernel / 1e9, max_abs_diff=err)
         if kind == "decode":
@@ -238,30 +248,47 @@ def kernel_bandwidth(backend: str, batches, contexts, dtype) -> tuple[list[dict]
 
 
 def main() -> None:
+    global HEAD_DIM, GROUP  # the shapes every case above uses
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewest shapes (CI smoke run)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the CPU kernel's dtype (and the XLA path's beside it)")
+    parser.add_argument("--head-dim", type=int, default=HEAD_DIM)
+    parser.add_argument("--group", type=int, default=GROUP, help="query heads per KV head")
+    parser.add_argument("--kernel-only", action="store_true", help="only the CPU kernel beside the XLA path")
     flags = parser.parse_args()
+    HEAD_DIM, GROUP = flags.head_dim, flags.group
+    dtype = jnp.dtype(flags.dtype)
     backend = jax.default_backend()
     report: dict = dict(jax=jax.__version__, backend=backend, device=jax.devices()[0].device_kind,
                         attention=dict(num_kv_heads=NUM_KV_HEADS, group=GROUP, head_dim=HEAD_DIM,
                                        page_size=PAGE_SIZE), skipped={})
     on_cpu = backend not in ("gpu", "tpu")
+    if flags.kernel_only:
+        reason = kernel_unavailable(HEAD_DIM, dtype) if on_cpu else f"no CPU kernel on {backend}"
+        if reason is None:
+            report["cpu_kernel_vs_xla_path"] = cpu_kernel_vs_xla(
+                [(1, 630), (1, 2048), (8, 630), (8, 2048)], [(1, 600), (1, 1024)], dtype)
+        else:
+            report["skipped"]["cpu_kernel"] = reason
+        print(json.dumps(report, indent=1))
+        return
     shapes = [(1, 512), (8, 2048)] if flags.quick or on_cpu else [(1, 512), (8, 2048), (64, 4096)]
     report["reference_vs_dense_decode"] = reference_vs_dense(shapes, jnp.float32 if on_cpu else jnp.bfloat16)
     report["xla_path_decode_vs_table_width"] = xla_path_vs_table_width(
         [1024, 4096] if flags.quick else [1024, 4096, 16384], jnp.float32)
     if on_cpu:
-        reason = kernel_unavailable(HEAD_DIM, jnp.float32)
+        reason = kernel_unavailable(HEAD_DIM, dtype)
         if reason is None:
             report["cpu_kernel_vs_xla_path"] = cpu_kernel_vs_xla(
-                [(1, 512), (8, 600)] if flags.quick else [(1, 512), (8, 600), (8, 2048)], (4, 512), jnp.float32)
+                [(1, 512), (8, 600)] if flags.quick else [(1, 512), (8, 600), (8, 2048)], [(4, 512)], dtype)
         else:
             report["skipped"]["cpu_kernel"] = reason
         steps = [("decode", 8, 2048, 1), ("prefill_chunk", 2, 2048, 512)]
         paths = {"xla_path": xla_path}
         if reason is None:
             paths["cpu_kernel"] = lambda kind, *a, **k: ragged_paged_attention_cpu(*a, **k)
-        report["windowed"] = windowed(paths, steps, jnp.float32)
+        report["windowed"] = windowed(paths, steps, dtype)
         report["skipped"]["kernel_bandwidth"] = (
             f"no GPU/TPU (jax.default_backend() == {backend!r}); the kernels run here only in "
             "interpret mode, whose timings say nothing about the hardware")

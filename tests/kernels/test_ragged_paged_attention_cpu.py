@@ -1,8 +1,10 @@
 """The native CPU kernel (``mmjax.kernels_cpu``) against the independent dense attention, and its build.
 
 Cases as the reference's (NaN in every slot no live sequence owns), plus the
-shapes the kernel's own structure has edges at: query tiles of 64 tokens, key
-blocks of 64, the 8-row switch between its two logits loops, bfloat16.
+shapes the kernel's own structure has edges at: query tiles of 64 rows, key
+blocks of 64 and their tails that are not whole vectors of 8 keys, the 8-row switch
+between its two kinds of loops (and the 4/2/1-row passes of the few-row ones), head
+dims that are not whole vectors, bfloat16 on each of those paths.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ EDGE_CASES = [  # (seqs [(kv_len, q_len)], K, group, H, page size)
     ([(200, 200), (130, 65), (64, 64), (65, 1)], 2, 1, 32, 16),  # tiles of 64 + rest; blocks of 64 + rest
     ([(150, 7), (90, 2), (300, 1)], 2, 4, 32, 8),  # 28 / 8 / 4 rows: both logits loops, rows not x4
     ([(129, 129), (5, 5)], 1, 3, 32, 4),  # group 3: rows of a tile cross tokens
+    ([(100, 100), (41, 3), (67, 1)], 1, 3, 20, 4),  # H 20: rows not whole vectors, converted and zero-padded
+    ([(150, 1), (70, 1), (90, 30)], 1, 7, 80, 8),  # H 80 (10 vectors); 7 rows: passes of 4, 2 and 1
+]
+BF16_CASES = [  # the same edges in bfloat16, on each way the kernel reads bfloat16 rows
+    ([(67, 1), (130, 1), (5, 1)], 2, 1, 64, 16),  # decode, one row: K/V widened as loaded; blocks of 67 % 8 keys
+    ([(150, 1), (33, 1)], 2, 2, 128, 16),  # decode, 2 rows sharing each K vector
+    ([(150, 1), (70, 1), (23, 1)], 1, 7, 80, 8),  # decode, 7 rows, H 80
+    ([(200, 70), (9, 9), (65, 1)], 2, 1, 64, 16),  # prefill: each block converted once for the tile's rows
+    ([(100, 100), (41, 3)], 1, 3, 20, 4),  # H 20: converted and zero-padded on both paths
+    ([(90, 1), (60, 5)], 1, 8, 128, 16),  # 8 rows from one token: the prefill loops in a decode step
 ]
 
 
@@ -56,16 +68,33 @@ def test_sm_scale_and_sequences_past_num_seqs():
     assert not np.any(one[6:]), "a sequence past num_seqs is padding"
 
 
+def rounded_to_bfloat16(case):
+    """The case with q, K and V rounded to bfloat16: the reference sees exactly the values the kernel does."""
+    to_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))  # noqa: E731
+    for name in ("q", "k_pages", "v_pages"):
+        setattr(case, name, to_bf16(getattr(case, name)))
+    case.keys = [to_bf16(x) for x in case.keys]
+    case.values = [to_bf16(x) for x in case.values]
+    return case
+
+
 def test_bfloat16_matches_dense_of_the_rounded_inputs():
     rng = np.random.default_rng(4)
-    case = make_case(rng, [(100, 100), (77, 1)], num_kv_heads=2, group=2, head_dim=32, page_size=16)
-    for name in ("q", "k_pages", "v_pages"):  # the reference sees exactly the bf16 values the kernel does
-        setattr(case, name, np.asarray(jnp.asarray(getattr(case, name), jnp.bfloat16).astype(jnp.float32)))
-    case.keys = [np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in case.keys]
-    case.values = [np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in case.values]
+    case = rounded_to_bfloat16(make_case(rng, [(100, 100), (77, 1)], num_kv_heads=2, group=2, head_dim=32,
+                                         page_size=16))
     out = ragged_paged_attention_cpu(*case.args(jnp.bfloat16))
     assert out.dtype == jnp.bfloat16
     assert_matches_dense(case, np.asarray(out.astype(jnp.float32)), tol=1e-2)  # bf16 output rounding
+
+
+@pytest.mark.parametrize("seqs,num_kv_heads,group,head_dim,page_size", BF16_CASES)
+def test_bfloat16_paths_match_dense(seqs, num_kv_heads, group, head_dim, page_size):
+    rng = np.random.default_rng(len(seqs) * 17 + head_dim + group)
+    case = rounded_to_bfloat16(make_case(rng, seqs, num_kv_heads=num_kv_heads, group=group, head_dim=head_dim,
+                                         page_size=page_size))
+    out = ragged_paged_attention_cpu(*case.args(jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
+    assert_matches_dense(case, np.asarray(out.astype(jnp.float32)), tol=1e-2)
 
 
 def test_agrees_with_the_xla_path_on_wide_block_tables():
