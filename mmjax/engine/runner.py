@@ -25,7 +25,7 @@ from mmjax.engine.batch import StepBatch, empty_step_batch
 from mmjax.engine.programs import encoder_output_rows, lower_step
 from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, prompt_logprobs, sample
 from mmjax.engine.shapes import StepShapes
-from mmjax.engine.step import encoder_program, step_program
+from mmjax.engine.step import encoder_program, pad_logit_rows, step_program
 from mmjax.kv_cache import KVPages, init_kv_pages
 from mmjax.models.common.interface import EngineModel
 from mmjax.sharding.multihost import fetch
@@ -38,7 +38,9 @@ class StepOutput:
     """A step's results, on the device.
 
     Attributes:
-      logits: f32 ``[R * B, V]`` (``[R * T, V]`` when the step returns every token's logits).
+      logits: f32 ``[R * S, V]``, ``S = min(T, B)`` rows per replica (the rows that can be real;
+        ``ModelRunner.sample`` pads them to ``[R * B, V]``), or ``[R * T, V]`` when the step returns
+        every token's logits.
       greedy_tokens: i32 ``[R * B]``, each row's greedy token (``first_argmax`` of its logits, as the
         sampler's greedy rows without penalties); None when the step returns every token's logits.
     """
@@ -220,12 +222,24 @@ class ModelRunner:
 
     def sample(self, logits: jax.Array, tensors: SamplingTensors, seen: SeenTokens | None,
                num_logprobs: int | None) -> SamplerOutput:
-        """Sample every row of ``logits`` ``[R * B, V]``; the result on the host (``num_logprobs``: ``sample``'s)."""
-        return fetch(sample(logits, tensors, seen, num_logprobs=num_logprobs))
+        """Sample every row of a step's ``logits`` (``[R * S, V]``, or ``take_rows``' ``[R * B, V]``); the
+        result on the host (``num_logprobs``: ``sample``'s)."""
+        return fetch(sample(self.sampler_logits(logits), tensors, seen, num_logprobs=num_logprobs))
+
+    def sampler_logits(self, logits: jax.Array) -> jax.Array:
+        """A step's ``[R * S, V]`` logits in the sampler's one shape, ``[R * B, V]`` (each replica's rows
+        padded with zeros); a step of ``B`` or more tokens already has it."""
+        s = self.shapes
+        if logits.shape[0] == s.sample_rows:
+            return logits
+        return _padded_logit_rows(logits.reshape(s.num_replicas, -1, logits.shape[-1]), s.max_num_seqs)
 
     def prompt_logprobs(self, logits: jax.Array, next_tokens: np.ndarray, num_logprobs: int) -> Any:
         """Each token's logprob of the token after it, its rank and the top ``num_logprobs``; on the host."""
         return fetch(prompt_logprobs(logits, jax.device_put(next_tokens), num_logprobs=num_logprobs))
+
+
+_padded_logit_rows = jax.jit(pad_logit_rows, static_argnums=1)
 
 
 def model_text_config(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[Any, int]:

@@ -114,6 +114,31 @@ def paged_step(
     Returns:
       ``(logits f32[R * B, V], new kv_pages)``: replica ``r``'s rows are ``r * B:(r + 1) * B``.
     """
+    logits, pages = step_logits(graphdef, state, kv_pages, input_ids, metadata, logits_indices, embeddings,
+                                embedding_slots, rope_positions=rope_positions, impl=impl, kv_sharding=kv_sharding)
+    return pad_logit_rows(logits, logits_indices.shape[1]), pages
+
+
+def step_logits(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    kv_pages: tuple[KVPages, ...],
+    input_ids: Int[Array, "R T"],
+    metadata: AttentionMetadata,
+    logits_indices: Int[Array, "R B"],
+    embeddings: Float[Array, "R U W"] | None = None,
+    embedding_slots: Int[Array, "R T"] | None = None,
+    *,
+    rope_positions: Int[Array, "R P T"] | None = None,
+    impl: str = "auto",
+    kv_sharding: jax.sharding.NamedSharding | None = None,
+) -> tuple[Float[Array, "R S V"], tuple[KVPages, ...]]:
+    """``paged_step``'s work, unjitted, with only the rows that can be real: ``S = min(T, B)``.
+
+    A step of ``T`` tokens holds at most ``T`` sequences, so only the first ``S`` of each replica's
+    ``logits_indices`` reach the LM head (a 1-token decode step multiplies 1 row, not ``B``), and
+    what follows (the greedy tokens, the sampler's padding) costs what those rows cost.
+    """
     model = nnx.merge(graphdef, state)
     on_cpu_kernels = kv_sharding is None and impl in ("auto", "cpu") and jax.default_backend() == "cpu"
     with few_row_products_on_cpu() if on_cpu_kernels else contextlib.nullcontext():
@@ -125,15 +150,17 @@ def paged_step(
                                                     **extras)
         if kv_sharding is not None:
             pages = jax.lax.with_sharding_constraint(pages, kv_sharding)
-        # A step of T tokens holds at most T sequences: only the first min(T, B) rows of each replica can be
-        # real, so only they go through the LM head (a 1-token decode step multiplies 1 row, not B).
         num_replicas, num_tokens = input_ids.shape
         num_rows = logits_indices.shape[1]
         real = min(num_tokens, num_rows)
         rows = jnp.take_along_axis(hidden, logits_indices[:, :real, None], axis=1)  # [R, real, D]
         logits = model.logits(rows.reshape(-1, rows.shape[-1])).reshape(num_replicas, real, -1)
-        logits = jnp.pad(logits, ((0, 0), (0, num_rows - real), (0, 0)))
-    return logits.reshape(num_replicas * num_rows, -1), pages
+    return logits, pages
+
+
+def pad_logit_rows(logits: Float[Array, "R S V"], rows: int) -> Float[Array, "R*B V"]:
+    """Each replica's ``S`` rows padded with zeros to ``rows`` (``B``), flattened: ``paged_step``'s layout."""
+    return jnp.pad(logits, ((0, 0), (0, rows - logits.shape[1]), (0, 0))).reshape(-1, logits.shape[-1])
 
 
 @functools.lru_cache(maxsize=8)
@@ -143,18 +170,23 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
 
     Call it as ``program(state_leaves, kv_pages, input_ids, metadata, logits_indices[, embeddings,
     embedding_slots][, rope_positions=...], greedy=...)``, ``state_leaves`` being ``jax.tree.flatten(state)[0]`` for
-    ``state_def``; ``kv_pages`` are donated. Returns ``(logits [R * B, V], greedy tokens [R * B],
-    new kv_pages)``: each row's greedy token (``first_argmax``, as the sampler's) is computed in the
+    ``state_def``; ``kv_pages`` are donated. Returns ``(logits [R * S, V], greedy tokens [R * B],
+    new kv_pages)``, ``S = min(T, B)`` rows per replica (``pad_logit_rows`` gives ``paged_step``'s
+    ``[R * B, V]``): each row's greedy token (``first_argmax``, as the sampler's) is computed in the
     step, so a step whose requests are all plain greedy needs no sampler call; ``greedy=False``
     (a step returning every token's logits) returns an empty ``[0]`` instead. One program per model
     and settings (cached), so memory planning and the runner lower the same one.
     """
     def run(state_leaves, kv_pages, *args, greedy: bool = True, **extras):
         state = jax.tree.unflatten(state_def, state_leaves)
-        logits, pages = paged_step.__wrapped__(graphdef, state, kv_pages, *args, impl=impl, kv_sharding=kv_sharding,
-                                               **extras)
-        tokens = first_argmax(logits) if greedy else jnp.zeros((0,), jnp.int32)
-        return logits, tokens, pages
+        logits, pages = step_logits(graphdef, state, kv_pages, *args, impl=impl, kv_sharding=kv_sharding, **extras)
+        num_replicas, real, vocab = logits.shape
+        tokens = jnp.zeros((0,), jnp.int32)
+        if greedy:  # on the real rows; the padding rows' tokens are 0
+            rows = args[2].shape[1]  # logits_indices [R, B]
+            tokens = first_argmax(logits.reshape(-1, vocab)).reshape(num_replicas, real)
+            tokens = jnp.pad(tokens, ((0, 0), (0, rows - real))).reshape(-1)
+        return logits.reshape(-1, vocab), tokens, pages
 
     return jax.jit(run, donate_argnums=(1,), static_argnames=("greedy",), compiler_options=compiler_options())
 

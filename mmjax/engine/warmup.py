@@ -86,8 +86,8 @@ def _warm_steps(runner: ModelRunner, with_prompt_logprobs: bool) -> None:
         if all_logits:
             runner.prompt_logprobs(logits, np.zeros(runner.shapes.num_replicas * tokens, np.int32), MAX_LOGPROBS)
             runner.take_rows(logits, []).block_until_ready()
-        else:
-            logits.block_until_ready()
+        else:  # the padding a sampled (not plain greedy) step's logits take to the sampler
+            runner.sampler_logits(logits).block_until_ready()
 
 
 def _warm_sampler(runner: ModelRunner) -> None:

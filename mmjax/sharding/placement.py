@@ -38,14 +38,17 @@ class Placement:
         self._replicas = None if mesh is None else ReplicaViews(mesh, state)
         self._state = state
 
-    def put(self, x: np.ndarray) -> jax.Array:
-        """A step input with a leading replica axis, onto the device(s): split over "data" on a mesh.
+    def put(self, x: np.ndarray) -> jax.Array | np.ndarray:
+        """A step input with a leading replica axis, as the step program takes it: split over "data"
+        on a mesh; on one device, the host array itself, which the program's call copies over.
 
-        Each process places only the rows of its own devices' replicas (on several hosts the
-        other rows may differ: another host's embeddings are not computed here).
+        (``jax.device_put`` of a small array costs ~70 us on the 2-core host, a program argument ~4 us:
+        a decode step's ten inputs took 1.8 ms of a 7.9 ms bfloat16 step.) Each process places only
+        the rows of its own devices' replicas (on several hosts the other rows may differ: another
+        host's embeddings are not computed here).
         """
         if self.mesh is None:
-            return jax.device_put(x)
+            return x
         return jax.make_array_from_callback(x.shape, self._rows, lambda index: x[index])
 
     def abstract(self, shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:

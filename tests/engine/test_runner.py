@@ -213,3 +213,23 @@ def test_the_encoder_cache_shares_filled_rows_and_evicts_idle_entries_first_in_f
         claim(rows, name, 0, 16, key=name)
     assert not claim(rows, "x", 0, 16, key="image-a")[1]  # evicted
     assert rows.stats()["hits"] == 1
+
+
+def test_a_decode_step_computes_logits_for_its_rows_only(llm):
+    """A step of T tokens holds at most T sequences: its program returns T rows of logits, not
+    max_num_seqs (their greedy tokens padded to max_num_seqs), so the LM head, the greedy argmax and
+    the copy out cost what its sequences cost; the sampler pads them to its one shape."""
+    import jax
+    import jax.numpy as jnp
+
+    runner = llm.engine(CONFIG).runner
+    vocab = llm.hf_config.text_config.vocab_size
+    for tokens in (1, 2):
+        logits, greedy, _ = runner.lower_step(tokens, decode=True).out_info
+        assert logits.shape == (tokens, vocab)
+        assert greedy.shape == (CONFIG.max_num_seqs,)
+    rows = jnp.arange(2 * vocab, dtype=jnp.float32).reshape(2, vocab)
+    padded = np.asarray(jax.device_get(runner.sampler_logits(rows)))
+    assert padded.shape == (CONFIG.max_num_seqs, vocab)
+    np.testing.assert_array_equal(padded[:2], np.asarray(rows))
+    assert not padded[2:].any()
