@@ -31,6 +31,9 @@ from mmjax.kernels_cpu.skinny_matmul import INT8_TARGET, MAX_ROWS, TARGET, TRANS
 
 SHAPES = [  # (M, K, N)
     (1, 8, 16), (2, 13, 5), (7, 64, 33), (8, 512, 512), (9, 37, 600), (16, 24, 1030), (17, 100, 1376), (32, 16, 48),
+    # the rows of w split into slices whose sums are added at the end: slices of 80 rows and a last one of 60 (not
+    # whole blocks of 8), 2 + 1 rows of x, chunks of 4096 / 2048 / 512 columns with a ragged last one
+    (1, 300, 1030), (3, 1377, 520), (1, 512, 9000), (8, 129, 520),
 ]
 
 
