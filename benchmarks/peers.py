@@ -74,6 +74,7 @@ DEFAULT_SIDES = ["mmjax-f32", "mmjax-bf16", "mmjax-int8", "vllm-f32", "llamacpp-
 BASELINE = "mmjax-f32"
 METRICS = ("tokens_per_s", "prefill_8_s", "ttft_s", "decode_ms_1", "decode_ms_8", "startup_s")
 QUIET_LOCK = "/tmp/mmjax-quiet.lock"
+RESULT_MARK = "PEERS-RESULT "
 # The image sets (written once as PNG files, so every side, in whatever venv, reads the same pixels):
 # name -> (prompts, photo variant); "square" photos are 336x336 crops.
 IMAGE_SETS = {"startup": (1, 100), "warm8": (BATCH, 0), "warm1": (1, 7), "batch8": (BATCH, 1), "prefill8": (BATCH, 3),
@@ -91,6 +92,8 @@ def load_items(work: str, name: str) -> list[dict]:
 
     items = json.load(open(os.path.join(work, "images", "manifest.json")))[name]
     for item in items:
+        if item["image"] is None:  # a text-only prompt
+            continue
         with open(item["image"], "rb") as f:
             item["png"] = f.read()
         image = Image.open(item["image"])
@@ -132,7 +135,8 @@ class MmjaxSide:
     def run(self, items: list[dict], max_tokens: int) -> dict:
         mmjax = self.mmjax
         params = mmjax.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-        prompts = [{"prompt": it["prompt"], "multi_modal_data": {"image": it["pil"]}} for it in items]
+        prompts = [{"prompt": it["prompt"], "multi_modal_data": {"image": it["pil"]}} if "pil" in it else it["prompt"]
+                   for it in items]
         timer, index = Timer(len(items)), {}
         for out in mmjax.generate(self.llm, prompts, params, stream=True):
             i = index.setdefault(out.request_id, len(index))  # first yields come in prompt order
@@ -165,8 +169,9 @@ class VllmSide:
         ids = {}
         for i, it in enumerate(items):  # the HF processor runs here, inside the timed span
             ids[f"{self.calls}-{i}"] = i
-            engine.add_request(f"{self.calls}-{i}", {"prompt": it["prompt"], "multi_modal_data": {"image": it["pil"]}},
-                               params)
+            prompt = {"prompt": it["prompt"], **({"multi_modal_data": {"image": it["pil"]}} if "pil" in it else {})}
+            returned = engine.add_request(f"{self.calls}-{i}", prompt, params)
+            ids[returned or f"{self.calls}-{i}"] = i
         while engine.has_unfinished_requests():
             for out in engine.step():
                 i = ids[out.request_id]
@@ -219,9 +224,10 @@ class LlamaCppSide:
             conn.close()
 
     def _complete(self, timer: Timer, i: int, item: dict, max_tokens: int, errors: list) -> None:
+        prompt = ({"prompt_string": item["prompt"].replace("<image>", self.marker), "multimodal_data": [item["b64"]]}
+                  if "b64" in item else item["prompt"])
         body = json.dumps({
-            "prompt": {"prompt_string": item["prompt"].replace("<image>", self.marker),
-                       "multimodal_data": [item["b64"]]},
+            "prompt": prompt,
             "n_predict": max_tokens, "temperature": 0.0, "top_k": 1, "ignore_eos": True, "stream": True,
             "return_tokens": True})
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
@@ -251,7 +257,8 @@ class LlamaCppSide:
 
     def run(self, items: list[dict], max_tokens: int) -> dict:
         for it in items:
-            it.setdefault("b64", base64.b64encode(it["png"]).decode())
+            if "png" in it:
+                it.setdefault("b64", base64.b64encode(it["png"]).decode())
         timer, errors = Timer(len(items)), []
         threads = [threading.Thread(target=self._complete, args=(timer, i, it, max_tokens, errors))
                    for i, it in enumerate(items)]
@@ -284,15 +291,16 @@ def side_main(args) -> None:
     out = {"side": args.side, "startup_s": time.time() - args.launched_at, "startup_first_request_s": first["wall_s"],
            "info": engine.info}
     if not args.startup_only:
-        sets = {name: load_items(args.work_dir, name) for name in IMAGE_SETS}
+        sets = {name: load_items(args.work_dir, name) for name in (*IMAGE_SETS, "text8")}
         engine.run(sets["warm8"], NEW_TOKENS)  # compiles / warms what the workload needs, on other images
         engine.run(sets["warm1"], NEW_TOKENS)
         batch = engine.run(sets["batch8"], NEW_TOKENS)
         prefill = engine.run(sets["prefill8"], 1)
         single = engine.run(sets["single1"], NEW_TOKENS)
         square = engine.run(sets["square8"], NEW_TOKENS)
+        text = engine.run(sets["text8"], NEW_TOKENS)
         for name, run, n in (("batch8", batch, NEW_TOKENS), ("prefill8", prefill, 1), ("single1", single, NEW_TOKENS),
-                             ("square8", square, NEW_TOKENS)):
+                             ("square8", square, NEW_TOKENS), ("text8", text, NEW_TOKENS)):
             if any(len(t) != n for t in run["tokens"]):
                 raise RuntimeError(f"{name}: expected {n} new tokens a prompt, got {[len(t) for t in run['tokens']]}")
         out.update({
@@ -302,10 +310,12 @@ def side_main(args) -> None:
             "ttft_s": single["first_s"], "decode_ms_1": 1e3 * (single["wall_s"] - single["first_s"]) / (NEW_TOKENS - 1),
             "prompt_tokens": batch["prompt_tokens"],
             "new_tokens": [len(t) for t in batch["tokens"]],
-            "token_ids": {"batch8": batch["tokens"], "square8": square["tokens"], "single1": single["tokens"]},
+            "token_ids": {"batch8": batch["tokens"], "square8": square["tokens"], "single1": single["tokens"],
+                          "text8": text["tokens"]},
+            "text_prompt_tokens": text["prompt_tokens"],
         })
     engine.close()
-    print(json.dumps(out), flush=True)
+    print(RESULT_MARK + json.dumps(out), flush=True)  # marked: an engine may print more to stdout as it exits
 
 
 # -- the files the peers read -----------------------------------------------------------------
@@ -322,15 +332,16 @@ def gguf_paths(work: str, gguf_type: str) -> tuple[str, str]:
 def write_images(work: str) -> None:
     """Every image set as PNG files and a manifest of prompts: ``generate_vs_transformers.prompts``' photos
     (one pixel changed per prompt and per set, so no side answers a timed image from a cache), and for
-    ``square8`` their centre squares resized to 336x336 (no resize or crop left to any side's processor)."""
+    ``square8`` their centre squares resized to 336x336 (no resize or crop left to any side's processor);
+    ``text8``: the questions alone, no image (the language model and tokenizer on their own)."""
     import numpy as np
     from PIL import Image
 
-    from generate_vs_transformers import prompts
+    from generate_vs_transformers import QUESTIONS, prompts
 
     folder = os.path.join(work, "images")
     manifest_path = os.path.join(folder, "manifest.json")
-    if os.path.exists(manifest_path):
+    if os.path.exists(manifest_path) and "text8" in json.load(open(manifest_path)):
         return
     os.makedirs(folder, exist_ok=True)
     manifest = {}
@@ -350,6 +361,8 @@ def write_images(work: str) -> None:
             file = os.path.join(folder, f"{name}-{i}.png")
             image.save(file)
             manifest[name].append({"prompt": p["prompt"], "image": file, "size": list(image.size)})
+    manifest["text8"] = [{"prompt": f"USER: {QUESTIONS[i % len(QUESTIONS)]} ASSISTANT:", "image": None}
+                         for i in range(BATCH)]
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
 
@@ -444,19 +457,20 @@ def convert_to_gguf(peers_dir: str, work: str, gguf_type: str, log: list) -> Non
     folder = os.path.dirname(model)
     os.makedirs(folder, exist_ok=True)
 
-    def run(command: list[str]) -> None:
+    def run(what: str, command: list[str]) -> None:
         wait_quiet()
+        start = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True)
-        log.append({"command": " ".join(command[1:3]), "rc": proc.returncode})
+        log.append({"step": what, "rc": proc.returncode, "s": round(time.perf_counter() - start, 1)})
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
 
     if not os.path.exists(model):
-        run([python, "-c", CONVERT_TEXT, llama, src, "--outtype", gguf_type, "--outfile", model])
+        run(f"convert_hf_to_gguf.py --outtype {gguf_type}", [python, "-c", CONVERT_TEXT, llama, src, "--outtype", gguf_type, "--outfile", model])
     if not os.path.exists(mmproj):
         vision = os.path.join(work, "clip-vision")
         if not os.path.exists(os.path.join(vision, "llava.projector")):
-            run([python, "-c", SPLIT_VISION, src, vision])
+            run("CLIP tower and projector split out", [python, "-c", SPLIT_VISION, src, vision])
         script = os.path.join(llama, "tools", "mtmd", "legacy-models", "convert_image_encoder_to_gguf.py")
         if gguf_type == "f32":
             code = open(script).read()
@@ -468,7 +482,7 @@ def convert_to_gguf(peers_dir: str, work: str, gguf_type: str, log: list) -> Non
             script = os.path.join(work, "convert_image_encoder_to_gguf_f32.py")
             open(script, "w").write(patched)
         out = os.path.join(work, f"mmproj-{gguf_type}")
-        run([python, script, "-m", vision, "--llava-projector", os.path.join(vision, "llava.projector"),
+        run(f"{os.path.basename(script)} ({gguf_type})", [python, script, "-m", vision, "--llava-projector", os.path.join(vision, "llava.projector"),
              "--output-dir", out, "--clip-model-is-vision", "--projector-type", "mlp"]
             + (["--use-f32"] if gguf_type == "f32" else []))
         os.replace(os.path.join(out, f"mmproj-model-{gguf_type}.gguf"), mmproj)
@@ -505,12 +519,40 @@ def side_command(side: str, args, startup_only: bool) -> tuple[list[str], dict[s
     return command, env
 
 
-def run_side(side: str, args, startup_only: bool = False) -> dict:
-    """``side`` in a new process, in a session of its own whose autogroup runs at nice -20."""
+def run_side(side: str, args, startup_only: bool = False, retries: int = 2) -> dict:
+    """``side`` in a new process, in a session of its own whose autogroup runs at nice -20; run again (up to
+    ``retries`` times) when ``QUIET_LOCK`` appeared meanwhile: someone else's timing ran beside it."""
+    for attempt in range(retries + 1):
+        disturbed = threading.Event()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(1.0):
+                if os.path.exists(QUIET_LOCK):
+                    disturbed.set()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            result = _run_side_once(side, args, startup_only)
+        finally:
+            done.set()
+            watcher.join()
+        if not disturbed.is_set():
+            break
+        print(f"[peers] {side}: {QUIET_LOCK} appeared during the run; "
+              + ("running it again" if attempt < retries else "kept, marked disturbed"), file=sys.stderr, flush=True)
+        result["disturbed"] = True
+    result["attempts"] = attempt + 1
+    return result
+
+
+def _run_side_once(side: str, args, startup_only: bool) -> dict:
     wait_quiet()
     command, env = side_command(side, args, startup_only)
     wrapper = ["sh", "-c", 'echo -20 > /proc/self/autogroup 2>/dev/null || echo "[peers] autogroup nice not set" >&2; '
                'exec "$@"', "sh"]
+    load = os.getloadavg()[0]
     launched = time.time()
     command[command.index("LAUNCHED_AT")] = repr(launched)
     proc = subprocess.run(wrapper + command, env=env, capture_output=True, text=True, start_new_session=True,
@@ -518,11 +560,11 @@ def run_side(side: str, args, startup_only: bool = False) -> dict:
     if proc.returncode != 0:
         return {"side": side, "error": f"exit {proc.returncode}: {proc.stderr[-4000:]}"}
     try:
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+        result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK))[len(RESULT_MARK):])
+    except (ValueError, StopIteration):
         return {"side": side, "error": f"no JSON on stdout: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"}
     result["process_s"] = time.time() - launched
-    result["load_average_before"] = os.getloadavg()[0]
+    result["load_average_before"] = load
     return result
 
 
@@ -548,14 +590,16 @@ def available(side: str, args) -> str | None:
 
 def agreement(tokens: list[list[int]], reference: list[list[int]]) -> dict:
     """Sequences equal token for token, and tokens equal before the first difference (summed)."""
-    same_prefix = 0
+    prefixes = []
     for a, b in zip(tokens, reference):
         n = 0
         while n < min(len(a), len(b)) and a[n] == b[n]:
             n += 1
-        same_prefix += n
+        prefixes.append(n)
+    same_prefix = sum(prefixes)
     return {"identical_sequences": f"{sum(a == b for a, b in zip(tokens, reference))}/{len(reference)}",
-            "tokens_before_first_difference": f"{same_prefix}/{sum(map(len, reference))}"}
+            "tokens_before_first_difference": f"{same_prefix}/{sum(map(len, reference))}",
+            "first_difference_per_sequence": prefixes}
 
 
 def median(values: list[float]) -> float | None:
@@ -563,12 +607,29 @@ def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
+def mmjax_source() -> dict:
+    """The commit mmjax ran from, and its files changed since (an editable install runs the work tree)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mmjax")
+    repo = os.path.dirname(os.path.dirname(spec.origin)) if spec and spec.origin else os.path.dirname(HERE)
+
+    def git(*a: str) -> str:
+        proc = subprocess.run(["git", "-C", repo, *a], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": [line[3:] for line in git("status", "--porcelain", "--", "mmjax").splitlines()]}
+
+
 def report(sides: list[str], rounds: list[dict[str, dict]], skipped: dict, args, extra: dict) -> dict:
     per_side: dict[str, dict] = {}
     for side in sides:
         runs = [r[side] for r in rounds if side in r and "error" not in r[side]]
         errors = [r[side]["error"] for r in rounds if side in r and "error" in r[side]]
-        entry: dict = {"rounds": [{m: round(run[m], 4) for m in METRICS if m in run} for run in runs]}
+        entry: dict = {"rounds": [{**{m: round(run[m], 4) for m in METRICS if m in run},
+                                   **({"disturbed": True} if run.get("disturbed") else {}),
+                                   "load_average_before": round(run["load_average_before"], 2)} for run in runs]}
         entry["median"] = {m: median([run.get(m) for run in runs]) for m in METRICS}
         if runs:
             entry["prompt_tokens"] = runs[0]["prompt_tokens"]
@@ -599,12 +660,14 @@ def report(sides: list[str], rounds: list[dict[str, dict]], skipped: dict, args,
                                                                reference["token_ids"]["batch8"]),
                            "one_sequence_non_square": agreement(run["token_ids"]["single1"],
                                                                 reference["token_ids"]["single1"]),
-                           "same_prompt_lengths": run["prompt_tokens"] == reference["prompt_tokens"]}
+                           "text_only": agreement(run["token_ids"]["text8"], reference["token_ids"]["text8"]),
+                           "same_prompt_lengths": run["prompt_tokens"] == reference["prompt_tokens"],
+                           "same_text_prompt_lengths": run["text_prompt_tokens"] == reference["text_prompt_tokens"]}
     return {
         "config": {"batch": BATCH, "new_tokens": NEW_TOKENS, "startup_tokens": STARTUP_TOKENS, "rounds": args.rounds,
                    "greedy": True, "sides": sides, "baseline": BASELINE, "cpu_count": os.cpu_count(),
                    "threads": args.threads, "primed_caches": not args.no_prime, "checkpoint": args.checkpoint,
-                   "peers_dir": args.peers_dir, **extra},
+                   "peers_dir": args.peers_dir, "mmjax_source": mmjax_source(), **extra},
         "units": {"tokens_per_s": "8 prompts x 64 new tokens", "prefill_8_s": "8 prompts x 1 new token, s",
                   "ttft_s": "one prompt, time to first token, s", "decode_ms_1": "one sequence, ms per token",
                   "decode_ms_8": "8 sequences, ms per step", "startup_s": "launch of a new process to the first "

@@ -31,7 +31,8 @@ mkdir -p "$PEERS_DIR"
 log() { echo "[peers_setup] $*" >&2; }
 
 wait_quiet() {  # another session is timing: wait for it
-  while [ -e "$QUIET_LOCK" ]; do log "waiting: $QUIET_LOCK exists"; sleep 30; done
+  [ -e "$QUIET_LOCK" ] && log "waiting while $QUIET_LOCK exists"
+  while [ -e "$QUIET_LOCK" ]; do sleep 30; done
 }
 
 setup_vllm() {
