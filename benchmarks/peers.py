@@ -315,7 +315,8 @@ def side_main(args) -> None:
             "new_tokens": [len(t) for t in batch["tokens"]],
             "token_ids": {"batch8": batch["tokens"], "square8": square["tokens"], "single1": single["tokens"],
                           "text8": text["tokens"]},
-            "text_prompt_tokens": text["prompt_tokens"], **({"text_only_error": text["error"]} if "error" in text else {}),
+            "text_prompt_tokens": text["prompt_tokens"],
+            **({"text_only_error": text["error"]} if "error" in text else {}),
         })
     engine.close()
     print(RESULT_MARK + json.dumps(out), flush=True)  # marked: an engine may print more to stdout as it exits
@@ -329,7 +330,8 @@ def peer_checkpoint(work: str) -> str:
 
 
 def gguf_paths(work: str, gguf_type: str) -> tuple[str, str]:
-    return (os.path.join(work, "gguf", f"model-{gguf_type}.gguf"), os.path.join(work, "gguf", f"mmproj-{gguf_type}.gguf"))
+    return (os.path.join(work, "gguf", f"model-{gguf_type}.gguf"),
+            os.path.join(work, "gguf", f"mmproj-{gguf_type}.gguf"))
 
 
 def write_images(work: str) -> None:
@@ -469,7 +471,8 @@ def convert_to_gguf(peers_dir: str, work: str, gguf_type: str, log: list) -> Non
             raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
 
     if not os.path.exists(model):
-        run(f"convert_hf_to_gguf.py --outtype {gguf_type}", [python, "-c", CONVERT_TEXT, llama, src, "--outtype", gguf_type, "--outfile", model])
+        run(f"convert_hf_to_gguf.py --outtype {gguf_type}",
+            [python, "-c", CONVERT_TEXT, llama, src, "--outtype", gguf_type, "--outfile", model])
     if not os.path.exists(mmproj):
         vision = os.path.join(work, "clip-vision")
         if not os.path.exists(os.path.join(vision, "llava.projector")):
@@ -485,7 +488,8 @@ def convert_to_gguf(peers_dir: str, work: str, gguf_type: str, log: list) -> Non
             script = os.path.join(work, "convert_image_encoder_to_gguf_f32.py")
             open(script, "w").write(patched)
         out = os.path.join(work, f"mmproj-{gguf_type}")
-        run(f"{os.path.basename(script)} ({gguf_type})", [python, script, "-m", vision, "--llava-projector", os.path.join(vision, "llava.projector"),
+        run(f"{os.path.basename(script)} ({gguf_type})",
+            [python, script, "-m", vision, "--llava-projector", os.path.join(vision, "llava.projector"),
              "--output-dir", out, "--clip-model-is-vision", "--projector-type", "mlp"]
             + (["--use-f32"] if gguf_type == "f32" else []))
         os.replace(os.path.join(out, f"mmproj-model-{gguf_type}.gguf"), mmproj)
@@ -563,7 +567,8 @@ def _run_side_once(side: str, args, startup_only: bool) -> dict:
     if proc.returncode != 0:
         return {"side": side, "error": f"exit {proc.returncode}: {proc.stderr[-4000:]}"}
     try:
-        result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK))[len(RESULT_MARK):])
+        marked = next(line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK))
+        result = json.loads(marked[len(RESULT_MARK):])
     except (ValueError, StopIteration):
         return {"side": side, "error": f"no JSON on stdout: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"}
     result["process_s"] = time.time() - launched
@@ -691,7 +696,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round, caches not primed")
     parser.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"comma-separated, of {list(SIDES)}")
-    parser.add_argument("--checkpoint", help="the benchmark checkpoint, if written before (default: made in --work-dir)")
+    parser.add_argument("--checkpoint",
+                        help="the benchmark checkpoint, if written before (default: made in --work-dir)")
     parser.add_argument("--work-dir", help="converted checkpoints and images (default: PEERS_DIR/bench-work)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-prime", action="store_true", help="no start-up process per side before the rounds")
