@@ -28,7 +28,7 @@ the tests' reference), but transformers imports it wherever it is installed, at 
 Last, ``python -X importtime -c "import mmjax"`` in one more process: its total, and the packages whose
 modules took longest (each module's own time, summed by top-level package).
 
-    python benchmarks/startup.py [--runs 6] [--fresh-caches] [--without torch] [--checkpoint DIR]
+    python benchmarks/startup.py [--runs 6] [--fresh-caches] [--without torch] [--checkpoint DIR] [--dtype bfloat16]
 
 Prints JSON. Time it with nothing else running, each run in its own session at nice -20
 (docs: /work/shared/PEERS.md, "Timing on these machines").
@@ -52,7 +52,7 @@ TIMED = ("import_s", "load_s", "engine_s", "generate_s", "prefill_step_s", "deco
          "first_answer_cpu_s", "process_s", "exit_s")
 
 
-def first_answer_here(path: str) -> dict:
+def first_answer_here(path: str, dtype: str = "float32") -> dict:
     """Import, load and the first generate in this (fresh) process; the seconds of each."""
     clock = [(time.perf_counter(), time.process_time())]  # wall and CPU seconds (every thread's) at each mark
     import mmjax
@@ -63,7 +63,7 @@ def first_answer_here(path: str) -> dict:
     prompt = prompts(1)[0]
     programs = _listen_to_jax()
     clock.append((time.perf_counter(), time.process_time()))
-    llm = mmjax.load(path)
+    llm = mmjax.load(path, dtype=dtype)
     clock.append((time.perf_counter(), time.process_time()))
     engine = llm.engine()
     clock.append((time.perf_counter(), time.process_time()))
@@ -130,9 +130,9 @@ def import_time_offenders(env: dict[str, str], hidden: list[str], top: int = 15)
     return {"import_mmjax_s": round(total, 3), "self_s_by_package": {k: round(v, 3) for k, v in ranked}}
 
 
-def in_fresh_process(path: str, env: dict[str, str], hidden: list[str]) -> dict:
+def in_fresh_process(path: str, env: dict[str, str], hidden: list[str], dtype: str = "float32") -> dict:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--child", path, *hidden], env=env, check=True,
+    out = subprocess.run([sys.executable, __file__, "--child", path, dtype, *hidden], env=env, check=True,
                          capture_output=True, text=True).stdout
     end, finished = time.perf_counter(), time.time()
     result = json.loads(out.strip().splitlines()[-1])
@@ -146,10 +146,10 @@ def _rounded(run: dict) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) >= 3 and sys.argv[1] == "--child":
-        for name in sys.argv[3:]:  # hidden: importing them fails, as where they are not installed
+    if len(sys.argv) >= 4 and sys.argv[1] == "--child":
+        for name in sys.argv[4:]:  # hidden: importing them fails, as where they are not installed
             sys.modules[name] = None
-        result = first_answer_here(sys.argv[2])
+        result = first_answer_here(sys.argv[2], sys.argv[3])
         print(json.dumps({**result, "answered_at": time.time()}), flush=True)
         return
     parser = argparse.ArgumentParser()
@@ -158,18 +158,19 @@ def main() -> None:
     parser.add_argument("--without", nargs="*", default=[], metavar="PACKAGE",
                         help="packages the children cannot import (e.g. torch), as on an install without them")
     parser.add_argument("--checkpoint", help="the benchmark checkpoint, if written before (else a temporary one)")
+    parser.add_argument("--dtype", default="float32", help="mmjax.load's dtype")
     args = parser.parse_args()
     from generate_vs_transformers import make_checkpoint
     from warmup import new_caches
 
     path = args.checkpoint or make_checkpoint(tempfile.mkdtemp(prefix="mmjax-startup-"))
     env = {**os.environ, **(new_caches() if args.fresh_caches else {})}
-    runs = [in_fresh_process(path, env, args.without) for _ in range(args.runs)]
+    runs = [in_fresh_process(path, env, args.without, args.dtype) for _ in range(args.runs)]
     warm = runs[1:] or runs
     medians = {k: round(statistics.median(r[k] for r in warm), 3) for k in TIMED}
     medians["programs"] = {k: round(statistics.median(r["programs"][k] for r in warm), 3) for k in warm[0]["programs"]}
     print(json.dumps({
-        "new_tokens": NEW_TOKENS, "without": args.without,
+        "new_tokens": NEW_TOKENS, "dtype": args.dtype, "without": args.without,
         "warm_median": medians,
         "first_process": _rounded(runs[0]),
         "warm_processes": [_rounded(r) for r in warm],

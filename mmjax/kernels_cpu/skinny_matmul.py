@@ -51,9 +51,8 @@ DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 #: float32 and 8-12x in bfloat16, at 32 bfloat16 rows 3-4x; at 32 float32 rows XLA's blocked dot catches up
 #: (0.6-1.0x on [512, 4096] to [2560, 10240]; benchmarks/skinny_matmul.py).
 MAX_ROWS = 32
-#: The fewest: one float32 row XLA's dot streams at the read bandwidth already, one bfloat16 row at a
-#: twentieth of it (figures at ``min_rows``).
-_MIN_ROWS = {jnp.dtype(jnp.float32): 2, jnp.dtype(jnp.bfloat16): 1}
+#: The fewest: one row, in both dtypes (figures at ``min_rows``).
+_MIN_ROWS = {jnp.dtype(jnp.float32): 1, jnp.dtype(jnp.bfloat16): 1}
 
 
 def build_in_background() -> threading.Thread | None:
@@ -86,12 +85,15 @@ def int8_matmul_unavailable(dtype: Any) -> str | None:
 
 
 def min_rows(dtype: Any) -> int:
-    """The fewest rows ``few_rows_dot_general`` multiplies on the kernel for `dtype`: 2 for float32, 1 for
-    bfloat16. XLA's dot of one row streams float32 weights near the read bandwidth, as the kernel does (21-25
-    against 17-25 GB/s), but bfloat16 ones at 1.0-1.4 GB/s against the kernel's 14-20 ([512, 1536] to
-    [2560, 10240] on the 2-core benchmark host, 30 GB/s read bandwidth; benchmarks/skinny_matmul.py). The
-    transposed kernel takes the same rows: for a tied head's bfloat16 row (``[1, 512] . [32064, 512]^T``) it is
-    0.95-1.8x XLA's dot in five runs."""
+    """The fewest rows ``few_rows_dot_general`` multiplies on the kernel for `dtype`: one, for float32 and
+    bfloat16. XLA's dot of one bfloat16 row streams at 1.0-1.4 GB/s against the kernel's 14-20 ([512, 1536] to
+    [2560, 10240], 30 GB/s read bandwidth; benchmarks/skinny_matmul.py). One float32 row XLA streams near the
+    read bandwidth by itself, and alone it can beat the kernel, but in a decode step's chain of products (weights
+    from memory, each product waiting for the last) the kernel is 8-11 % faster since it reads whole rows
+    (benchmarks/skinny_matmul_ab.py's chain, XLA against the kernel, three runs: 7.55/8.02/7.02 against
+    6.72/7.37/6.24 ms), and a one-sequence float32 decode step with it 9.5-7.8 against 10.4-10.8 ms
+    (benchmarks/step_breakdown.py --batch 1, alternated). The transposed kernel takes the same rows: for a tied
+    head's row (``[1, 512] . [32064, 512]^T``) it is 0.95-1.8x XLA's dot in bfloat16, 1.03x in float32."""
     return _MIN_ROWS.get(jnp.dtype(dtype), 2)
 
 

@@ -93,8 +93,8 @@ def custom_calls(fn, *args) -> list[str]:
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("rows", [1, 2, 8, MAX_ROWS, MAX_ROWS + 1])
 def test_dot_general_sends_only_few_rows_to_the_kernel(rows, dtype):
-    """[B, T, K] . [K, N] as nnx.Linear calls it: the kernel for min_rows(dtype)..MAX_ROWS rows (one bfloat16
-    row too, not one float32 row), XLA otherwise; the same values either way (bfloat16: within a rounding)."""
+    """[B, T, K] . [K, N] as nnx.Linear calls it: the kernel for min_rows(dtype)..MAX_ROWS rows (one row
+    included), XLA otherwise; the same values either way (bfloat16: within a rounding)."""
     x, w = operands((rows, 24, 40), dtype, seed=4)
     x3 = x.reshape(1, rows, 24)
     numbers = (((2,), (0,)), ((), ()))
@@ -104,7 +104,7 @@ def test_dot_general_sends_only_few_rows_to_the_kernel(rows, dtype):
                                **tolerance)
     used = bool(custom_calls(lambda a, b: few_rows_dot_general(a, b, numbers), x3, w))
     assert used == (min_rows(dtype) <= rows <= MAX_ROWS)
-    assert min_rows(dtype) == {jnp.float32: 2, jnp.bfloat16: 1}[dtype]
+    assert min_rows(dtype) == 1
 
 
 def test_dot_general_leaves_other_products_to_xla(monkeypatch):
