@@ -177,15 +177,16 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
     (a step returning every token's logits) returns an empty ``[0]`` instead. One program per model
     and settings (cached), so memory planning and the runner lower the same one.
     """
-    def run(state_leaves, kv_pages, *args, greedy: bool = True, **extras):
+    def run(state_leaves, kv_pages, input_ids, metadata, logits_indices, *embeddings, greedy: bool = True,
+            **extras):
         state = jax.tree.unflatten(state_def, state_leaves)
-        logits, pages = step_logits(graphdef, state, kv_pages, *args, impl=impl, kv_sharding=kv_sharding, **extras)
+        logits, pages = step_logits(graphdef, state, kv_pages, input_ids, metadata, logits_indices, *embeddings,
+                                    impl=impl, kv_sharding=kv_sharding, **extras)
         num_replicas, real, vocab = logits.shape
         tokens = jnp.zeros((0,), jnp.int32)
         if greedy:  # on the real rows; the padding rows' tokens are 0
-            rows = args[2].shape[1]  # logits_indices [R, B]
             tokens = first_argmax(logits.reshape(-1, vocab)).reshape(num_replicas, real)
-            tokens = jnp.pad(tokens, ((0, 0), (0, rows - real))).reshape(-1)
+            tokens = jnp.pad(tokens, ((0, 0), (0, logits_indices.shape[1] - real))).reshape(-1)
         return logits.reshape(-1, vocab), tokens, pages
 
     return jax.jit(run, donate_argnums=(1,), static_argnames=("greedy",), compiler_options=compiler_options())
