@@ -219,9 +219,9 @@ def load(
 
 
 def _build_cpu_kernels_meanwhile(hf_config: Any) -> None:
-    """On CPU, the paged-attention kernel for this model's head dim and the few-row matmul kernel build
-    (first time on this machine) or load while the weights are read."""
-    from mmjax.kernels_cpu import build_in_background, build_matmul_in_background
+    """On CPU, the paged-attention kernel for this model's head dim, the few-row matmul kernel and the
+    zeroed-pages kernel build (first time on this machine) or load while the weights are read."""
+    from mmjax.kernels_cpu import build_in_background, build_matmul_in_background, build_zeroed_in_background
 
     text = getattr(hf_config, "text_config", hf_config)
     heads = getattr(text, "num_attention_heads", None)
@@ -229,6 +229,7 @@ def _build_cpu_kernels_meanwhile(hf_config: Any) -> None:
     if isinstance(head_dim, int):
         build_in_background(head_dim)
     build_matmul_in_background()
+    build_zeroed_in_background()
 
 
 def _resolve_mesh(mesh: Any, text_config: Any) -> Any:

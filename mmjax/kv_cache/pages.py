@@ -22,6 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mmjax.kernels_cpu.zeroed_pages import zeroed_arrays, zeroed_unavailable
 from mmjax.types import Array, Float, Int, shape_checked
 
 PADDING_SLOT = -1
@@ -59,11 +60,24 @@ def init_kv_pages(
     """Zeroed pages for every layer: a tuple of `KVPages` (a PyTree to donate to a step).
 
     ``sharding``: create each array already placed so (each device allocates only its
-    shard; a pod's cache would not fit on one device first).
+    shard; a pod's cache would not fit on one device first). On one CPU device the zeros are
+    the operating system's (``mmjax.kernels_cpu.zeroed_pages``): a page's memory is touched, and
+    resident, once a step reaches it, and a new cache costs no time to write.
     """
     shape = (num_kv_heads, num_pages, page_size, head_dim)
+    if _on_one_cpu_device(sharding) and zeroed_unavailable() is None:
+        arrays = zeroed_arrays(shape, dtype, 2 * num_layers, sharding)
+        return tuple(KVPages(arrays[2 * i], arrays[2 * i + 1]) for i in range(num_layers))
     return tuple(KVPages(jnp.zeros(shape, dtype, device=sharding), jnp.zeros(shape, dtype, device=sharding))
                  for _ in range(num_layers))
+
+
+def _on_one_cpu_device(sharding: jax.sharding.Sharding | None) -> bool:
+    """Whether arrays placed by ``sharding`` (None: the default device) live on one CPU device."""
+    if sharding is None:
+        return jax.default_backend() == "cpu"
+    devices = sharding.device_set
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
 
 def kv_pages_bytes(num_kv_heads: int, page_size: int, head_dim: int, dtype: jnp.dtype) -> int:
