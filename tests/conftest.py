@@ -12,6 +12,10 @@ this one process compiles and reloads hundreds of programs, and twice in three f
 ``compilation_cache.put_executable_and_time`` (``executable.serialize()``) while storing a
 step program of the Qwen3-VL bfloat16 test; the third run passed, and that test passes
 alone with an empty cache. Not understood yet: see the issue notes.
+
+The store of traced programs (``mmjax.engine.program_store``) is off too: each program's first trace
+would also be exported, for hits this one process rarely has (its programs stay jitted in memory);
+``tests/engine/test_program_store.py`` turns it on, in directories of its own.
 """
 
 import os
@@ -20,4 +24,5 @@ import tempfile
 os.environ.setdefault("MMJAX_SHAPE_CHECKS", "1")
 os.environ.setdefault("MMJAX_WORKER_COMPILATION_CACHE", tempfile.mkdtemp(prefix="mmjax-test-xla-cache-"))
 os.environ.setdefault("MMJAX_COMPILATION_CACHE", "0")
+os.environ.setdefault("MMJAX_PROGRAM_CACHE", "0")  # tests/engine/test_program_store.py turns it on
 os.environ.setdefault("MMJAX_KERNEL_CACHE", tempfile.mkdtemp(prefix="mmjax-test-kernels-"))

@@ -31,6 +31,8 @@ from flax import nnx
 
 from mmjax.attention import PagedAttend
 from mmjax.engine.compilation import compiler_options
+from mmjax.engine.graph_identity import graph_identity
+from mmjax.engine.program_store import StoredProgram
 from mmjax.engine.sampler import first_argmax
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
@@ -166,7 +168,8 @@ def pad_logit_rows(logits: Float[Array, "R S V"], rows: int) -> Float[Array, "R*
 @functools.lru_cache(maxsize=8)
 def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
                  kv_sharding: jax.sharding.NamedSharding | None) -> Callable[..., Any]:
-    """``paged_step`` for one model, jitted with the backend's ``compiler_options``.
+    """``paged_step`` for one model, jitted with the backend's ``compiler_options`` and kept traced on disk
+    (``mmjax.engine.program_store``: a new process loads it rather than tracing the model again).
 
     Call it as ``program(state_leaves, kv_pages, input_ids, metadata, logits_indices[, embeddings,
     embedding_slots][, rope_positions=...], greedy=...)``, ``state_leaves`` being ``jax.tree.flatten(state)[0]`` for
@@ -189,16 +192,23 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
             tokens = jnp.pad(tokens, ((0, 0), (0, logits_indices.shape[1] - real))).reshape(-1)
         return logits.reshape(-1, vocab), tokens, pages
 
-    return jax.jit(run, donate_argnums=(1,), static_argnames=("greedy",), compiler_options=compiler_options())
+    graph = graph_identity(graphdef)
+    identity = f"step_program\n{graph}\n{state_def}\nimpl={impl}\nkv_sharding={kv_sharding!r}"
+    return StoredProgram(run, identity=identity, donate_argnums=(1,), static_argnames=("greedy",),
+                         compiler_options=compiler_options(), storable=graph is not None)
 
 
 @functools.lru_cache(maxsize=16)
 def encoder_program(graphdef: nnx.GraphDef, state_def: Any, arena_sharding: jax.sharding.Sharding | None,
                     batched: bool = False) -> Callable[..., Any]:
-    """``encode_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated."""
+    """``encode_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated;
+    stored traced as ``step_program`` is."""
     def run(state_leaves, arena, mm_kwargs, rows):
         state = jax.tree.unflatten(state_def, state_leaves)
         return encode_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows, arena_sharding=arena_sharding,
                                              batched=batched)
 
-    return jax.jit(run, donate_argnums=(1,), compiler_options=compiler_options())
+    graph = graph_identity(graphdef)
+    identity = f"encoder_program\n{graph}\n{state_def}\narena_sharding={arena_sharding!r}\nbatched={batched}"
+    return StoredProgram(run, identity=identity, donate_argnums=(1,), compiler_options=compiler_options(),
+                         storable=graph is not None)

@@ -14,6 +14,7 @@ at once never load a half-written library.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -57,6 +58,17 @@ def find_compiler() -> list[str]:
             return [name]
     raise KernelBuildError(
         "no C++ compiler found (set CXX, or install g++ or clang++) to build mmjax's CPU kernels")
+
+
+@functools.cache
+def toolchain_identity() -> str:
+    """What decides whether and how a kernel builds here: the compiler and its version, jaxlib's version and
+    the CPU (or why there is no compiler). Computed once per process."""
+    try:
+        compiler = find_compiler()
+        return "\n".join([" ".join(compiler), _compiler_version(compiler), jaxlib.__version__, _cpu_identity()])
+    except KernelBuildError as error:
+        return f"no kernels: {error}"
 
 
 def _cpu_identity() -> str:

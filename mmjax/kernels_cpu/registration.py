@@ -20,6 +20,7 @@ from mmjax.kernels_cpu.build import KernelBuildError, build_library
 
 _libraries: dict[str, ctypes.CDLL] = {}  # kept alive: XLA calls into them
 _outcomes: dict[str, str | None] = {}  # target -> None (registered) or why the build failed
+_recipes: dict[str, tuple[Path, str, dict[str, int | str]]] = {}  # target -> (source, symbol, defines)
 _locks: dict[str, threading.Lock] = {}  # one per target
 _locks_lock = threading.Lock()
 
@@ -53,9 +54,16 @@ def register(target: str, source: Path, symbol: str, defines: Mapping[str, int |
                 jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
                 _libraries[target] = library
                 _outcomes[target] = None
+                _recipes[target] = (source, symbol, dict(defines or {}))
             except (KernelBuildError, OSError, AttributeError) as error:
                 _outcomes[target] = str(error)
         return _outcomes[target]
+
+
+def registered_recipes() -> dict[str, tuple[Path, str, dict[str, int | str]]]:
+    """Every target registered in this process and what registered it: ``(source, symbol, defines)``, as
+    ``register`` takes them (a program stored with its kernels registers them again in a new process)."""
+    return dict(_recipes)
 
 
 def register_in_background(target: str, source: Path, symbol: str,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
@@ -78,11 +79,14 @@ class ModelFamily:
                        ) -> nnx.Module:
         """The model with shapes and dtypes but no memory (``nnx.eval_shape``); with ``quantization="int8"``,
         ``quantized_layers`` hold int8 kernels and float32 ``kernel_scale``s."""
-        def build() -> nnx.Module:
-            model = self.model_class(config, param_dtype=dtype, rngs=nnx.Rngs(0))
+        def build(rngs: Callable[[], nnx.Rngs]) -> nnx.Module:
+            model = self.model_class(config, param_dtype=dtype, rngs=rngs())
             return model if quantization is None else quantize_linear_layers(model, self.quantized_layers)
 
-        return nnx.eval_shape(build)
+        model = nnx.eval_shape(lambda: build(_shape_only_rngs))
+        if nnx.state(model, nnx.RngState):  # the model keeps its streams: they must be real ones
+            model = nnx.eval_shape(lambda: build(lambda: nnx.Rngs(0)))
+        return model
 
     def targets(self, config: Any, model_paths: set) -> dict[str, Target]:
         """``{canonical HF tensor name: Target}`` for a model with these parameter paths."""
@@ -96,6 +100,23 @@ class ModelFamily:
         mesh = make_mesh(mesh, dims=ShardedDims.of(self.text_config(config)))
         rules = self.partition_rules(config, mesh.shape[MODEL])
         return mesh, named_shardings(mesh, partition_specs(model_paths, rules))
+
+
+class _UncountedStream(nnx.RngStream):
+    """A stream that hands out its key without counting: enough for shapes, and cheap to trace. Flax's
+    stream adds one to a traced counter per draw, and each such update reads the tracer's ``sharding``,
+    whose error message JAX builds by scanning every equation traced so far: quadratic in the model's
+    size, 0.2 of the 0.43 s ``abstract_model`` took for the benchmark LLaVA (``benchmarks/startup.py``)."""
+
+    def __call__(self) -> jax.Array:
+        return self.key[...]
+
+
+def _shape_only_rngs() -> nnx.Rngs:
+    """``nnx.Rngs`` whose default stream is uncounted: for ``nnx.eval_shape`` only (every draw is one key)."""
+    rngs = nnx.Rngs(0)
+    rngs.default = _UncountedStream(0, tag="default")
+    return rngs
 
 
 def param_paths(model: nnx.Module) -> set[tuple[str | int, ...]]:
