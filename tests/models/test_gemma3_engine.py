@@ -4,6 +4,7 @@ preemption and pan and scan; nothing compiles after warm-up; bfloat16 stays clos
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 
@@ -126,14 +127,21 @@ def test_nothing_compiles_after_warmup_for_new_images_and_mixes():
 
 
 def test_bfloat16_weights_stay_close_to_transformers_float32():
+    """As close to transformers' float32 logits as transformers' own bfloat16 model is: the tiny random
+    model's rounding error is ~5 % in both (5.03 and 5.04 % on an AVX-512 BF16 host, under 5 % on an AVX2
+    one), so a fixed bound would test the host; the bound is the reference's own bfloat16 error."""
     llm = loaded(dtype="bfloat16")
     prompt = BATCH[0]
     _, ours = llm.logits(prompt)
     inputs = hf_processor()(text=prompt["prompt"], images=prompt["multi_modal_data"]["image"], return_tensors="pt")
+    halves = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
     with torch.no_grad():
         ref = reference()(**inputs).logits[0].numpy()
+        ref_bf16 = copy.deepcopy(reference()).to(torch.bfloat16)(**halves).logits[0].float().numpy()
+    error = lambda logits: np.linalg.norm(logits - ref) / np.linalg.norm(ref)  # noqa: E731
     assert ours.dtype == np.float32 and np.isfinite(ours).all()
-    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 5e-2
+    assert error(ref_bf16) < 0.1  # the reference's bfloat16 rounding is what this model's logits allow
+    assert error(ours) < 1.25 * error(ref_bf16)
     outputs = mmjax.generate(llm, BATCH, PARAMS, engine_config=CONFIG, use_tqdm=False)
     assert all(len(o.token_ids) == MAX_TOKENS for o in outputs)
 
