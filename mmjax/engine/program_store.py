@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-import mmjax
 from mmjax.kernels_cpu.build import toolchain_identity
 from mmjax.kernels_cpu.registration import register, registered_recipes, runs_here
 from mmjax.user_cache import user_cache_dir
@@ -46,7 +45,8 @@ FORMAT = "mmjax-program-1"
 #: Libraries whose code runs while a program is traced.
 _TRACING_LIBRARIES = ("jax", "jaxlib", "flax", "numpy", "ml_dtypes", "jaxtyping", "transformers")
 _ENVIRONMENT_PREFIXES = ("MMJAX_", "JAX_", "XLA_", "TPU_", "LIBTPU_")
-_KERNELS_DIR = Path(mmjax.__file__).parent / "kernels_cpu"
+_PACKAGE = Path(__file__).resolve().parent.parent  # mmjax/
+_KERNELS_DIR = _PACKAGE / "kernels_cpu"
 _log = logging.getLogger(__name__)
 
 
@@ -191,7 +191,7 @@ def installation_fingerprint() -> str:
     """What a process cannot change: mmjax's source files, the tracing libraries' versions, Python's, the
     devices and the CPU kernels' toolchain (hashed once per process)."""
     digest = hashlib.sha256()
-    package = Path(mmjax.__file__).parent
+    package = _PACKAGE
     for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cc", ".h")):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
