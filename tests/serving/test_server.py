@@ -10,6 +10,7 @@ import concurrent.futures
 import http.client
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -222,7 +223,7 @@ def test_each_bad_request_gets_400_and_the_server_keeps_serving(client, server, 
     assert wait_until_idle(server.app.state.serving.engine)
 
 
-def test_a_client_that_disconnects_frees_its_pages(client, server):
+def test_a_client_that_disconnects_frees_its_pages(client, server, monkeypatch):
     engine = server.app.state.serving.engine
     messages = image_message(data_url(image(30)))
     stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=400, temperature=0,
@@ -233,12 +234,19 @@ def test_a_client_that_disconnects_frees_its_pages(client, server):
     assert engine.scheduler.running  # it was generating ...
     stream.close()
     assert wait_until_idle(engine)  # ... and hanging up freed everything
+    # A non-streamed request whose client gives up (and closes the socket). Each step is held 20 ms, so its
+    # 2000 tokens would take 40 s or more whatever the host's speed: the client's 1.5 s run out first, and
+    # only an abort frees its pages in the 30 s allowed.
+    real_step, real_abort, aborted = engine.step, engine.abort, []
+    monkeypatch.setattr(engine, "step", lambda: time.sleep(0.02) or real_step())
+    monkeypatch.setattr(engine, "abort", lambda request: aborted.append(request) or real_abort(request))
     body = json.dumps({"messages": messages, "max_tokens": 2000, "temperature": 0, "ignore_eos": True}).encode()
     request = urllib.request.Request(server.url + "/v1/chat/completions", data=body,
                                      headers={"Content-Type": "application/json"})
-    with pytest.raises(TimeoutError):  # a non-streamed request whose client gives up (and closes the socket)
+    with pytest.raises(TimeoutError):
         urllib.request.urlopen(request, timeout=1.5)
-    assert wait_until_idle(engine)
+    assert wait_until_idle(engine, timeout_s=30)
+    assert len(aborted) == 1
 
 
 def test_a_request_that_fails_while_running_gets_500_and_the_others_finish(client, server, reference_llm,
