@@ -72,7 +72,7 @@ def apply_rope(
         angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # B T H/2
     # cos and sin of the half angles, behind a barrier: XLA merges the identical ones of every layer's q and k
     # into one, where it used to fuse a copy into each consumer (16 of each a step of the 8-layer benchmark
-    # model, 32x the work; the 8 prompts' prefill 1.70-1.77 -> 1.61-1.73 s, alternated on the Xeon host)
+    # model, 32x the work; the 8 prompts' prefill 1.81 -> 1.73 s, benchmarks/prefill.py)
     cos, sin = jax.lax.optimization_barrier((jnp.cos(angles), jnp.sin(angles)))
     cos = jnp.concatenate([cos, cos], axis=-1)[:, :, None, :].astype(x.dtype)
     sin = jnp.concatenate([sin, sin], axis=-1)[:, :, None, :].astype(x.dtype)
