@@ -61,12 +61,20 @@ def find_compiler() -> list[str]:
 
 
 @functools.cache
+def _toolchain() -> tuple[tuple[str, ...], str]:
+    """The compiler command and what decides how a kernel builds with it: the command, its version, jaxlib's
+    version, the machine and the CPU. Once per process (the version is a subprocess); raises
+    KernelBuildError where there is no working compiler (not cached: a later call looks again)."""
+    compiler = find_compiler()
+    identity = "\n".join([" ".join(compiler), _compiler_version(compiler), jaxlib.__version__, platform.machine(),
+                          _cpu_identity()])
+    return tuple(compiler), identity
+
+
 def toolchain_identity() -> str:
-    """What decides whether and how a kernel builds here: the compiler and its version, jaxlib's version and
-    the CPU (or why there is no compiler). Computed once per process."""
+    """What decides whether and how a kernel builds here (``_toolchain``'s identity), or why none can."""
     try:
-        compiler = find_compiler()
-        return "\n".join([" ".join(compiler), _compiler_version(compiler), jaxlib.__version__, _cpu_identity()])
+        return _toolchain()[1]
     except KernelBuildError as error:
         return f"no kernels: {error}"
 
@@ -98,12 +106,12 @@ def build_library(source: Path, defines: dict[str, int | str]) -> Path:
 
     Raises KernelBuildError (with the compiler's message) if it cannot be built.
     """
-    compiler = find_compiler()
+    compiler, toolchain = _toolchain()
+    compiler = list(compiler)
     define_flags = [f"-D{name}={value}" for name, value in sorted(defines.items())]
     opt_flags = list(OPT_FLAGS)
     headers = [header.read_text() for header in sorted(source.parent.glob("*.h"))]  # what the source includes
-    identity = "\n".join([source.read_text(), *headers, " ".join(compiler), " ".join(define_flags + opt_flags),
-                          _compiler_version(compiler), jaxlib.__version__, platform.machine(), _cpu_identity()])
+    identity = "\n".join([source.read_text(), *headers, " ".join(define_flags + opt_flags), toolchain])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
     directory = kernel_cache_dir()
     target = directory / f"{source.stem}-{digest}.so"
