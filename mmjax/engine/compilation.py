@@ -2,12 +2,19 @@
 
 Both are defaults a user gets without configuring anything:
 
-- ``compiler_options()``: on CPU, XLA's YNNPACK matmul fusions are turned off
-  for the engine's programs (only those: the options go to their ``jit``, not
-  to the process). Measured on the 2-core benchmark host, they make the
-  skinny matmuls of a decode step slower: an empty 8-token decode step of the
-  LLaVA-1.5-shaped benchmark model takes 49.7 ms with them and 31.8 ms
-  without; a 2048-token prefill step is unchanged (1197 vs 1173 ms).
+- ``compiler_options()``: on a CPU without AMX, XLA's YNNPACK matmul fusions
+  are turned off for the engine's programs (only those: the options go to
+  their ``jit``, not to the process). Measured on the 2-core AMD host, they
+  made the skinny matmuls of a decode step slower: an empty 8-token decode step
+  of the LLaVA-1.5-shaped benchmark model took 49.7 ms with them and 31.8 ms
+  without; a 2048-token prefill step was unchanged (1197 vs 1173 ms). On a CPU
+  with AMX (``multiplies_bfloat16_in_tiles``) XLA's defaults are kept: there
+  YNNPACK multiplies the bfloat16 prefill products on the tile unit
+  (``mmjax.models.common.linear``), which halves a bfloat16 prefill of the
+  benchmark (``benchmarks/prefill.py --dtype bfloat16``: 1.90 -> 0.94 s on the
+  2-core Xeon host), and decode, whose products run on mmjax's own kernels,
+  is unchanged within the noise in float32, bfloat16 and int8
+  (``benchmarks/dtypes.py``, alternated).
 - ``enable_compilation_cache()``: JAX's persistent compilation cache, under
   the user's cache directory (``$XDG_CACHE_HOME/mmjax/xla`` or
   ``~/.cache/mmjax/xla``), so a second process loads its programs instead of
@@ -23,10 +30,11 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from mmjax.kernels_cpu.cpu_features import multiplies_bfloat16_in_tiles
 from mmjax.user_cache import user_cache_dir
 
-#: XLA options of the engine's programs on each backend (none elsewhere).
-_COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+#: XLA options of the engine's programs on a CPU without AMX (none elsewhere).
+_CPU_WITHOUT_TILES = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 #: Programs that compile faster than this are not stored: the small helpers (5-40 ms each on CPU) cost
@@ -38,7 +46,9 @@ MIN_CACHED_COMPILE_SECONDS = 0.1
 
 def compiler_options() -> dict[str, str]:
     """Options for the engine's ``jax.jit`` calls on the default backend."""
-    return dict(_COMPILER_OPTIONS.get(jax.default_backend(), {}))
+    if jax.default_backend() == "cpu" and not multiplies_bfloat16_in_tiles():
+        return dict(_CPU_WITHOUT_TILES)
+    return {}
 
 
 def compilation_cache_dir() -> Path | None:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax import export
 
 from mmjax.kernels_cpu.build import toolchain_identity
+from mmjax.kernels_cpu.cpu_features import cpu_identity
 from mmjax.kernels_cpu.registration import register, registered_recipes, runs_here
 from mmjax.user_cache import user_cache_dir
 
@@ -189,7 +190,8 @@ def _storable() -> bool:
 @cache
 def installation_fingerprint() -> str:
     """What a process cannot change: mmjax's source files, the tracing libraries' versions, Python's, the
-    devices and the CPU kernels' toolchain (hashed once per process)."""
+    devices, the CPU (its features decide products: ``multiplies_bfloat16_in_tiles``) and the CPU kernels'
+    toolchain (hashed once per process)."""
     digest = hashlib.sha256()
     package = _PACKAGE
     for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cc", ".h")):
@@ -202,7 +204,7 @@ def installation_fingerprint() -> str:
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name}=absent")
     devices = [jax.default_backend(), jax.devices()[0].device_kind, jax.device_count(), jax.process_count()]
-    for part in (versions, sys.version, devices, toolchain_identity()):
+    for part in (versions, sys.version, devices, cpu_identity(), toolchain_identity()):
         digest.update(repr(part).encode())
     return digest.hexdigest()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 import jaxlib
 
+from mmjax.kernels_cpu.cpu_features import cpu_identity
 from mmjax.user_cache import user_cache_dir
 
 #: Optimisation flags; -march=native is dropped if the compiler refuses it.
@@ -67,7 +68,7 @@ def _toolchain() -> tuple[tuple[str, ...], str]:
     KernelBuildError where there is no working compiler (not cached: a later call looks again)."""
     compiler = find_compiler()
     identity = "\n".join([" ".join(compiler), _compiler_version(compiler), jaxlib.__version__, platform.machine(),
-                          _cpu_identity()])
+                          cpu_identity()])
     return tuple(compiler), identity
 
 
@@ -77,16 +78,6 @@ def toolchain_identity() -> str:
         return _toolchain()[1]
     except KernelBuildError as error:
         return f"no kernels: {error}"
-
-
-def _cpu_identity() -> str:
-    """Model name and feature flags: what -march=native compiles for."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")]
-    return "\n".join(sorted(set(keep)))
 
 
 def _compiler_version(compiler: list[str]) -> str:

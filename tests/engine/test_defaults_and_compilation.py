@@ -66,11 +66,15 @@ def test_compilation_cache_keeps_the_users_own_directory(monkeypatch, tmp_path, 
     assert not (tmp_path / "ours").exists()
 
 
-def test_cpu_programs_compile_without_ynnpack_fusions():
+@pytest.mark.parametrize("tiles", [False, True])
+def test_cpu_programs_compile_with_ynnpack_fusions_only_where_there_are_tiles(monkeypatch, tiles):
+    """Without AMX, the engine's programs turn XLA's YNNPACK fusions off (they slowed decode); with AMX they keep
+    XLA's defaults, which multiply the bfloat16 prefill products on the tile unit."""
+    monkeypatch.setattr(compilation, "multiplies_bfloat16_in_tiles", lambda: tiles)
     options = compilation.compiler_options()
-    assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert options == ({} if tiles else {"xla_cpu_experimental_ynn_fusion_type": ""})
     a, b = jax.numpy.ones((8, 512)), jax.numpy.ones((512, 1376))
     default = jax.jit(lambda a, b: a @ b).lower(a, b).compile().as_text()
     ours = jax.jit(lambda a, b: a @ b, compiler_options=options).lower(a, b).compile().as_text()
     assert "ynn_fusion" in default, "this XLA fuses the decode-shaped matmul with YNNPACK by default"
-    assert "ynn_fusion" not in ours, "the option must reach XLA"
+    assert ("ynn_fusion" in ours) == tiles, "the option must reach XLA"

@@ -5,6 +5,7 @@ of the XLA products; outside it, XLA only."""
 from __future__ import annotations
 
 import contextlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +97,42 @@ def test_int8_layers_send_up_to_32_rows_to_the_int8_kernel(dtype, rows):
     for native in (True, False):
         got = np.asarray(jax.jit(lambda s, x: run(s, x, native))(state, x), np.float64)
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def dot_operand_types(fn, *args) -> list[str]:
+    """The ``(lhs, rhs) -> out`` element types of each dot in ``fn``'s StableHLO, e.g. ``bf16,bf16->f32``."""
+    text = jax.jit(fn).lower(*args).as_text()
+    tensor = r"tensor<(?:\d+x)*(\w+)>"
+    pattern = rf"dot_general.*: \({tensor}, {tensor}\) -> {tensor}"
+    return [f"{lhs},{rhs}->{out}" for lhs, rhs, out in re.findall(pattern, text)]
+
+
+@pytest.mark.parametrize("tiles", [False, True])
+@pytest.mark.parametrize("weights", ["bfloat16", "int8", "float32"])
+def test_cpu_products_of_many_rows_take_the_operands_the_host_multiplies_fastest(monkeypatch, tiles, weights):
+    """A prefill's product (more rows than the kernels take), inside few_row_products_on_cpu or not: on a CPU
+    with AMX, bfloat16 activations meet bfloat16 (or int8 as bfloat16) weights in a dot with a float32 result;
+    elsewhere, and for float32 activations, both operands go in as float32. The values are the exact
+    products summed in float32 either way: within bfloat16's rounding of the float64 formula."""
+    from mmjax.models.common import linear
+
+    monkeypatch.setattr(linear, "multiplies_bfloat16_in_tiles", lambda: tiles)
+    layer = Linear(48, 40, param_dtype=jnp.float32 if weights == "float32" else jnp.bfloat16, rngs=nnx.Rngs(3))
+    if weights == "int8":
+        layer.quantize()
+    graphdef, state = nnx.split(layer)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 48)), jnp.bfloat16)
+
+    def run(state, x, native):
+        with few_row_products_on_cpu() if native else contextlib.nullcontext():
+            return nnx.merge(graphdef, state)(x)
+
+    in_tiles = tiles and weights != "float32"
+    kernel = np.asarray(layer.kernel[...], np.float64)
+    scale = np.asarray(layer.kernel_scale[...], np.float64) if weights == "int8" else 1.0
+    want = np.asarray(x, np.float64) @ kernel * scale + np.asarray(layer.bias[...], np.float64)
+    for native in (True, False):
+        types = dot_operand_types(lambda s, x: run(s, x, native), state, x)
+        assert types == ["bf16,bf16->f32" if in_tiles else "f32,f32->f32"], types
+        got = np.asarray(jax.jit(lambda s, x: run(s, x, native))(state, x), np.float64)
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())

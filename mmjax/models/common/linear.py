@@ -6,9 +6,10 @@ A ``Linear`` keeps its kernel ``[in, out]`` either in the model's dtype or quant
 choice (``ModelFamily.quantized_layers``, applied by ``quantize_linear_layers``); how every
 product runs is decided here, in ``project`` and ``tied_head_product``:
 
-- by default (training, dense forward passes, accelerators), XLA: ``x @ kernel``, or for an
-  int8 kernel ``(x @ q.astype(x.dtype)) * scale`` (the convert fuses into the dot on TPU and GPU,
-  so the weights are read as int8);
+- by default (training, dense forward passes, accelerators, and the engine's prefill), XLA: ``x @ kernel``,
+  or for an int8 kernel ``(x @ q.astype(x.dtype)) * scale`` (the convert fuses into the dot on TPU and GPU,
+  so the weights are read as int8), with the operand dtypes that multiply fastest on the backend
+  (``_xla_product``: on a CPU with AMX, bfloat16 into a float32 result);
 - inside ``few_row_products_on_cpu()`` (the engine's CPU step programs on one device), products of
   few rows, a decode step's, run on the native CPU kernels of ``mmjax.kernels_cpu``, which stream
   the weights as stored (float32, bfloat16 or int8) and accumulate in float32.
@@ -32,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax.kernels_cpu import few_rows_dot_general, int8_matmul_unavailable, skinny_matmul_int8_cpu
+from mmjax.kernels_cpu.cpu_features import multiplies_bfloat16_in_tiles
 from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS
 from mmjax.types import Array, Float
 
@@ -109,7 +111,7 @@ def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | N
     if scale is None:
         dtype = jnp.promote_types(x.dtype, kernel.dtype)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        if _ON_CPU_KERNEL.get():
+        if _ON_CPU_KERNEL.get() and math.prod(x.shape[:-1]) <= MAX_ROWS:
             return few_rows_dot_general(x, kernel, numbers)
         return _xla_product(x, kernel, numbers)
     rows = math.prod(x.shape[:-1])
@@ -122,13 +124,23 @@ def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | N
 
 def _xla_product(x: Array, kernel: Array, numbers: Any, out_dtype: Any = None) -> Array:
     """XLA's ``dot_general`` in ``out_dtype`` (default x's). On TPU and GPU the operands go in as they are
-    (the int8 kernel converted to x's dtype in the dot's fusion). On CPU both are converted to float32 first:
-    XLA:CPU multiplies float32 fastest, and 16-bit or mixed operands slower (``[2048, 512] @ [512, 1376]`` on
-    the 2-core host, ``benchmarks/prefill_matmul.py``: float32 16.0 ms; bfloat16 17.0, through float32 16.7,
-    with a float32 result 22.4; int8 weights with bfloat16 activations 23.4, through float32 16.8).
+    (the int8 kernel converted to x's dtype in the dot's fusion). On CPU, what multiplies fastest there
+    (``benchmarks/prefill_matmul.py``, ``[2048, 512] @ [512, 1376]``, 2 cores):
+
+    - with AMX (``multiplies_bfloat16_in_tiles``), bfloat16 activations and bfloat16 (or int8, exact in
+      bfloat16) weights multiply as bfloat16 into a float32 result, which XLA's YNNPACK dot runs on the
+      tile unit: 2.9 ms against 10.0 for float32 operands on the Xeon host (a bfloat16 result is not
+      sent there: 17.7 ms). The products are exact in float32 either way; only the order of the float32
+      sums differs from the float32 path's;
+    - otherwise both operands in float32: XLA:CPU multiplies float32 fastest, and 16-bit or mixed
+      operands slower (on the AMD host: float32 16.0 ms; bfloat16 17.0, through float32 16.7, with a
+      float32 result 22.4; int8 weights with bfloat16 activations 23.4, through float32 16.8).
     """
     out_dtype = x.dtype if out_dtype is None else out_dtype
     if jax.default_backend() == "cpu":
+        if x.dtype == jnp.bfloat16 and kernel.dtype in (jnp.bfloat16, jnp.int8) and multiplies_bfloat16_in_tiles():
+            y = jax.lax.dot_general(x, kernel.astype(jnp.bfloat16), numbers, preferred_element_type=jnp.float32)
+            return y.astype(out_dtype)
         y = jax.lax.dot_general(x.astype(jnp.float32), kernel.astype(jnp.float32), numbers)
         return y.astype(out_dtype)
     if kernel.dtype != x.dtype:  # int8 (the convert fuses into the dot), or LoRA's float32 ``lora_kernel``
