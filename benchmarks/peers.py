@@ -6,7 +6,7 @@ others) and a ~20-word question each, greedy, ``ignore_eos``. The sides (``--sid
 
 - ``mmjax-f32``, ``mmjax-bf16``, ``mmjax-int8``: ``mmjax.load(path, dtype=...)`` / ``quantization="int8"``
   (``dtypes.py``'s variants), ``mmjax.generate`` with its defaults;
-- ``vllm-f32`` (and, if asked, ``vllm-bf16``): vLLM's CPU build from ``--peers-dir``/vllm-venv, offline
+- ``vllm-f32``, ``vllm-bf16``: vLLM's CPU build from ``--peers-dir``/vllm-venv, offline
   ``LLM`` tuned as its docs say (OpenMP threads bound to the cores, tcmalloc and libiomp5 preloaded), the
   KV cache given mmjax's budget (1 GiB), on a copy of the checkpoint in the published llava-hf layout;
 - ``llamacpp-f32``, ``llamacpp-f16``: ``llama-server`` built from source in ``--peers-dir``/llama.cpp,
@@ -70,7 +70,7 @@ SIDES = {
     "llamacpp-f32": {"engine": "llamacpp", "type": "f32"},
     "llamacpp-f16": {"engine": "llamacpp", "type": "f16"},
 }
-DEFAULT_SIDES = ["mmjax-f32", "mmjax-bf16", "mmjax-int8", "vllm-f32", "llamacpp-f32", "llamacpp-f16"]
+DEFAULT_SIDES = ["mmjax-f32", "mmjax-bf16", "mmjax-int8", "vllm-f32", "vllm-bf16", "llamacpp-f32", "llamacpp-f16"]
 BASELINE = "mmjax-f32"
 METRICS = ("tokens_per_s", "prefill_8_s", "ttft_s", "decode_ms_1", "decode_ms_8", "startup_s")
 QUIET_LOCK = "/tmp/mmjax-quiet.lock"
