@@ -113,9 +113,7 @@ def write_kv(pages: KVPages, k: Float[Array, "T K H"], v: Float[Array, "T K H"],
     backend would convert every page to float32 and back around its scatter, each step and layer)."""
     if write_kv_unavailable(pages.k.dtype) is not None:
         return write_kv_to_pages(pages, k, v, slot_mapping)
-    rows = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  [T, K, H] -> [K, T, H]
-    return KVPages(write_kv_rows_cpu(pages.k, rows(k), slot_mapping),
-                   write_kv_rows_cpu(pages.v, rows(v), slot_mapping))
+    return KVPages(write_kv_rows_cpu(pages.k, k, slot_mapping), write_kv_rows_cpu(pages.v, v, slot_mapping))
 
 
 @shape_checked

@@ -48,6 +48,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention_amx.h"
 #include "kernel_common.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -540,9 +541,89 @@ void AttendBlock(const Tile& t, const Problem<T>& pr, int64_t key0, int block, c
                              t.acc, pr.v_pages, ahead, ahead_count);
 }
 
+#if defined(MMJAX_ATTENTION_AMX)
+// ---- many bfloat16 rows on AMX tiles (prefill) ----------------------------------
+
+// AttendTile's work for a tile of many bfloat16 rows and a head dim of whole 32s, its products on the tile unit
+// (attention_amx.h): per block of keys, S = Q K^T (Q and K as they are: the products are exact, the sums
+// float32), then in one pass a row the scale, the online-softmax update, P rounded to bfloat16 (as transformers'
+// bfloat16 attention rounds its weights before P V) and acc *= alpha (SoftmaxRows), then acc += P V.
+template <int H>
+void AttendTileAmx(const Problem<BF16>& pr, const WorkItem& item) {
+  namespace amx = mmjax_amx;
+  constexpr int kKeyTiles = kBlockKeys / amx::kCols;
+  const int64_t group = pr.num_heads / pr.num_kv_heads;
+  const int64_t q_begin = pr.cu_q_lens[item.seq];
+  const int64_t q_len = pr.cu_q_lens[item.seq + 1] - q_begin;
+  const int64_t kv_len = std::min<int64_t>(pr.kv_lens[item.seq], pr.pages_per_seq * pr.page_size);
+  const int64_t pos0 = kv_len - q_len + item.first_token;
+  const int num_rows = static_cast<int>(item.num_tokens * group);
+  const int row_tiles = (num_rows + amx::kRows - 1) / amx::kRows, rows_p = row_tiles * amx::kRows;
+
+  std::vector<uint16_t> q(rows_p * H, 0), p(rows_p * kBlockKeys, 0);
+  std::vector<float> acc(rows_p * H, 0.0f), s(rows_p * kBlockKeys, 0.0f);
+  std::vector<float> m(rows_p, kMaskValue), l(rows_p, 0.0f);
+  std::vector<int32_t> row_start(rows_p, 0), row_end(rows_p, 0), first(rows_p, 0), limit(rows_p, 0);
+  std::vector<uint32_t> keys(H / amx::kDepth * kKeyTiles * amx::kPairs * amx::kCols);  // PackKeys' B operands
+  std::vector<uint16_t> values(kBlockKeys / amx::kDepth * H / amx::kCols * amx::kPairs * amx::kCols * 2);
+  int64_t lo = kv_len, hi = 0;
+  for (int r = 0; r < num_rows; ++r) {
+    const int64_t token = q_begin + item.first_token + r / group;
+    const int64_t head = item.kv_head * group + r % group;
+    std::memcpy(&q[r * H], pr.q + (token * pr.num_heads + head) * H, H * sizeof(BF16));
+    const int64_t start = pr.key_start ? pr.key_start[token] : 0;
+    const int64_t end = pr.key_end ? pr.key_end[token] : pos0 + r / group + 1;
+    row_start[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(start, 0), kv_len));
+    row_end[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(end, 0), kv_len));
+    if (row_start[r] < row_end[r]) {
+      lo = std::min<int64_t>(lo, row_start[r]);
+      hi = std::max<int64_t>(hi, row_end[r]);
+    }
+  }
+
+  amx::Configure();
+  int64_t offsets[kBlockKeys];
+  const uint16_t* rows[kBlockKeys];
+  const auto* zero = reinterpret_cast<const uint16_t*>(ZeroRow<BF16, H>());
+  for (int64_t key0 = lo; key0 < hi; key0 += kBlockKeys) {
+    const int block = static_cast<int>(std::min<int64_t>(kBlockKeys, hi - key0));
+    const int padded16 = (block + 15) / 16 * 16, padded32 = (block + 31) / 32 * 32;
+    KeyOffsets<BF16, H>(pr, item.seq, item.kv_head, key0, block, offsets);
+    for (int j = 0; j < padded32; ++j)
+      rows[j] = j < block ? reinterpret_cast<const uint16_t*>(pr.k_pages + offsets[j]) : zero;
+    amx::PackKeys<H>(rows, padded16, kKeyTiles, keys.data());
+    amx::Logits<H>(q.data(), row_tiles, keys.data(), padded16 / amx::kCols, kKeyTiles, s.data(), kBlockKeys);
+    for (int r = 0; r < num_rows; ++r) {  // the keys of the block row r sees: [first, limit)
+      first[r] = static_cast<int32_t>(std::max<int64_t>(row_start[r] - key0, 0));
+      limit[r] = static_cast<int32_t>(std::min<int64_t>(row_end[r] - key0, block));
+    }
+    amx::SoftmaxRows<H>(s.data(), kBlockKeys, num_rows, padded32, pr.sm_scale, first.data(), limit.data(), m.data(),
+                        l.data(), p.data(), kBlockKeys, acc.data());
+    for (int j = 0; j < block; ++j) rows[j] = reinterpret_cast<const uint16_t*>(pr.v_pages + offsets[j]);
+    amx::PackValues<H>(rows, padded32, values.data());
+    amx::AccumulateValues<H>(p.data(), kBlockKeys, row_tiles, values.data(), padded32 / amx::kDepth, acc.data());
+  }
+  amx::Release();
+
+  for (int r = 0; r < num_rows; ++r) {
+    const int64_t token = q_begin + item.first_token + r / group;
+    const int64_t head = item.kv_head * group + r % group;
+    BF16* dst = pr.out + (token * pr.num_heads + head) * H;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    for (int d = 0; d < H; ++d) FromFloat(acc[r * H + d] * inv, dst + d);
+  }
+}
+#endif
+
 // One work item: rows r = token * group + g for its tokens and the KV head's group.
 template <typename T, int H>
 void AttendTile(const Problem<T>& pr, const WorkItem& item) {
+#if defined(MMJAX_ATTENTION_AMX)
+  if constexpr (std::is_same<T, BF16>::value && H % mmjax_amx::kDepth == 0) {
+    if (item.num_tokens * (pr.num_heads / pr.num_kv_heads) >= kManyRows && mmjax_amx::Enabled())
+      return AttendTileAmx<H>(pr, item);
+  }
+#endif
   constexpr int kPadded = Dims<H>::kPadded;
   const int64_t group = pr.num_heads / pr.num_kv_heads;
   const int64_t q_begin = pr.cu_q_lens[item.seq];

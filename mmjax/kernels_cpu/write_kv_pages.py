@@ -32,9 +32,10 @@ def write_kv_unavailable(dtype) -> str | None:
     return register(TARGET, SOURCE, SYMBOL)
 
 
-def write_kv_rows_cpu(pages: Float[Array, "K A G H"], rows: Float[Array, "K T H"],
+def write_kv_rows_cpu(pages: Float[Array, "K A G H"], rows: Float[Array, "T K H"],
                       slots: Int[Array, "T"]) -> Float[Array, "K A G H"]:
-    """``pages`` with ``rows[:, t]`` at slot ``slots[t]`` (negative or past the end: dropped), written in place
-    when ``pages`` is donated. Call only where ``write_kv_unavailable(pages.dtype)`` is None."""
+    """``pages`` with ``rows[t]`` (token ``t``'s row of each KV head) at slot ``slots[t]`` (negative or past the
+    end: dropped), written in place when ``pages`` is donated. The rows come token-major, as the projections
+    make them. Call only where ``write_kv_unavailable(pages.dtype)`` is None."""
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(pages.shape, pages.dtype), input_output_aliases={0: 0})
     return call(pages, rows.astype(pages.dtype), slots.astype(jnp.int32))

@@ -40,6 +40,10 @@ BF16_CASES = [  # the same edges in bfloat16, on each way the kernel reads bfloa
     ([(200, 70), (9, 9), (65, 1)], 2, 1, 64, 16),  # prefill: each block converted once for the tile's rows
     ([(100, 100), (41, 3)], 1, 3, 20, 4),  # H 20: converted and zero-padded on both paths
     ([(90, 1), (60, 5)], 1, 8, 128, 16),  # 8 rows from one token: the prefill loops in a decode step
+    # where the CPU has AMX, prefill's products on the tile unit (head dims of whole 32s): 16-row tiles in part,
+    # key blocks whose tails are not whole tiles of 16 or chunks of 32 keys, blocks across pages of 8
+    ([(300, 150), (37, 37), (50, 10)], 1, 4, 64, 8),
+    ([(129, 129), (17, 17)], 2, 2, 96, 16),  # H 96: three chunks of 32; rows of a tile cross tokens
 ]
 
 
