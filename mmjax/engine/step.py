@@ -37,6 +37,7 @@ from mmjax.engine.sampler import first_argmax
 from mmjax.kv_cache.metadata import AttentionMetadata
 from mmjax.kv_cache.pages import KVPages
 from mmjax.models.common.linear import few_row_products_on_cpu
+from mmjax.models.common.native_attention import native_attention_on_cpu
 from mmjax.types import Array, Float, Int
 
 
@@ -202,11 +203,15 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
 def encoder_program(graphdef: nnx.GraphDef, state_def: Any, arena_sharding: jax.sharding.Sharding | None,
                     batched: bool = False) -> Callable[..., Any]:
     """``encode_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated;
-    stored traced as ``step_program`` is."""
+    stored traced as ``step_program`` is. On one CPU device (unbatched: the kernel call is not vmapped) the
+    vision tower's attention runs on the CPU kernel (``native_attention_on_cpu``)."""
+    native = arena_sharding is None and not batched and jax.default_backend() == "cpu"
+
     def run(state_leaves, arena, mm_kwargs, rows):
         state = jax.tree.unflatten(state_def, state_leaves)
-        return encode_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows, arena_sharding=arena_sharding,
-                                             batched=batched)
+        with native_attention_on_cpu() if native else contextlib.nullcontext():
+            return encode_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows,
+                                                 arena_sharding=arena_sharding, batched=batched)
 
     graph = graph_identity(graphdef)
     identity = f"encoder_program\n{graph}\n{state_def}\narena_sharding={arena_sharding!r}\nbatched={batched}"

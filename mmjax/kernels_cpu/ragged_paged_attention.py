@@ -101,3 +101,25 @@ def ragged_paged_attention_cpu(
     causal = jnp.zeros((0,), jnp.int32)
     bounds = (causal if key_start is None else key_start, causal if key_end is None else key_end)
     return call(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, *bounds, sm_scale=np.float32(scale))
+
+
+def bidirectional_attention_cpu(q: Float[Array, "I P N H"], k: Float[Array, "I P N H"], v: Float[Array, "I P N H"],
+                                *, sm_scale: float | None = None, page_size: int = 16) -> Float[Array, "I P N H"]:
+    """Each of ``I`` sequences of ``P`` rows attending all of its own rows (a vision tower's attention), on
+    the CPU kernel: K and V laid out as one run of pages per sequence, every row's keys ``[0, P)``. Call
+    only where ``kernel_unavailable(H, q.dtype)`` is None."""
+    num_seqs, rows, num_heads, head_dim = q.shape
+    pages = -(-rows // page_size)
+
+    def paged(x: Array) -> Array:  # [I, P, N, H] -> [N, I * pages, G, H]
+        x = jnp.pad(x, ((0, 0), (0, pages * page_size - rows), (0, 0), (0, 0)))
+        x = x.reshape(num_seqs, pages, page_size, num_heads, head_dim).transpose(3, 0, 1, 2, 4)
+        return x.reshape(num_heads, num_seqs * pages, page_size, head_dim)
+
+    out = ragged_paged_attention_cpu(
+        q.reshape(num_seqs * rows, num_heads, head_dim), paged(k), paged(v),
+        jnp.full((num_seqs,), rows, jnp.int32), jnp.arange(num_seqs * pages, dtype=jnp.int32).reshape(num_seqs, pages),
+        jnp.arange(num_seqs + 1, dtype=jnp.int32) * rows, jnp.array([num_seqs], jnp.int32),
+        key_start=jnp.zeros((num_seqs * rows,), jnp.int32), key_end=jnp.full((num_seqs * rows,), rows, jnp.int32),
+        sm_scale=sm_scale)
+    return out.reshape(num_seqs, rows, num_heads, head_dim)
