@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernel_common.h"
+
 namespace mmjax_amx {
 
 constexpr int kRows = 16;   // rows of every tile
@@ -166,22 +168,8 @@ void AccumulateValues(const uint16_t* p, int p_stride, int row_tiles, const uint
 typedef float Floats __attribute__((vector_size(64)));   // 16 float32 lanes (one zmm register)
 typedef int32_t Ints __attribute__((vector_size(64)));
 
-// exp(x) for x <= 0 on 16 lanes: ragged_paged_attention.cc's ExpNonPositive (relative error < 2e-7).
-inline Floats Exp16(Floats x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const Floats n = (x * 1.44269504088896341f + kRound) - kRound;
-  Floats r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  Floats p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
-  return p * reinterpret_cast<Floats>(bits);
-}
+// exp(x) for x <= 0 on 16 lanes (kernel_common.h's polynomial).
+inline Floats Exp16(Floats x) { return mmjax_cpu::ExpClamped<Floats, Ints>(_mm512_max_ps(x, _mm512_set1_ps(-87.0f))); }
 
 // The online-softmax update of a block, one pass a row for rows r < num_rows: the logits s[r * s_stride + j]
 // (j < padded, a multiple of 16) times scale, of which keys first[r] <= j < limit[r] are seen; the running max

@@ -46,6 +46,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "attention_amx.h"
@@ -152,22 +153,7 @@ inline Vec LaneSums(const Vec* a) {
 
 // exp(x) for x <= 0 (every argument here is a logit minus its running max), lane-wise. Cody-Waite range
 // reduction and a degree-6 polynomial: relative error < 2e-7; exp(x) for x < -87 is about 1.6e-38, not 0.
-inline Vec ExpNonPositive(Vec x) {
-  x = Max(x, Splat(-87.0f));
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const Vec n = (x * 1.44269504088896341f + kRound) - kRound;
-  Vec r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  Vec p = Splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const IVec bits = (__builtin_convertvector(n, IVec) + 127) << 23;
-  return p * reinterpret_cast<Vec>(bits);
-}
+inline Vec ExpNonPositive(Vec x) { return mmjax_cpu::ExpClamped<Vec, IVec>(Max(x, Splat(-87.0f))); }
 
 // ---- the problem -------------------------------------------------------------
 
@@ -541,6 +527,42 @@ void AttendBlock(const Tile& t, const Problem<T>& pr, int64_t key0, int block, c
                              t.acc, pr.v_pages, ahead, ahead_count);
 }
 
+// ---- a work item's rows -----------------------------------------------------------
+
+// Row r of a work item (r = token * group + g, over its tokens and the KV head's group): where its query is.
+template <typename T>
+int64_t QueryRow(const Problem<T>& pr, const WorkItem& item, int r) {
+  const int64_t group = pr.num_heads / pr.num_kv_heads;
+  const int64_t token = pr.cu_q_lens[item.seq] + item.first_token + r / group;
+  return token * pr.num_heads + item.kv_head * group + r % group;
+}
+
+// row_start[r], row_end[r] = the keys [start, end) row r sees, clamped to [0, kv_len) whatever the arrays hold
+// (no key_end: causal); returns the bounds [lo, hi) of their union (lo >= hi: no key). The tile reads those keys
+// only (the keys of no row are never touched).
+template <typename T>
+std::pair<int64_t, int64_t> KeyBounds(const Problem<T>& pr, const WorkItem& item, int num_rows, int32_t* row_start,
+                                      int32_t* row_end) {
+  const int64_t group = pr.num_heads / pr.num_kv_heads;
+  const int64_t q_begin = pr.cu_q_lens[item.seq];
+  const int64_t q_len = pr.cu_q_lens[item.seq + 1] - q_begin;
+  const int64_t kv_len = std::min<int64_t>(pr.kv_lens[item.seq], pr.pages_per_seq * pr.page_size);
+  const int64_t pos0 = kv_len - q_len + item.first_token;  // position of the tile's first token
+  int64_t lo = kv_len, hi = 0;
+  for (int r = 0; r < num_rows; ++r) {
+    const int64_t token = q_begin + item.first_token + r / group;
+    const int64_t start = pr.key_start ? pr.key_start[token] : 0;
+    const int64_t end = pr.key_end ? pr.key_end[token] : pos0 + r / group + 1;
+    row_start[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(start, 0), kv_len));
+    row_end[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(end, 0), kv_len));
+    if (row_start[r] < row_end[r]) {
+      lo = std::min<int64_t>(lo, row_start[r]);
+      hi = std::max<int64_t>(hi, row_end[r]);
+    }
+  }
+  return {lo, hi};
+}
+
 #if defined(MMJAX_ATTENTION_AMX)
 // ---- many bfloat16 rows on AMX tiles (prefill) ----------------------------------
 
@@ -552,12 +574,7 @@ template <int H>
 void AttendTileAmx(const Problem<BF16>& pr, const WorkItem& item) {
   namespace amx = mmjax_amx;
   constexpr int kKeyTiles = kBlockKeys / amx::kCols;
-  const int64_t group = pr.num_heads / pr.num_kv_heads;
-  const int64_t q_begin = pr.cu_q_lens[item.seq];
-  const int64_t q_len = pr.cu_q_lens[item.seq + 1] - q_begin;
-  const int64_t kv_len = std::min<int64_t>(pr.kv_lens[item.seq], pr.pages_per_seq * pr.page_size);
-  const int64_t pos0 = kv_len - q_len + item.first_token;
-  const int num_rows = static_cast<int>(item.num_tokens * group);
+  const int num_rows = static_cast<int>(item.num_tokens * (pr.num_heads / pr.num_kv_heads));
   const int row_tiles = (num_rows + amx::kRows - 1) / amx::kRows, rows_p = row_tiles * amx::kRows;
 
   std::vector<uint16_t> q(rows_p * H, 0), p(rows_p * kBlockKeys, 0);
@@ -566,20 +583,8 @@ void AttendTileAmx(const Problem<BF16>& pr, const WorkItem& item) {
   std::vector<int32_t> row_start(rows_p, 0), row_end(rows_p, 0), first(rows_p, 0), limit(rows_p, 0);
   std::vector<uint32_t> keys(H / amx::kDepth * kKeyTiles * amx::kPairs * amx::kCols);  // PackKeys' B operands
   std::vector<uint16_t> values(kBlockKeys / amx::kDepth * H / amx::kCols * amx::kPairs * amx::kCols * 2);
-  int64_t lo = kv_len, hi = 0;
-  for (int r = 0; r < num_rows; ++r) {
-    const int64_t token = q_begin + item.first_token + r / group;
-    const int64_t head = item.kv_head * group + r % group;
-    std::memcpy(&q[r * H], pr.q + (token * pr.num_heads + head) * H, H * sizeof(BF16));
-    const int64_t start = pr.key_start ? pr.key_start[token] : 0;
-    const int64_t end = pr.key_end ? pr.key_end[token] : pos0 + r / group + 1;
-    row_start[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(start, 0), kv_len));
-    row_end[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(end, 0), kv_len));
-    if (row_start[r] < row_end[r]) {
-      lo = std::min<int64_t>(lo, row_start[r]);
-      hi = std::max<int64_t>(hi, row_end[r]);
-    }
-  }
+  for (int r = 0; r < num_rows; ++r) std::memcpy(&q[r * H], pr.q + QueryRow(pr, item, r) * H, H * sizeof(BF16));
+  const auto [lo, hi] = KeyBounds(pr, item, num_rows, row_start.data(), row_end.data());
 
   amx::Configure();
   int64_t offsets[kBlockKeys];
@@ -606,9 +611,7 @@ void AttendTileAmx(const Problem<BF16>& pr, const WorkItem& item) {
   amx::Release();
 
   for (int r = 0; r < num_rows; ++r) {
-    const int64_t token = q_begin + item.first_token + r / group;
-    const int64_t head = item.kv_head * group + r % group;
-    BF16* dst = pr.out + (token * pr.num_heads + head) * H;
+    BF16* dst = pr.out + QueryRow(pr, item, r) * H;
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int d = 0; d < H; ++d) FromFloat(acc[r * H + d] * inv, dst + d);
   }
@@ -625,13 +628,8 @@ void AttendTile(const Problem<T>& pr, const WorkItem& item) {
   }
 #endif
   constexpr int kPadded = Dims<H>::kPadded;
-  const int64_t group = pr.num_heads / pr.num_kv_heads;
-  const int64_t q_begin = pr.cu_q_lens[item.seq];
-  const int64_t q_len = pr.cu_q_lens[item.seq + 1] - q_begin;
-  const int64_t kv_len = std::min<int64_t>(pr.kv_lens[item.seq], pr.pages_per_seq * pr.page_size);
-  const int64_t pos0 = kv_len - q_len + item.first_token;  // position of the tile's first token
   Tile t;
-  t.num_rows = static_cast<int>(item.num_tokens * group);
+  t.num_rows = static_cast<int>(item.num_tokens * (pr.num_heads / pr.num_kv_heads));
   t.many = t.num_rows >= kManyRows;
   t.rp = t.many ? (t.num_rows + kLanes - 1) / kLanes * kLanes : t.num_rows;
   const bool buffered = H % kLanes != 0 || (t.many && !std::is_same<T, float>::value);
@@ -651,21 +649,11 @@ void AttendTile(const Problem<T>& pr, const WorkItem& item) {
   t.row_start = row_start.data();
   t.row_end = row_end.data();
   t.buf = buf.data();
-  int64_t lo = kv_len, hi = 0;
   for (int r = 0; r < t.num_rows; ++r) {
-    const int64_t token = q_begin + item.first_token + r / group;
-    const int64_t head = item.kv_head * group + r % group;
-    const T* qr = pr.q + (token * pr.num_heads + head) * H;
+    const T* qr = pr.q + QueryRow(pr, item, r) * H;
     for (int d = 0; d < H; ++d) q[t.many ? d * t.rp + r : r * kPadded + d] = ToFloat(qr[d]) * pr.sm_scale;
-    const int64_t start = pr.key_start ? pr.key_start[token] : 0;
-    const int64_t end = pr.key_end ? pr.key_end[token] : pos0 + r / group + 1;
-    row_start[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(start, 0), kv_len));
-    row_end[r] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(end, 0), kv_len));
-    if (row_start[r] < row_end[r]) {
-      lo = std::min<int64_t>(lo, row_start[r]);
-      hi = std::max<int64_t>(hi, row_end[r]);
-    }
   }
+  const auto [lo, hi] = KeyBounds(pr, item, t.num_rows, row_start.data(), row_end.data());
 
   int64_t offsets[2 * kBlockKeys];  // this block's rows, then the next block's
   for (int64_t key0 = lo; key0 < hi; key0 += kBlockKeys) {
@@ -685,9 +673,7 @@ void AttendTile(const Problem<T>& pr, const WorkItem& item) {
   }
 
   for (int r = 0; r < t.num_rows; ++r) {
-    const int64_t token = q_begin + item.first_token + r / group;
-    const int64_t head = item.kv_head * group + r % group;
-    T* dst = pr.out + (token * pr.num_heads + head) * H;
+    T* dst = pr.out + QueryRow(pr, item, r) * H;
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int d = 0; d < H; ++d) FromFloat(acc[r * kPadded + d] * inv, dst + d);
   }
