@@ -21,10 +21,8 @@ The stored form is what the partition rules, the memory plan and ``save_pretrain
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -35,26 +33,22 @@ from flax import nnx
 from mmjax.kernels_cpu import few_rows_dot_general, int8_matmul_unavailable, skinny_matmul_int8_cpu
 from mmjax.kernels_cpu.cpu_features import multiplies_bfloat16_in_tiles
 from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS
+from mmjax.models.common.trace_flag import TraceFlag
 from mmjax.types import Array, Float
 
 #: The quantized forms ``mmjax.load(..., quantization=)`` takes.
 QUANTIZATIONS = ("int8",)
 
-_ON_CPU_KERNEL: contextvars.ContextVar[bool] = contextvars.ContextVar("mmjax_few_rows_on_cpu", default=False)
+_FEW_ROWS_ON_CPU = TraceFlag("mmjax_few_rows_on_cpu")
 
 
-@contextlib.contextmanager
-def few_row_products_on_cpu() -> Iterator[None]:
+def few_row_products_on_cpu() -> contextlib.AbstractContextManager[None]:
     """Within this block (while tracing), products of few rows run on the native CPU kernels.
 
     The engine's step programs trace their model inside it on one CPU device; everything else
     (training, ``LLM.logits``, meshes, accelerators) keeps XLA's products.
     """
-    token = _ON_CPU_KERNEL.set(True)
-    try:
-        yield
-    finally:
-        _ON_CPU_KERNEL.reset(token)
+    return _FEW_ROWS_ON_CPU.on()
 
 
 def quantize_int8(kernel: Float[Array, "K N"]) -> tuple[Array, Array]:
@@ -111,11 +105,11 @@ def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | N
     if scale is None:
         dtype = jnp.promote_types(x.dtype, kernel.dtype)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        if _ON_CPU_KERNEL.get() and math.prod(x.shape[:-1]) <= MAX_ROWS:
+        if _FEW_ROWS_ON_CPU.is_on() and math.prod(x.shape[:-1]) <= MAX_ROWS:
             return few_rows_dot_general(x, kernel, numbers)
         return _xla_product(x, kernel, numbers)
     rows = math.prod(x.shape[:-1])
-    if (_ON_CPU_KERNEL.get() and 1 <= rows <= MAX_ROWS and kernel.dtype == jnp.int8
+    if (_FEW_ROWS_ON_CPU.is_on() and 1 <= rows <= MAX_ROWS and kernel.dtype == jnp.int8
             and int8_matmul_unavailable(x.dtype) is None):
         y = skinny_matmul_int8_cpu(x.reshape(rows, x.shape[-1]), kernel, scale)
         return y.reshape(*x.shape[:-1], kernel.shape[1])
@@ -171,7 +165,7 @@ def tied_head_product(hidden: Float[Array, "*B D"], embedding: Float[Array, "V D
     """``hidden @ embedding.T`` (a tied LM head; the embedding read where it lies, no transposed copy),
     on the CPU kernel for few rows inside ``few_row_products_on_cpu()``."""
     numbers = (((hidden.ndim - 1,), (1,)), ((), ()))
-    if _ON_CPU_KERNEL.get():
+    if _FEW_ROWS_ON_CPU.is_on():
         return few_rows_dot_general(hidden, embedding, numbers)
     return jax.lax.dot_general(hidden, embedding, numbers)
 
