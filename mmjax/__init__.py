@@ -31,6 +31,7 @@ with _gc_paused():
     from mmjax.engine.outputs import CompletionOutput, Logprob, RequestOutput
     from mmjax.engine.sampling_params import SamplingParams
     from mmjax.llm import LLM, load
+    from mmjax.structured import StructuredOutputsParams
 
 __version__ = "0.1.0"
 
@@ -75,6 +76,7 @@ __all__ = [
     "PromptInputs",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutputsParams",
     "SupportsMultiModal",
     "TextPrompt",
     "TokensPrompt",

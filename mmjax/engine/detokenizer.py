@@ -76,8 +76,13 @@ class IncrementalDetokenizer:
     def finished(self) -> bool:
         return self._finish is not None
 
-    def append(self, token_id: int) -> str:
-        """Add one generated token; return the new text that is safe to show."""
+    def append(self, token_id: int, completes: bool = False) -> str:
+        """Add one generated token; return the new text that is safe to show.
+
+        ``completes``: the token completes the request's structured output (its grammar admits nothing
+        more): the request ends with ``("stop", None)``, even at ``max_tokens`` (a stop token or string
+        in it still reports as such).
+        """
         if self._finish is not None:
             raise ValueError(f"request already finished ({self._finish[0]}); cannot append token {token_id}")
         token_id = int(token_id)
@@ -87,7 +92,7 @@ class IncrementalDetokenizer:
         if stopped_by_token is None or self.params.include_stop_str_in_output:
             self._ids.append(token_id)
             self._text += self._decode_new()
-        finish = stopped_by_token or self._stop_string() or self._length()
+        finish = stopped_by_token or self._stop_string() or (("stop", None) if completes else self._length())
         if finish is not None:
             self._end(*finish)
         return self._release()

@@ -9,6 +9,7 @@ through the runner's public methods. ``warmup()`` compiles every program ahead o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import time
@@ -26,7 +27,7 @@ from mmjax.engine.logprobs import record_prompt_logprobs, record_sample
 from mmjax.engine.memory import plan_engine_memory
 from mmjax.engine.request import Request, bidirectional_spans, item_spans, placeholder_rows
 from mmjax.engine.runner import ModelRunner, StepOutput, model_text_config
-from mmjax.engine.sampler import SamplingTensors, SeenTokens
+from mmjax.engine.sampling_batch import SampledRow, SamplingBatch
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.scheduler import ScheduledChunk, Scheduler
 from mmjax.engine.shapes import StepShapes
@@ -35,6 +36,7 @@ from mmjax.kv_cache import PageAllocator
 from mmjax.registry import InputContext, ProcessedPrompt, PromptInputs
 from mmjax.sharding.multihost import agreed_seed
 from mmjax.sharding.placement import Placement
+from mmjax.structured.bitmask import all_allowed, mask_words
 from mmjax.engine.loaded_model import LoadedModel
 
 
@@ -126,6 +128,7 @@ class LLMEngine:
         ``SamplingParams``.
         """
         params = self._check_params(params)
+        grammar = self._grammar_state(params)
         length = len(processed.token_ids)
         if length >= self.max_model_len:
             raise ValueError(f"the prompt has {length} tokens (after placeholder expansion); the engine's "
@@ -148,7 +151,7 @@ class LLMEngine:
             mm_rows=mm_rows, item_spans=item_spans(processed), bidirectional_spans=spans,
             logprobs=[] if params.logprobs is not None else None,
             cumulative_logprob=0.0 if params.logprobs is not None else None,  # as vLLM: tracked with logprobs
-            prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
+            prompt_logprobs=[None] if params.prompt_logprobs is not None else None, grammar=grammar,
         )
         request.encoder_items  # noqa: B018  (one mapped item and key per placeholder run, checked before any work)
         self.scheduler.add(request)
@@ -160,6 +163,24 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
         return params
+
+    def check_structured_outputs(self, params: SamplingParams) -> None:
+        """Compile ``params.structured_outputs`` (cached; thread-safe: the server calls it off the engine's
+        thread); ``ValueError`` naming what is wrong with the schema, regex or grammar."""
+        self._grammar_state(params)
+
+    def _grammar_state(self, params: SamplingParams) -> Any:
+        """A fresh ``GrammarState`` for a constrained request (None for a free one); compiled once per constraint."""
+        if params.structured_outputs is None:
+            return None
+        from mmjax.structured.masks import GrammarState  # llguidance: imported when a constraint first comes
+
+        return GrammarState(params.structured_outputs, self._grammar_compiler().compile(params.structured_outputs))
+
+    def _grammar_compiler(self) -> Any:
+        from mmjax.structured.compiler import compiler_for
+
+        return compiler_for(self.llm.tokenizer, self.text_config.vocab_size)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -362,56 +383,59 @@ class LLMEngine:
                 record_prompt_logprobs(chunk, offset, result, self.llm.tokenizer)
 
     def _sample(self, chunks: tuple[ScheduledChunk, ...], rows: tuple[int, ...], step: StepOutput) -> list[Request]:
-        """Sample the chunks that end at their request's last token; ``rows[i]``: chunk ``i``'s logits row."""
+        """Sample the chunks that end at their request's last token; ``rows[i]``: chunk ``i``'s logits row.
+
+        Runs while the device computes ``step`` (dispatched, not awaited): the constrained rows' masks are
+        filled here, on the host, in that time."""
         sampling = [(c, row) for c, row in zip(chunks, rows) if c.samples]
         if not sampling:
             return []
-        if step.greedy_tokens is not None and all(_plain_greedy(c.request.params) for c, _ in sampling):
-            # Every row is greedy without penalties or logprobs: the step computed its tokens already.
-            out = self.runner.fetch_greedy_tokens(step)
-        else:
-            out = self._run_sampler(sampling, step.logits)
+        out = self.runner.sample_step(step, self._sampling_batch(sampling))
         for chunk, row in sampling:
             self._blame = chunk.request
             self._append(chunk.request, row, out)
         self._blame = None
         return [c.request for c, _ in sampling]
 
-    def _run_sampler(self, sampling: list[tuple[ScheduledChunk, int]], logits: Any) -> Any:
-        """The sampler over the step's logits for the sampling chunks (``(chunk, row)``); on the host."""
-        num_rows = self.shapes.sample_rows
-        params, seeds, steps = [SamplingParams(temperature=0.0)] * num_rows, [0] * num_rows, [0] * num_rows
-        for chunk, row in sampling:
-            params[row], seeds[row], steps[row] = (chunk.request.params, chunk.request.seed,
-                                                   len(chunk.request.output_token_ids))
-        tensors = self._sampling_tensors(sampling, params, seeds, steps)
-        seen = None  # the tokens each request has seen, only when some request has penalties
-        if any(c.request.params.has_penalties for c, _ in sampling):
-            seen = SeenTokens.build([c.request.output_token_ids for c, _ in sampling],
-                                    [c.request.prompt_token_ids for c, _ in sampling], [row for _, row in sampling],
-                                    self.text_config.vocab_size, pad_to=num_rows)
-        # Logprobs cost a log-softmax over the vocabulary: computed only in steps where a request asked.
-        num_logprobs = MAX_LOGPROBS if any(c.request.params.logprobs is not None for c, _ in sampling) else None
-        return self.runner.sample(logits, tensors, seen, num_logprobs)
-
-    def _sampling_tensors(self, sampling: list[tuple[ScheduledChunk, int]], params: list[SamplingParams],
-                          seeds: list[int], steps: list[int]) -> SamplingTensors:
-        """The step's sampling tensors; should they fail to build, the request whose parameters fail
-        alone is blamed (found by building each row by itself), so that the step's others go on."""
+    def _sampling_batch(self, sampling: list[tuple[ScheduledChunk, int]]) -> SamplingBatch:
+        """The step's sampling inputs; should they fail to build, the request whose parameters or grammar
+        fail alone is blamed (found by building each row by itself), so that the step's others go on."""
+        rows = [SampledRow(row, c.request.params, c.request.seed, len(c.request.output_token_ids),
+                           c.request.output_token_ids, c.request.prompt_token_ids) for c, row in sampling]
+        vocab = self.text_config.vocab_size
         try:
-            return SamplingTensors.build(params, seeds=seeds, steps=steps, pad_to=len(params))
+            return SamplingBatch.build(rows, self._allowed_tokens(sampling), vocab)
         except Exception:
-            for chunk, row in sampling:
+            for (chunk, _), row in zip(sampling, rows):
                 self._blame = chunk.request
-                SamplingTensors.build([params[row]], seeds=[seeds[row]], steps=[steps[row]], pad_to=1)
+                SamplingBatch.build([dataclasses.replace(row, row=0)], self._allowed_tokens([(chunk, 0)], 1), vocab)
             self._blame = None
             raise
 
+    def _allowed_tokens(self, sampling: list[tuple[ScheduledChunk, int]], num_rows: int | None = None) -> np.ndarray:
+        """uint32 ``[B, ceil(V / 32)]`` masks: each constrained row's allowed tokens, all ones elsewhere."""
+        num_rows = self.shapes.sample_rows if num_rows is None else num_rows
+        vocab = self.text_config.vocab_size
+        constrained = [(row, c.request.grammar) for c, row in sampling if c.request.grammar is not None]
+        if not constrained:
+            return all_allowed(num_rows, vocab)
+        from mmjax.structured.masks import fill_masks
+
+        for _, grammar in constrained:
+            grammar.check()
+        masks = all_allowed(num_rows, self._grammar_compiler().vocab_size)  # the grammar tokenizer's width
+        fill_masks(masks, constrained)
+        return np.ascontiguousarray(masks[:, :mask_words(vocab)])
+
     def _append(self, request: Request, row: int, out: Any) -> None:
         token = int(out.tokens[row])
+        completes = False
+        if request.grammar is not None:
+            request.grammar.accept(token)
+            completes = request.grammar.complete
         request.output_token_ids.append(token)
         record_sample(request, row, out, self.llm.tokenizer)
-        request.detokenizer.append(token)
+        request.detokenizer.append(token, completes=completes)
         stop = request.detokenizer.check_stop(token, self.llm.tokenizer.eos_token_id)
         if stop is None and request.num_tokens >= self.max_model_len:
             request.detokenizer.finish("length")  # flushes text held back for stop strings
@@ -432,11 +456,6 @@ class LLMEngine:
         encoder_inputs = model.encoder_input_variants(InputContext(self.llm.model_config), self.llm.mm_registry) \
             if self.runner.embedding_width else []
         return warm_up(self.runner, encoder_inputs, prompt_logprobs)
-
-
-def _plain_greedy(params: SamplingParams) -> bool:
-    """Greedy, without penalties or logprobs: the step's own greedy token is the sample."""
-    return params.is_greedy and not params.has_penalties and params.logprobs is None
 
 
 def _wants_prompt_logprobs(chunk: ScheduledChunk) -> bool:

@@ -101,6 +101,8 @@ class Request:
       item_spans: its items' placeholder runs and keys (``item_spans``); None: its pages are never shared.
       bidirectional_spans: its prompt's runs of tokens that see each other (``bidirectional_spans``): a
         prefill chunk never ends inside one.
+      grammar: where its output stands in its ``structured_outputs`` constraint
+        (``mmjax.structured.masks.GrammarState``); None for a free request.
     """
 
     request_id: str
@@ -124,6 +126,7 @@ class Request:
     error: str | None = None
     item_spans: tuple[ItemSpan, ...] | None = ()
     bidirectional_spans: tuple[tuple[int, int], ...] = ()
+    grammar: Any = None  # mmjax.structured.masks.GrammarState
     _page_hashes: list[bytes] = dataclasses.field(default_factory=list, repr=False)
 
     @property

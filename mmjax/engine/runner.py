@@ -23,7 +23,8 @@ from flax import nnx
 
 from mmjax.engine.batch import StepBatch, empty_step_batch
 from mmjax.engine.programs import encoder_output_rows, lower_step
-from mmjax.engine.sampler import SamplerOutput, SamplingTensors, SeenTokens, prompt_logprobs, sample
+from mmjax.engine.sampler import SamplerOutput, prompt_logprobs, sample
+from mmjax.engine.sampling_batch import SamplingBatch
 from mmjax.engine.shapes import StepShapes
 from mmjax.engine.step import encoder_program, pad_logit_rows, step_program
 from mmjax.kv_cache import KVPages, init_kv_pages
@@ -215,16 +216,24 @@ class ModelRunner:
         index[: len(rows)] = rows
         return logits[jax.device_put(index)]
 
+    def sample_step(self, step: StepOutput, batch: SamplingBatch) -> SamplerOutput:
+        """The step's next tokens, on the host: the one path every request's token takes. The step
+        program's greedy tokens when ``batch.takes_step_greedy`` (provably the sampler's answer then),
+        else the sampler over the step's logits."""
+        if batch.takes_step_greedy and step.greedy_tokens is not None:
+            return self.fetch_greedy_tokens(step)
+        return self.sample(step.logits, batch)
+
     def fetch_greedy_tokens(self, step: StepOutput) -> SamplerOutput:
         """The step's greedy tokens on the host, as a ``SamplerOutput`` without logprobs (what
-        ``sample`` returns for rows that are greedy, without penalties, asking for no logprobs)."""
+        ``sample`` returns for rows that are greedy, without penalties, logprobs or a mask)."""
         return SamplerOutput.without_logprobs(np.asarray(fetch(step.greedy_tokens)), xp=np)
 
-    def sample(self, logits: jax.Array, tensors: SamplingTensors, seen: SeenTokens | None,
-               num_logprobs: int | None) -> SamplerOutput:
+    def sample(self, logits: jax.Array, batch: SamplingBatch) -> SamplerOutput:
         """Sample every row of a step's ``logits`` (``[R * S, V]``, or ``take_rows``' ``[R * B, V]``); the
-        result on the host (``num_logprobs``: ``sample``'s)."""
-        return fetch(sample(self.sampler_logits(logits), tensors, seen, num_logprobs=num_logprobs))
+        result on the host."""
+        return fetch(sample(self.sampler_logits(logits), batch.tensors, batch.seen, batch.allowed,
+                            num_logprobs=batch.num_logprobs))
 
     def sampler_logits(self, logits: jax.Array) -> jax.Array:
         """A step's ``[R * S, V]`` logits in the sampler's one shape, ``[R * B, V]`` (each replica's rows

@@ -13,6 +13,8 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from mmjax.structured.params import StructuredOutputsParams
+
 #: The most top-k logprobs a request may ask for (per generated or prompt token).
 MAX_LOGPROBS = 20
 
@@ -44,6 +46,10 @@ class SamplingParams:
       prompt_logprobs: top logprobs to return per prompt token, same bounds.
       include_stop_str_in_output: keep the stop string (or stop token's text) in the text.
       skip_special_tokens: leave special tokens out of the text.
+      structured_outputs: the form the output must take (a JSON schema, a regex, a choice, a grammar),
+        enforced by masking the tokens that would break it; a dict of its fields is taken too. A
+        constrained output that completes ends with ``finish_reason="stop"``; one cut by ``max_tokens``
+        with ``"length"``.
     """
 
     n: int = 1
@@ -63,6 +69,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -97,6 +104,11 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 set_(name, _int(name, getattr(self, name), minimum=0, maximum=MAX_LOGPROBS))
+        if isinstance(self.structured_outputs, dict):
+            set_("structured_outputs", StructuredOutputsParams.from_dict(self.structured_outputs))
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise TypeError(f"structured_outputs={self.structured_outputs!r}: must be a StructuredOutputsParams "
+                            "(or a dict of its fields)")
 
     @classmethod
     def greedy(cls, **kwargs: Any) -> SamplingParams:

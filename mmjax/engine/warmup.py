@@ -21,7 +21,9 @@ from jax import monitoring
 from mmjax.engine.programs import step_variants
 from mmjax.engine.runner import ModelRunner
 from mmjax.engine.sampler import SamplingTensors, SeenTokens
+from mmjax.engine.sampling_batch import SamplingBatch
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from mmjax.structured.bitmask import all_allowed
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles = 0
@@ -96,6 +98,7 @@ def _warm_sampler(runner: ModelRunner) -> None:
     tensors = SamplingTensors.build([SamplingParams()], seeds=[0], steps=[0], pad_to=rows)
     logits = jnp.zeros((rows, vocab), jnp.float32)
     seen = SeenTokens.build([], [], [], vocab, pad_to=rows)  # the variant for requests with penalties
+    allowed = all_allowed(rows, vocab)  # every sampler call carries masks (all ones for free rows)
     for num_logprobs in (None, MAX_LOGPROBS):  # what the engine asks for: none, or every request's top ones
         for penalties in (None, seen):
-            runner.sample(logits, tensors, penalties, num_logprobs)
+            runner.sample(logits, SamplingBatch(tensors, penalties, allowed, num_logprobs, takes_step_greedy=False))

@@ -90,7 +90,8 @@ STAGES = {
     "sample": lambda mp, engine: fail_once(mp, engine.runner, "sample"),
     "greedy_tokens": lambda mp, engine: fail_once(mp, engine.runner, "fetch_greedy_tokens"),
     "detokenize": lambda mp, engine: fail_once(mp, IncrementalDetokenizer, "append",
-                                               when=lambda self, token: "story" in self.tokenizer.decode(self._ids)),
+                                               when=lambda self, token, **_: "story" in self.tokenizer.decode(
+                                                   self._ids)),
 }
 
 

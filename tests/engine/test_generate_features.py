@@ -162,12 +162,19 @@ def test_no_compilation_after_warmup(llm):
         "A short text prompt.",
         {"prompt": "USER: " + "tell me a long story " * 6 + "ASSISTANT:"},
         {"prompt": "<image>", "multi_modal_data": {"image": picture(77, 31, seed=3)}},
+        "Answer in JSON.",
+        "Pick one.",
     ]
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"]}
     params = [mmjax.SamplingParams(temperature=0.0, max_tokens=7),
               mmjax.SamplingParams(temperature=0.9, top_p=0.8, seed=3, max_tokens=5, logprobs=2),
               mmjax.SamplingParams(temperature=0.5, top_k=5, max_tokens=9, prompt_logprobs=1),
               mmjax.SamplingParams(temperature=0.0, max_tokens=4, repetition_penalty=1.2, presence_penalty=0.5),
-              mmjax.SamplingParams(temperature=1.0, max_tokens=6, min_p=0.1)]
+              mmjax.SamplingParams(temperature=1.0, max_tokens=6, min_p=0.1),
+              # structured outputs ride in the same sampler program: masks are an array of fixed shape
+              mmjax.SamplingParams(temperature=0.0, max_tokens=8, structured_outputs={"json": schema}),
+              mmjax.SamplingParams(temperature=0.7, seed=5, max_tokens=8, logprobs=1,
+                                   structured_outputs={"choice": ["yes", "no"]})]
     with count_compilations() as compiled:
         outputs = mmjax.generate(llm, workload, params, engine_config=config, use_tqdm=False)
     assert all(o.finished for o in outputs)

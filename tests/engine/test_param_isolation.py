@@ -5,7 +5,7 @@ the sampler's arrays and failed the whole step) now samples as top_k off does.""
 from __future__ import annotations
 
 import mmjax
-import mmjax.engine.engine as engine_module
+from mmjax.engine.sampler import SamplingTensors
 from tests.engine.engine_fixtures import LLAVA, load
 
 PROMPTS = ["USER: Write about the sea. ASSISTANT:", "USER: Count to five. ASSISTANT:"]
@@ -19,14 +19,14 @@ def _params(seed: int, **kwargs) -> mmjax.SamplingParams:
 def test_a_request_whose_parameters_fail_in_the_step_fails_alone(monkeypatch):
     llm = load(LLAVA)
     want = mmjax.generate(llm, PROMPTS[:1], _params(1), engine_config=CONFIG, use_tqdm=False)[0]
-    real = engine_module.SamplingTensors.build
+    real = SamplingTensors.build
 
     def build(params, *args, **kwargs):
         if any(p.seed == 666 for p in params):
             raise OverflowError("injected: a parameter the sampler cannot hold")
         return real(params, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module.SamplingTensors, "build", staticmethod(build))
+    monkeypatch.setattr(SamplingTensors, "build", staticmethod(build))
     good, bad = mmjax.generate(llm, PROMPTS, [_params(1), _params(666)], engine_config=CONFIG, use_tqdm=False,
                                errors="return")
     assert good.error is None and good.token_ids == want.token_ids
