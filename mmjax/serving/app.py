@@ -2,11 +2,11 @@
 ``/health``, ``/metrics``.
 
 A request is admitted (503 beyond the server's capacity), read and checked field by field (400
-naming the field), its images loaded and its prompt mapped on a worker thread (never on the thread
-that runs the steps), then handed to the ``EngineLoop``, which adds it to the running batch at the
-next step. Every refusal is an HTTP 4xx with OpenAI's error JSON, sent before any engine work;
-whatever one request does, the others keep being served. No answer holds the server's insides:
-see ``mmjax.serving.errors``.
+naming the field), its output constraint (``response_format``, ``structured_outputs``) compiled, its
+images loaded and its prompt mapped on a worker thread (never on the thread that runs the steps),
+then handed to the ``EngineLoop``, which adds it to the running batch at the next step. Every
+refusal is an HTTP 4xx with OpenAI's error JSON, sent before any engine work; whatever one request
+does, the others keep being served. No answer holds the server's insides: see ``mmjax.serving.errors``.
 """
 
 from __future__ import annotations
@@ -127,6 +127,18 @@ class ServingState:
             raise HTTPError(503, str(err), kind="service_unavailable", code="server_busy", retry_after=1) from err
         except (*PROMPT_ERRORS, jinja2.TemplateError) as err:
             raise HTTPError(400, self.scrub(str(err)), param=getattr(err, "param", None) or param) from err
+
+    async def check_constraint(self, params: SamplingParams, body: ChatCompletionRequest | CompletionRequest) -> None:
+        """Compile the output constraint of ``params`` (if any) on a mapping thread, never on the engine loop's,
+        so that a slow grammar stalls no step (the engine keeps it compiled for the request); one that does
+        not compile is HTTP 400 naming the request's field (``body.constraint_refused``)."""
+        if params.structured_outputs is None:
+            return
+        check = self.engine.check_structured_outputs
+        try:
+            await asyncio.wrap_future(self.mapper.submit(lambda _llm: check(params)))
+        except (ValueError, TypeError) as err:
+            raise bad_request(body.constraint_refused(err), self.scrub) from err
 
     async def open(self, processed: ProcessedPrompt, params: SamplingParams) -> OutputStream:
         try:
@@ -250,6 +262,7 @@ async def _chat(request: Request, state: ServingState, ticket: Ticket) -> Any:
     media = _refusal_to_400(lambda: lowered_media(config.media, body.mm_processor_kwargs), state)
     if state.chat_template is None:
         raise HTTPError(400, state.chat_template_error, param="messages")
+    await state.check_constraint(params, body)
     template, salt = state.chat_template, body.cache_salt
 
     def mapped(llm: Any) -> ProcessedPrompt:
@@ -284,6 +297,7 @@ async def _complete(request: Request, state: ServingState, ticket: Ticket) -> An
     state.check_stop_token_ids(body.stop_token_ids)
     _refusal_to_400(lambda: lowered_media(config.media, body.mm_processor_kwargs), state)
     prompts = _refusal_to_400(body.prompts, state)
+    await state.check_constraint(params, body)
     ticket.grow(len(prompts) - 1)
     timers = [state.metrics.track() for _ in prompts]
     salt = {} if body.cache_salt is None else {"cache_salt": body.cache_salt}

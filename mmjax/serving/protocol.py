@@ -1,19 +1,26 @@
 """The OpenAI request bodies the server takes (pydantic, strict types), and their ``SamplingParams``.
 
 Unknown fields are ignored, as OpenAI clients send extras; fields mmjax cannot honour
-(``n > 1``, tools, ``logit_bias``, JSON response formats, ``echo``, ``suffix``) are refused by name.
+(``n > 1``, tools, ``logit_bias``, ``echo``, ``suffix``) are refused by name.
 vLLM's extra sampling fields (``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``,
 ``stop_token_ids``, ...) are accepted too.
+
+Structured outputs: OpenAI's ``response_format`` (``json_object``, ``json_schema``; on completions too,
+as vLLM takes it) or vLLM's ``structured_outputs`` (``json``, ``regex``, ``choice``, ``grammar``,
+``json_object``) become ``SamplingParams.structured_outputs``. Their shapes are checked here; whether
+the constraint compiles is checked by the engine, on a worker thread, before the request is queued.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from mmjax.structured.params import StructuredOutputsParams
 
 INT32_MAX = 2**31 - 1
 #: Most stop strings, stop token ids and prompts (of one completions request) a request may give.
@@ -42,6 +49,36 @@ _MESSAGES_SCHEMA = {
     }},
 }
 
+#: The shape of vLLM's ``structured_outputs`` published in /openapi.json (``StructuredOutputsParams.from_dict``
+#: checks it): exactly one of the constraints, and the JSON options.
+_STRUCTURED_OUTPUTS_SCHEMA = {
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": {
+        "json": {"anyOf": [{"type": "object"}, {"type": "string"}],
+                 "description": "a JSON Schema (or its JSON text): the output is one JSON value valid under it"},
+        "regex": {"type": "string", "description": "a regular expression the whole output matches"},
+        "choice": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
+                   "description": "the output is exactly one of these strings"},
+        "grammar": {"type": "string", "description": "a context-free grammar, in GBNF or Lark syntax"},
+        "json_object": {"type": "boolean", "description": "any JSON object"},
+        "disable_any_whitespace": {"type": "boolean", "description": "compact JSON: no whitespace between tokens"},
+        "disable_additional_properties": {"type": "boolean", "default": True,
+                                          "description": "objects take no keys their schema does not name"},
+        "whitespace_pattern": {"type": "string", "description": "a regex for the whitespace between JSON tokens"},
+    },
+}
+
+
+def _publish_structured_outputs(schema: dict[str, Any]) -> None:
+    """The published schema of ``structured_outputs``: its fields, or null."""
+    schema["anyOf"] = [_STRUCTURED_OUTPUTS_SCHEMA, {"type": "null"}]
+    schema["description"] = "vLLM's structured outputs: exactly one of json, regex, choice, grammar, json_object."
+
+
+#: vLLM's older request fields for structured outputs, refused with a pointer to ``structured_outputs``.
+_GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                  "guided_grammar": "grammar"}
+
 
 class RequestRefused(ValueError):
     """A request the server will not run; ``param`` names the field at fault (OpenAI's ``error.param``)."""
@@ -54,6 +91,37 @@ class RequestRefused(ValueError):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the output must be valid under."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    name: str | None = Field(None, max_length=256)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="a JSON Schema object")
+    strict: bool | None = Field(None, description="taken and ignored: objects never take keys their schema "
+                                "does not name (unless it says additionalProperties), as in strict mode")
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: ``text`` (no constraint), ``json_object`` (any JSON object) or
+    ``json_schema`` (JSON valid under ``json_schema.schema``)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constraint(self) -> StructuredOutputsParams | None:
+        """The output constraint this format asks for (None for ``text``), or ``RequestRefused``."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return StructuredOutputsParams(json_object=True)
+        if self.json_schema is None:
+            raise RequestRefused("response_format: type 'json_schema' needs a json_schema object holding the "
+                                 "schema", "response_format")
+        return StructuredOutputsParams(json=self.json_schema.schema_)
 
 
 class _SamplingFields(BaseModel):
@@ -84,8 +152,45 @@ class _SamplingFields(BaseModel):
     cache_salt: str | None = Field(None, min_length=1, max_length=256)
     #: Only lowers the server's media limits (``mmjax.serving.request_limits``).
     mm_processor_kwargs: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = Field(None, json_schema_extra=_publish_structured_outputs)
+
+    @property
+    def constraint_field(self) -> str:
+        """The field the output constraint comes from (a refusal of the constraint names it)."""
+        given = self.response_format is not None and self.response_format.type != "text"
+        return "response_format" if given else "structured_outputs"
+
+    def constraint_refused(self, error: Exception) -> RequestRefused:
+        """``error`` (a constraint of the wrong shape, or one the engine cannot compile) as a refusal naming
+        the field it came from."""
+        field, message = self.constraint_field, str(error)
+        if field == "response_format" and self.response_format.type == "json_schema":  # type: ignore[union-attr]
+            return RequestRefused(f"response_format.json_schema.schema: {message.removeprefix('json: ')}", field)
+        return RequestRefused(message if message.startswith(field) else f"{field}: {message}", field)
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """The output constraint (``response_format`` or ``structured_outputs``), None, or ``RequestRefused``."""
+        if self.constraint_field == "response_format":
+            if self.structured_outputs is not None:
+                raise RequestRefused("give response_format or structured_outputs, not both", "response_format")
+            make = self.response_format.constraint  # type: ignore[union-attr]
+        elif self.structured_outputs is None:
+            return None
+        else:
+            make = functools.partial(StructuredOutputsParams.from_dict, self.structured_outputs)
+        try:
+            return make()
+        except RequestRefused:
+            raise
+        except (TypeError, ValueError) as err:
+            raise self.constraint_refused(err) from err
 
     def _refuse_unsupported(self) -> None:
+        guided = sorted(_GUIDED_FIELDS.keys() & (self.model_extra or {}).keys())
+        if guided:
+            raise RequestRefused(f"{guided[0]} is not supported (vLLM's older name); give structured_outputs="
+                                 f"{{\"{_GUIDED_FIELDS[guided[0]]}\": ...}}", guided[0])
         if self.n not in (None, 1):
             raise RequestRefused(f"n={self.n}: only n=1 (one choice per request) is supported", "n")
         if self.logit_bias:
@@ -104,6 +209,9 @@ class _SamplingFields(BaseModel):
             "logprobs": logprobs,
         }
         fields = {k: v for k, v in given.items() if v is not None}
+        constraint = self.structured_outputs_params()
+        if constraint is not None:
+            fields["structured_outputs"] = constraint
         try:
             return SamplingParams(**fields, ignore_eos=self.ignore_eos, skip_special_tokens=self.skip_special_tokens,
                                   include_stop_str_in_output=self.include_stop_str_in_output)
@@ -121,7 +229,6 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: TopLogprobs | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
 
@@ -143,9 +250,6 @@ class ChatCompletionRequest(_SamplingFields):
         super()._refuse_unsupported()
         if self.tools or self.tool_choice not in (None, "none"):
             raise RequestRefused("tools and tool_choice are not supported", "tools")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise RequestRefused(f"response_format {self.response_format.get('type')!r} is not supported; "
-                                 "only 'text'", "response_format")
 
 
 class CompletionRequest(_SamplingFields):

@@ -1,5 +1,6 @@
 """The README's chat and serving examples run as written — the ``curl`` command, the ``openai``
-client and ``mmjax.chat`` — against the test server and checkpoint, and agree with each other."""
+client (structured outputs too) and ``mmjax.chat`` — against the test server and checkpoint, and agree
+with each other."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def photo_dir(tmp_path, monkeypatch):
 
 
 def test_the_readme_examples_run_and_agree(server, llava_checkpoint, reference_llm, photo_dir):
-    python_chat, python_client = blocks("python")
+    python_chat, python_client, python_structured = blocks("python")
     serve_command, curl_command = blocks("bash")
     assert "mmjax serve" in serve_command and README_URL in curl_command and README_URL in python_client
 
@@ -48,6 +49,9 @@ def test_the_readme_examples_run_and_agree(server, llava_checkpoint, reference_l
     client_namespace: dict = {}
     exec(compile(python_client.replace(README_URL, server.url), "README openai block", "exec"), client_namespace)
     assert client_namespace["model"] == "tiny-llava"
+    exec(compile(python_structured, "README structured outputs block", "exec"), client_namespace)
+    assert isinstance(json.loads(client_namespace["reply"].choices[0].message.content)["n"], int)
+    assert client_namespace["yes_no"].choices[0].text in ("yes", "no")
 
     chat_namespace: dict = {}
     offline = python_chat.replace("path/to/llava-1.5-7b-hf", llava_checkpoint)
