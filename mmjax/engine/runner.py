@@ -102,8 +102,11 @@ class ModelRunner:
         self._arenas = {r: self._new_arena(r) for r in self._arenas}
 
     def _new_arena(self, replica: int) -> jax.Array:
-        return jnp.zeros((1, self.shapes.embedding_rows, self.embedding_width), self.dtype,
-                         device=self.placement.replica_sharding(replica))
+        """Zeros, committed to the replica's devices (the default device on one): as committed as the arena the
+        encoder returns, so the first encode after warm-up runs the program warm-up compiled (an uncommitted
+        arena compiled a second one once the program store was on)."""
+        device = self.placement.replica_sharding(replica) or jax.local_devices()[0]
+        return jnp.zeros((1, self.shapes.embedding_rows, self.embedding_width), self.dtype, device=device)
 
     # -- multimodal items ------------------------------------------------------------
 

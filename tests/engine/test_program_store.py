@@ -168,6 +168,24 @@ def test_a_new_engine_generates_the_same_tokens_from_stored_programs(store, monk
     jax.clear_caches()
 
 
+def test_nothing_compiles_after_warmup_with_the_store_on(store):
+    """The programs warm-up runs are the ones requests run: the same arguments' commitment too (a fresh,
+    uncommitted arena once made the first encode after warm-up compile a second encoder program)."""
+    import mmjax
+    from mmjax.engine import count_compilations
+
+    llm = load(_LLAVA)
+    config = mmjax.EngineConfig(page_size=8, max_num_seqs=2, max_num_batched_tokens=64, max_model_len=128)
+    llm.engine(config).warmup(prompt_logprobs=False)
+    prompts = [{"prompt": "USER: <image>\nWhat is this? ASSISTANT:", "multi_modal_data": {"image": picture(30, 40)}},
+               "USER: Hi ASSISTANT:"]
+    with count_compilations() as compiled:
+        mmjax.generate(llm, prompts, mmjax.SamplingParams(temperature=0.0, max_tokens=4), engine_config=config,
+                       use_tqdm=False)
+    assert compiled[0] == 0
+    jax.clear_caches()
+
+
 def test_a_models_identity_is_the_same_in_every_process_and_names_its_functions():
     code = ("import sys; sys.path.insert(0, {tests!r}); from engine_fixtures import load, _LLAVA; "
             "from flax import nnx; from mmjax.engine.graph_identity import graph_identity; "
