@@ -38,6 +38,8 @@ def test_quickstart(tmp_path):
     reused = re.search(r"prompt tokens: (\d+) reused from the prefix cache: (\d+)", text)
     assert reused and 576 <= int(reused.group(2)) < int(reused.group(1))  # the photo's pages were reused
     assert "vision tower runs for it: 0" in text
+    labelled = re.search(r"counted right: (\d) of 8", text)  # every label parsed as JSON, or the cell raised
+    assert labelled and int(labelled.group(1)) >= 7
     assert re.search(r"processor_cache: hit rate 0\.[1-9]", text)
     assert "image/png" in str([c.get("outputs") for c in notebook.cells])  # the photo was shown
 

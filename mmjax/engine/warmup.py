@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import monitoring
 
@@ -63,8 +62,7 @@ def warm_up(runner: ModelRunner, encoder_inputs: Sequence[Mapping[str, np.ndarra
     """
     with count_compilations() as compiled:
         _warm_encoder(runner, encoder_inputs)
-        _warm_steps(runner, prompt_logprobs)
-        _warm_sampler(runner)
+        _warm_sampler(runner, _warm_steps(runner, prompt_logprobs))
     return compiled[0]
 
 
@@ -81,7 +79,10 @@ def _warm_encoder(runner: ModelRunner, encoder_inputs: Sequence[Mapping[str, np.
     jax.block_until_ready(runner.embeddings())
 
 
-def _warm_steps(runner: ModelRunner, with_prompt_logprobs: bool) -> None:
+def _warm_steps(runner: ModelRunner, with_prompt_logprobs: bool) -> jax.Array:
+    """Run every step variant once; return the sampler's logits of one of them (placed as a real step's are:
+    committed to a device when the step had committed inputs, so the sampler is warmed up for them)."""
+    sampler_logits = None
     for tokens, decode, all_logits in step_variants(runner.shapes, with_prompt_logprobs):
         step = runner.execute(runner.empty_batch(tokens, decode=decode, all_logits=all_logits))
         logits = step.logits
@@ -89,14 +90,14 @@ def _warm_steps(runner: ModelRunner, with_prompt_logprobs: bool) -> None:
             runner.prompt_logprobs(logits, np.zeros(runner.shapes.num_replicas * tokens, np.int32), MAX_LOGPROBS)
             runner.take_rows(logits, []).block_until_ready()
         else:  # the padding a sampled (not plain greedy) step's logits take to the sampler
-            runner.sampler_logits(logits).block_until_ready()
+            sampler_logits = runner.sampler_logits(logits).block_until_ready()
+    return sampler_logits
 
 
-def _warm_sampler(runner: ModelRunner) -> None:
+def _warm_sampler(runner: ModelRunner, logits: jax.Array) -> None:
     rows = runner.shapes.sample_rows
     vocab = runner.text_config.vocab_size
     tensors = SamplingTensors.build([SamplingParams()], seeds=[0], steps=[0], pad_to=rows)
-    logits = jnp.zeros((rows, vocab), jnp.float32)
     seen = SeenTokens.build([], [], [], vocab, pad_to=rows)  # the variant for requests with penalties
     allowed = all_allowed(rows, vocab)  # every sampler call carries masks (all ones for free rows)
     for num_logprobs in (None, MAX_LOGPROBS):  # what the engine asks for: none, or every request's top ones

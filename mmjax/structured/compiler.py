@@ -59,10 +59,12 @@ def grammar_text(params: StructuredOutputsParams) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=options)
 
 
-def closed_objects(schema: Any) -> Any:
+def closed_objects(schema: Any, close: bool = True) -> Any:
     """``schema`` with ``additionalProperties: false`` on every object schema that does not say otherwise
     (what OpenAI's strict mode and vLLM's ``disable_additional_properties`` do). Only schema positions are
-    walked: ``enum``, ``const``, ``default`` and ``examples`` values are data and stay as they are."""
+    walked: ``enum``, ``const``, ``default`` and ``examples`` values are data and stay as they are. The
+    branches of an ``allOf`` are left open themselves (``close=False``): each may name only some of the
+    properties the others add, and closing it would forbid theirs."""
     if not isinstance(schema, Mapping):
         return schema
     out = dict(schema)
@@ -71,15 +73,16 @@ def closed_objects(schema: Any) -> Any:
             out[key] = closed_objects(out[key])
     for key in _SCHEMA_LISTS:
         if isinstance(out.get(key), list):
-            out[key] = [closed_objects(s) for s in out[key]]
+            out[key] = [closed_objects(s, close=key != "allOf") for s in out[key]]
     for key in _SCHEMA_MAPS:
         if isinstance(out.get(key), Mapping):
             out[key] = {name: closed_objects(s) for name, s in out[key].items()}
     if isinstance(out.get("additionalProperties"), Mapping):
         out["additionalProperties"] = closed_objects(out["additionalProperties"])
-    is_object = out.get("type") == "object" or (isinstance(out.get("type"), list) and "object" in out["type"]) \
-        or "properties" in out
-    if is_object and "additionalProperties" not in out and "patternProperties" not in out:
+    types = out.get("type")
+    is_object = types == "object" or (isinstance(types, list) and "object" in types) or "properties" in out
+    if close and is_object and "additionalProperties" not in out and "patternProperties" not in out \
+            and "allOf" not in out:
         out["additionalProperties"] = False
     return out
 

@@ -33,7 +33,9 @@ class DemoModelRecipe:
     and counting crowded scenes, so two- and three-shape scenes get most of the steps and
     shape and count questions 4.5 times the odds of colour ones. Each
     ``(steps, peak learning rate)`` of ``refine`` restarts the schedule for that many more
-    steps on new scenes (the stream of ``seed + i`` for the i-th).
+    steps on new scenes (the stream of ``seed + i`` for the i-th). ``json_answers[i]``: the odds of a
+    question of phase ``i`` asking for a JSON answer (``Question.as_json``; the last phase teaches the
+    format that structured outputs then enforce).
     """
 
     image_size: int = 64
@@ -53,14 +55,16 @@ class DemoModelRecipe:
     shape_counts: tuple[float, float, float] = (0.1, 0.4, 0.5)
     kind_weights: tuple[float, float, float] = (0.1, 0.45, 0.45)
     turns: int = 3
-    refine: tuple[tuple[int, float], ...] = ((1500, 5e-4),)
+    refine: tuple[tuple[int, float], ...] = ((1500, 5e-4), (1500, 5e-4))
+    json_answers: tuple[float, ...] = (0.0, 0.0, 0.3)
     seed: int = 0
 
     def examples(self, phase: int = 0) -> Iterator[TrainExample]:
         """The training stream of ``phase`` (0 the first, with the curriculum; i the i-th of ``refine``)."""
         first = self.single_shape_steps * self.batch_size if phase == 0 else 0
+        json_fraction = self.json_answers[phase] if phase < len(self.json_answers) else 0.0
         return training_examples(self.seed + phase, single_shape_first=first, shape_counts=self.shape_counts,
-                                 kind_weights=self.kind_weights, turns=self.turns)
+                                 kind_weights=self.kind_weights, turns=self.turns, json_fraction=json_fraction)
 
     def optimizer(self, phase: int = 0) -> optax.GradientTransformation:
         """AdamW with a linear warm-up, cosine decay to zero, and gradients clipped at norm 1, for

@@ -9,7 +9,9 @@ its answers with a drawing of their own:
 - ``USER: <image>\\n{question} ASSISTANT:`` with the questions ``What color is the
   {shape}?`` (asked when exactly one shape is of that kind), ``What shape is the {color}
   object?`` (when exactly one shape has that colour) and ``How many shapes are there?``;
-- the answer is one word (the colour, the shape or the digit), then end of sequence.
+- the answer is one word (the colour, the shape or the digit), then end of sequence; a question
+  ending in ``JSON_SUFFIX`` (" Answer in JSON.") is answered as one JSON object named by its kind,
+  ``{"count": 2}``, ``{"color": "red"}`` or ``{"shape": "circle"}`` (``Question.as_json``).
 
 Scenes are drawn with PIL's ``ImageDraw`` at any size; the model's image processor
 resizes them like any photo.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -43,6 +46,8 @@ PROMPT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
 #: A later turn of a conversation about the same image (it follows the last answer's end of sequence).
 FOLLOW_UP_TEMPLATE = "USER: {question} ASSISTANT:"
 QUESTION_KINDS = ("color", "shape", "count")
+#: The end of a question that asks for its answer as JSON (``Question.as_json``).
+JSON_SUFFIX = " Answer in JSON."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +86,13 @@ class Question:
     @property
     def prompt(self) -> str:
         return PROMPT_TEMPLATE.format(question=self.text)
+
+    def as_json(self) -> Question:
+        """The same question asked for a JSON answer: ``text + JSON_SUFFIX``, answered ``{"count": 2}``
+        (a count as a JSON integer, a colour or shape as a string). Its answer follows ``ASSISTANT:`` with no
+        space: a JSON value starts at ``{``."""
+        value = int(self.answer) if self.kind == "count" else self.answer
+        return Question(self.kind, self.text + JSON_SUFFIX, json.dumps({self.kind: value}))
 
 
 def random_scene(rng: np.random.Generator, margin: float = 0.02, count: int | None = None) -> Scene:
@@ -164,7 +176,7 @@ def random_questions(rng: np.random.Generator, scene: Scene, count: int,
 def training_examples(seed: int, sides: tuple[int, int] = (224, 448), single_shape_first: int = 0,
                       shape_counts: tuple[float, float, float] = (1.0, 1.0, 1.0),
                       kind_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                      turns: int = 1) -> Iterator[TrainExample]:
+                      turns: int = 1, json_fraction: float = 0.0) -> Iterator[TrainExample]:
     """An endless stream of ``TrainExample``: a new scene each, drawn at a side in ``sides``
     (inclusive), and questions about it with their answers as targets (``" red"``).
 
@@ -173,13 +185,26 @@ def training_examples(seed: int, sides: tuple[int, int] = (224, 448), single_sha
     of one, two and three shapes after that. ``kind_weights``: the odds of a colour, shape and
     count question (``random_questions``). ``turns``: questions per scene, the first as the
     prompt and the others as follow-up turns of the conversation (``USER: ... ASSISTANT:``).
+    ``json_fraction``: the odds of each question being asked for a JSON answer (``Question.as_json``);
+    0 draws nothing more from the stream, which is then the same as before JSON answers existed.
     """
     rng = np.random.default_rng(seed)
     odds = np.asarray(shape_counts, float) / sum(shape_counts)
+
+    def target(question: Question) -> tuple[Question, str]:
+        if json_fraction and rng.random() < json_fraction:
+            asked = question.as_json()
+            return asked, asked.answer
+        return question, " " + question.answer
+
     for index in itertools.count():
         count = 1 if index < single_shape_first else int(rng.choice(3, p=odds)) + 1
         scene = random_scene(rng, count=count)
         first, *more = random_questions(rng, scene, turns, kind_weights)
         image = draw_scene(scene, int(rng.integers(sides[0], sides[1] + 1)))
-        yield TrainExample({"prompt": first.prompt, "multi_modal_data": {"image": image}}, " " + first.answer,
-                           tuple((FOLLOW_UP_TEMPLATE.format(question=q.text), " " + q.answer) for q in more))
+        first, answer = target(first)
+        follow_ups = []
+        for question in more:
+            question, reply = target(question)
+            follow_ups.append((FOLLOW_UP_TEMPLATE.format(question=question.text), reply))
+        yield TrainExample({"prompt": first.prompt, "multi_modal_data": {"image": image}}, answer, tuple(follow_ups))

@@ -60,6 +60,32 @@ def test_the_shipped_model_answers_through_generate():
     assert accuracy(answers, scenes()) >= MIN_ACCURACY, list(zip(answers, truths(scenes())))
 
 
+def test_the_shipped_model_answers_in_json_under_a_schema_as_well_as_in_words():
+    """Asked for JSON (``JSON_SUFFIX``) under ``{"count": integer}`` / ``{"color": enum}`` / ``{"shape": enum}``,
+    every answer is valid JSON under its schema (``jsonschema``), as right as the one-word answers."""
+    import json
+
+    import jsonschema
+
+    from mmjax.training.shapes_task import COLORS, JSON_SUFFIX, SHAPES
+
+    values = {"count": {"type": "integer", "minimum": 1, "maximum": 9}, "color": {"enum": list(COLORS)},
+              "shape": {"enum": list(SHAPES)}}
+    asked = [(task, question, answer) for task in scenes() for question, answer in task.qa]
+    kinds = ["count" if q.startswith("How many") else "color" if "color" in q else "shape" for _, q, _ in asked]
+    schemas = [{"type": "object", "properties": {k: values[k]}, "required": [k]} for k in kinds]
+    prompts = [{"prompt": prompt_for(q + JSON_SUFFIX), "multi_modal_data": {"image": t.image}} for t, q, _ in asked]
+    params = [mmjax.SamplingParams(temperature=0.0, max_tokens=32,
+                                   structured_outputs=mmjax.StructuredOutputsParams(json=schema)) for schema in schemas]
+    outputs = mmjax.generate(shipped(), prompts, params, use_tqdm=False)
+    answers = []
+    for out, schema, kind in zip(outputs, schemas, kinds):
+        value = json.loads(out.text)
+        jsonschema.validate(value, schema)
+        answers.append(str(value[kind]))
+    assert accuracy(answers, scenes()) >= accuracy(generated_answers(), scenes()) - 0.03
+
+
 def test_the_shipped_model_answers_through_logits():
     tasks = scenes()[:20]
     by_logits = answers_by_logits(shipped(), tasks)

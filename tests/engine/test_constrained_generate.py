@@ -247,3 +247,47 @@ def test_a_failing_grammar_fails_its_request_alone(llm, monkeypatch):
     assert bad.finish_reason == "error" and "injected: the grammar engine failed" in bad.error
     assert good.token_ids == want.token_ids and other.outputs[0].text in ("yes", "no")
     assert not llm.engine(CONFIG).has_unfinished_requests()
+
+
+def test_objects_are_closed_where_the_schema_is_silent():
+    """Checked with ``jsonschema``: undeclared keys are refused in objects at any depth (``$defs``, ``items``,
+    ``anyOf``), kept where the schema allows them, and ``allOf``'s branches may still add each other's keys;
+    ``enum``/``const`` data is not touched."""
+    from mmjax.structured.compiler import closed_objects
+
+    def valid(schema, value) -> bool:
+        return jsonschema.Draft202012Validator(schema).is_valid(value)
+
+    nested = {"$defs": {"P": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+              "type": "object", "properties": {"ps": {"type": "array", "items": {"$ref": "#/$defs/P"}},
+                                               "q": {"anyOf": [{"properties": {"y": {}}}, {"type": "null"}]}}}
+    closed = closed_objects(nested)
+    for extra in ({"ps": [{"x": 1, "z": 2}]}, {"q": {"y": 1, "z": 2}}, {"ps": [], "other": 1}):
+        assert valid(nested, extra) and not valid(closed, extra)
+    assert valid(closed, {"ps": [{"x": 1}], "q": {"y": 1}})
+    open_map = {"type": "object", "additionalProperties": {"type": "integer"}}
+    assert closed_objects(open_map) == open_map and valid(closed_objects(open_map), {"any": 1})
+    split = {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}
+    assert valid(closed_objects(split), {"a": 1, "b": 2})
+    data = {"enum": [{"k": 1}], "const": {"properties": {}}, "default": {"type": "object"}}
+    assert closed_objects(data) == data
+
+
+def test_preempted_constrained_requests_resume_where_their_grammar_stood(llm):
+    """A KV cache too small for the batch preempts requests mid-output; each comes back (recomputed), its
+    grammar state kept, and writes the same tokens as with room to spare."""
+    params = [constrained(S(regex=f"[a-z]{{{n}}}")) for n in (40, 44, 48, 52)]
+    roomy = mmjax.generate(llm, PROMPTS + PROMPTS[:1], params, engine_config=CONFIG, use_tqdm=False)
+    small = dataclasses.replace(CONFIG, num_pages=24, max_model_len=160)
+    engine = llm.engine(small)
+    preempted = engine.stats["preemptions"]
+    tight = mmjax.generate(llm, PROMPTS + PROMPTS[:1], params, engine_config=small, use_tqdm=False)
+    assert engine.stats["preemptions"] > preempted, "the small cache should force a preemption"
+    for out, again, n in zip(roomy, tight, (40, 44, 48, 52)):
+        assert re.fullmatch(f"[a-z]{{{n}}}", again.outputs[0].text) and again.token_ids == out.token_ids
+
+
+def test_chat_takes_the_same_constraints(llm):
+    [out] = mmjax.chat(llm, [{"role": "user", "content": "Yes or no?"}], constrained(S(choice=["yes", "no"])),
+                       engine_config=CONFIG, use_tqdm=False)
+    assert out.outputs[0].text in ("yes", "no") and out.outputs[0].finish_reason == "stop"
