@@ -98,9 +98,17 @@ class PromptFeed:
         self.num_read += 1
         params = self._next_params(index)
         start = time.perf_counter()
-        future = self.mapper.submit(lambda llm: self.map_prompt(llm, prompt))
+        future = self.mapper.submit(lambda llm: self._mapped(llm, prompt, params))
         self.wait_s += time.perf_counter() - start  # the whole mapping when inline; ~0 on a worker
         self._pending.append((index, params, future))
+
+    def _mapped(self, llm: Any, prompt: Any, params: SamplingParams | BaseException) -> ProcessedPrompt:
+        """The prompt mapped, and its structured-output constraint compiled (cached: ``add_processed`` then
+        finds it), both on the mapper's worker, off the thread that runs the steps."""
+        processed = self.map_prompt(llm, prompt)
+        if isinstance(params, SamplingParams) and params.structured_outputs is not None:
+            self.engine.check_structured_outputs(params)
+        return processed
 
     def _next_params(self, index: int) -> SamplingParams | BaseException:
         if isinstance(self._params, SamplingParams):

@@ -107,24 +107,33 @@ class GrammarCompiler:
         self._cache: collections.OrderedDict[StructuredOutputsParams, llguidance.LLMatcher] = \
             collections.OrderedDict()
         self._lock = threading.Lock()
+        self._building: dict[StructuredOutputsParams, threading.Lock] = {}  # one lock per constraint compiling
         self.hits = self.misses = 0
 
     def compile(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
         """A fresh matcher for ``params`` at the start of the output. Raises ``ValueError`` naming what is
-        wrong with the constraint (llguidance's message) before any work."""
+        wrong with the constraint (llguidance's message) before any work. Threads asking for the same new
+        constraint at once compile it once (the others wait for it); different ones compile side by side."""
         with self._lock:
-            cached = self._cache.get(params)
-            if cached is not None:
-                self._cache.move_to_end(params)
-                self.hits += 1
-                return cached.deep_copy()
-        matcher = self._checked_matcher(params)  # outside the lock: llguidance drops the GIL while it builds
-        with self._lock:
-            self.misses += 1
-            self._cache[params] = matcher
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return matcher.deep_copy()
+            key_lock = self._building.setdefault(params, threading.Lock())
+        with key_lock:
+            with self._lock:
+                cached = self._cache.get(params)
+                if cached is not None:
+                    self._cache.move_to_end(params)
+                    self.hits += 1
+                    return cached.deep_copy()
+            try:  # outside the engine-wide lock: llguidance drops the GIL while it builds
+                matcher = self._checked_matcher(params)
+                with self._lock:  # cached before the key's lock goes: a later thread finds one or the other
+                    self.misses += 1
+                    self._cache[params] = matcher
+                    while len(self._cache) > CACHE_SIZE:
+                        self._cache.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._building.pop(params, None)
+            return matcher.deep_copy()
 
     def _checked_matcher(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
         grammar = grammar_text(params)

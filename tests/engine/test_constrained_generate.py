@@ -291,3 +291,34 @@ def test_chat_takes_the_same_constraints(llm):
     [out] = mmjax.chat(llm, [{"role": "user", "content": "Yes or no?"}], constrained(S(choice=["yes", "no"])),
                        engine_config=CONFIG, use_tqdm=False)
     assert out.outputs[0].text in ("yes", "no") and out.outputs[0].finish_reason == "stop"
+
+
+def test_generate_compiles_constraints_on_its_mapping_workers(llm, monkeypatch):
+    """A new constraint is compiled where the prompt is mapped, off the thread that runs the steps; the engine
+    then finds it compiled."""
+    import threading
+
+    from mmjax.structured.compiler import GrammarCompiler
+
+    threads, real = [], GrammarCompiler._checked_matcher
+
+    def checked(self, params):
+        threads.append(threading.current_thread())
+        return real(self, params)
+
+    monkeypatch.setattr(GrammarCompiler, "_checked_matcher", checked)
+    params = constrained(S(choice=["a new", "constraint"]))
+    outputs = mmjax.generate(llm, PROMPTS, params, engine_config=CONFIG, use_tqdm=False)
+    assert all(o.outputs[0].text in ("a new", "constraint") for o in outputs)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+
+
+def test_threads_asking_for_one_new_constraint_compile_it_once(llm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    compiler = compiler_for(llm.tokenizer, llm.hf_config.text_config.vocab_size)
+    params = S(json={"type": "object", "properties": {"asked_by_eight_threads": {"type": "integer"}}})
+    misses = compiler.misses
+    with ThreadPoolExecutor(8) as pool:
+        matchers = list(pool.map(lambda _: compiler.compile(params), range(8)))
+    assert compiler.misses == misses + 1 and len({id(m) for m in matchers}) == 8  # each its own copy
