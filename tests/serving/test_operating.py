@@ -19,7 +19,7 @@ import mmjax
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import mmjax.engine.engine as engine_module
+from mmjax.engine.sampler import SamplingTensors
 from mmjax.serving.app import ServerConfig
 from mmjax.serving.server import ServerThread
 from tests.serving.conftest import MEDIA
@@ -147,14 +147,14 @@ def test_image_servers_that_misbehave_get_a_clean_400(guarded, handler, match):
 
 
 def test_parameters_that_fail_inside_a_step_fail_their_request_alone(guarded, reference_llm, monkeypatch):
-    real = engine_module.SamplingTensors.build
+    real = SamplingTensors.build
 
     def build(params, *args, **kwargs):  # a request with seed 666 cannot be sampled, as top_k 2**31 once could not
         if any(p.seed == 666 for p in params):
             raise OverflowError("injected: a parameter the sampler cannot hold")
         return real(params, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module.SamplingTensors, "build", staticmethod(build))
+    monkeypatch.setattr(SamplingTensors, "build", staticmethod(build))
     messages = image_message(data_url(image(61)))
     want = mmjax.chat(reference_llm, messages, mmjax.SamplingParams(max_tokens=12, temperature=0.5, seed=7,
                                                                    ignore_eos=True))[0].text
