@@ -386,8 +386,9 @@ class LLMEngine:
     def _sample(self, chunks: tuple[ScheduledChunk, ...], rows: tuple[int, ...], step: StepOutput) -> list[Request]:
         """Sample the chunks that end at their request's last token; ``rows[i]``: chunk ``i``'s logits row.
 
-        Runs while the device computes ``step`` (dispatched, not awaited): the constrained rows' masks are
-        filled here, on the host, in that time."""
+        On an accelerator this runs while the device computes ``step`` (dispatched, not awaited): the
+        constrained rows' masks are filled here, on the host, in that time. On a CPU the step is awaited
+        first (``_masks_after_step``)."""
         sampling = [(c, row) for c, row in zip(chunks, rows) if c.samples]
         if not sampling:
             return []
