@@ -412,8 +412,8 @@ class LLMEngine:
     def _sampling_batch(self, sampling: list[tuple[ScheduledChunk, int]]) -> SamplingBatch:
         """The step's sampling inputs; should they fail to build, the request whose parameters or grammar
         fail alone is blamed (found by building each row by itself), so that the step's others go on."""
-        rows = [SampledRow(row, c.request.params, c.request.seed, len(c.request.output_token_ids),
-                           c.request.output_token_ids, c.request.prompt_token_ids) for c, row in sampling]
+        rows = [SampledRow(row, c.request.params, c.request.seed, c.request.output_token_ids,
+                           c.request.prompt_token_ids) for c, row in sampling]
         vocab = self.text_config.vocab_size
         try:
             return SamplingBatch.build(rows, self._allowed_tokens(sampling), vocab)

@@ -24,14 +24,14 @@ class SampledRow:
     Attributes:
       row: its row of the step's ``[B, V]`` sampler logits.
       params: its sampling parameters.
-      seed: its seed; ``step``: the tokens it has generated so far.
-      output_token_ids, prompt_token_ids: what the penalties count.
+      seed: its seed.
+      output_token_ids, prompt_token_ids: what the penalties count (the first's length is the row's step,
+        which its random key folds in).
     """
 
     row: int
     params: SamplingParams
     seed: int
-    step: int
     output_token_ids: Sequence[int]
     prompt_token_ids: Sequence[int]
 
@@ -60,7 +60,7 @@ class SamplingBatch:
         num_rows = allowed.shape[0]
         params, seeds, steps = [SamplingParams(temperature=0.0)] * num_rows, [0] * num_rows, [0] * num_rows
         for r in rows:
-            params[r.row], seeds[r.row], steps[r.row] = r.params, r.seed, r.step
+            params[r.row], seeds[r.row], steps[r.row] = r.params, r.seed, len(r.output_token_ids)
         tensors = SamplingTensors.build(params, seeds=seeds, steps=steps, pad_to=num_rows)
         seen = None
         if any(r.params.has_penalties for r in rows):
