@@ -43,6 +43,7 @@ _LAZY = {
     "TrainExample": "mmjax.training",
     "TrainResult": "mmjax.training",
     "save_pretrained": "mmjax.training",
+    "score": "mmjax.training",
     "train": "mmjax.training",
 }
 
@@ -88,5 +89,6 @@ __all__ = [
     "load",
     "process_prompt",
     "save_pretrained",
+    "score",
     "train",
 ]

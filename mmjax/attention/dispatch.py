@@ -20,6 +20,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from mmjax.attention.key_blocks import paged_key_block_attention
+from mmjax.batch_invariant import batch_invariant
 from mmjax.kernels_cpu import kernel_unavailable, ragged_paged_attention_cpu
 from mmjax.kernels_cpu.write_kv_pages import write_kv_rows_cpu, write_kv_unavailable
 from mmjax.kernels_pallas.ragged_paged_attention import (
@@ -82,6 +84,8 @@ def paged_attention(
     when `sliding_window` is None). ``impl="pallas"`` on CPU runs the kernel in interpret mode (slow;
     for tests). `kernel_options` (block_q, pages_per_block, backend) go to the Pallas kernel.
     """
+    if batch_invariant():  # every query in one fixed order (mmjax.batch_invariant), whatever impl says
+        return paged_key_block_attention(q, pages, metadata, sliding_window=sliding_window, sm_scale=sm_scale)
     args = (q, pages.k, pages.v, metadata.kv_lens, metadata.block_tables, metadata.cu_q_lens,
             metadata.num_seqs)
     bounds = dict(key_start=window_starts(metadata.positions, sliding_window),

@@ -39,6 +39,11 @@ class EngineConfig:
       encoder_cache_tokens: arena rows (placeholder embeddings) kept for recently encoded items
         beyond those of the running prompts, so that a later request with the same items does
         not run the encoder. Default: 8 prompts at the model's limit; 0 disables it.
+      batch_invariant: a request's logits, logprobs, sampled tokens (seeded) and text do not depend on
+        which requests share its steps, on how its prompt is chunked or on the page size, and its
+        prompt logprobs equal ``mmjax.score``'s bit for bit (``mmjax.batch_invariant``; docs/batch_invariance.md).
+        Slower: products and attention run in one fixed order, each request's items are encoded alone
+        (``max_encoder_batch`` 1), and ``impl`` must stay "auto". One device only (no mesh). Off by default.
     """
 
     page_size: int = 16
@@ -52,11 +57,20 @@ class EngineConfig:
     max_encoder_batch: int | None = None
     enable_prefix_caching: bool = True
     encoder_cache_tokens: int | None = None
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         self._fill_batch_sizes()
+        if not isinstance(self.batch_invariant, bool):
+            raise ValueError(f"EngineConfig.batch_invariant must be True or False, got {self.batch_invariant!r}")
         if self.max_encoder_batch is None:
-            object.__setattr__(self, "max_encoder_batch", default_encoder_batch())
+            object.__setattr__(self, "max_encoder_batch", 1 if self.batch_invariant else default_encoder_batch())
+        if self.batch_invariant and self.max_encoder_batch != 1:
+            raise ValueError(f"EngineConfig.batch_invariant=True encodes each request's items alone, as mmjax.score "
+                             f"does: max_encoder_batch must be 1 (or unset), got {self.max_encoder_batch!r}")
+        if self.batch_invariant and self.impl != "auto":
+            raise ValueError(f"EngineConfig.batch_invariant=True attends in its own fixed order (key blocks): impl "
+                             f"must stay 'auto', got {self.impl!r}")
         for name in ("page_size", "max_num_seqs", "max_num_batched_tokens", "max_encoder_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -56,6 +56,9 @@ class LLMEngine:
         enable_compilation_cache()  # before the first program compiles (MMJAX_COMPILATION_CACHE=0: off)
         self.text_config, _ = model_text_config(llm.graphdef, llm.state)
         self.max_model_len = self._max_model_len()
+        if self.config.batch_invariant and getattr(llm, "mesh", None) is not None:
+            raise ValueError("EngineConfig.batch_invariant=True runs on one device: this model is sharded over a "
+                             "mesh (load it without mesh= for a batch-invariant engine)")
         placement = Placement(getattr(llm, "mesh", None), self.text_config.num_kv_heads, llm.state)
         self.num_replicas = placement.num_replicas
         max_mm_tokens = llm.mm_registry.get_max_multimodal_tokens(llm.model_config)
@@ -66,7 +69,8 @@ class LLMEngine:
         self.pages_per_seq = self.shapes.pages_per_seq
         self.memory = plan_engine_memory(llm, self.config, self.shapes, placement)
         self.runner = ModelRunner(llm.graphdef, llm.state, shapes=self.shapes, placement=placement,
-                                  num_pages=self.memory.num_pages, dtype=llm.dtype, impl=self.config.impl)
+                                  num_pages=self.memory.num_pages, dtype=llm.dtype, impl=self.config.impl,
+                                  batch_invariant=self.config.batch_invariant)
         self.allocators = [PageAllocator(self.memory.num_pages, self.config.page_size,
                                          enable_caching=self.config.enable_prefix_caching)
                            for _ in range(self.num_replicas)]

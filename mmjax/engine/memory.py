@@ -181,11 +181,11 @@ def worst_case_activation_bytes(
     if dummy.multi_modal_data:
         mm = llm.mm_registry.map_input(llm.model_config, dummy.multi_modal_data)
         lowered = lower_encoder(llm.graphdef, placement, mm, embedding_rows=shapes.embedding_rows,
-                                embedding_width=width, dtype=llm.dtype)
+                                embedding_width=width, dtype=llm.dtype, batch_invariant=config.batch_invariant)
         total += lowered.compile().memory_analysis().temp_size_in_bytes
     pages = jax.eval_shape(lambda: init_kv_pages(text.num_layers, text.num_kv_heads, 2 * shapes.num_replicas,
                                                  shapes.page_size, text.head_dim, llm.dtype))
     lowered = lower_step(llm.graphdef, llm.state, pages, shapes, placement, num_tokens=config.max_num_batched_tokens,
                          decode=False, impl=config.impl, embedding_width=width, dtype=llm.dtype,
-                         rope_axes=getattr(text, "rope_position_axes", 1))
+                         rope_axes=getattr(text, "rope_position_axes", 1), batch_invariant=config.batch_invariant)
     return total + lowered.compile().memory_analysis().temp_size_in_bytes

@@ -61,14 +61,15 @@ def abstract_kv_pages(pages: Any, placement: Placement) -> Any:
 def lower_step(
     graphdef: nnx.GraphDef, state: nnx.State, kv_pages: Any, shapes: StepShapes, placement: Placement, *,
     num_tokens: int, decode: bool, impl: str, embedding_width: int, dtype: Any, all_logits: bool = False,
-    rope_axes: int = 1,
+    rope_axes: int = 1, batch_invariant: bool = False,
 ) -> jax.stages.Lowered:
     """The runner's step program (``step_program``) lowered for a step of ``num_tokens`` tokens per
     replica (``kv_pages`` may be abstract)."""
     args, extras = abstract_step_args(shapes, placement, num_tokens=num_tokens, decode=decode, all_logits=all_logits,
                                       embedding_width=embedding_width, dtype=dtype, rope_axes=rope_axes)
     leaves, state_def = jax.tree.flatten(state)
-    program = step_program(graphdef, state_def, impl=impl, kv_sharding=placement.kv_sharding)
+    program = step_program(graphdef, state_def, impl=impl, kv_sharding=placement.kv_sharding,
+                           batch_invariant=batch_invariant)
     return program.lower(leaves, abstract_kv_pages(kv_pages, placement), *args, greedy=not all_logits, **extras)
 
 
@@ -80,7 +81,7 @@ def encoder_output_rows(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Map
 
 def lower_encoder(
     graphdef: nnx.GraphDef, placement: Placement, mm_kwargs: Mapping[str, np.ndarray], *, embedding_rows: int,
-    embedding_width: int, dtype: Any,
+    embedding_width: int, dtype: Any, batch_invariant: bool = False,
 ) -> jax.stages.Lowered:
     """The runner's encoder program (``encoder_program``) lowered for ``mm_kwargs`` on the first replica
     this process holds."""
@@ -91,4 +92,5 @@ def lower_encoder(
     mm = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding) for k, v in mm_kwargs.items()}
     rows = jax.ShapeDtypeStruct((encoder_output_rows(graphdef, state, mm),), jnp.int32, sharding=sharding)
     leaves, state_def = jax.tree.flatten(state)
-    return encoder_program(graphdef, state_def, sharding).lower(leaves, arena, mm, rows)
+    program = encoder_program(graphdef, state_def, sharding, batch_invariant=batch_invariant)
+    return program.lower(leaves, arena, mm, rows)

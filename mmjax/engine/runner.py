@@ -60,21 +60,25 @@ class ModelRunner:
       num_pages: KV pages of each replica (from the memory plan).
       dtype: the KV cache's and the arena's dtype (the parameters').
       impl: the attention implementation ("auto", "pallas", "cpu", "xla", "reference").
+      batch_invariant: trace the step and encoder programs in batch-invariant numerics (``mmjax.batch_invariant``).
     """
 
     def __init__(self, graphdef: nnx.GraphDef, state: nnx.State, *, shapes: StepShapes, placement: Placement,
-                 num_pages: int, dtype: Any, impl: str = "auto"):
+                 num_pages: int, dtype: Any, impl: str = "auto", batch_invariant: bool = False):
         self.graphdef, self.state = graphdef, state
         self.shapes, self.placement, self.impl = shapes, placement, impl
+        self.batch_invariant = batch_invariant
         self.dtype = jnp.dtype(dtype)
         self.text_config, row_width = model_text_config(graphdef, state)
         self._state_leaves, self._state_def = jax.tree.flatten(state)
-        self._step = step_program(graphdef, self._state_def, impl=impl, kv_sharding=placement.kv_sharding)
+        self._step = step_program(graphdef, self._state_def, impl=impl, kv_sharding=placement.kv_sharding,
+                                  batch_invariant=batch_invariant)
         owned = placement.owned_replicas()
         self._replica_leaves = {r: jax.tree.leaves(placement.replica_state(r)) for r in owned}
-        self._encode = {r: encoder_program(graphdef, self._state_def, placement.replica_sharding(r)) for r in owned}
+        self._encode = {r: encoder_program(graphdef, self._state_def, placement.replica_sharding(r),
+                                           batch_invariant=batch_invariant) for r in owned}
         self._encode_batch = {r: encoder_program(graphdef, self._state_def, placement.replica_sharding(r),
-                                                 batched=True) for r in owned}
+                                                 batched=True, batch_invariant=batch_invariant) for r in owned}
         self.num_pages = num_pages
         self.kv_pages = self._init_pages()
         width = row_width if shapes.embedding_rows else 0
@@ -208,7 +212,8 @@ class ModelRunner:
         """The step program for ``num_tokens`` tokens per replica, lowered (not run)."""
         return lower_step(self.graphdef, self.state, self.kv_pages, self.shapes, self.placement,
                           num_tokens=num_tokens, decode=decode, impl=self.impl, all_logits=all_logits,
-                          embedding_width=self.embedding_width, dtype=self.dtype, rope_axes=self.rope_axes)
+                          embedding_width=self.embedding_width, dtype=self.dtype, rope_axes=self.rope_axes,
+                          batch_invariant=self.batch_invariant)
 
     # -- reading the logits ------------------------------------------------------------------
 
@@ -236,7 +241,7 @@ class ModelRunner:
         """Sample every row of a step's ``logits`` (``[R * S, V]``, or ``take_rows``' ``[R * B, V]``); the
         result on the host."""
         return fetch(sample(self.sampler_logits(logits), batch.tensors, batch.seen, batch.allowed,
-                            num_logprobs=batch.num_logprobs))
+                            num_logprobs=batch.num_logprobs, batch_invariant=self.batch_invariant))
 
     def sampler_logits(self, logits: jax.Array) -> jax.Array:
         """A step's ``[R * S, V]`` logits in the sampler's one shape, ``[R * B, V]`` (each replica's rows
@@ -248,7 +253,8 @@ class ModelRunner:
 
     def prompt_logprobs(self, logits: jax.Array, next_tokens: np.ndarray, num_logprobs: int) -> Any:
         """Each token's logprob of the token after it, its rank and the top ``num_logprobs``; on the host."""
-        return fetch(prompt_logprobs(logits, jax.device_put(next_tokens), num_logprobs=num_logprobs))
+        return fetch(prompt_logprobs(logits, jax.device_put(next_tokens), num_logprobs=num_logprobs,
+                                     batch_invariant=self.batch_invariant))
 
 
 _padded_logit_rows = jax.jit(pad_logit_rows, static_argnums=1)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.batch_invariant import fixed_order_log_softmax
 from mmjax.engine.sampling_params import GREEDY_EPS, SamplingParams
 from mmjax.types import Array, ArrayLike, Bool, Float, Int, UInt, shape_checked
 
@@ -141,17 +142,18 @@ class SamplerOutput:
                    xp.zeros((rows, 0), xp.int32), xp.zeros((rows, 0), xp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("num_logprobs",))
+@functools.partial(jax.jit, static_argnames=("num_logprobs", "batch_invariant"))
 @shape_checked
 def sample(
     logits: Float[Array, "B V"], tensors: SamplingTensors, seen: SeenTokens | None = None,
-    allowed: UInt[Array, "B W"] | None = None, *, num_logprobs: int | None = 0,
+    allowed: UInt[Array, "B W"] | None = None, *, num_logprobs: int | None = 0, batch_invariant: bool = False,
 ) -> SamplerOutput:
     """Sample one token per row: penalties (when ``seen`` is given), the allowed-token mask (when
     ``allowed`` is: bit ``v % 32`` of word ``v // 32``, uint32), then argmax for greedy rows, else
     temperature, top-k, top-p, min-p, categorical. Logprobs are of the raw logits: the sampled
     token's and its rank, and the top ``num_logprobs``; ``num_logprobs=None``: none at all (a log-softmax
-    over the vocabulary saved, ~1.5 ms of the benchmark's 18 ms decode step)."""
+    over the vocabulary saved, ~1.5 ms of the benchmark's 18 ms decode step). ``batch_invariant``: the
+    logprobs' log-softmax sums in one fixed order (``mmjax.batch_invariant``)."""
     logits = logits.astype(jnp.float32)
     adjusted = logits if seen is None else apply_penalties(logits, tensors, seen)
     if allowed is not None:
@@ -164,20 +166,22 @@ def sample(
     )
     if num_logprobs is None:
         return SamplerOutput.without_logprobs(tokens)
-    logprobs, ranks = _token_logprobs(logits, tokens)
-    top_ids, top_logprobs = _top_logprobs(logits, num_logprobs)
+    logprobs, ranks = _token_logprobs(logits, tokens, batch_invariant)
+    top_ids, top_logprobs = _top_logprobs(logits, num_logprobs, batch_invariant)
     return SamplerOutput(tokens, logprobs, ranks, top_ids, top_logprobs)
 
 
-@functools.partial(jax.jit, static_argnames=("num_logprobs",))
+@functools.partial(jax.jit, static_argnames=("num_logprobs", "batch_invariant"))
 @shape_checked
 def prompt_logprobs(
-    logits: Float[Array, "T V"], next_tokens: Int[Array, "T"], *, num_logprobs: int = 0
+    logits: Float[Array, "T V"], next_tokens: Int[Array, "T"], *, num_logprobs: int = 0, batch_invariant: bool = False
 ) -> tuple[Float[Array, "T"], Int[Array, "T"], Int[Array, "T J"], Float[Array, "T J"]]:
     """Raw logprob and 1-based rank of each next prompt token (``logits[t]`` predicts
-    ``next_tokens[t]``), and the top ones: ``(logprobs, ranks, top_ids, top_logprobs)``."""
+    ``next_tokens[t]``), and the top ones: ``(logprobs, ranks, top_ids, top_logprobs)``. ``batch_invariant``:
+    the log-softmax sums in one fixed order (``mmjax.batch_invariant``), as ``mmjax.score``'s."""
     logits = logits.astype(jnp.float32)
-    return (*_token_logprobs(logits, next_tokens), *_top_logprobs(logits, num_logprobs))
+    return (*_token_logprobs(logits, next_tokens, batch_invariant),
+            *_top_logprobs(logits, num_logprobs, batch_invariant))
 
 
 @shape_checked
@@ -231,16 +235,22 @@ def first_argmax(x: Float[Array, "B V"]) -> Int[Array, "B"]:
     return jnp.min(jnp.where((x == top) | jnp.isnan(x), ids, x.shape[-1]), axis=-1)
 
 
-def _token_logprobs(logits: Float[Array, "T V"], tokens: Int[Array, "T"]) -> tuple[Float[Array, "T"], Int[Array, "T"]]:
-    logprobs = jax.nn.log_softmax(logits, axis=-1)
+def _log_softmax(logits: Float[Array, "T V"], batch_invariant: bool) -> Float[Array, "T V"]:
+    return fixed_order_log_softmax(logits) if batch_invariant else jax.nn.log_softmax(logits, axis=-1)
+
+
+def _token_logprobs(logits: Float[Array, "T V"], tokens: Int[Array, "T"], batch_invariant: bool = False
+                    ) -> tuple[Float[Array, "T"], Int[Array, "T"]]:
+    logprobs = _log_softmax(logits, batch_invariant)
     chosen = jnp.take_along_axis(logprobs, tokens[:, None].astype(jnp.int32), axis=-1)
     ranks = 1 + jnp.sum(logprobs > chosen, axis=-1, dtype=jnp.int32)
     return chosen[:, 0], ranks
 
 
-def _top_logprobs(logits: Float[Array, "T V"], num_logprobs: int) -> tuple[Int[Array, "T J"], Float[Array, "T J"]]:
+def _top_logprobs(logits: Float[Array, "T V"], num_logprobs: int, batch_invariant: bool = False
+                  ) -> tuple[Int[Array, "T J"], Float[Array, "T J"]]:
     if num_logprobs == 0:  # lax.top_k rejects k=0
         rows = logits.shape[0]
         return jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32)
-    top_logprobs, top_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), num_logprobs)
+    top_logprobs, top_ids = jax.lax.top_k(_log_softmax(logits, batch_invariant), num_logprobs)
     return top_ids.astype(jnp.int32), top_logprobs

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.attention import PagedAttend
+from mmjax.batch_invariant import batch_invariant_numerics
 from mmjax.engine.compilation import compiler_options
 from mmjax.engine.graph_identity import graph_identity
 from mmjax.engine.program_store import StoredProgram
@@ -168,7 +169,7 @@ def pad_logit_rows(logits: Float[Array, "R S V"], rows: int) -> Float[Array, "R*
 
 @functools.lru_cache(maxsize=8)
 def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
-                 kv_sharding: jax.sharding.NamedSharding | None) -> Callable[..., Any]:
+                 kv_sharding: jax.sharding.NamedSharding | None, batch_invariant: bool = False) -> Callable[..., Any]:
     """``paged_step`` for one model, jitted with the backend's ``compiler_options`` and kept traced on disk
     (``mmjax.engine.program_store``: a new process loads it rather than tracing the model again).
 
@@ -179,13 +180,15 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
     ``[R * B, V]``): each row's greedy token (``first_argmax``, as the sampler's) is computed in the
     step, so a step whose requests are all plain greedy needs no sampler call; ``greedy=False``
     (a step returning every token's logits) returns an empty ``[0]`` instead. One program per model
-    and settings (cached), so memory planning and the runner lower the same one.
+    and settings (cached), so memory planning and the runner lower the same one. ``batch_invariant``: the
+    model is traced inside ``batch_invariant_numerics()`` (``mmjax.batch_invariant``).
     """
     def run(state_leaves, kv_pages, input_ids, metadata, logits_indices, *embeddings, greedy: bool = True,
             **extras):
         state = jax.tree.unflatten(state_def, state_leaves)
-        logits, pages = step_logits(graphdef, state, kv_pages, input_ids, metadata, logits_indices, *embeddings,
-                                    impl=impl, kv_sharding=kv_sharding, **extras)
+        with batch_invariant_numerics() if batch_invariant else contextlib.nullcontext():
+            logits, pages = step_logits(graphdef, state, kv_pages, input_ids, metadata, logits_indices, *embeddings,
+                                        impl=impl, kv_sharding=kv_sharding, **extras)
         num_replicas, real, vocab = logits.shape
         tokens = jnp.zeros((0,), jnp.int32)
         if greedy:  # on the real rows; the padding rows' tokens are 0
@@ -194,26 +197,33 @@ def step_program(graphdef: nnx.GraphDef, state_def: Any, *, impl: str,
         return logits.reshape(-1, vocab), tokens, pages
 
     graph = graph_identity(graphdef)
-    identity = f"step_program\n{graph}\n{state_def}\nimpl={impl}\nkv_sharding={kv_sharding!r}"
+    identity = (f"step_program\n{graph}\n{state_def}\nimpl={impl}\nkv_sharding={kv_sharding!r}"
+                f"\nbatch_invariant={batch_invariant}")
     return StoredProgram(run, identity=identity, donate_argnums=(1,), static_argnames=("greedy",),
                          compiler_options=compiler_options(), storable=graph is not None)
 
 
 @functools.lru_cache(maxsize=16)
 def encoder_program(graphdef: nnx.GraphDef, state_def: Any, arena_sharding: jax.sharding.Sharding | None,
-                    batched: bool = False) -> Callable[..., Any]:
+                    batched: bool = False, batch_invariant: bool = False) -> Callable[..., Any]:
     """``encode_into_arena`` for one model: ``program(state_leaves, arena, mm_kwargs, rows)``, arena donated;
     stored traced as ``step_program`` is. On one CPU device (unbatched: the kernel call is not vmapped) the
-    vision tower's attention runs on the CPU kernel (``native_attention_on_cpu``)."""
-    native = arena_sharding is None and not batched and jax.default_backend() == "cpu"
+    vision tower's attention runs on the CPU kernel (``native_attention_on_cpu``). ``batch_invariant``: traced
+    inside ``batch_invariant_numerics()`` with XLA's vision attention, as ``mmjax.score`` encodes an example."""
+    native = arena_sharding is None and not batched and not batch_invariant and jax.default_backend() == "cpu"
 
     def run(state_leaves, arena, mm_kwargs, rows):
         state = jax.tree.unflatten(state_def, state_leaves)
-        with native_attention_on_cpu() if native else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if native:
+                stack.enter_context(native_attention_on_cpu())
+            if batch_invariant:
+                stack.enter_context(batch_invariant_numerics())
             return encode_into_arena.__wrapped__(graphdef, state, arena, mm_kwargs, rows,
                                                  arena_sharding=arena_sharding, batched=batched)
 
     graph = graph_identity(graphdef)
-    identity = f"encoder_program\n{graph}\n{state_def}\narena_sharding={arena_sharding!r}\nbatched={batched}"
+    identity = (f"encoder_program\n{graph}\n{state_def}\narena_sharding={arena_sharding!r}\nbatched={batched}"
+                f"\nbatch_invariant={batch_invariant}")
     return StoredProgram(run, identity=identity, donate_argnums=(1,), compiler_options=compiler_options(),
                          storable=graph is not None)

@@ -193,14 +193,18 @@ void Columns(int64_t M, const T* x, int64_t K, int64_t k0, int64_t k1, const TW*
 // apart and added at the end. Interleaved A/B on the benchmark decoder's decode chain (8 layers' products and the LM
 // head, 80 MiB of bfloat16 from memory; benchmarks/skinny_matmul_ab.py): one row 4.34 -> 3.52 ms in bfloat16, 6.34 -> 5.90
 // in float32; 8 and 32 rows unchanged.
+// fixed_order: never split the rows of w, so every y[m, n] is one chain of float32 FMAs over k = 0, 1, ..., K - 1,
+// whatever M, the thread count or the row's place among the others (mmjax's batch-invariant mode; columns are only
+// partitioned among work items, and a row's pass of 8, 4, 2 or 1 rows runs the same chain).
 template <typename T, typename TW>
-void Run(ffi::ThreadPool& pool, int64_t M, int64_t K, int64_t N, const T* x, const TW* w, const float* scale, T* y) {
+void Run(ffi::ThreadPool& pool, int64_t M, int64_t K, int64_t N, const T* x, const TW* w, const float* scale, T* y,
+         bool fixed_order) {
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
   const int64_t pass_rows = std::min<int64_t>(M, kRowsPerPass);
   const int64_t max_width = kAccFloats / pass_rows / kChunkStep * kChunkStep;
   int64_t chunks = (N + max_width - 1) / max_width;
   int64_t slices = 1;
-  if (chunks < 2 * threads && M <= kMaxSplitRows) {
+  if (!fixed_order && chunks < 2 * threads && M <= kMaxSplitRows) {
     slices = std::min<int64_t>((2 * threads + chunks - 1) / chunks, std::max<int64_t>(1, K / kMinSliceRows));
   } else {
     chunks = (chunks + threads - 1) / threads * threads;  // a whole number of chunks per thread
@@ -224,7 +228,8 @@ void Run(ffi::ThreadPool& pool, int64_t M, int64_t K, int64_t N, const T* x, con
   }
 }
 
-ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y) {
+ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                        bool fixed_order) {
   const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2 || xd[1] != wd[0] || yd[0] != xd[0] || yd[1] != wd[1])
     return ffi::Error::InvalidArgument("expected x [M, K], w [K, N] and y [M, N]");
@@ -233,7 +238,7 @@ ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w
   return ForElementType(x.element_type(), [&](auto element) {
     using T = decltype(element);
     Run<T, T>(pool, xd[0], xd[1], wd[1], static_cast<const T*>(x.untyped_data()),
-              static_cast<const T*>(w.untyped_data()), nullptr, static_cast<T*>(y->untyped_data()));
+              static_cast<const T*>(w.untyped_data()), nullptr, static_cast<T*>(y->untyped_data()), fixed_order);
   });
 }
 
@@ -243,7 +248,7 @@ ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w
 // the FMAs and accumulators are those of float32 and w is read at a quarter of float32's bytes. The per-column
 // scale (symmetric quantization) multiplies each column's sum once, before y's rounding.
 ffi::Error SkinnyMatmulInt8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer scale,
-                            ffi::Result<ffi::AnyBuffer> y) {
+                            ffi::Result<ffi::AnyBuffer> y, bool fixed_order) {
   const auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || wd.size() != 2 || sd.size() != 1 || yd.size() != 2 || xd[1] != wd[0] || sd[0] != wd[1] ||
       yd[0] != xd[0] || yd[1] != wd[1])
@@ -255,7 +260,7 @@ ffi::Error SkinnyMatmulInt8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuff
     using T = decltype(element);
     Run<T, int8_t>(pool, xd[0], xd[1], wd[1], static_cast<const T*>(x.untyped_data()),
                    static_cast<const int8_t*>(w.untyped_data()), static_cast<const float*>(scale.untyped_data()),
-                   static_cast<T*>(y->untyped_data()));
+                   static_cast<T*>(y->untyped_data()), fixed_order);
   });
 }
 
@@ -399,11 +404,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxSkinnyMatmulInt8, SkinnyMatmulInt8,
                                   .Arg<ffi::AnyBuffer>()   // x [M, K], float32 or bfloat16
                                   .Arg<ffi::AnyBuffer>()   // w [K, N], int8
                                   .Arg<ffi::AnyBuffer>()   // scale [N], float32
-                                  .Ret<ffi::AnyBuffer>());  // y [M, N], x's dtype
+                                  .Ret<ffi::AnyBuffer>()   // y [M, N], x's dtype
+                                  .Attr<bool>("fixed_order"));  // never split w's rows (Run)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxSkinnyMatmul, SkinnyMatmul,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()   // x [M, K]
                                   .Arg<ffi::AnyBuffer>()   // w [K, N]
-                                  .Ret<ffi::AnyBuffer>());  // y [M, N]
+                                  .Ret<ffi::AnyBuffer>()   // y [M, N]
+                                  .Attr<bool>("fixed_order"));  // never split w's rows (Run)

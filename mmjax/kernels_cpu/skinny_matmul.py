@@ -27,6 +27,7 @@ float every call. One library holds the three handlers.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from pathlib import Path
@@ -108,26 +109,36 @@ def _check(x: Array, w: Array, transposed: bool = False) -> None:
         raise ValueError(f"the CPU matmul kernel cannot run: {reason}")
 
 
-@jax.custom_vjp
-def skinny_matmul_cpu(x: Float[Array, "M K"], w: Float[Array, "K N"]) -> Float[Array, "M N"]:
+def skinny_matmul_cpu(x: Float[Array, "M K"], w: Float[Array, "K N"], fixed_order: bool = False
+                      ) -> Float[Array, "M N"]:
     """``x @ w`` on the kernel, accumulated in float32, in the inputs' dtype (float32 or bfloat16).
+
+    ``fixed_order``: each ``y[m, n]`` is one chain of float32 FMAs over ``k`` in order, whatever ``M`` and
+    the other rows (the kernel never splits ``w``'s rows then; mmjax's batch-invariant mode). Otherwise one
+    or two rows may be summed in slices of ``w``'s rows, for speed. Gradients are XLA's products.
 
     Raises a ValueError for other shapes or dtypes, or where the kernel cannot run (``matmul_unavailable``).
     """
     _check(x, w)
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype))(x, w)
+    return _skinny_matmul(x, w, bool(fixed_order))
 
 
-def _forward(x: Array, w: Array) -> tuple[Array, tuple[Array, Array]]:
-    return skinny_matmul_cpu(x, w), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _skinny_matmul(x: Array, w: Array, fixed_order: bool) -> Array:
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype)
+    return jax.ffi.ffi_call(TARGET, out)(x, w, fixed_order=fixed_order)
 
 
-def _backward(saved: tuple[Array, Array], grad: Array) -> tuple[Array, Array]:
+def _forward(x: Array, w: Array, fixed_order: bool) -> tuple[Array, tuple[Array, Array]]:
+    return _skinny_matmul(x, w, fixed_order), (x, w)
+
+
+def _backward(fixed_order: bool, saved: tuple[Array, Array], grad: Array) -> tuple[Array, Array]:
     x, w = saved
     return (grad @ w.T).astype(x.dtype), (x.T @ grad).astype(w.dtype)
 
 
-skinny_matmul_cpu.defvjp(_forward, _backward)
+_skinny_matmul.defvjp(_forward, _backward)
 
 
 @jax.custom_vjp
@@ -167,31 +178,37 @@ def _check_int8(x: Array, w: Array, scale: Array) -> None:
         raise ValueError(f"the CPU matmul kernel cannot run: {reason}")
 
 
-@jax.custom_vjp
-def skinny_matmul_int8_cpu(x: Float[Array, "M K"], w: Int[Array, "K N"], scale: Float[Array, "N"]
-                           ) -> Float[Array, "M N"]:
+def skinny_matmul_int8_cpu(x: Float[Array, "M K"], w: Int[Array, "K N"], scale: Float[Array, "N"],
+                           fixed_order: bool = False) -> Float[Array, "M N"]:
     """``(x @ w) * scale`` for int8 weights with one float32 scale per output column, accumulated in float32,
-    in x's dtype (float32 or bfloat16).
+    in x's dtype (float32 or bfloat16). ``fixed_order``: as ``skinny_matmul_cpu``'s.
 
     Differentiable with respect to x only: the cotangents of w and scale are zeros (quantized weights are
     constants; train their float originals). Raises a ValueError for other shapes or dtypes, or where the
     kernel cannot run (``int8_matmul_unavailable``).
     """
     _check_int8(x, w, scale)
-    return jax.ffi.ffi_call(INT8_TARGET, jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype))(x, w, scale)
+    return _skinny_matmul_int8(x, w, scale, bool(fixed_order))
 
 
-def _int8_forward(x: Array, w: Array, scale: Array) -> tuple[Array, tuple[Array, Array, Array]]:
-    return skinny_matmul_int8_cpu(x, w, scale), (x, w, scale)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _skinny_matmul_int8(x: Array, w: Array, scale: Array, fixed_order: bool) -> Array:
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype)
+    return jax.ffi.ffi_call(INT8_TARGET, out)(x, w, scale, fixed_order=fixed_order)
 
 
-def _int8_backward(saved: tuple[Array, Array, Array], grad: Array) -> tuple[Array, np.ndarray, Array]:
+def _int8_forward(x: Array, w: Array, scale: Array, fixed_order: bool) -> tuple[Array, tuple[Array, Array, Array]]:
+    return _skinny_matmul_int8(x, w, scale, fixed_order), (x, w, scale)
+
+
+def _int8_backward(fixed_order: bool, saved: tuple[Array, Array, Array], grad: Array
+                   ) -> tuple[Array, np.ndarray, Array]:
     x, w, scale = saved
     dx = (grad.astype(jnp.float32) * scale) @ w.astype(jnp.float32).T
     return dx.astype(x.dtype), np.zeros(w.shape, jax.dtypes.float0), jnp.zeros_like(scale)
 
 
-skinny_matmul_int8_cpu.defvjp(_int8_forward, _int8_backward)
+_skinny_matmul_int8.defvjp(_int8_forward, _int8_backward)
 
 
 def few_rows_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,

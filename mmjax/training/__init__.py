@@ -7,11 +7,13 @@
 from mmjax.training.checkpoint import save_pretrained
 from mmjax.training.examples import TrainBatch, TrainExample, collate, target_ids
 from mmjax.training.lora import LoraConfig
-from mmjax.training.loss import batch_loss, target_loss
+from mmjax.training.loss import batch_loss, batch_token_logprobs, target_loss, token_logprobs
 from mmjax.training.params import TRAINABLE, ParamSplit
+from mmjax.training.score import score
 from mmjax.training.trainer import TrainResult, make_train_step, objective, train
 
 __all__ = [
     "LoraConfig", "ParamSplit", "TRAINABLE", "TrainBatch", "TrainExample", "TrainResult", "batch_loss", "collate",
-    "make_train_step", "objective", "save_pretrained", "target_ids", "target_loss", "train",
+    "batch_token_logprobs", "make_train_step", "objective", "save_pretrained", "score", "target_ids", "target_loss",
+    "token_logprobs", "train",
 ]

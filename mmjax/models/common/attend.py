@@ -23,6 +23,8 @@ from typing import Any, Protocol, TypeVar
 import jax
 import jax.numpy as jnp
 
+from mmjax.attention.key_blocks import dense_key_block_attention
+from mmjax.batch_invariant import batch_invariant
 from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
 
@@ -58,13 +60,16 @@ class Attend(Protocol[Cache]):
 
 
 def dense_attend(sliding_window: int | None = None, key_ends: Int[ArrayLike, "B T"] | None = None) -> Attend[None]:
-    """The default ``Attend``: dense causal attention over the step's own tokens, no cache.
+    """The default ``Attend``: dense causal attention over the step's own tokens, no cache (inside
+    ``mmjax.batch_invariant.batch_invariant_numerics()``, the key-block form of ``mmjax.attention.key_blocks``).
 
     ``sliding_window``: the window of a layer that passes none; ``key_ends``: see ``dense_causal_attention``.
     """
 
     def attend(q, k, v, positions, cache: Any = None, *, window: int | None = None):
         window = sliding_window if window is None else window
+        if batch_invariant():  # each query in one fixed order, as the engine's paged attention in that mode
+            return dense_key_block_attention(q, k, v, positions, key_ends=key_ends, sliding_window=window), cache
         return dense_causal_attention(q, k, v, positions, sliding_window=window, key_ends=key_ends), cache
 
     return attend

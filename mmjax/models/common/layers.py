@@ -11,24 +11,44 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from mmjax.batch_invariant import batch_invariant, elementwise, fixed_order_sum, separately
 from mmjax.types import Array, Float
 
 
 def _quick_gelu(x: jax.Array) -> jax.Array:
     # CLIP's sigmoid approximation of GELU (transformers' QuickGELUActivation).
+    if batch_invariant():
+        return (x * elementwise("logistic", 1.702 * x)).astype(x.dtype)
     return x * jax.nn.sigmoid(1.702 * x)
+
+
+def _silu(x: jax.Array) -> jax.Array:
+    if batch_invariant():  # float32, its logistic the same bits for every element (mmjax.batch_invariant)
+        x32 = x.astype(jnp.float32)
+        return (x32 * elementwise("logistic", x32)).astype(x.dtype)
+    return jax.nn.silu(x)
+
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    if batch_invariant():  # jax.nn.gelu(approximate=True)'s formula, each step rounded as written
+        x32 = x.astype(jnp.float32)
+        cubed, = separately(0.044715 * (x32 * x32 * x32))
+        inner = np.float32(np.sqrt(2 / np.pi)) * (x32 + cubed)
+        return (0.5 * x32 * (1.0 + elementwise("tanh", inner))).astype(x.dtype)
+    return jax.nn.gelu(x, approximate=True)
 
 
 #: transformers' activation name -> the same function in JAX.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch's exact erf GELU
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
     "quick_gelu": _quick_gelu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
+    "silu": _silu,
+    "swish": _silu,
     "relu": jax.nn.relu,
 }
 
@@ -56,5 +76,19 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: Float[Array, "*B D"]) -> Float[Array, "*B D"]:
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        normed = x32 * inverse_root(mean_square(x32) + self.eps)
         return self.weight[...] * normed.astype(x.dtype)
+
+
+def mean_square(x32: Float[Array, "*B D"]) -> Float[Array, "*B 1"]:
+    """The mean of the squares over the last axis (float32; kept), in one fixed order inside
+    ``batch_invariant_numerics()`` (``mmjax.batch_invariant.fixed_order_sum``)."""
+    if batch_invariant():
+        mean, = separately(fixed_order_sum(x32 * x32)[..., None] / x32.shape[-1])  # not an FMA with the + eps
+        return mean
+    return jnp.mean(x32 * x32, axis=-1, keepdims=True)
+
+
+def inverse_root(x32: Float[Array, "*S"]) -> Float[Array, "*S"]:
+    """``rsqrt`` (``elementwise``'s inside ``batch_invariant_numerics()``)."""
+    return elementwise("rsqrt", x32) if batch_invariant() else jax.lax.rsqrt(x32)

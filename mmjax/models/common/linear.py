@@ -12,7 +12,9 @@ product runs is decided here, in ``project`` and ``tied_head_product``:
   (``_xla_product``: on a CPU with AMX, bfloat16 into a float32 result);
 - inside ``few_row_products_on_cpu()`` (the engine's CPU step programs on one device), products of
   few rows, a decode step's, run on the native CPU kernels of ``mmjax.kernels_cpu``, which stream
-  the weights as stored (float32, bfloat16 or int8) and accumulate in float32.
+  the weights as stored (float32, bfloat16 or int8) and accumulate in float32;
+- inside ``mmjax.batch_invariant.batch_invariant_numerics()`` (``mmjax.score``, an engine with
+  ``batch_invariant=True``), every product sums in one order whatever its number of rows (``invariant_product``).
 
 The stored form is what the partition rules, the memory plan and ``save_pretrained`` read:
 ``kernel_scale`` is split like its layer's output axis, and saved as ``<name>.weight_scale``.
@@ -30,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmjax.batch_invariant import batch_invariant, cpu_kernel_serves, in_row_tiles
 from mmjax.kernels_cpu import few_rows_dot_general, int8_matmul_unavailable, skinny_matmul_int8_cpu
 from mmjax.kernels_cpu.cpu_features import multiplies_bfloat16_in_tiles
-from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS
+from mmjax.kernels_cpu.skinny_matmul import MAX_ROWS, skinny_matmul_cpu, transposed_skinny_matmul_cpu
 from mmjax.models.common.trace_flag import TraceFlag
 from mmjax.types import Array, Float
 
@@ -102,6 +105,8 @@ def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | N
     ``(x @ q) * scale`` for an int8 ``q [K, N]``, in x's dtype. Few rows go to the CPU kernels inside
     ``few_row_products_on_cpu()``; the rest to XLA (``_xla_product``)."""
     numbers = (((x.ndim - 1,), (0,)), ((), ()))
+    if batch_invariant():
+        return invariant_product(x, kernel, scale)
     if scale is None:
         dtype = jnp.promote_types(x.dtype, kernel.dtype)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
@@ -114,6 +119,28 @@ def project(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | N
         y = skinny_matmul_int8_cpu(x.reshape(rows, x.shape[-1]), kernel, scale)
         return y.reshape(*x.shape[:-1], kernel.shape[1])
     return (_xla_product(x, kernel, numbers, jnp.float32) * scale).astype(x.dtype)
+
+
+def invariant_product(x: Float[Array, "*B K"], kernel: Array, scale: Float[Array, "N"] | None = None
+                      ) -> Float[Array, "*B N"]:
+    """``project``'s product in batch-invariant order (``mmjax.batch_invariant``): each output element summed
+    over ``K`` in one order whatever the number of rows. On CPU the native kernels with ``fixed_order`` (one
+    chain of float32 FMAs over ``k``); elsewhere, or where they cannot run, XLA's dot on tiles of
+    ``TILE_ROWS`` rows in a loop (one product shape for every row). Differentiable (XLA's products backward)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if scale is None:
+        dtype = jnp.promote_types(x.dtype, kernel.dtype)
+        rows, kernel = rows.astype(dtype), kernel.astype(dtype)
+        if cpu_kernel_serves(dtype):
+            y = skinny_matmul_cpu(rows, kernel, fixed_order=True)
+        else:
+            y = in_row_tiles(rows, lambda t: _xla_product(t, kernel, (((1,), (0,)), ((), ())), jnp.float32))
+        return y.astype(dtype).reshape(*x.shape[:-1], kernel.shape[1])
+    if kernel.dtype == jnp.int8 and cpu_kernel_serves(x.dtype) and int8_matmul_unavailable(x.dtype) is None:
+        y = skinny_matmul_int8_cpu(rows, kernel, scale, fixed_order=True)
+    else:
+        y = in_row_tiles(rows, lambda t: _xla_product(t, kernel, (((1,), (0,)), ((), ())), jnp.float32) * scale)
+    return y.astype(x.dtype).reshape(*x.shape[:-1], kernel.shape[1])
 
 
 def _xla_product(x: Array, kernel: Array, numbers: Any, out_dtype: Any = None) -> Array:
@@ -165,6 +192,13 @@ def tied_head_product(hidden: Float[Array, "*B D"], embedding: Float[Array, "V D
     """``hidden @ embedding.T`` (a tied LM head; the embedding read where it lies, no transposed copy),
     on the CPU kernel for few rows inside ``few_row_products_on_cpu()``."""
     numbers = (((hidden.ndim - 1,), (1,)), ((), ()))
+    if batch_invariant():
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if cpu_kernel_serves(hidden.dtype, transposed=True) and hidden.dtype == embedding.dtype:
+            out = transposed_skinny_matmul_cpu(rows, embedding)  # one order for each (row, column) by construction
+        else:
+            out = in_row_tiles(rows, lambda t: jax.lax.dot_general(t, embedding, (((1,), (1,)), ((), ()))))
+        return out.reshape(*hidden.shape[:-1], embedding.shape[0])
     if _FEW_ROWS_ON_CPU.is_on():
         return few_rows_dot_general(hidden, embedding, numbers)
     return jax.lax.dot_general(hidden, embedding, numbers)

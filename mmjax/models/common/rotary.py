@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.batch_invariant import batch_invariant, elementwise, separately
 from mmjax.models.common.decoder_config import DecoderConfig
 from mmjax.types import Array, ArrayLike, Float, Int, shape_checked
 
@@ -73,9 +74,15 @@ def apply_rope(
     # cos and sin of the half angles, behind a barrier: XLA merges the identical ones of every layer's q and k
     # into one, where it used to fuse a copy into each consumer (16 of each a step of the 8-layer benchmark
     # model, 32x the work; the 8 prompts' prefill 1.81 -> 1.73 s, benchmarks/prefill.py)
-    cos, sin = jax.lax.optimization_barrier((jnp.cos(angles), jnp.sin(angles)))
+    if batch_invariant():  # cos and sin the same bits for every element (mmjax.batch_invariant)
+        cos, sin = separately(elementwise("cos", angles), elementwise("sin", angles))
+    else:
+        cos, sin = jax.lax.optimization_barrier((jnp.cos(angles), jnp.sin(angles)))
     cos = jnp.concatenate([cos, cos], axis=-1)[:, :, None, :].astype(x.dtype)
     sin = jnp.concatenate([sin, sin], axis=-1)[:, :, None, :].astype(x.dtype)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    if batch_invariant():  # both products rounded before the sum (not one FMA in some programs only)
+        turned, moved = separately(x * cos, rotated * sin)
+        return turned + moved
     return x * cos + rotated * sin

@@ -20,12 +20,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.common.attend import Attend
 from mmjax.models.common.decoder import LlamaForCausalLM, LlamaMLP
+from mmjax.models.common.layers import inverse_root, mean_square
 from mmjax.models.common.linear import Linear
 from mmjax.models.common.rotary import apply_rope, rope_inv_freq
 from mmjax.models.gemma3.config import Gemma3TextConfig
@@ -42,7 +42,7 @@ class GemmaRMSNorm(nnx.Module):
 
     def __call__(self, x: Float[Array, "*B D"]) -> Float[Array, "*B D"]:
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        normed = x32 * inverse_root(mean_square(x32) + self.eps)
         return (normed * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
 
 
