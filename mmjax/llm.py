@@ -91,6 +91,28 @@ class LLM:
             self._engine[:] = [LLMEngine(self, config)]
         return self._engine[0]
 
+    def update_weights(self, source: Any) -> None:
+        """Take ``source``'s parameters (a model of the same architecture, shapes and dtype, such as
+        ``mmjax.train(llm, ...).llm``), copied and placed as this model's; ``state`` is replaced in place.
+
+        With an engine built (``llm.engine()``), it is updated too (``LLMEngine.update_weights``: no program
+        compiled, KV cache kept, prefix and encoder caches emptied), so ``logits``, ``mmjax.generate`` and
+        ``mmjax.train`` all see the new weights. The processor cache stays (mapped inputs do not depend on them).
+
+        Raises (nothing changes on any of them):
+          RuntimeError: the engine has requests waiting or running.
+          TypeError: ``source`` is not a loaded model (for a ``TrainResult``, pass its ``.llm``).
+          ValueError: another architecture, parameter shape or dtype (the first differing parameter named), or
+            another static configuration (e.g. a norm epsilon: the compiled programs could not follow it).
+        """
+        if self._engine:
+            self._engine[0].update_weights(source)  # the engine's model is this one: it sets self.state
+            return
+        from mmjax.engine.weights import checked_state, placed_like, set_state
+
+        state = checked_state(self.graphdef, self.state, source, self.hf_config)
+        set_state(self, placed_like(state, self.state))
+
     def prompt_mapper(self, num_threads: int | None = None) -> Any:
         """The worker threads that map this model's prompts off the step loop (kept for reuse).
 

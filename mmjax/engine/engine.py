@@ -33,6 +33,7 @@ from mmjax.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from mmjax.engine.scheduler import ScheduledChunk, Scheduler
 from mmjax.engine.shapes import StepShapes
 from mmjax.engine.warmup import warm_up
+from mmjax.engine.weights import checked_state, placed_like, set_state
 from mmjax.kv_cache import PageAllocator
 from mmjax.registry import InputContext, ProcessedPrompt, PromptInputs
 from mmjax.sharding.multihost import agreed_seed
@@ -351,6 +352,44 @@ class LLMEngine:
         processor = getattr(self.llm, "processor_cache", None)
         if processor is not None:
             processor.clear()
+
+    def update_weights(self, source: LoadedModel) -> None:
+        """Serve ``source``'s parameters from now on (vLLM's weight sync for RL), without compiling a program
+        or reallocating the KV cache: the next ``generate`` equals a freshly built engine's with those weights.
+
+        ``source``: a loaded model of the same architecture, shapes and dtype, e.g. ``mmjax.train(llm, ...).llm``
+        (LoRA adapters merged). Its parameters are copied (never aliased: deleting or donating them later does
+        not touch the engine), each placed as the old one (sharding, commitment), so the compiled programs run
+        them as they are; for a moment the device holds the old weights, the source's and the copy. The engine's
+        model (``engine.llm``) gets the new state too, so ``llm.logits`` and an engine built later agree with
+        this one. Invalidated: the prefix cache (cached KV pages were computed with the old weights) and the
+        encoder cache (embeddings of images); kept: the processor cache (mapped inputs do not depend on the
+        weights), the KV pages themselves and every counter of ``cache_stats``.
+
+        Called between requests, from the thread that drives the engine: it refuses while any request is
+        waiting or running (their KV would mix two models); finish or abort them first (an RL loop pauses
+        generation before a weight sync, as vLLM's integrations do).
+
+        Raises (the engine keeps its old weights on any of them):
+          RuntimeError: requests are in flight (counted).
+          TypeError: ``source`` is not a loaded model (a ``TrainResult`` is told to pass ``.llm``).
+          ValueError: another architecture, parameter shape or dtype (the first differing parameter named), or
+            another static configuration (e.g. a norm epsilon: the compiled programs could not follow it).
+        """
+        self._check_no_requests("update_weights")
+        state = checked_state(self.runner.graphdef, self.runner.state, source, getattr(self.llm, "hf_config", None))
+        new_state = placed_like(state, self.runner.state)
+        self.runner.set_weights(new_state)
+        set_state(self.llm, new_state)
+        self.scheduler.reset_prefix_cache()
+        self.embedding_rows.reset()
+        self.stats["caches"] = self.cache_stats()
+
+    def _check_no_requests(self, action: str) -> None:
+        if self.has_unfinished_requests():
+            waiting, running = len(self.scheduler.waiting), len(self.scheduler.running)
+            raise RuntimeError(f"{action} needs an idle engine, but {running} request(s) are running and {waiting} "
+                               f"waiting; step them to completion (or abort them) first")
 
     def cache_stats(self) -> dict[str, dict[str, int | float]]:
         """Hit rates and sizes of the prefix cache, the encoder cache and the (shared) processor cache.

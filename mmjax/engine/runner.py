@@ -88,10 +88,27 @@ class ModelRunner:
         self._encoder_rows: dict[tuple, int] = {}
 
     def _init_pages(self) -> tuple[KVPages, ...]:
-        """``num_pages`` pages for each replica, replica ``r``'s at ``r * num_pages``."""
+        """``num_pages`` pages for each replica, replica ``r``'s at ``r * num_pages``.
+
+        On one device they are committed to it, as the pages every step returns are once one of its inputs is
+        (the pages, or the arena, which always is): uncommitted new pages made the first step of a fresh cache
+        compile a program of its shape that later steps of that shape, given committed pages, compiled again
+        (e.g. the same prompt after ``update_weights`` or ``reset_caches``)."""
         text = self.text_config
+        sharding = self.placement.kv_sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return init_kv_pages(text.num_layers, text.num_kv_heads, self.shapes.num_replicas * self.num_pages,
-                             self.shapes.page_size, text.head_dim, self.dtype, sharding=self.placement.kv_sharding)
+                             self.shapes.page_size, text.head_dim, self.dtype, sharding=sharding)
+
+    def set_weights(self, state: nnx.State) -> None:
+        """Run with ``state`` from now on: the same tree as the current state, each leaf placed as the old
+        one (``mmjax.engine.weights.placed_like``), so every compiled program takes it as it is. The KV
+        pages and arenas stay (their contents are the caller's to forget)."""
+        leaves, state_def = jax.tree.flatten(state)
+        if state_def != self._state_def:
+            raise ValueError("set_weights takes a state of the runner's structure")
+        self.state, self._state_leaves = state, leaves
+        self.placement.set_state(state)
+        self._replica_leaves = {r: jax.tree.leaves(self.placement.replica_state(r)) for r in self._replica_leaves}
 
     # -- after a failure ---------------------------------------------------------------
 

@@ -68,6 +68,12 @@ class Placement:
         one device)."""
         return self._state if self._replicas is None else self._replicas.state(replica)
 
+    def set_state(self, state: Any) -> None:
+        """Use ``state`` (the same structure, placed as the old one) for ``replica_state`` from now on."""
+        self._state = state
+        if self._replicas is not None:
+            self._replicas.set_state(state)
+
     def replica_sharding(self, replica: int) -> jax.sharding.Sharding | None:
         """Replicated over ``replica``'s devices; None on one device (the default device)."""
         if self._replicas is None:

@@ -31,6 +31,11 @@ class ReplicaViews:
         self._state = state
         self._states: dict[int, Any] = {}
 
+    def set_state(self, state: Any) -> None:
+        """Look at ``state`` from now on (new weights placed as the old ones); views are built again."""
+        self._state = state
+        self._states.clear()
+
     def owns(self, replica: int) -> bool:
         """Whether this process holds any device of ``replica`` (always, on one host)."""
         me = jax.process_index()
