@@ -27,7 +27,9 @@ class TrainExample:
     the model should continue it with. Only the target's tokens (and the end of sequence) are scored.
 
     The target is tokenized as given, without special tokens: include a leading space if the
-    tokenizer expects one after the prompt (``" red"`` after ``"ASSISTANT:"`` for LLaVA's).
+    tokenizer expects one after the prompt (``" red"`` after ``"ASSISTANT:"`` for LLaVA's). A target may
+    instead be token ids (a list or tuple of ints, e.g. an output's ``token_ids``), scored exactly as given:
+    no end of sequence is added (a finished output's ids already end with it).
 
     ``follow_ups``: more turns about the same images, each ``(text, target)``: the text (say
     ``"USER: What shape is it? ASSISTANT:"``) follows the previous target's end of sequence,
@@ -37,7 +39,7 @@ class TrainExample:
     """
 
     prompt: PromptInputs
-    target: str
+    target: str | Sequence[int]
     follow_ups: tuple[tuple[str, str], ...] = ()
 
 
@@ -76,10 +78,18 @@ class TrainBatch:
         return {k: np.concatenate([np.asarray(kw[k]) for kw in self.example_mm_kwargs if k in kw]) for k in keys}
 
 
-def target_ids(tokenizer: Any, target: str) -> list[int]:
-    """The target's token ids (no special tokens) followed by the tokenizer's end of sequence."""
+def target_ids(tokenizer: Any, target: str | Sequence[int]) -> list[int]:
+    """The target's token ids (no special tokens) followed by the tokenizer's end of sequence; token ids as
+    given (checked against the vocabulary)."""
+    if isinstance(target, (list, tuple, np.ndarray)) and not isinstance(target, str):
+        ids = [int(t) for t in target]
+        vocab = len(tokenizer)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if not ids or bad or any(isinstance(t, (bool, float)) for t in target):
+            raise ValueError(f"token-id targets must be a non-empty sequence of ints in [0, {vocab}), got {target!r}")
+        return ids
     if not isinstance(target, str) or not target:
-        raise ValueError(f"a training target must be a non-empty str, got {target!r}")
+        raise ValueError(f"a training target must be a non-empty str or token ids, got {target!r}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token_id: the target's end cannot be scored")
