@@ -26,7 +26,8 @@ from mmjax.engine.programs import encoder_output_rows, lower_step
 from mmjax.engine.sampler import SamplerOutput, prompt_logprobs, sample
 from mmjax.engine.sampling_batch import SamplingBatch
 from mmjax.engine.shapes import StepShapes
-from mmjax.engine.step import encoder_program, pad_logit_rows, step_program
+from mmjax.engine.step import (
+    encode_batch_invariant, encoder_program, pad_logit_rows, step_program, write_arena_rows)
 from mmjax.kv_cache import KVPages, init_kv_pages
 from mmjax.models.common.interface import EngineModel
 from mmjax.sharding.multihost import fetch
@@ -152,6 +153,11 @@ class ModelRunner:
         num_out = self.encoder_output_rows(first)
         padded = np.stack([self._padded_rows(mm, rows, num_out) for mm, rows in items])  # [n, M]
         sharding = self.placement.replica_sharding(replica)
+        if len(items) == 1 and self.batch_invariant:  # the program mmjax.score encodes with, then the arena
+            mm = self.placement.put_on_replica(dict(first), replica)
+            embeds = encode_batch_invariant(self.graphdef, self.state, mm)
+            self._arenas[replica] = write_arena_rows(self._arenas[replica], embeds, jax.device_put(padded[0], sharding))
+            return
         if len(items) == 1:
             mm = self.placement.put_on_replica(dict(first), replica)
             self._arenas[replica] = self._encode[replica](self._replica_leaves[replica], self._arenas[replica], mm,

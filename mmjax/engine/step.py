@@ -48,6 +48,23 @@ def encode_multimodal(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mappi
     return nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def encode_batch_invariant(graphdef: nnx.GraphDef, state: nnx.State, mm_kwargs: Mapping[str, Array]
+                           ) -> Float[Array, "M D"]:
+    """``encode_multimodal`` traced in batch-invariant numerics (``mmjax.batch_invariant``): the one program an
+    engine with ``batch_invariant=True`` and ``mmjax.score`` both encode a request's items with, so both get
+    the same bits (one compiled program for inputs of one shape, whatever surrounds it)."""
+    with batch_invariant_numerics():
+        return nnx.merge(graphdef, state).multimodal_embeddings(**mm_kwargs)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def write_arena_rows(arena: Float[Array, "1 U D"], embeds: Float[Array, "M D"], rows: Int[Array, "M"]
+                     ) -> Float[Array, "1 U D"]:
+    """``arena`` (donated) with ``embeds[m]`` at row ``rows[m]``; rows ``>= U`` are dropped."""
+    return arena.at[0, rows].set(embeds.astype(arena.dtype), mode="drop")
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "arena_sharding", "batched"), donate_argnames=("arena",))
 def encode_into_arena(
     graphdef: nnx.GraphDef,

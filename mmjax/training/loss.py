@@ -35,14 +35,15 @@ def token_logprobs(logits: Float[Array, "B T V"], labels: Int[Array, "B T"]) -> 
     return jnp.where(targets >= 0, picked, 0.0)
 
 
-def batch_logits(model: Any, batch: TrainBatch) -> Float[Array, "B T V"]:
+def batch_logits(model: Any, batch: TrainBatch, rows: Float[Array, "B U W"] | None = None) -> Float[Array, "B T V"]:
     """The model's float32 logits on ``batch`` through the engine's model interface (``EngineModel``), with
     dense causal attention (a model's image tokens bidirectional where it says so: ``bidirectional_token_id``,
     Gemma 3): each example's items encoded (``multimodal_embeddings``), its rows put in at its
-    placeholders (``merge_embeddings``), the decoder turned by the batch's rotary positions."""
+    placeholders (``merge_embeddings``), the decoder turned by the batch's rotary positions. ``rows``: each
+    example's placeholder rows already encoded (``example_rows``' layout), e.g. by the engine's encoder program."""
     embeds, extras = model.embed_text(batch.input_ids), {}
-    if any(batch.example_mm_kwargs):
-        rows = example_rows(model, batch.example_mm_kwargs)
+    if rows is not None or any(batch.example_mm_kwargs):
+        rows = example_rows(model, batch.example_mm_kwargs) if rows is None else rows
         embeds, extras = model.merge_embeddings(embeds, rows, batch.embedding_slots)
     attend, token = None, getattr(model, "bidirectional_token_id", None)
     if token is not None:
@@ -79,11 +80,13 @@ def example_rows(model: Any, example_kwargs: tuple[dict[str, Array], ...]) -> Fl
     return jnp.stack(padded)
 
 
-def batch_token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, batch: TrainBatch) -> Float[Array, "B T-1"]:
+def batch_token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, batch: TrainBatch,
+                         rows: Float[Array, "B U W"] | None = None) -> Float[Array, "B T-1"]:
     """``token_logprobs`` of the model ``(graphdef, state)`` on ``batch``: a pure function of ``state``
-    (``mmjax.score`` traces it in batch-invariant numerics; a policy-gradient loss weighs it)."""
+    (``mmjax.score`` traces it in batch-invariant numerics; a policy-gradient loss weighs it). ``rows``: the
+    examples' placeholder rows already encoded (``batch_logits``)."""
     model: Any = nnx.merge(graphdef, state)
-    return token_logprobs(batch_logits(model, batch), batch.labels)
+    return token_logprobs(batch_logits(model, batch, rows), batch.labels)
 
 
 def batch_loss(graphdef: nnx.GraphDef, state: nnx.State, batch: TrainBatch) -> Float[Array, ""]:

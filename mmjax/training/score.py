@@ -1,7 +1,8 @@
 """``mmjax.score``: the logprob of every scored token of training examples, through the training path.
 
 The examples are collated as ``mmjax.train`` collates them and run through the loss's forward pass
-(``batch_token_logprobs``), traced in batch-invariant numerics (``mmjax.batch_invariant``): each token's
+(``batch_token_logprobs``), traced in batch-invariant numerics (``mmjax.batch_invariant``), each example's
+items encoded alone by the engine's batch-invariant encoder program (``encode_batch_invariant``): each token's
 logprob is the same whichever examples are scored with it, and equal, bit for bit, to the prompt
 logprobs of an engine built with ``EngineConfig(batch_invariant=True)`` for the same tokens.
 """
@@ -12,19 +13,42 @@ import functools
 from collections.abc import Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from mmjax.batch_invariant import batch_invariant_numerics
 from mmjax.engine.loaded_model import LoadedModel
+from mmjax.engine.request import encoder_items
+from mmjax.engine.step import encode_batch_invariant
 from mmjax.training.examples import TrainBatch, TrainExample, collate
 from mmjax.training.loss import batch_token_logprobs
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _invariant_logprobs(graphdef: nnx.GraphDef, state: nnx.State, batch: TrainBatch) -> jax.Array:
+def _invariant_logprobs(graphdef: nnx.GraphDef, state: nnx.State, batch: TrainBatch,
+                        rows: jax.Array | None) -> jax.Array:
     with batch_invariant_numerics():  # read while tracing: every trace of this function is batch-invariant
-        return batch_token_logprobs(graphdef, state, batch)
+        return batch_token_logprobs(graphdef, state, batch, rows)
+
+
+def encoded_rows(llm: LoadedModel, examples: Sequence[TrainExample], batch: TrainBatch) -> jax.Array | None:
+    """Each example's placeholder rows ``[B, U, W]`` (zeros past an example's own; None without items): each of
+    its items encoded alone (``encoder_items``) by ``encode_batch_invariant``, as an engine with
+    ``batch_invariant=True`` encodes them."""
+    if not any(batch.example_mm_kwargs):
+        return None
+    encoded = {}
+    for b, example in enumerate(examples):
+        items = encoder_items(llm.process(example.prompt))  # the processor cache has them from collate
+        if items:
+            encoded[b] = jnp.concatenate([encode_batch_invariant(llm.graphdef, llm.state, dict(item.inputs))
+                                          [:item.num_rows] for item in items])
+    count = max(rows.shape[0] for rows in encoded.values())
+    first = next(iter(encoded.values()))
+    return jnp.stack([jnp.pad(encoded[b], ((0, count - encoded[b].shape[0]), (0, 0))) if b in encoded
+                      else jnp.zeros((count, first.shape[1]), first.dtype)
+                      for b in range(len(batch.example_mm_kwargs))])
 
 
 def score(llm: LoadedModel, examples: Iterable[TrainExample], *, batch_size: int = 8,
@@ -60,7 +84,8 @@ def score(llm: LoadedModel, examples: Iterable[TrainExample], *, batch_size: int
                for chunk in _chunks(examples, batch_size)]  # every example checked before the first forward pass
     scores: list[np.ndarray] = []
     for chunk, batch in zip(_chunks(examples, batch_size), batches):
-        logprobs = np.asarray(_invariant_logprobs(llm.graphdef, llm.state, batch))
+        rows = encoded_rows(llm, chunk, batch)
+        logprobs = np.asarray(_invariant_logprobs(llm.graphdef, llm.state, batch, rows))
         scored = np.asarray(batch.labels)[:, 1:] >= 0
         scores += [logprobs[b][scored[b]].astype(np.float32) for b in range(len(chunk))]
     return scores

@@ -77,7 +77,8 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: Float[Array, "*B D"]) -> Float[Array, "*B D"]:
         x32 = x.astype(jnp.float32)
         normed = x32 * inverse_root(mean_square(x32) + self.eps)
-        return self.weight[...] * normed.astype(x.dtype)
+        out = self.weight[...] * normed.astype(x.dtype)
+        return separately(out)[0] if batch_invariant() else out  # a product a sum may take: rounded first
 
 
 def mean_square(x32: Float[Array, "*B D"]) -> Float[Array, "*B 1"]:

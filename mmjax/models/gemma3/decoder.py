@@ -23,6 +23,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.batch_invariant import batch_invariant, elementwise, separately
 from mmjax.models.common.attend import Attend
 from mmjax.models.common.decoder import LlamaForCausalLM, LlamaMLP
 from mmjax.models.common.layers import inverse_root, mean_square
@@ -43,7 +44,8 @@ class GemmaRMSNorm(nnx.Module):
     def __call__(self, x: Float[Array, "*B D"]) -> Float[Array, "*B D"]:
         x32 = x.astype(jnp.float32)
         normed = x32 * inverse_root(mean_square(x32) + self.eps)
-        return (normed * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+        out = (normed * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+        return separately(out)[0] if batch_invariant() else out  # a product the residual adds to: rounded first
 
 
 class Gemma3Attention(nnx.Module):
@@ -112,10 +114,13 @@ class Gemma3TextModel(LlamaForCausalLM):
         image soft token a small checkpoint does not hold) read row 0, as transformers does."""
         ids = jnp.where(input_ids < self.config.vocab_size, input_ids, 0)
         embeds = self.embed_tokens(ids)
-        return embeds * jnp.asarray(self.config.embed_scale, embeds.dtype)
+        scaled = embeds * jnp.asarray(self.config.embed_scale, embeds.dtype)
+        return separately(scaled)[0] if batch_invariant() else scaled  # the residual adds to it: rounded first
 
     def logits(self, hidden: Float[Array, "*B D"]) -> Float[Array, "*B V"]:
         """The LM head in float32, soft-capped (``cap * tanh(logits / cap)``) when the config says so."""
         logits = super().logits(hidden)
         cap = self.config.final_logit_softcapping
-        return logits if cap is None else jnp.tanh(logits / cap) * cap
+        if cap is None:
+            return logits
+        return (elementwise("tanh", logits / cap) if batch_invariant() else jnp.tanh(logits / cap)) * cap
