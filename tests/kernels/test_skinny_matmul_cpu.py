@@ -291,7 +291,8 @@ def test_int8_handler_refuses_what_python_would():
     """The C++ handler's own checks, past the Python ones (a direct ffi_call)."""
     x, w, scale = int8_operands(4, 8, 16)
     assert int8_matmul_unavailable(jnp.float32) is None
-    call = lambda *args: jax.ffi.ffi_call(INT8_TARGET, jax.ShapeDtypeStruct((4, 16), jnp.float32))(*args)  # noqa: E731
+    call = lambda *args: jax.ffi.ffi_call(INT8_TARGET, jax.ShapeDtypeStruct((4, 16), jnp.float32))(  # noqa: E731
+        *args, fixed_order=False)
     with pytest.raises(jax.errors.JaxRuntimeError, match="expected w int8, scale float32"):
         call(x, w.astype(jnp.float32), scale)
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"expected x \[M, K\], w \[K, N\], scale \[N\]"):
