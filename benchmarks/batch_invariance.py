@@ -5,8 +5,9 @@
 
 The same ``--prompts`` prompts (one image each, ~20 words) decoded greedily for ``--max-tokens`` tokens as one
 batch, by the default engine and by ``EngineConfig(batch_invariant=True)``, alternated over ``--rounds`` on
-warmed-up engines (no compilation inside a timed run, checked): tokens/s, the prefill's seconds and the decode
-step's milliseconds (the engine's own stats). Then the mode's guarantee on this model: the prompt logprobs of
+warmed-up engines without prefix or encoder caches (each run prefills and encodes in full; no compilation inside
+a timed run, checked): tokens/s, the prefill's seconds and the decode step's milliseconds (the engine's own
+stats). Then the mode's guarantee on this model: the prompt logprobs of
 ``prompt + answer`` through the invariant engine (all prompts in one batch, then in 16-token chunks) against
 ``mmjax.score`` of the same tokens, bit for bit; and ``score``'s own time. Prints JSON.
 """
@@ -62,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     llm = mmjax.load(args.checkpoint or mmjax.demo_checkpoint(), dtype=args.dtype)
     batch = prompts(llm, args.prompts)
-    base = dict(max_num_seqs=args.prompts)
+    # no prefix or encoder cache: each timed run prefills and encodes its prompts in full, as a new batch would
+    base = dict(max_num_seqs=args.prompts, enable_prefix_caching=False, encoder_cache_tokens=0)
     configs = {"default": mmjax.EngineConfig(**base),
                "batch_invariant": mmjax.EngineConfig(**base, batch_invariant=True)}
     handles = {name: dataclasses.replace(llm, _engine=[], _mappers={}) for name in configs}  # an engine each
