@@ -24,7 +24,7 @@ import numpy as np
 
 import mmjax
 from mmjax.engine import count_compilations
-from mmjax.testing.score_checks import engine_target_logprobs, split_example
+from mmjax.training.score_checks import engine_target_logprobs, split_example
 
 
 def prompts(llm: mmjax.LLM, count: int) -> list[dict]:

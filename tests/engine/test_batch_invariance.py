@@ -13,7 +13,7 @@ import pytest
 import mmjax
 from engine_fixtures import load, picture
 from mmjax.engine import count_compilations
-from mmjax.testing.score_checks import engine_target_logprobs, split_example
+from mmjax.training.score_checks import engine_target_logprobs, split_example
 from mmjax.training import TrainExample, batch_loss, collate
 
 PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"

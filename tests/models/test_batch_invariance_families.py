@@ -10,7 +10,7 @@ import pytest
 import mmjax
 import tiny_gemma3
 import tiny_qwen
-from mmjax.testing.score_checks import engine_target_logprobs, split_example
+from mmjax.training.score_checks import engine_target_logprobs, split_example
 
 
 def prompts(chat, picture) -> list[tuple]:
