@@ -43,3 +43,9 @@ def test_engine_prompt_logprobs_equal_score_bit_for_bit(family):
     for ours in (together, batched, chunked):
         for a, b in zip(ours, alone):
             assert a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    # the same function as the default engine's (its sliding windows, bidirectional images, M-RoPE), in
+    # another order: equal to float32 rounding, not to the bit
+    default = engine_target_logprobs(llm, wholes, examples, mmjax.EngineConfig(
+        max_num_seqs=2, num_pages=128, max_model_len=256, **chunking))
+    for a, b in zip(default, alone):
+        np.testing.assert_allclose(a, b, atol=5e-5)
