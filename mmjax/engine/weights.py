@@ -45,8 +45,8 @@ def source_state(source: Any) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def leaf_paths(state: Any) -> list[str]:
-    """Each leaf's path, in ``jax.tree.leaves`` order: ``language_model/layers/0/...`` (as
-    ``mmjax.training.params.leaf_paths``, which this module does not import: training loads lazily)."""
+    """Each leaf's path, in ``jax.tree.leaves`` order: ``language_model/layers/0/...`` (the training split's
+    names too: ``mmjax.training.params``)."""
     paths = []
     for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]:
         parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]

@@ -15,18 +15,11 @@ from typing import Any
 import jax
 from flax import nnx
 
+from mmjax.engine.weights import leaf_paths
+
 #: What ``trainable=`` accepts.
 TRAINABLE = ("projector", "lora", "all")
 _NO_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType({})
-
-
-def leaf_paths(state: nnx.State) -> list[str]:
-    """The path of every leaf of ``state``, in ``jax.tree.leaves`` order, as ``language_model/layers/0/...``."""
-    paths = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]:
-        parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-        paths.append("/".join(p for p in parts if p != "value"))
-    return paths
 
 
 @dataclasses.dataclass(frozen=True)
