@@ -30,8 +30,9 @@ def same_bits(a, b) -> bool:
 def test_fixed_order_product_gives_a_row_the_same_bits_in_any_batch(dtype):
     x, w = X.astype(dtype), W.astype(dtype)
     full = jax.jit(skinny_matmul_cpu, static_argnums=2)(x, w, True)
+    half = dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(full, np.float64), np.asarray(x, np.float64) @ np.asarray(w, np.float64),
-                               rtol=1e-2 if dtype == jnp.bfloat16 else 1e-5, atol=1e-3 if dtype == jnp.bfloat16 else 1e-4)
+                               rtol=1e-2 if half else 1e-5, atol=1e-3 if half else 1e-4)
     for start, stop in WINDOWS:
         assert same_bits(skinny_matmul_cpu(x[start:stop], w, True), full[start:stop])
 
