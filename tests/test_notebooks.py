@@ -79,3 +79,16 @@ def test_qwen_vl_notebook(tmp_path):
     assert "rope_positions: (3," in text
     assert "finished: length" in text
     assert "images in the follow-up: 3, encoded for it: 1" in text
+
+
+def test_rl_notebook(tmp_path):
+    notebook = run("05_rl.ipynb", tmp_path)
+    text = text_of(notebook)
+    # the trainer's logprobs of the sampled tokens are the engine's, bit for bit, at every step's first update
+    assert re.search(r"first-update ratio exactly 1\.0 at every step: True \(max \|new - old\| over 20 steps: 0\.0\)",
+                     text)
+    before, after = map(float, re.search(r"held-out accuracy: before ([\d.]+) after ([\d.]+)", text).groups())
+    count_before, count_after = map(float, re.search(r"count +before ([\d.]+) after ([\d.]+)", text).groups())
+    # seeded and deterministic here: 0.85 -> 0.96 overall, 0.40 -> 0.87 on count questions (60 scenes, 248 questions)
+    assert after >= before + 0.05 and count_after >= count_before + 0.25
+    assert "image/png" in str([c.get("outputs") for c in notebook.cells])  # the reward / accuracy plot

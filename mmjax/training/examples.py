@@ -78,12 +78,13 @@ class TrainBatch:
         return {k: np.concatenate([np.asarray(kw[k]) for kw in self.example_mm_kwargs if k in kw]) for k in keys}
 
 
-def target_ids(tokenizer: Any, target: str | Sequence[int]) -> list[int]:
+def target_ids(tokenizer: Any, target: str | Sequence[int], vocab_size: int | None = None) -> list[int]:
     """The target's token ids (no special tokens) followed by the tokenizer's end of sequence; token ids as
-    given (checked against the vocabulary)."""
+    given (checked against the vocabulary: ``vocab_size``, the model's, default ``len(tokenizer)``; a model's
+    output layer may be wider than its tokenizer, and the engine samples from all of it)."""
     if isinstance(target, (list, tuple, np.ndarray)) and not isinstance(target, str):
         ids = [int(t) for t in target]
-        vocab = len(tokenizer)
+        vocab = len(tokenizer) if vocab_size is None else vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if not ids or bad or any(isinstance(t, (bool, float)) for t in target):
             raise ValueError(f"token-id targets must be a non-empty sequence of ints in [0, {vocab}), got {target!r}")
@@ -96,7 +97,7 @@ def target_ids(tokenizer: Any, target: str | Sequence[int]) -> list[int]:
     return list(tokenizer(target, add_special_tokens=False).input_ids) + [int(eos)]
 
 
-def follow_up_segments(tokenizer: Any, follow_ups: Any) -> list[tuple[list[int], bool]]:
+def follow_up_segments(tokenizer: Any, follow_ups: Any, vocab_size: int | None = None) -> list[tuple[list[int], bool]]:
     """``(token ids, scored)`` of each follow-up turn: its text unscored, its target and end of
     sequence scored."""
     if not isinstance(follow_ups, (tuple, list)) or not all(
@@ -107,7 +108,7 @@ def follow_up_segments(tokenizer: Any, follow_ups: Any) -> list[tuple[list[int],
         if not isinstance(text, str) or not text:
             raise ValueError(f"a follow-up turn's text must be a non-empty str, got {text!r}")
         segments += [(list(tokenizer(text, add_special_tokens=False).input_ids), False),
-                     (target_ids(tokenizer, target), True)]
+                     (target_ids(tokenizer, target, vocab_size), True)]
     return segments
 
 
@@ -125,13 +126,14 @@ def collate(llm: LoadedModel, examples: Sequence[TrainExample], *, batch_size: i
     if not examples or len(examples) > batch_size:
         raise ValueError(f"collate takes 1 to batch_size={batch_size} examples, got {len(examples)}")
     rows, processed_rows = [], []
+    vocab = getattr(getattr(llm.model, "text_config", None), "vocab_size", None)  # token-id targets index its logits
     for i, example in enumerate(examples):
         if not isinstance(example, TrainExample):
             raise TypeError(f"example {i} must be a TrainExample(prompt, target), got {type(example).__name__}")
         try:
             processed = llm.process(example.prompt)
-            segments = [(list(processed.token_ids), False), (target_ids(llm.tokenizer, example.target), True)]
-            segments += follow_up_segments(llm.tokenizer, example.follow_ups)
+            segments = [(list(processed.token_ids), False), (target_ids(llm.tokenizer, example.target, vocab), True)]
+            segments += follow_up_segments(llm.tokenizer, example.follow_ups, vocab)
         except (TypeError, ValueError) as err:
             raise type(err)(f"example {i}: {err}") from err
         rows.append(segments)
