@@ -150,16 +150,15 @@ def test_a_step_raises_the_logprob_of_an_answer_with_a_positive_advantage():
     assert [float(s.sum()) for s in mmjax.score(llm, examples)] == before  # the trainer copied llm's weights
 
 
-@pytest.mark.xfail(strict=True, reason="trainable='all' differentiates the vision tower, whose XLA numerics are not "
-                   "pinned by batch_invariant_numerics: in the gradient's program its forward rounds differently "
-                   "(max |new - old| 9.5e-7 here, 3.1e-7 on the demo model); GRPOTrainer's default, 'language', "
-                   "freezes it")
-def test_the_ratio_is_exactly_one_with_the_vision_tower_trained():
+def test_with_the_vision_tower_trained_the_ratio_is_within_float_rounding_of_one():
+    """trainable='all' differentiates the vision tower, whose XLA numerics batch_invariant_numerics does not pin:
+    in the gradient's program its forward rounds differently (measured: max |new - old| 9.5e-7 here, 3.1e-7 on
+    the demo model), so the ratio is 1 to float32 rounding, not to the bit; 'language' (the default) freezes it."""
     llm = mmjax.load(checkpoint())
     trainer = GRPOTrainer(llm, optimizer=optax.sgd(0.5), trainable="all")
     asked, outputs = rollouts(llm)
     (first,) = trainer.update(rollout_batch(llm, asked, outputs, [1.0, -1.0, -1.0, 1.0]))
-    assert first.max_abs_log_ratio == 0.0
+    assert first.max_abs_log_ratio < 5e-6
 
 
 def test_sampled_ids_past_the_tokenizer_are_scored():
