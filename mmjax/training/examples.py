@@ -126,7 +126,7 @@ def collate(llm: LoadedModel, examples: Sequence[TrainExample], *, batch_size: i
     if not examples or len(examples) > batch_size:
         raise ValueError(f"collate takes 1 to batch_size={batch_size} examples, got {len(examples)}")
     rows, processed_rows = [], []
-    vocab = getattr(getattr(llm.model, "text_config", None), "vocab_size", None)  # token-id targets index its logits
+    vocab = model_vocab_size(llm)  # token-id targets index its logits
     for i, example in enumerate(examples):
         if not isinstance(example, TrainExample):
             raise TypeError(f"example {i} must be a TrainExample(prompt, target), got {type(example).__name__}")
@@ -161,6 +161,14 @@ def collate(llm: LoadedModel, examples: Sequence[TrainExample], *, batch_size: i
     kwargs = tuple({k: np.asarray(v) for k, v in p.mm_kwargs.items()} for p in processed_rows)
     kwargs += ({},) * (batch_size - len(kwargs))
     return TrainBatch(input_ids, positions, labels, kwargs, slots, rope)
+
+
+def model_vocab_size(llm: LoadedModel) -> int | None:
+    """The width of the model's logits, from its config (no merge of the model: ``collate`` runs every step);
+    None if the config does not say."""
+    config = getattr(llm, "hf_config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
 
 
 def sequence_rope_positions(processed: ProcessedPrompt, length: int, axes: int) -> np.ndarray:
